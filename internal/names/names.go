@@ -1,0 +1,53 @@
+// Package names validates recipe names and lays out the keys a recipe writes
+// under its name.
+//
+// A recipe named N writes only under N + "/." + kind + "/" (for example
+// "/jobs/reindex/.lock/"). Names are '/'-separated segments; a segment may not
+// start with '.', so no name can equal or reach into another recipe's
+// reserved keys: a lock named "a" writes "a/.lock/…", and no valid name is
+// "a/.lock". Two recipes of different kinds may share a name.
+package names
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxLen is the longest name accepted, in bytes.
+const MaxLen = 1024
+
+// Validate reports why name cannot be used as a recipe name, with pkg (the
+// package, e.g. "lock") as the error's prefix, or nil.
+func Validate(pkg, name string) error {
+	bad := func(why string) error { return fmt.Errorf("%s: invalid name %q: %s", pkg, name, why) }
+	switch {
+	case name == "":
+		return fmt.Errorf("%s: invalid name: empty", pkg)
+	case len(name) > MaxLen:
+		return fmt.Errorf("%s: invalid name (%d bytes): longer than %d bytes", pkg, len(name), MaxLen)
+	case !utf8.ValidString(name):
+		return bad("not valid UTF-8")
+	case strings.ContainsRune(name, 0):
+		return bad("contains a NUL byte")
+	case strings.HasSuffix(name, "/"):
+		return bad("ends with '/'")
+	case strings.Contains(name, "//"):
+		return bad("contains an empty segment ('//')")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return bad("contains a control character")
+		}
+	}
+	for seg := range strings.SplitSeq(strings.TrimPrefix(name, "/"), "/") {
+		if strings.HasPrefix(seg, ".") {
+			return bad("a segment starts with '.' (reserved for recipe keys)")
+		}
+	}
+	return nil
+}
+
+// Prefix returns the key prefix a recipe of the given kind owns under name:
+// name + "/." + kind + "/". name must be valid.
+func Prefix(name, kind string) string { return name + "/." + kind + "/" }

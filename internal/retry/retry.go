@@ -1,0 +1,70 @@
+// Package retry classifies etcd errors and paces retries of the ones worth
+// retrying.
+package retry
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Retriable reports whether err is a transient condition of the cluster (no
+// leader, a member down or unreachable, a request timed out on the server)
+// after which the same request may succeed. Context errors, permission
+// denials, invalid arguments and anything unknown are not.
+func Retriable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	switch {
+	case errors.Is(err, rpctypes.ErrNoLeader),
+		errors.Is(err, rpctypes.ErrLeaderChanged),
+		errors.Is(err, rpctypes.ErrNotCapable),
+		errors.Is(err, rpctypes.ErrStopped),
+		errors.Is(err, rpctypes.ErrTimeout),
+		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost),
+		errors.Is(err, rpctypes.ErrTimeoutWaitAppliedIndex),
+		errors.Is(err, rpctypes.ErrUnhealthy),
+		errors.Is(err, rpctypes.ErrTooManyRequests):
+		return true
+	}
+	if s, ok := status.FromError(err); ok {
+		switch s.Code() {
+		case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+			return true
+		}
+	}
+	return false
+}
+
+// Backoff doubles a delay from Min up to Max.
+type Backoff struct {
+	Min, Max time.Duration
+	cur      time.Duration
+}
+
+// Wait sleeps for the next delay or until ctx ends, and returns ctx's cause
+// if it ended.
+func (b *Backoff) Wait(ctx context.Context) error {
+	if b.cur == 0 {
+		b.cur = b.Min
+	} else {
+		b.cur = min(b.cur*2, b.Max)
+	}
+	t := time.NewTimer(b.cur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
+	}
+}
+
+// Reset starts the delays over from Min.
+func (b *Backoff) Reset() { b.cur = 0 }

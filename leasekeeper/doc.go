@@ -1,0 +1,51 @@
+// Package leasekeeper owns the etcd lease that every lease-bound concord
+// recipe stands on, keeps it alive, and tells its holders when it can no
+// longer be trusted — before the server can hand what they hold to anyone
+// else.
+//
+// # The safe deadline
+//
+// Each renewal is timed from the moment it was sent. etcd extends a lease by
+// its TTL from the moment the leader handles the renewal, which is later, so
+// sent+TTL is a time before which the server cannot have expired the lease
+// (a leader change only lengthens a lease). SafeUntil reports that time for
+// the current lease. If no later renewal succeeds, the lease's context is
+// canceled at SafeUntil minus a margin (WithMargin), with a cause that
+// errors.Is ErrLeaseLost. When etcd answers that the lease is gone (revoked,
+// or expired on the server), the context is canceled at once.
+//
+// etcd's own concurrency.Session signals loss only when no keep-alive
+// response came within a TTL of the last one received, checked once a second,
+// so its Done channel can close up to a second after the server expired the
+// lease and a new holder was granted. Timing from the send closes that window.
+//
+// # What is guaranteed, and what is not
+//
+// In the absence of process pauses and of clock-rate faults, a lease's
+// context is canceled before the server deletes the keys attached to it.
+// Nothing can guarantee that for a process that is paused (GC, swap, SIGSTOP)
+// between checking its context and acting: protected resources must check
+// fencing tokens, or writes into etcd must be guarded (see the recipes'
+// Guard methods).
+//
+// # States
+//
+// A Keeper moves through Connected (renewals succeed), Suspended (renewals
+// failing, safe deadline not yet passed), Lost (deadline passed or etcd says
+// the lease is gone; its context is canceled), Reconnected (a new lease
+// generation was granted after a loss) and Closed. After Lost the keeper
+// grants a new lease with backoff until it is closed; holdings bound to the
+// old lease stay lost. Subscribe observes the changes without ever blocking
+// the keeper.
+//
+// # Cost
+//
+// One Grant on New and after each loss; one LeaseKeepAlive round trip every
+// TTL/3 (handled by the etcd leader without a Raft write); one Revoke on
+// Close. The keeper runs one goroutine plus one per RPC in flight, all joined
+// by Close.
+//
+// # Keys
+//
+// The keeper writes no keys.
+package leasekeeper

@@ -1,0 +1,68 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// Main runs a test package against one cluster shared by all its tests:
+//
+//	var cluster *testcluster.Cluster
+//
+//	func TestMain(m *testing.M) { testcluster.Main(m, &cluster) }
+//
+// It starts the cluster, stores it in *c, runs the tests, closes the cluster
+// and then fails the run if any goroutine is left (see LeakOptions). It does
+// not return.
+func Main(m *testing.M, c **Cluster, opts ...Option) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	cl, err := Start(ctx, opts...)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testcluster: %v\n", err)
+		os.Exit(1)
+	}
+	*c = cl
+	code := m.Run()
+	if err := cl.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "testcluster: close: %v\n", err)
+		code = 1
+	}
+	if code == 0 {
+		if err := findLeaks(10 * time.Second); err != nil {
+			fmt.Fprintf(os.Stderr, "testcluster: goroutines left after the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// LeakOptions are the goleak options for a package whose tests ran against
+// embedded members. After members stop, etcd's peer transport leaves idle
+// HTTP keep-alive connections whose read and write loops end by themselves
+// 2–4 s later; they belong to etcd's transport, not to any code under test,
+// so they are ignored by their exact functions. goleak retries for a few
+// seconds before reporting anything else.
+func LeakOptions() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+	}
+}
+
+// findLeaks gives goroutines that are already ending (closed gRPC
+// connections, stopped servers) up to wait to finish before reporting.
+func findLeaks(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := goleak.Find(LeakOptions()...)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+	}
+}
