@@ -1,0 +1,294 @@
+package leasekeeper_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/testcluster"
+)
+
+var cluster *testcluster.Cluster
+
+func TestMain(m *testing.M) { testcluster.Main(m, &cluster) }
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newKeeper(t *testing.T, cli *clientv3.Client, opts ...leasekeeper.Option) *leasekeeper.Keeper {
+	t.Helper()
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = k.Close(context.Background()) })
+	return k
+}
+
+// next returns the next event with a deadline.
+func next(t *testing.T, ch <-chan leasekeeper.Event, d time.Duration) leasekeeper.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		require.True(t, ok, "subscription closed")
+		return ev
+	case <-time.After(d):
+		t.Fatalf("no state change within %v", d)
+		return leasekeeper.Event{}
+	}
+}
+
+func leaseCount(t *testing.T) int {
+	t.Helper()
+	resp, err := cluster.Admin().Leases(ctxT(t, 5*time.Second))
+	require.NoError(t, err)
+	return len(resp.Leases)
+}
+
+func TestBadOptions(t *testing.T) {
+	before := leaseCount(t)
+	for _, ttl := range []time.Duration{0, -time.Second, 1500 * time.Millisecond} {
+		_, err := leasekeeper.New(ctxT(t, 5*time.Second), cluster.Client(), leasekeeper.WithTTL(ttl))
+		require.ErrorIs(t, err, leasekeeper.ErrInvalidTTL, "ttl %v", ttl)
+	}
+	_, err := leasekeeper.New(ctxT(t, 5*time.Second), cluster.Client(), leasekeeper.WithTTL(2*time.Second), leasekeeper.WithMargin(time.Second))
+	require.ErrorContains(t, err, "leasekeeper: margin")
+	_, err = leasekeeper.New(ctxT(t, 5*time.Second), nil)
+	require.Error(t, err)
+	assert.Equal(t, before, leaseCount(t), "bad input granted a lease")
+}
+
+func TestCloseRevokes(t *testing.T) {
+	ctx := ctxT(t, 10*time.Second)
+	k, err := leasekeeper.New(ctx, cluster.Client(), leasekeeper.WithTTL(5*time.Second))
+	require.NoError(t, err)
+	events, _ := k.Subscribe()
+	require.Equal(t, leasekeeper.Connected, next(t, events, time.Second).State)
+
+	l, err := k.Lease(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), l.Generation())
+	_, err = cluster.Client().Put(ctx, t.Name(), "x", clientv3.WithLease(l.ID()))
+	require.NoError(t, err)
+	assert.WithinDuration(t, time.Now().Add(5*time.Second), k.SafeUntil(), 5*time.Second)
+
+	require.NoError(t, k.Close(ctx))
+	require.NoError(t, k.Close(ctx), "Close is idempotent")
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
+	require.ErrorIs(t, context.Cause(l.Context()), leasekeeper.ErrLeaseLost)
+	resp, err := cluster.Client().Get(ctx, t.Name())
+	require.NoError(t, err)
+	require.Empty(t, resp.Kvs, "Close revoked the lease and its key")
+	require.Equal(t, leasekeeper.Closed, next(t, events, time.Second).State)
+	_, ok := <-events
+	require.False(t, ok, "subscription closed after Closed")
+	_, err = k.Lease(ctx)
+	require.ErrorIs(t, err, leasekeeper.ErrClosed)
+}
+
+// A cut-off keeper goes Suspended then Lost, and Lost (its lease's context
+// canceled) comes before the server deletes a key attached to the lease, as
+// another client sees it. Repeated, four keepers at a time.
+func TestLostBeforeServerExpiry(t *testing.T) {
+	const rounds, parallel = 5, 4
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for p := range parallel {
+			wg.Go(func() { lostBeforeExpiry(t, round*parallel+p) })
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+func lostBeforeExpiry(t *testing.T, n int) {
+	ctx := ctxT(t, 20*time.Second)
+	cli, err := cluster.NewClient()
+	if !assert.NoError(t, err) {
+		return
+	}
+	defer cli.Close()
+	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+	if !assert.NoError(t, err) {
+		return
+	}
+	defer k.Close(context.Background())
+	events, _ := k.Subscribe()
+	<-events // Connected
+	l := k.Current()
+	key := t.Name() + "/" + string(rune('a'+n))
+	put, err := cli.Put(ctx, key, "x", clientv3.WithLease(l.ID()))
+	if !assert.NoError(t, err) {
+		return
+	}
+
+	// The observer watches from a known revision on a client of its own.
+	deleted := make(chan time.Time, 1)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := cluster.Admin().Watch(wctx, key, clientv3.WithRev(put.Header.Revision+1))
+	go func() {
+		for resp := range w {
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					deleted <- time.Now()
+					return
+				}
+			}
+		}
+	}()
+
+	// Cut only after renewals have moved the deadline (the grant's deadline
+	// alone would not test the renewal path), at a point that varies across
+	// the renewal cycle.
+	waitRenewals(t, k, 1+n%3)
+	cluster.CutClient(cli)
+	defer cluster.RestoreClient(cli)
+	var lostAt time.Time
+	sawSuspended := false
+	for lostAt.IsZero() {
+		select {
+		case ev := <-events:
+			switch ev.State {
+			case leasekeeper.Suspended:
+				sawSuspended = true
+			case leasekeeper.Lost:
+				lostAt = ev.At
+				assert.ErrorIs(t, ev.Err, leasekeeper.ErrLeaseLost)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("keeper %d: no Lost within 5 s of the cut", n)
+			return
+		}
+	}
+	assert.True(t, sawSuspended, "keeper %d: Suspended precedes Lost", n)
+	assert.Error(t, l.Context().Err(), "the lease's context is canceled at Lost")
+	select {
+	case delAt := <-deleted:
+		t.Logf("keeper %d: Lost %v before the key was deleted", n, delAt.Sub(lostAt))
+		assert.True(t, lostAt.Before(delAt), "keeper %d: Lost at %v, key deleted at %v", n, lostAt, delAt)
+	case <-time.After(5 * time.Second):
+		t.Errorf("keeper %d: server never deleted the key", n)
+	}
+}
+
+// waitRenewals waits until the keeper's safe deadline has moved n times.
+func waitRenewals(t *testing.T, k *leasekeeper.Keeper, n int) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	last := k.SafeUntil()
+	for n > 0 {
+		select {
+		case <-tick.C:
+			if now := k.SafeUntil(); now.After(last) {
+				last = now
+				n--
+			}
+		case <-deadline:
+			t.Errorf("no renewal within 10 s")
+			return
+		}
+	}
+}
+
+func TestReconnectedAfterCut(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	cli, err := cluster.NewClient()
+	require.NoError(t, err)
+	k := newKeeper(t, cli, leasekeeper.WithTTL(time.Second))
+	events, _ := k.Subscribe()
+	require.Equal(t, leasekeeper.Connected, next(t, events, time.Second).State)
+	first := k.Current()
+
+	cluster.CutClient(cli)
+	for ev := next(t, events, 5*time.Second); ev.State != leasekeeper.Lost; ev = next(t, events, 5*time.Second) {
+		require.Equal(t, leasekeeper.Suspended, ev.State)
+	}
+	cluster.RestoreClient(cli)
+	ev := next(t, events, 10*time.Second)
+	require.Equal(t, leasekeeper.Reconnected, ev.State)
+	second, err := k.Lease(ctx)
+	require.NoError(t, err)
+	assert.NotEqual(t, first.ID(), second.ID())
+	assert.Equal(t, uint64(2), second.Generation())
+	assert.Equal(t, ev.Lease, second.ID())
+	assert.Error(t, first.Err(), "the old generation stays lost")
+	assert.NoError(t, second.Err())
+}
+
+func TestServerRevokeIsLostAtOnce(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	k := newKeeper(t, cluster.Client(), leasekeeper.WithTTL(10*time.Second))
+	events, _ := k.Subscribe()
+	next(t, events, time.Second)
+	l := k.Current()
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+	// The next renewal (within TTL/3) learns the lease is gone: far sooner
+	// than the 10 s deadline.
+	ev := next(t, events, 5*time.Second)
+	require.Equal(t, leasekeeper.Lost, ev.State)
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
+	require.Contains(t, l.Err().Error(), "gone")
+	require.Equal(t, leasekeeper.Reconnected, next(t, events, 5*time.Second).State)
+}
+
+// Lease(ctx) waits through a loss for the next generation.
+func TestLeaseWaitsForNextGeneration(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	k := newKeeper(t, cluster.Client(), leasekeeper.WithTTL(10*time.Second))
+	events, _ := k.Subscribe()
+	next(t, events, time.Second)
+	require.NoError(t, cluster.RevokeLease(ctx, k.Current().ID()))
+	require.Equal(t, leasekeeper.Lost, next(t, events, 5*time.Second).State)
+	l, err := k.Lease(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), l.Generation())
+}
+
+// A leader change and a member restart do not lose the lease.
+func TestSurvivesMemberRestart(t *testing.T) {
+	c := testcluster.New(t)
+	ctx := ctxT(t, 30*time.Second)
+	k := newKeeper(t, c.Client(), leasekeeper.WithTTL(2*time.Second))
+	events, _ := k.Subscribe()
+	next(t, events, time.Second)
+	l := k.Current()
+
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	require.NoError(t, c.Stop(lead))
+	_, err = c.WaitLeader(ctx)
+	require.NoError(t, err)
+	require.NoError(t, c.Restart(ctx, lead))
+	follower := (lead + 1) % c.Size()
+	require.NoError(t, c.Kill(follower))
+	require.NoError(t, c.Restart(ctx, follower))
+
+	// Stay up for two full TTLs after the faults: a renewal must succeed each
+	// third of a TTL, and the lease must never be declared lost.
+	deadline := time.After(4 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			require.NotEqual(t, leasekeeper.Lost, ev.State, "lost on a member restart: %v", ev.Err)
+		case <-deadline:
+			require.NoError(t, l.Err())
+			resp, err := c.Client().TimeToLive(ctx, l.ID())
+			require.NoError(t, err)
+			require.Positive(t, resp.TTL)
+			return
+		}
+	}
+}
