@@ -55,6 +55,16 @@ func LeakOptions() []goleak.Option {
 	}
 }
 
+// VerifyNone fails t if goroutines other than t's own are left, after
+// giving ending ones up to 10 s (see LeakOptions). Use it in a test that
+// starts and closes its own clusters without Main.
+func VerifyNone(t testing.TB) {
+	t.Helper()
+	if err := findLeaks(10 * time.Second); err != nil {
+		t.Errorf("goroutines left: %v", err)
+	}
+}
+
 // findLeaks gives goroutines that are already ending (closed gRPC
 // connections, stopped servers) up to wait to finish before reporting.
 func findLeaks(wait time.Duration) error {
