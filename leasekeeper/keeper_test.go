@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/testcluster"
@@ -291,4 +293,50 @@ func TestSurvivesMemberRestart(t *testing.T) {
 			return
 		}
 	}
+}
+
+// etcd raises a TTL below its minimum (ceil(1.5 × election timeout)); New
+// refuses to hold a lease longer than asked and revokes what was granted.
+func TestBelowServerMinimumTTL(t *testing.T) {
+	c := testcluster.New(t, testcluster.Size(1), testcluster.Timing(100, 1000))
+	ctx := ctxT(t, 10*time.Second)
+	_, err := leasekeeper.New(ctx, c.Client(), leasekeeper.WithTTL(time.Second))
+	require.ErrorIs(t, err, leasekeeper.ErrInvalidTTL)
+	require.ErrorContains(t, err, "granted 2s")
+	resp, err := c.Admin().Leases(ctx)
+	require.NoError(t, err)
+	require.Empty(t, resp.Leases, "the over-long lease was revoked")
+	k, err := leasekeeper.New(ctx, c.Client(), leasekeeper.WithTTL(2*time.Second))
+	require.NoError(t, err)
+	require.NoError(t, k.Close(ctx))
+}
+
+func TestStateMetric(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	ctx := ctxT(t, 20*time.Second)
+	k, err := leasekeeper.New(ctx, cluster.Client(), leasekeeper.WithTTL(10*time.Second), leasekeeper.WithMeterProvider(mp))
+	require.NoError(t, err)
+	events, _ := k.Subscribe()
+	next(t, events, time.Second)
+	require.NoError(t, cluster.RevokeLease(ctx, k.Current().ID()))
+	require.Equal(t, leasekeeper.Lost, next(t, events, 5*time.Second).State)
+	require.Equal(t, leasekeeper.Reconnected, next(t, events, 5*time.Second).State)
+	require.NoError(t, k.Close(ctx))
+
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(ctx, &rm))
+	counts := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "concord.lease.state_changes" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				s, _ := dp.Attributes.Value("state")
+				counts[s.AsString()] += dp.Value
+			}
+		}
+	}
+	assert.Equal(t, map[string]int64{"Connected": 1, "Lost": 1, "Reconnected": 1, "Closed": 1}, counts)
 }

@@ -30,6 +30,8 @@ type config struct {
 	compactRetain   string
 	maxRequestBytes uint
 	maxTxnOps       uint
+	tickMs          uint
+	electionMs      uint
 }
 
 // Size sets the number of members (default 3).
@@ -55,6 +57,13 @@ func MaxRequestBytes(n uint) Option { return func(c *config) { c.maxRequestBytes
 // MaxTxnOps sets the members' limit on operations per transaction (etcd
 // default 128).
 func MaxTxnOps(n uint) Option { return func(c *config) { c.maxTxnOps = n } }
+
+// Timing sets the raft heartbeat tick and election timeout in milliseconds
+// (defaults 10 and 100, for fast failover in tests; election must be at least
+// 5 × tick). etcd's shortest lease TTL is ceil(1.5 × election) seconds.
+func Timing(tickMs, electionMs uint) Option {
+	return func(c *config) { c.tickMs, c.electionMs = tickMs, electionMs }
+}
 
 // Cluster is a set of embedded etcd members on loopback. Its methods are safe
 // for concurrent use.
@@ -104,9 +113,12 @@ func New(t testing.TB, opts ...Option) *Cluster {
 // Start starts a cluster and waits until every member serves requests. The
 // caller must Close it.
 func Start(ctx context.Context, opts ...Option) (*Cluster, error) {
-	cfg := config{size: 3}
+	cfg := config{size: 3, tickMs: 10, electionMs: 100}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if cfg.electionMs < 5*cfg.tickMs || cfg.tickMs == 0 {
+		return nil, fmt.Errorf("testcluster: timing %d/%d ms: election must be at least 5 × tick", cfg.tickMs, cfg.electionMs)
 	}
 	if cfg.size < 1 {
 		return nil, fmt.Errorf("testcluster: size %d: must be at least 1", cfg.size)
@@ -198,8 +210,8 @@ func (c *Cluster) embedConfig(m *member, initial, token string) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = m.name
 	ec.Dir = m.dir
-	ec.TickMs = 10
-	ec.ElectionMs = 100
+	ec.TickMs = c.cfg.tickMs
+	ec.ElectionMs = c.cfg.electionMs
 	ec.UnsafeNoFsync = true
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.InitialCluster = initial
@@ -354,3 +366,13 @@ func randomHex(n int) string {
 }
 
 var errClosed = errors.New("testcluster: cluster closed")
+
+// CertFiles returns the paths of the CA certificate and of the client
+// certificate and key when the cluster runs WithTLS (empty strings otherwise),
+// for programs that take TLS settings as files.
+func (c *Cluster) CertFiles() (ca, cert, key string) {
+	if c.certs == nil {
+		return "", "", ""
+	}
+	return c.certs.caFile, c.certs.clientCert, c.certs.clientKey
+}
