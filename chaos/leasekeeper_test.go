@@ -1,0 +1,275 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/testcluster"
+)
+
+// The leasekeeper checker: no holding's context is still live after the
+// server expired its lease. Each worker attaches a marker key to every
+// lease generation its keeper grants; an observer on a client no fault
+// touches watches the markers, and when it sees one deleted (the server
+// expired or revoked the lease), the lease's context must already be
+// canceled.
+
+// lkHolding is one lease generation as the checker sees it.
+type lkHolding struct {
+	worker     int
+	lease      clientv3.LeaseID
+	live       func() bool
+	canceledAt atomic.Int64 // unix nanos when the holder was told; 0 while live
+	checked    bool         // guarded by leaseChecker.mu
+}
+
+type leaseChecker struct {
+	r *report
+
+	mu       sync.Mutex // protects holdings, deletions, leads
+	holdings map[string]*lkHolding
+	expired  int
+	leads    []time.Duration
+}
+
+func (lc *leaseChecker) register(key string, h *lkHolding) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	lc.holdings[key] = h
+}
+
+// deleted is called when the observer learns that key is gone on the server.
+func (lc *leaseChecker) deleted(key string, at time.Time) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	h := lc.holdings[key]
+	if h == nil || h.checked {
+		return
+	}
+	h.checked = true
+	lc.expired++
+	if h.live() {
+		lc.r.violate("worker %d: lease %x expired on the server (marker %s deleted, seen at %s) while its holding was still live",
+			h.worker, int64(h.lease), key, at.Format("15:04:05.000"))
+		return
+	}
+	if c := h.canceledAt.Load(); c != 0 {
+		lc.leads = append(lc.leads, at.Sub(time.Unix(0, c)))
+	}
+}
+
+// observe watches prefix on admin until ctx ends. If the watch breaks
+// (compaction while it was disconnected), it lists what is left and treats
+// every registered marker that is gone as deleted now: a late check, never
+// a false one.
+func (lc *leaseChecker) observe(ctx context.Context, admin *clientv3.Client, prefix string, ready chan<- struct{}) {
+	rev := int64(0)
+	for ctx.Err() == nil {
+		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify()}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		w := admin.Watch(wctx, prefix, opts...)
+		broken := false
+		for resp := range w {
+			if resp.Created && ready != nil {
+				close(ready)
+				ready = nil
+			}
+			if err := resp.Err(); err != nil {
+				broken = true
+				break
+			}
+			now := time.Now()
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					lc.deleted(string(ev.Kv.Key), now)
+				}
+			}
+			rev = resp.Header.Revision + 1
+		}
+		cancel()
+		if !broken || ctx.Err() != nil {
+			continue
+		}
+		gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := admin.Get(gctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		gcancel()
+		if err != nil {
+			rev = 0
+			continue
+		}
+		present := map[string]bool{}
+		for _, kv := range resp.Kvs {
+			present[string(kv.Key)] = true
+		}
+		now := time.Now()
+		lc.mu.Lock()
+		var gone []string
+		for k := range lc.holdings {
+			if !present[k] {
+				gone = append(gone, k)
+			}
+		}
+		lc.mu.Unlock()
+		for _, k := range gone {
+			lc.deleted(k, now)
+		}
+		rev = resp.Header.Revision + 1
+	}
+}
+
+// lkWorker runs lease generations on its own keeper until ctx ends. Each
+// generation writes a marker bound to the lease, then keeps writing it (the
+// operations) until the holder believes the lease lost. A protected holder
+// believes the lease's context; an unprotected one ignores it and learns
+// of the loss only when etcd refuses a write on the lease.
+func lkWorker(ctx context.Context, r *report, lc *leaseChecker, k *leasekeeper.Keeper, id int, prefix string, protected bool) {
+	cli := k.Client()
+	for ctx.Err() == nil {
+		l, err := k.Lease(ctx)
+		if err != nil {
+			return
+		}
+		key := fmt.Sprintf("%sw%d/%x", prefix, id, int64(l.ID()))
+		h := &lkHolding{worker: id, lease: l.ID()}
+		stop := context.AfterFunc(l.Context(), func() { h.canceledAt.Store(time.Now().UnixNano()) })
+		var refused atomic.Bool
+		if protected {
+			h.live = func() bool { return l.Context().Err() == nil }
+		} else {
+			h.live = func() bool { return !refused.Load() }
+		}
+		lc.register(key, h)
+		for n := 0; ; n++ {
+			if protected && l.Context().Err() != nil {
+				break
+			}
+			if !protected && refused.Load() {
+				break
+			}
+			pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			_, err := cli.Put(pctx, key, fmt.Sprint(n), clientv3.WithLease(l.ID()))
+			cancel()
+			if ctx.Err() != nil {
+				stop()
+				return
+			}
+			if err == nil {
+				r.ops.Add(1)
+			} else if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				refused.Store(true)
+			}
+			if !pause(ctx, 20*time.Millisecond) {
+				stop()
+				return
+			}
+		}
+		stop()
+	}
+}
+
+type lkRun struct {
+	workers   int
+	protected bool
+	nemesis   nemesisConfig
+	duration  time.Duration
+}
+
+func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun) (*report, *nemesis) {
+	ctx := ctxT(t, cfg.duration+2*time.Minute)
+	r := newReport(t, seed)
+	lc := &leaseChecker{r: r, holdings: map[string]*lkHolding{}}
+	prefix := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
+
+	octx, ostop := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	var obs sync.WaitGroup
+	obs.Go(func() { lc.observe(octx, c.Admin(), prefix, ready) })
+	defer func() { ostop(); obs.Wait() }()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		t.Fatal("observer watch not created")
+	}
+
+	var keepers []*leasekeeper.Keeper
+	cfg.nemesis.clients = nil
+	for range cfg.workers {
+		cli, err := c.NewClient()
+		require.NoError(t, err)
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+		require.NoError(t, err)
+		keepers = append(keepers, k)
+		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
+	}
+	defer func() {
+		for _, k := range keepers {
+			_ = k.Close(context.Background())
+		}
+	}()
+
+	n := newNemesis(t, c, seed, cfg.nemesis)
+	wctx, wstop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i, k := range keepers {
+		wg.Go(func() { lkWorker(wctx, r, lc, k, i, prefix, cfg.protected) })
+	}
+	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	n.run(nctx)
+	ncancel()
+	wstop()
+	wg.Wait()
+	// Markers of live leases are deleted when the keepers close; the
+	// observer must be gone by then.
+	ostop()
+	obs.Wait()
+	lc.mu.Lock()
+	r.note("%d lease generations, %d server expiries checked", len(lc.holdings), lc.expired)
+	if len(lc.leads) > 0 {
+		minLead := lc.leads[0]
+		for _, d := range lc.leads {
+			minLead = min(minLead, d)
+		}
+		r.note("holder told at least %v before the observer saw the expiry", minLead.Round(time.Millisecond))
+	}
+	expired := lc.expired
+	lc.mu.Unlock()
+	if expired == 0 {
+		t.Errorf("no lease expired on the server during the run: the checker checked nothing")
+	}
+	return r, n
+}
+
+func TestChaosLeasekeeper(t *testing.T) {
+	s := seed(t)
+	c := testcluster.New(t)
+	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second)})
+	r.expectNone(t, n)
+}
+
+// TestChaosLeasekeeperCheckerCatchesIgnoredContext runs holders that ignore
+// their lease's context: they believe they hold until etcd refuses a write,
+// which a client that is cut off cannot hear. The checker must see leases
+// expire on the server under live holdings.
+func TestChaosLeasekeeperCheckerCatchesIgnoredContext(t *testing.T) {
+	s := seed(t)
+	c := testcluster.New(t)
+	cfg := defaultNemesis()
+	cfg.kinds = nil // client cuts alone are enough
+	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
+	r, n := runLeasekeeper(t, c, s, lkRun{workers: 2, protected: false, nemesis: cfg, duration: 5 * time.Second})
+	r.expectSome(t, n)
+}
