@@ -1,0 +1,231 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Stats counts a queue's tasks.
+type Stats struct {
+	Ready   int // claimable now
+	Delayed int // claimable later
+	Running int // claimed
+	Done    int // acknowledged within the retention
+	Dead    int // dead letters
+}
+
+// Stats counts the queue's tasks in one linearizable read transaction of
+// count-only ranges. Its cost grows with the number of keys, and deleted
+// keys not yet compacted, under the queue: it is for inspection, not for
+// the hot path (the depth metric comes from each consumer's watched view).
+func (q *Queue) Stats(ctx context.Context) (Stats, error) {
+	now := time.Now().UnixNano()
+	dp := q.keys.delayedPrefix()
+	dueEnd := dp + encTime(now+1)
+	count := func(from, to string) clientv3.Op {
+		return clientv3.OpGet(from, clientv3.WithRange(to), clientv3.WithCountOnly())
+	}
+	pend := func(p string) clientv3.Op { return count(p, clientv3.GetPrefixRangeEnd(p)) }
+	resp, err := q.cli.Txn(ctx).Then(
+		pend(q.keys.readyPrefix()),
+		count(dp, dueEnd),
+		count(dueEnd, clientv3.GetPrefixRangeEnd(dp)),
+		pend(q.keys.claimPrefix()),
+		pend(q.keys.prefix+"f/"),
+		pend(q.keys.prefix+"x/"),
+	).Commit()
+	if err != nil {
+		return Stats{}, fmt.Errorf("queue: stats: %w", err)
+	}
+	c := func(i int) int { return int(resp.Responses[i].GetResponseRange().GetCount()) }
+	s := Stats{Delayed: c(2), Running: c(3), Done: c(4), Dead: c(5)}
+	s.Ready = max(c(0)+c(1)-s.Running, 0)
+	return s, nil
+}
+
+// Entry is one task in a List.
+type Entry struct {
+	ID       string
+	State    State // queued, delayed or running
+	Priority int
+	ReadyAt  time.Time
+}
+
+// List returns up to limit unfinished tasks in the order consumers take
+// them (ready ones by priority and time, then delayed ones by time), with
+// running tasks marked. limit ≤ 0 means 1000. Keys under the queue that this
+// package did not write are reported as an error wrapping ErrCorrupt.
+func (q *Queue) List(ctx context.Context, limit int) ([]Entry, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	var out []Entry
+	claimed := map[string]bool{}
+	cp := q.keys.claimPrefix()
+	cresp, err := q.cli.Get(ctx, cp, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("queue: list: %w", err)
+	}
+	for _, kv := range cresp.Kvs {
+		claimed[strings.TrimPrefix(string(kv.Key), cp)] = true
+	}
+	now := time.Now().UnixNano()
+	for _, p := range []string{q.keys.readyPrefix(), q.keys.delayedPrefix()} {
+		if len(out) >= limit {
+			break
+		}
+		resp, err := q.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithLimit(int64(limit-len(out))), clientv3.WithRev(cresp.Header.Revision))
+		if err != nil {
+			return nil, fmt.Errorf("queue: list: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			e, err := parseIndexKey(k, strings.TrimPrefix(k, q.keys.index()))
+			if err != nil {
+				return out, err
+			}
+			st := StateQueued
+			switch {
+			case claimed[e.id]:
+				st = StateRunning
+			case !e.ready && e.at > now:
+				st = StateDelayed
+			}
+			out = append(out, Entry{ID: e.id, State: st, Priority: int(e.prio), ReadyAt: time.Unix(0, e.at)})
+		}
+	}
+	return out, nil
+}
+
+// DeadLetter is one task in the dead letters.
+type DeadLetter struct {
+	ID       string
+	Reason   string
+	Attempt  int
+	Priority int
+	At       time.Time
+}
+
+// DeadLetters returns up to limit dead letters (limit ≤ 0: 1000), oldest
+// task first.
+func (q *Queue) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	xp := q.keys.prefix + "x/"
+	resp, err := q.cli.Get(ctx, xp, clientv3.WithPrefix(), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("queue: dead letters: %w", err)
+	}
+	out := make([]DeadLetter, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		id := strings.TrimPrefix(string(kv.Key), xp)
+		d, err := decodeDead(kv.Value)
+		if err != nil || !validID(id) {
+			return out, fmt.Errorf("queue: dead letter %q: %w", kv.Key, ErrCorrupt)
+		}
+		out = append(out, DeadLetter{ID: id, Reason: d.Reason, Attempt: d.Attempt, Priority: int(d.Prio), At: time.Unix(0, d.At)})
+	}
+	return out, nil
+}
+
+// Requeue puts a dead letter back in the queue, ready now, with its attempt
+// count reset and its last checkpoint kept. It returns ErrNotDead if the task
+// is not a dead letter. Two etcd requests (a read, a guarded write).
+func (q *Queue) Requeue(ctx context.Context, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("queue: requeue: invalid task ID %q", id)
+	}
+	xk, sk := q.keys.dead(id), q.keys.status(id)
+	resp, err := q.cli.Txn(ctx).Then(clientv3.OpGet(xk), clientv3.OpGet(sk)).Commit()
+	if err != nil {
+		return fmt.Errorf("queue: requeue: %w", err)
+	}
+	xkvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(xkvs) == 0 {
+		return fmt.Errorf("%w: %s", ErrNotDead, id)
+	}
+	d, err := decodeDead(xkvs[0].Value)
+	if err != nil {
+		return fmt.Errorf("queue: requeue %s: %w", id, err)
+	}
+	var prev statusRecord
+	if skvs := resp.Responses[1].GetResponseRange().GetKvs(); len(skvs) > 0 {
+		prev, _ = decodeStatus(skvs[0].Value)
+	}
+	now := time.Now().UnixNano()
+	pos := q.keys.ready(d.Prio, now, id)
+	st := statusRecord{State: StateQueued, Pos: q.rel(pos), At: now, Prio: d.Prio, Err: d.Reason, Dedup: prev.Dedup}
+	ops := []clientv3.Op{
+		clientv3.OpDelete(xk),
+		clientv3.OpDelete(q.keys.attempt(id)),
+		clientv3.OpPut(sk, string(encodeStatus(st))),
+		clientv3.OpPut(pos, ""),
+	}
+	tr, err := q.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(xk), "=", xkvs[0].ModRevision)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("queue: requeue: %w", err)
+	}
+	if !tr.Succeeded {
+		return fmt.Errorf("%w: %s changed while being requeued", ErrNotDead, id)
+	}
+	return nil
+}
+
+// Purge deletes a dead letter for good. It returns ErrNotDead if the task is
+// not a dead letter. One etcd transaction.
+func (q *Queue) Purge(ctx context.Context, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("queue: purge: invalid task ID %q", id)
+	}
+	xk := q.keys.dead(id)
+	tr, err := q.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(xk), ">", 0)).Then(
+		clientv3.OpDelete(xk),
+		clientv3.OpDelete(q.keys.task(id)),
+		clientv3.OpDelete(q.keys.status(id)),
+		clientv3.OpDelete(q.keys.progress(id)),
+		clientv3.OpDelete(q.keys.attempt(id)),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("queue: purge: %w", err)
+	}
+	if !tr.Succeeded {
+		return fmt.Errorf("%w: %s", ErrNotDead, id)
+	}
+	return nil
+}
+
+// PurgeDead deletes every dead letter and returns how many.
+func (q *Queue) PurgeDead(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		ds, err := q.DeadLetters(ctx, 100)
+		if err != nil {
+			return n, err
+		}
+		if len(ds) == 0 {
+			return n, nil
+		}
+		for _, d := range ds {
+			if err := q.Purge(ctx, d.ID); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+}
+
+// Destroy deletes every key of the queue — tasks in every state, claims and
+// records — in one request. Workers holding claims lose them (their Ack
+// fails with ErrLost).
+func (q *Queue) Destroy(ctx context.Context) error {
+	if _, err := q.cli.Delete(ctx, q.keys.prefix, clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("queue: destroy: %w", err)
+	}
+	return nil
+}

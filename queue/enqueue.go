@@ -1,0 +1,238 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EnqueueOption sets a property of one task.
+type EnqueueOption func(*enqueueOptions)
+
+type enqueueOptions struct {
+	prio      int32
+	notBefore time.Time
+	delay     time.Duration
+	dedup     string
+	errs      []error
+}
+
+// Priority sets the task's priority: higher is dequeued first. Default 0;
+// any value that fits in an int32.
+func Priority(p int) EnqueueOption {
+	return func(o *enqueueOptions) {
+		if p < math.MinInt32 || p > math.MaxInt32 {
+			o.errs = append(o.errs, fmt.Errorf("priority %d: out of int32 range", p))
+			return
+		}
+		o.prio = int32(p)
+	}
+}
+
+// NotBefore makes the task ready at t rather than now.
+func NotBefore(t time.Time) EnqueueOption {
+	return func(o *enqueueOptions) { o.notBefore = t }
+}
+
+// Delay makes the task ready d from now.
+func Delay(d time.Duration) EnqueueOption {
+	return func(o *enqueueOptions) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("delay %v: must not be negative", d))
+		}
+		o.delay = d
+	}
+}
+
+// MaxDedupIDLen is the longest dedup ID accepted, in bytes.
+const MaxDedupIDLen = 512
+
+// DedupID makes the enqueue idempotent: while a task enqueued with the same
+// dedup ID is not finished (acknowledged or dead), Enqueue returns that
+// task's ID and writes nothing.
+func DedupID(s string) EnqueueOption {
+	return func(o *enqueueOptions) {
+		switch {
+		case s == "" || len(s) > MaxDedupIDLen:
+			o.errs = append(o.errs, fmt.Errorf("dedup ID of %d bytes: must be 1 to %d", len(s), MaxDedupIDLen))
+		case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
+			o.errs = append(o.errs, fmt.Errorf("dedup ID %q: must be valid UTF-8 without NUL", s))
+		}
+		o.dedup = s
+	}
+}
+
+// Item is one task of an EnqueueBatch.
+type Item struct {
+	Payload []byte
+	Options []EnqueueOption
+}
+
+// prepared is a task ready to be written.
+type prepared struct {
+	id    string
+	dedup string
+	ops   []clientv3.Op
+	bytes int
+}
+
+// requestOverhead leaves room in a request for keys, the status record and
+// framing around a task's payload.
+const requestOverhead = 16 * 1024
+
+func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) {
+	var eo enqueueOptions
+	for _, opt := range opts {
+		opt(&eo)
+	}
+	if len(eo.errs) > 0 {
+		return prepared{}, fmt.Errorf("queue: enqueue: invalid option: %w", errors.Join(eo.errs...))
+	}
+	if limit := q.o.maxRequestBytes - requestOverhead; len(payload) > limit {
+		return prepared{}, fmt.Errorf("queue: enqueue: payload of %d bytes is over the %d bytes one etcd request may carry (%d, less %d for keys and records)",
+			len(payload), limit, q.o.maxRequestBytes, requestOverhead)
+	}
+	now := time.Now()
+	id, ns := q.ids.next(now)
+	readyAt := now
+	if !eo.notBefore.IsZero() && eo.notBefore.After(readyAt) {
+		readyAt = eo.notBefore
+	}
+	if eo.delay > 0 && now.Add(eo.delay).After(readyAt) {
+		readyAt = now.Add(eo.delay)
+	}
+	var pos string
+	st := statusRecord{State: StateQueued, At: ns, Prio: eo.prio, Dedup: eo.dedup}
+	if readyAt.After(now) {
+		pos = q.keys.delayed(readyAt.UnixNano(), eo.prio, id)
+		st.State = StateDelayed
+	} else {
+		pos = q.keys.ready(eo.prio, ns, id)
+	}
+	st.Pos = strings.TrimPrefix(pos, q.keys.prefix)
+	tv := encodeTask(taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}, payload)
+	sv := encodeStatus(st)
+	return prepared{
+		id:    id,
+		dedup: eo.dedup,
+		ops: []clientv3.Op{
+			clientv3.OpPut(q.keys.task(id), string(tv)),
+			clientv3.OpPut(q.keys.status(id), string(sv)),
+			clientv3.OpPut(pos, ""),
+		},
+		bytes: len(tv) + len(sv) + 3*len(pos),
+	}, nil
+}
+
+// Enqueue adds a task and returns its ID. It costs one etcd transaction (one
+// Raft write) that puts the task record, its status and its index key. With
+// DedupID, the transaction also claims the dedup key, or, if an unfinished
+// task holds it, writes nothing and returns that task's ID.
+//
+// Bad options or a payload over the request limit are reported before
+// anything is written. On a context or etcd error the task may or may not
+// have been written; use DedupID to make a retry safe.
+func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
+	p, err := q.prepare(payload, opts)
+	if err != nil {
+		return "", err
+	}
+	if p.dedup == "" {
+		if _, err := q.cli.Txn(ctx).Then(p.ops...).Commit(); err != nil {
+			return "", fmt.Errorf("queue: enqueue: %w", err)
+		}
+		return p.id, nil
+	}
+	dk := q.keys.dedup(p.dedup)
+	resp, err := q.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(dk), "=", 0)).
+		Then(append(p.ops, clientv3.OpPut(dk, p.id))...).
+		Else(clientv3.OpGet(dk)).
+		Commit()
+	if err != nil {
+		return "", fmt.Errorf("queue: enqueue: %w", err)
+	}
+	if resp.Succeeded {
+		return p.id, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		// The holder finished between the compare and the get: impossible
+		// in one transaction, so the key is malformed.
+		return "", fmt.Errorf("%w: dedup key %q without value", ErrCorrupt, dk)
+	}
+	first := string(kvs[0].Value)
+	if !validID(first) {
+		return "", fmt.Errorf("%w: dedup key %q holds %q", ErrCorrupt, dk, first)
+	}
+	return first, nil
+}
+
+// EnqueueBatch adds several tasks, as few transactions as the cluster's
+// limits allow (WithMaxTxnOps, WithMaxRequestBytes): three operations per
+// task. Items with a DedupID are enqueued one by one after the others. It
+// returns the IDs in item order. Every item is validated before anything is
+// written; on an etcd error, the IDs of the transactions that committed are
+// returned with the error.
+func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error) {
+	ps := make([]prepared, len(items))
+	for i, it := range items {
+		p, err := q.prepare(it.Payload, it.Options)
+		if err != nil {
+			return nil, fmt.Errorf("queue: batch item %d: %w", i, err)
+		}
+		ps[i] = p
+	}
+	ids := make([]string, len(items))
+	perTxn := q.o.maxTxnOps / 3
+	budget := q.o.maxRequestBytes - requestOverhead
+	var ops []clientv3.Op
+	var batch []int
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if _, err := q.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("queue: enqueue batch: %w", err)
+		}
+		for _, i := range batch {
+			ids[i] = ps[i].id
+		}
+		ops, batch, size = ops[:0], batch[:0], 0
+		return nil
+	}
+	for i, p := range ps {
+		if p.dedup != "" {
+			continue
+		}
+		if len(batch) == perTxn || (len(batch) > 0 && size+p.bytes > budget) {
+			if err := flush(); err != nil {
+				return ids, err
+			}
+		}
+		ops = append(ops, p.ops...)
+		batch = append(batch, i)
+		size += p.bytes
+	}
+	if err := flush(); err != nil {
+		return ids, err
+	}
+	for i, p := range ps {
+		if p.dedup == "" {
+			continue
+		}
+		id, err := q.Enqueue(ctx, items[i].Payload, items[i].Options...)
+		if err != nil {
+			return ids, fmt.Errorf("queue: batch item %d: %w", i, err)
+		}
+		ids[i] = id
+	}
+	return ids, nil
+}

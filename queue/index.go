@@ -1,0 +1,459 @@
+package queue
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/retry"
+)
+
+// index is one process's view of a queue's index keys (i/r/, i/d/, i/c/),
+// kept by one watch, so that a Dequeue finds its candidate without reading
+// etcd and an idle consumer is woken by the watch event itself. The view may
+// lag etcd by a watch delay; claims are transactions that re-check in etcd
+// what the view promised, so a stale view costs a failed claim, never a
+// wrong one.
+type index struct {
+	q      *Queue
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+
+	mu       sync.Mutex // protects everything below
+	ready    []entry    // live i/r/ keys, sorted by entry.less
+	delayed  []entry    // live i/d/ keys, sorted by time, then entry.less
+	claimed  map[string]int64
+	workers  map[string]time.Time // worker → when a claim of it was last seen
+	skip     map[string]int64     // id → skip it until the view reaches this revision
+	reserved map[string]bool      // ids a local Dequeue is claiming now
+	tasks    map[string]*Task     // claimed through this Queue and not finished
+	rev      int64                // revision the view reflects
+	loaded   bool
+	changed  chan struct{} // closed and replaced on every change
+	conflict int64         // failed claim transactions
+	claims   int64         // claim transactions
+}
+
+func startIndex(q *Queue) *index {
+	ctx, cancel := context.WithCancel(context.Background())
+	ix := &index{
+		q:        q,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		claimed:  map[string]int64{},
+		workers:  map[string]time.Time{},
+		skip:     map[string]int64{},
+		reserved: map[string]bool{},
+		tasks:    map[string]*Task{},
+		changed:  make(chan struct{}),
+	}
+	go ix.run(ctx)
+	return ix
+}
+
+func (ix *index) stop() {
+	ix.cancel()
+	<-ix.done
+}
+
+// notifyLocked wakes every local waiter; they re-check under mu. A waiter
+// that finds nothing goes back to sleep, so waking all local waiters costs no
+// etcd request.
+func (ix *index) notifyLocked() {
+	close(ix.changed)
+	ix.changed = make(chan struct{})
+}
+
+// run keeps the view: a watch on i/ with no start revision (synced at once,
+// see ETCD-NOTES), a full read after the watch is created, then events
+// applied in order. Any watch failure (compaction, lost leader, member
+// restart) starts over with a fresh watch and read.
+func (ix *index) run(ctx context.Context) {
+	defer close(ix.done)
+	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	for ctx.Err() == nil {
+		if ix.session(ctx) {
+			bo.Reset()
+		}
+		ix.mu.Lock()
+		ix.loaded = false
+		ix.notifyLocked()
+		ix.mu.Unlock()
+		if bo.Wait(ctx) != nil {
+			return
+		}
+	}
+}
+
+// session runs one watch; it reports whether it got as far as loading.
+func (ix *index) session(ctx context.Context) bool {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	prefix := ix.q.keys.index()
+	wch := ix.q.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	var first clientv3.WatchResponse
+	select {
+	case first = <-wch:
+	case <-ctx.Done():
+		return false
+	}
+	if first.Err() != nil || !first.Created {
+		return false
+	}
+	loadRev, err := ix.load(wctx, first.Header.Revision)
+	if err != nil {
+		return false
+	}
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-wch:
+		case <-ctx.Done():
+			return true
+		}
+		if !ok || resp.Err() != nil || resp.Canceled {
+			return true
+		}
+		ix.apply(resp.Events, loadRev, resp.Header.Revision)
+	}
+}
+
+// load reads every index key at one revision (at least rev), in pages, and
+// replaces the view with it. Events at or below the returned revision are
+// already in the view.
+func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
+	prefix := ix.q.keys.index()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var ready, delayed []entry
+	claimed := map[string]int64{}
+	workers := map[string]time.Time{}
+	key := prefix
+	readRev := int64(0)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
+		if readRev != 0 {
+			opts = append(opts, clientv3.WithRev(readRev))
+		}
+		resp, err := ix.q.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, err
+		}
+		if readRev == 0 {
+			readRev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			ix.q.classify(kv, &ready, &delayed, claimed, workers)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	slices.SortFunc(ready, cmpReady)
+	slices.SortFunc(delayed, cmpDelayed)
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.ready, ix.delayed, ix.claimed, ix.workers = ready, delayed, claimed, workers
+	ix.rev = max(readRev, rev)
+	ix.loaded = true
+	ix.notifyLocked()
+	return readRev, nil
+}
+
+func cmpReady(a, b entry) int {
+	switch {
+	case a.less(b):
+		return -1
+	case b.less(a):
+		return 1
+	}
+	return 0
+}
+
+func cmpDelayed(a, b entry) int {
+	if a.at != b.at {
+		if a.at < b.at {
+			return -1
+		}
+		return 1
+	}
+	return cmpReady(a, b)
+}
+
+// classify adds one index key to the collections. Keys this package did not
+// write are ignored here (Stats and List report them); a corrupt key must not
+// stop every consumer.
+func (q *Queue) classify(kv *mvccpb.KeyValue, ready, delayed *[]entry, claimed map[string]int64, workers map[string]time.Time) {
+	rest := strings.TrimPrefix(string(kv.Key), q.keys.index())
+	if id, ok := strings.CutPrefix(rest, "c/"); ok {
+		if !validID(id) {
+			return
+		}
+		claimed[id] = kv.CreateRevision
+		if c, err := decodeClaim(kv.Value); err == nil {
+			workers[c.Worker] = time.Now()
+		}
+		return
+	}
+	e, err := parseIndexKey(string(kv.Key), rest)
+	if err != nil {
+		return
+	}
+	if e.ready {
+		*ready = append(*ready, e)
+	} else {
+		*delayed = append(*delayed, e)
+	}
+}
+
+func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	prefix := ix.q.keys.index()
+	for _, ev := range evs {
+		if ev.Kv.ModRevision <= loadRev {
+			continue // already in the loaded view
+		}
+		key := string(ev.Kv.Key)
+		rest := strings.TrimPrefix(key, prefix)
+		if id, ok := strings.CutPrefix(rest, "c/"); ok {
+			if !validID(id) {
+				continue
+			}
+			if ev.Type == clientv3.EventTypePut {
+				ix.claimed[id] = ev.Kv.CreateRevision
+				if c, err := decodeClaim(ev.Kv.Value); err == nil {
+					ix.workers[c.Worker] = time.Now()
+				}
+			} else {
+				delete(ix.claimed, id)
+				if t := ix.tasks[id]; t != nil {
+					// The claim key is gone: acknowledged by this Queue, or
+					// deleted by its lease's expiry or by someone else.
+					t.claimDeleted(ev.Kv.ModRevision)
+				}
+			}
+			continue
+		}
+		e, err := parseIndexKey(key, rest)
+		if err != nil {
+			continue
+		}
+		list, cmp := &ix.ready, cmpReady
+		if !e.ready {
+			list, cmp = &ix.delayed, cmpDelayed
+		}
+		i, found := slices.BinarySearchFunc(*list, e, cmp)
+		if ev.Type == clientv3.EventTypePut {
+			if !found {
+				*list = slices.Insert(*list, i, e)
+			}
+		} else if found {
+			*list = slices.Delete(*list, i, i+1)
+		}
+	}
+	if headerRev > ix.rev {
+		ix.rev = headerRev
+	}
+	ix.notifyLocked()
+}
+
+// activeWindow is how long a worker counts as active after its last claim
+// was seen, for spreading claims.
+const activeWindow = 2 * time.Second
+
+// chooseLocked picks the candidate for this process's next claim, or reports
+// that none is available now and when the next delayed task becomes due.
+//
+// Consumers in different processes do not all race for the first task: each
+// takes the i-th available task, i its rank among the workers seen claiming
+// recently, so that their claims touch different keys. A worker alone takes
+// the first, which keeps strict order for a single consumer.
+func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
+	active := []string{ix.q.worker}
+	for w, seen := range ix.workers {
+		if w == ix.q.worker {
+			continue
+		}
+		if now.Sub(seen) > activeWindow {
+			delete(ix.workers, w)
+			continue
+		}
+		active = append(active, w)
+	}
+	slices.Sort(active)
+	rank := slices.Index(active, ix.q.worker)
+	want := rank + 1
+
+	usable := func(e entry) bool {
+		if _, ok := ix.claimed[e.id]; ok {
+			return false
+		}
+		if ix.reserved[e.id] {
+			return false
+		}
+		if r, ok := ix.skip[e.id]; ok {
+			if ix.rev < r {
+				return false
+			}
+			delete(ix.skip, e.id)
+		}
+		return true
+	}
+	var cands []entry
+	for _, e := range ix.ready {
+		if len(cands) == want {
+			break
+		}
+		if usable(e) {
+			cands = append(cands, e)
+		}
+	}
+	// Due delayed tasks compete with ready ones by priority and ready time.
+	var next time.Time
+	nowNs := now.UnixNano()
+	for _, e := range ix.delayed {
+		if e.at > nowNs {
+			next = time.Unix(0, e.at)
+			break
+		}
+		if !usable(e) {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(cands, e, cmpReady)
+		if i < want {
+			cands = slices.Insert(cands, i, e)
+			if len(cands) > want {
+				cands = cands[:want]
+			}
+		}
+	}
+	if len(cands) == 0 {
+		return entry{}, false, next
+	}
+	return cands[rank%len(cands)], true, next
+}
+
+// pick waits until a candidate is available, reserves it locally and returns
+// it. Reserved candidates are skipped by other local Dequeue calls until
+// release.
+func (ix *index) pick(ctx context.Context, wait bool) (entry, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		ix.mu.Lock()
+		ch := ix.changed
+		var next time.Time
+		if ix.loaded {
+			e, ok, n := ix.chooseLocked(time.Now())
+			if ok {
+				ix.reserved[e.id] = true
+				ix.mu.Unlock()
+				return e, nil
+			}
+			next = n
+			if !wait {
+				ix.mu.Unlock()
+				return entry{}, ErrEmpty
+			}
+		}
+		ix.mu.Unlock()
+		var tc <-chan time.Time
+		if !next.IsZero() {
+			d := time.Until(next)
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			tc = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return entry{}, context.Cause(ctx)
+		case <-ix.done:
+			return entry{}, ErrClosed
+		case <-ch:
+		case <-tc:
+		}
+	}
+}
+
+// release ends a local reservation; skipUntil > 0 hides the candidate until
+// the view has caught up with that revision (the claim's outcome).
+func (ix *index) release(id string, skipUntil int64) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	delete(ix.reserved, id)
+	if skipUntil > ix.rev {
+		ix.skip[id] = skipUntil
+	}
+	ix.notifyLocked()
+}
+
+func (ix *index) track(t *Task) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.tasks[t.ID] = t
+}
+
+func (ix *index) untrack(t *Task) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.tasks[t.ID] == t {
+		delete(ix.tasks, t.ID)
+	}
+}
+
+func (ix *index) count(conflict bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.claims++
+	if conflict {
+		ix.conflict++
+	}
+}
+
+// depth returns the view's ready, delayed and running counts.
+func (ix *index) depth(now time.Time) (ready, delayed, running int, ok bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if !ix.loaded {
+		return 0, 0, 0, false
+	}
+	nowNs := now.UnixNano()
+	for _, e := range ix.delayed {
+		if e.at > nowNs {
+			delayed++
+		} else {
+			ready++
+		}
+	}
+	ready += len(ix.ready)
+	running = len(ix.claimed)
+	ready = max(ready-running, 0)
+	return ready, delayed, running, true
+}
+
+// ClaimCounts returns how many claim transactions this Queue sent and how
+// many of them failed because another worker was first (or the view was
+// stale).
+func (q *Queue) ClaimCounts() (claims, conflicts int64) {
+	ix := q.currentIndex()
+	if ix == nil {
+		return 0, 0
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	return ix.claims, ix.conflict
+}

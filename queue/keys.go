@@ -1,0 +1,177 @@
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Key layout under the queue's prefix P = names.Prefix(name, "queue"):
+//
+//	P i/r/<prio>/<time>/<id>  ready: claimable now, in key order
+//	P i/d/<time>/<prio>/<id>  delayed: claimable from <time> on
+//	P i/c/<id>                claim, bound to the worker's lease
+//	P t/<id>                  task record: metadata and payload
+//	P s/<id>                  status record: state, position key, last error
+//	P f/<id>                  finished record, bound to a retention lease
+//	P a/<id>                  attempt counter: its etcd Version is the attempt
+//	P p/<id>                  progress: fraction, message, checkpoint
+//	P u/<dedup id>            dedup claim: the ID of the unfinished task
+//	P x/<id>                  dead-letter index
+//
+// The three index kinds sit under one "i/" prefix so a consumer process
+// watches them with a single watch, without receiving payloads.
+//
+// <prio> is 8 hex digits that sort higher priorities first; <time> is 16 hex
+// digits of Unix nanoseconds; <id> is 16 hex digits of Unix nanoseconds and 8
+// of randomness, so IDs from one producer sort in enqueue order.
+type layout struct {
+	prefix string
+}
+
+func (l layout) ready(prio int32, at int64, id string) string {
+	return l.prefix + "i/r/" + encPrio(prio) + "/" + encTime(at) + "/" + id
+}
+func (l layout) delayed(at int64, prio int32, id string) string {
+	return l.prefix + "i/d/" + encTime(at) + "/" + encPrio(prio) + "/" + id
+}
+func (l layout) claim(id string) string    { return l.prefix + "i/c/" + id }
+func (l layout) task(id string) string     { return l.prefix + "t/" + id }
+func (l layout) status(id string) string   { return l.prefix + "s/" + id }
+func (l layout) finished(id string) string { return l.prefix + "f/" + id }
+func (l layout) attempt(id string) string  { return l.prefix + "a/" + id }
+func (l layout) progress(id string) string { return l.prefix + "p/" + id }
+func (l layout) dedup(d string) string     { return l.prefix + "u/" + d }
+func (l layout) dead(id string) string     { return l.prefix + "x/" + id }
+func (l layout) index() string             { return l.prefix + "i/" }
+func (l layout) readyPrefix() string       { return l.prefix + "i/r/" }
+func (l layout) delayedPrefix() string     { return l.prefix + "i/d/" }
+func (l layout) claimPrefix() string       { return l.prefix + "i/c/" }
+
+// encPrio maps a priority to 8 hex digits whose byte order is the reverse of
+// the priority order, so that a range in key order yields the highest first.
+func encPrio(p int32) string {
+	u := ^(uint32(p) ^ 0x80000000)
+	return fmt.Sprintf("%08x", u)
+}
+
+func decPrio(s string) (int32, error) {
+	if len(s) != 8 {
+		return 0, fmt.Errorf("priority %q: want 8 hex digits", s)
+	}
+	u, err := strconv.ParseUint(s, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("priority %q: %w", s, err)
+	}
+	return int32(^uint32(u) ^ 0x80000000), nil
+}
+
+func encTime(ns int64) string { return fmt.Sprintf("%016x", uint64(ns)) }
+
+func decTime(s string) (int64, error) {
+	if len(s) != 16 {
+		return 0, fmt.Errorf("time %q: want 16 hex digits", s)
+	}
+	u, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("time %q: %w", s, err)
+	}
+	return int64(u), nil
+}
+
+const idLen = 24
+
+func validID(id string) bool {
+	if len(id) != idLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// idGen makes task IDs that strictly increase within one process, so tasks
+// from one producer keep their enqueue order even within a clock tick.
+type idGen struct {
+	mu   sync.Mutex // protects last
+	last int64
+}
+
+func (g *idGen) next(now time.Time) (string, int64) {
+	ns := now.UnixNano()
+	g.mu.Lock()
+	if ns <= g.last {
+		ns = g.last + 1
+	}
+	g.last = ns
+	g.mu.Unlock()
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return encTime(ns) + hex.EncodeToString(r[:]), ns
+}
+
+// entry is one index key, parsed.
+type entry struct {
+	key   string
+	id    string
+	prio  int32
+	at    int64 // ready time (delayed) or order time (ready)
+	ready bool  // under i/r/ rather than i/d/
+}
+
+// less orders entries as consumers should take them: higher priority first,
+// then earlier time, then ID.
+func (e entry) less(o entry) bool {
+	if e.prio != o.prio {
+		return e.prio > o.prio
+	}
+	if e.at != o.at {
+		return e.at < o.at
+	}
+	return e.id < o.id
+}
+
+// parseIndexKey parses a key under i/r/ or i/d/ (rest is the key without the
+// queue prefix and without "i/").
+func parseIndexKey(key, rest string) (entry, error) {
+	parts := strings.Split(rest, "/")
+	if len(parts) != 4 || (parts[0] != "r" && parts[0] != "d") {
+		return entry{}, fmt.Errorf("queue: corrupt index key %q", key)
+	}
+	e := entry{key: key, id: parts[3], ready: parts[0] == "r"}
+	ps, ts := parts[1], parts[2]
+	if !e.ready {
+		ps, ts = ts, ps
+	}
+	var err error
+	if e.prio, err = decPrio(ps); err != nil {
+		return entry{}, fmt.Errorf("queue: corrupt index key %q: %w", key, err)
+	}
+	if e.at, err = decTime(ts); err != nil {
+		return entry{}, fmt.Errorf("queue: corrupt index key %q: %w", key, err)
+	}
+	if !validID(e.id) {
+		return entry{}, fmt.Errorf("queue: corrupt index key %q: bad task ID", key)
+	}
+	return e, nil
+}
+
+// idTime returns the enqueue time encoded in a task ID (0 if malformed).
+func idTime(id string) int64 {
+	if len(id) < 16 {
+		return 0
+	}
+	t, err := decTime(id[:16])
+	if err != nil {
+		return 0
+	}
+	return t
+}

@@ -1,0 +1,299 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/names"
+)
+
+var (
+	// ErrEmpty is returned by TryDequeue when no task is ready.
+	ErrEmpty = errors.New("queue: no task ready")
+	// ErrLost is the cause of a task context's cancellation when its claim
+	// can no longer be trusted, and the error of Ack, Nack, Fail and Progress
+	// on a task whose claim was lost (lease expired or revoked, claim key
+	// deleted): another worker may have the task now.
+	ErrLost = errors.New("queue: claim lost")
+	// ErrFinished is returned when a task already acknowledged, requeued or
+	// failed by this worker is finished in a different way.
+	ErrFinished = errors.New("queue: task already finished")
+	// ErrNotFound reports a task ID the queue does not know (never enqueued,
+	// or finished longer ago than the retention).
+	ErrNotFound = errors.New("queue: task not found")
+	// ErrClosed is returned by Dequeue on a closed Queue.
+	ErrClosed = errors.New("queue: closed")
+	// ErrNotDead is returned by Requeue and Purge for a task that is not a
+	// dead letter.
+	ErrNotDead = errors.New("queue: task is not a dead letter")
+)
+
+// Defaults.
+const (
+	DefaultMaxAttempts  = 5
+	DefaultRetention    = 5 * time.Minute
+	DefaultRetryBackoff = time.Second
+	DefaultRetryMax     = time.Minute
+)
+
+// Queue is a durable work queue named by an etcd key prefix. Producers and
+// consumers in any number of processes share a queue by using the same name.
+// A Queue's methods are safe for concurrent use. A Queue that has served
+// Dequeue runs one background goroutine (its index watch); Close stops it.
+type Queue struct {
+	cli  *clientv3.Client
+	name string
+	keys layout
+	o    options
+
+	worker string // identifies this Queue's claims to other processes
+	ids    idGen
+	tel    *telemetry
+
+	mu      sync.Mutex // protects ix, closed, retain
+	ix      *index
+	closed  bool
+	retain  retentionLease
+	retainG sync.Mutex // serializes retention lease grants
+}
+
+type options struct {
+	maxAttempts     int
+	retention       time.Duration
+	backoff         time.Duration
+	backoffMax      time.Duration
+	maxTxnOps       int
+	maxRequestBytes int
+	worker          string
+	tp              trace.TracerProvider
+	mp              metric.MeterProvider
+	errs            []error
+}
+
+// Option configures a Queue.
+type Option func(*options)
+
+// WithMaxAttempts sets how many times a task is handed out before it goes to
+// the dead letters (a Nack on the last attempt, or a claim lost on it).
+// Default 5.
+func WithMaxAttempts(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			o.errs = append(o.errs, fmt.Errorf("max attempts %d: must be at least 1", n))
+		}
+		o.maxAttempts = n
+	}
+}
+
+// WithRetention sets how long the status record of a finished (acknowledged)
+// task is kept for Status and Stats. It is bound to an etcd lease that
+// expires, so etcd itself deletes it; no cleaner process is needed. Zero
+// deletes the record on Ack. Rounded up to whole seconds; kept between d and
+// 1.25·d. Default 5 minutes.
+func WithRetention(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("retention %v: must not be negative", d))
+		}
+		o.retention = d
+	}
+}
+
+// WithRetryBackoff sets the delay before a task nacked without an explicit
+// delay is ready again: base·2^(attempt−1), at most max. Default 1 s, 1 min.
+func WithRetryBackoff(base, max time.Duration) Option {
+	return func(o *options) {
+		if base < 0 || max < base {
+			o.errs = append(o.errs, fmt.Errorf("retry backoff %v..%v: need 0 ≤ base ≤ max", base, max))
+		}
+		o.backoff, o.backoffMax = base, max
+	}
+}
+
+// WithMaxTxnOps tells the queue the cluster's --max-txn-ops (default 128),
+// which bounds how many tasks EnqueueBatch writes per transaction.
+func WithMaxTxnOps(n int) Option {
+	return func(o *options) {
+		if n < 4 {
+			o.errs = append(o.errs, fmt.Errorf("max txn ops %d: must be at least 4", n))
+		}
+		o.maxTxnOps = n
+	}
+}
+
+// WithMaxRequestBytes tells the queue the cluster's --max-request-bytes
+// (default 1.5 MiB), which bounds payloads and batches.
+func WithMaxRequestBytes(n int) Option {
+	return func(o *options) {
+		if n < 4096 {
+			o.errs = append(o.errs, fmt.Errorf("max request bytes %d: must be at least 4096", n))
+		}
+		o.maxRequestBytes = n
+	}
+}
+
+// WithWorkerName sets the name this Queue's claims carry, shown by Status as
+// the worker of a running task. Default: random.
+func WithWorkerName(s string) Option {
+	return func(o *options) {
+		if s == "" || len(s) > 256 {
+			o.errs = append(o.errs, fmt.Errorf("worker name %q: must be 1 to 256 bytes", s))
+		}
+		o.worker = s
+	}
+}
+
+// WithTracerProvider sets the OpenTelemetry tracer provider (default: the
+// global one).
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tp = tp }
+}
+
+// WithMeterProvider sets the OpenTelemetry meter provider (default: the
+// global one).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.mp = mp }
+}
+
+// New returns the queue named name. It does no I/O. It returns an error for
+// a nil client, an invalid name or invalid options.
+func New(cli *clientv3.Client, name string, opts ...Option) (*Queue, error) {
+	if cli == nil {
+		return nil, errors.New("queue: nil client")
+	}
+	if err := names.Validate("queue", name); err != nil {
+		return nil, err
+	}
+	o := options{
+		maxAttempts:     DefaultMaxAttempts,
+		retention:       DefaultRetention,
+		backoff:         DefaultRetryBackoff,
+		backoffMax:      DefaultRetryMax,
+		maxTxnOps:       guard.MaxTxnOps,
+		maxRequestBytes: guard.MaxRequestBytes,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(o.errs) > 0 {
+		return nil, fmt.Errorf("queue: invalid option: %w", errors.Join(o.errs...))
+	}
+	if o.worker == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		o.worker = "w-" + hex.EncodeToString(b[:])
+	}
+	if o.tp == nil {
+		o.tp = otel.GetTracerProvider()
+	}
+	if o.mp == nil {
+		o.mp = otel.GetMeterProvider()
+	}
+	q := &Queue{
+		cli:    cli,
+		name:   name,
+		keys:   layout{prefix: names.Prefix(name, "queue")},
+		o:      o,
+		worker: o.worker,
+	}
+	q.tel = newTelemetry(q)
+	return q, nil
+}
+
+// Name returns the queue's name.
+func (q *Queue) Name() string { return q.name }
+
+// Worker returns the name this Queue's claims carry.
+func (q *Queue) Worker() string { return q.worker }
+
+// Close stops the background index watch, if Dequeue started one, and
+// unregisters the queue's metrics callback. Tasks already dequeued remain
+// usable. Dequeue on a closed Queue returns ErrClosed; producer and
+// inspection calls keep working.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	ix := q.ix
+	q.mu.Unlock()
+	if ix != nil {
+		ix.stop()
+	}
+	q.tel.close()
+	return nil
+}
+
+// indexFor returns the running index, starting it on first use.
+func (q *Queue) indexFor() (*index, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil, ErrClosed
+	}
+	if q.ix == nil {
+		q.ix = startIndex(q)
+	}
+	return q.ix, nil
+}
+
+// currentIndex returns the index if running, without starting it.
+func (q *Queue) currentIndex() *index {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.ix
+}
+
+// retentionLease is the lease finished-task records are attached to. A new
+// one is granted every retention/4 with a TTL of 1.25·retention, so a record
+// attached to it lives between retention and 1.25·retention: etcd deletes it
+// when the lease expires, without a cleaner.
+type retentionLease struct {
+	id      clientv3.LeaseID
+	granted time.Time
+}
+
+func (q *Queue) retentionTTL() int64 {
+	secs := int64((q.o.retention + q.o.retention/4 + time.Second - 1) / time.Second)
+	return max(secs, 1)
+}
+
+func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.LeaseID, error) {
+	q.retainG.Lock()
+	defer q.retainG.Unlock()
+	q.mu.Lock()
+	r := q.retain
+	q.mu.Unlock()
+	if !renew && r.id != 0 && time.Since(r.granted) < max(q.o.retention/4, time.Second/2) {
+		return r.id, nil
+	}
+	resp, err := q.cli.Grant(ctx, q.retentionTTL())
+	if err != nil {
+		return 0, fmt.Errorf("queue: grant retention lease: %w", err)
+	}
+	q.mu.Lock()
+	q.retain = retentionLease{id: resp.ID, granted: time.Now()}
+	q.mu.Unlock()
+	return resp.ID, nil
+}
+
+func (q *Queue) backoffFor(attempt int) time.Duration {
+	d := q.o.backoff
+	for i := 1; i < attempt && d < q.o.backoffMax; i++ {
+		d *= 2
+	}
+	return min(d, q.o.backoffMax)
+}

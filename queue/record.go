@@ -1,0 +1,204 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// ErrCorrupt reports a value under the queue's keys that this package did
+// not write, or cannot read.
+var ErrCorrupt = errors.New("queue: corrupt record")
+
+const recordVersion = 1
+
+// taskMeta is the JSON head of a task record; the payload follows it after a
+// newline, raw, so that it costs no encoding overhead.
+type taskMeta struct {
+	V      int    `json:"v"`
+	Prio   int32  `json:"p"`
+	Enq    int64  `json:"e"`
+	Dedup  string `json:"d,omitempty"`
+	MaxAtt int    `json:"m"`
+}
+
+func encodeTask(m taskMeta, payload []byte) []byte {
+	m.V = recordVersion
+	head, _ := json.Marshal(m) // plain struct: cannot fail
+	out := make([]byte, 0, len(head)+1+len(payload))
+	out = append(out, head...)
+	out = append(out, '\n')
+	return append(out, payload...)
+}
+
+func decodeTask(b []byte) (taskMeta, []byte, error) {
+	var m taskMeta
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return m, nil, fmt.Errorf("%w: task record has no header", ErrCorrupt)
+	}
+	if err := strictJSON(b[:i], &m); err != nil {
+		return m, nil, fmt.Errorf("%w: task header: %v", ErrCorrupt, err)
+	}
+	if m.V != recordVersion {
+		return m, nil, fmt.Errorf("%w: task record version %d", ErrCorrupt, m.V)
+	}
+	if m.MaxAtt < 1 {
+		return m, nil, fmt.Errorf("%w: task record max attempts %d", ErrCorrupt, m.MaxAtt)
+	}
+	return m, b[i+1:], nil
+}
+
+// statusRecord is the value of s/<id>: where the task is and how its last
+// attempt ended. Running is not stored here: it is the existence of the
+// claim key.
+type statusRecord struct {
+	V       int    `json:"v"`
+	State   State  `json:"s"`
+	Pos     string `json:"pos,omitempty"` // index key below the queue prefix, while queued or delayed
+	Attempt int    `json:"a,omitempty"`   // attempts made so far
+	Err     string `json:"err,omitempty"` // last error (Nack, Fail, lost claim)
+	At      int64  `json:"at"`            // Unix ns of the change
+	Prio    int32  `json:"p"`
+	Dedup   string `json:"d,omitempty"`
+	Token   int64  `json:"tok,omitempty"` // claim that made the change, if any
+	Worker  string `json:"w,omitempty"`
+}
+
+func encodeStatus(s statusRecord) []byte {
+	s.V = recordVersion
+	b, _ := json.Marshal(s)
+	return b
+}
+
+func decodeStatus(b []byte) (statusRecord, error) {
+	var s statusRecord
+	if err := strictJSON(b, &s); err != nil {
+		return s, fmt.Errorf("%w: status: %v", ErrCorrupt, err)
+	}
+	if s.V != recordVersion {
+		return s, fmt.Errorf("%w: status record version %d", ErrCorrupt, s.V)
+	}
+	switch s.State {
+	case StateQueued, StateDelayed:
+		if s.Pos == "" {
+			return s, fmt.Errorf("%w: status %s without a position", ErrCorrupt, s.State)
+		}
+	case StateDone, StateDead:
+	default:
+		return s, fmt.Errorf("%w: status state %q", ErrCorrupt, s.State)
+	}
+	if s.Attempt < 0 {
+		return s, fmt.Errorf("%w: status attempt %d", ErrCorrupt, s.Attempt)
+	}
+	return s, nil
+}
+
+// progressRecord is the value of p/<id>: a JSON head, a newline, and the
+// checkpoint bytes raw.
+type progressRecord struct {
+	V        int     `json:"v"`
+	Fraction float64 `json:"f"`
+	Message  string  `json:"m,omitempty"`
+	Worker   string  `json:"w,omitempty"`
+	Attempt  int     `json:"a"`
+	Token    int64   `json:"t"`
+	At       int64   `json:"at"`
+}
+
+func encodeProgress(p progressRecord, checkpoint []byte) []byte {
+	p.V = recordVersion
+	head, _ := json.Marshal(p)
+	out := make([]byte, 0, len(head)+1+len(checkpoint))
+	out = append(out, head...)
+	out = append(out, '\n')
+	return append(out, checkpoint...)
+}
+
+func decodeProgress(b []byte) (progressRecord, []byte, error) {
+	var p progressRecord
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return p, nil, fmt.Errorf("%w: progress record has no header", ErrCorrupt)
+	}
+	if err := strictJSON(b[:i], &p); err != nil {
+		return p, nil, fmt.Errorf("%w: progress header: %v", ErrCorrupt, err)
+	}
+	if p.V != recordVersion {
+		return p, nil, fmt.Errorf("%w: progress record version %d", ErrCorrupt, p.V)
+	}
+	if !(p.Fraction >= 0 && p.Fraction <= 1) {
+		return p, nil, fmt.Errorf("%w: progress fraction %v", ErrCorrupt, p.Fraction)
+	}
+	var cp []byte
+	if rest := b[i+1:]; len(rest) > 0 {
+		cp = bytes.Clone(rest)
+	}
+	return p, cp, nil
+}
+
+// claimRecord is the value of i/c/<id>. Every consumer process receives it
+// through its index watch, so it stays small.
+type claimRecord struct {
+	Worker string `json:"w"`
+	Nonce  string `json:"n"`
+	Lease  int64  `json:"l"`
+	At     int64  `json:"at"`
+}
+
+func encodeClaim(c claimRecord) []byte {
+	b, _ := json.Marshal(c)
+	return b
+}
+
+func decodeClaim(b []byte) (claimRecord, error) {
+	var c claimRecord
+	if err := strictJSON(b, &c); err != nil {
+		return c, fmt.Errorf("%w: claim: %v", ErrCorrupt, err)
+	}
+	if c.Worker == "" || c.Nonce == "" {
+		return c, fmt.Errorf("%w: claim without worker or nonce", ErrCorrupt)
+	}
+	return c, nil
+}
+
+// deadRecord is the value of x/<id>.
+type deadRecord struct {
+	V       int    `json:"v"`
+	Reason  string `json:"r"`
+	Attempt int    `json:"a"`
+	At      int64  `json:"at"`
+	Prio    int32  `json:"p"`
+	Token   int64  `json:"tok,omitempty"`
+}
+
+func encodeDead(d deadRecord) []byte {
+	d.V = recordVersion
+	b, _ := json.Marshal(d)
+	return b
+}
+
+func decodeDead(b []byte) (deadRecord, error) {
+	var d deadRecord
+	if err := strictJSON(b, &d); err != nil {
+		return d, fmt.Errorf("%w: dead letter: %v", ErrCorrupt, err)
+	}
+	if d.V != recordVersion {
+		return d, fmt.Errorf("%w: dead letter version %d", ErrCorrupt, d.V)
+	}
+	return d, nil
+}
+
+// strictJSON decodes exactly one JSON object and nothing after it.
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// State is where a task is in its life.
+type State string
+
+// States. Running is not stored: it is the existence of the claim key.
+const (
+	StateQueued  State = "queued"  // ready for a worker
+	StateDelayed State = "delayed" // ready from Status.ReadyAt on
+	StateRunning State = "running" // claimed by Status.Worker
+	StateDone    State = "done"    // acknowledged (kept for the retention)
+	StateDead    State = "dead"    // in the dead letters
+)
+
+// Status is what anyone can see of a task.
+type Status struct {
+	ID            string
+	State         State
+	Priority      int
+	Attempt       int       // the running attempt, or the attempts made so far
+	Worker        string    // running: the claim's worker; done/dead: the last worker
+	Token         int64     // running: the claim's fencing token
+	ReadyAt       time.Time // queued/delayed: when it is (or was) ready
+	Fraction      float64   // last Progress of the current or last attempt
+	Message       string
+	HasCheckpoint bool
+	LastError     string // how the last unsuccessful attempt ended
+	UpdatedAt     time.Time
+}
+
+// Status returns the task's status, or ErrNotFound. One linearizable read
+// transaction.
+func (q *Queue) Status(ctx context.Context, id string) (Status, error) {
+	st, _, err := q.status(ctx, id)
+	return st, err
+}
+
+func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
+	if !validID(id) {
+		return Status{}, 0, fmt.Errorf("queue: status: invalid task ID %q", id)
+	}
+	resp, err := q.cli.Txn(ctx).Then(
+		clientv3.OpGet(q.keys.status(id)),
+		clientv3.OpGet(q.keys.claim(id)),
+		clientv3.OpGet(q.keys.attempt(id)),
+		clientv3.OpGet(q.keys.progress(id)),
+		clientv3.OpGet(q.keys.finished(id)),
+	).Commit()
+	if err != nil {
+		return Status{}, 0, fmt.Errorf("queue: status: %w", err)
+	}
+	rev := resp.Header.Revision
+	kv := func(i int) ([]byte, int64, int64, bool) {
+		kvs := resp.Responses[i].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			return nil, 0, 0, false
+		}
+		return kvs[0].Value, kvs[0].CreateRevision, kvs[0].Version, true
+	}
+	st := Status{ID: id}
+	sv, _, _, sok := kv(0)
+	fv, _, _, fok := kv(4)
+	switch {
+	case sok:
+		rec, err := decodeStatus(sv)
+		if err != nil {
+			return Status{}, 0, fmt.Errorf("queue: status of %s: %w", id, err)
+		}
+		st.fill(rec)
+		if e, perr := parseIndexKey(q.keys.prefix+rec.Pos, strings.TrimPrefix(rec.Pos, "i/")); perr == nil {
+			st.ReadyAt = time.Unix(0, e.at)
+			if !e.ready && time.Now().After(st.ReadyAt) {
+				st.State = StateQueued
+			}
+		}
+	case fok:
+		rec, err := decodeStatus(fv)
+		if err != nil {
+			return Status{}, 0, fmt.Errorf("queue: status of %s: %w", id, err)
+		}
+		st.fill(rec)
+		return st, rev, nil
+	default:
+		return Status{}, rev, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if cv, crev, _, ok := kv(1); ok {
+		st.State = StateRunning
+		st.Token = crev
+		if c, err := decodeClaim(cv); err == nil {
+			st.Worker = c.Worker
+		}
+		if _, _, ver, ok := kv(2); ok {
+			st.Attempt = int(ver)
+		}
+	}
+	if pv, _, _, ok := kv(3); ok {
+		if p, cp, err := decodeProgress(pv); err == nil {
+			st.Fraction, st.Message, st.HasCheckpoint = p.Fraction, p.Message, len(cp) > 0
+			if p.At > st.UpdatedAt.UnixNano() {
+				st.UpdatedAt = time.Unix(0, p.At)
+			}
+		}
+	}
+	return st, rev, nil
+}
+
+func (st *Status) fill(rec statusRecord) {
+	st.State = rec.State
+	st.Priority = int(rec.Prio)
+	st.Attempt = rec.Attempt
+	st.LastError = rec.Err
+	st.Worker = rec.Worker
+	st.UpdatedAt = time.Unix(0, rec.At)
+}
+
+// WatchStatus sends the task's status now and after every change, until ctx
+// ends or the watch fails; then it closes the channel. A reader that falls
+// behind sees the latest status, not every intermediate one. The goroutine
+// it starts ends with ctx.
+func (q *Queue) WatchStatus(ctx context.Context, id string) (<-chan Status, error) {
+	first, rev, err := q.status(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// From rev+1: nothing after the read can slip between it and the watch.
+	keys := []string{q.keys.status(id), q.keys.claim(id), q.keys.progress(id), q.keys.finished(id)}
+	chans := make([]clientv3.WatchChan, len(keys))
+	for i, k := range keys {
+		chans[i] = q.cli.Watch(wctx, k, clientv3.WithRev(rev+1))
+	}
+	out := make(chan Status, 1)
+	out <- first
+	events := make(chan struct{}, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, wc := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for resp := range wc {
+				if resp.Err() != nil {
+					break
+				}
+				select {
+				case events <- struct{}{}:
+				default:
+				}
+			}
+			select {
+			case done <- struct{}{}:
+			case <-wctx.Done():
+			}
+		}()
+	}
+	go func() {
+		defer close(out)
+		defer wg.Wait() // the watch channels close once canceled
+		defer cancel()
+		last := first
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-done:
+				return
+			case <-events:
+			}
+			st, err := q.Status(wctx, id)
+			if err != nil {
+				if errors.Is(err, ErrNotFound) {
+					continue
+				}
+				return
+			}
+			if st == last {
+				continue
+			}
+			last = st
+			select {
+			case out <- st:
+			default:
+				// Replace the unread status with the newer one.
+				select {
+				case <-out:
+				default:
+				}
+				out <- st
+			}
+		}
+	}()
+	return out, nil
+}

@@ -1,0 +1,311 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+// Task is a claimed task. Its exported fields are read-only. Its methods are
+// safe for concurrent use; Ack, Nack, Fail and Progress are serialized.
+//
+// A task is a holding in concord's sense: Token is the fencing token, Guard
+// fences writes into etcd, Context is canceled (cause: ErrLost) when the
+// claim can no longer be trusted, and Ack/Nack/Fail end it.
+type Task struct {
+	ID          string
+	Payload     []byte
+	Attempt     int       // 1 for the first delivery
+	Priority    int       // as enqueued
+	EnqueuedAt  time.Time // producer's clock
+	Redelivered bool      // a previous attempt's claim was lost (not nacked)
+
+	q           *Queue
+	ix          *index
+	entry       entry
+	token       int64
+	claimKey    string
+	held        []clientv3.Cmp
+	dedup       string
+	maxAttempts int
+	checkpoint  []byte
+	progress    progressRecord
+
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	stopWatch func() bool
+
+	finishing atomic.Bool // a finishing transaction is in flight or done
+	op        sync.Mutex  // serializes Ack, Nack, Fail and Progress
+	mu        sync.Mutex  // protects outcome, result
+	outcome   string      // "ack", "nack", "fail" once finished; "lost" once lost
+	result    error
+}
+
+// bind derives the task's context from the lease: the claim key lives
+// exactly as long as the lease, so the lease's loss is the claim's loss.
+func (t *Task) bind(l *leasekeeper.Lease) {
+	t.ctx, t.cancel = context.WithCancelCause(context.Background())
+	lctx := l.Context()
+	t.stopWatch = context.AfterFunc(lctx, func() {
+		t.cancel(fmt.Errorf("%w: task %s: %w", ErrLost, t.ID, context.Cause(lctx)))
+	})
+}
+
+// claimDeleted is called by the index when the claim key was deleted at rev.
+func (t *Task) claimDeleted(rev int64) {
+	if rev <= t.token || t.finishing.Load() {
+		return
+	}
+	t.cancel(fmt.Errorf("%w: task %s: claim key deleted at revision %d", ErrLost, t.ID, rev))
+}
+
+// Token is the fencing token: the etcd revision at which the claim was
+// made. It increases strictly across the claims of the task.
+func (t *Task) Token() int64 { return t.token }
+
+// Context is canceled when the claim is lost (cause errors.Is ErrLost) or
+// the task is finished by this worker (cause errors.Is ErrFinished). Work on
+// the task should run under it.
+func (t *Task) Context() context.Context { return t.ctx }
+
+// Guard returns comparisons that hold only while this claim stands, for
+// writes into etcd that must not be applied by a worker that lost the task:
+// cli.Txn(ctx).If(t.Guard()...).Then(...).
+func (t *Task) Guard() []clientv3.Cmp { return append([]clientv3.Cmp(nil), t.held...) }
+
+// Checkpoint returns the checkpoint the last Progress call of an earlier
+// attempt saved, or nil.
+func (t *Task) Checkpoint() []byte { return t.checkpoint }
+
+// MaxMessageLen bounds a progress message, in bytes.
+const MaxMessageLen = 4096
+
+// Progress records how far the task got, fenced: it is written only while
+// this worker's claim stands, so a worker that lost the task cannot
+// overwrite its new worker's progress (ErrLost). The checkpoint is handed to
+// the next attempt by Task.Checkpoint if this one does not finish. One etcd
+// transaction.
+func (t *Task) Progress(ctx context.Context, fraction float64, message string, checkpoint []byte) error {
+	if math.IsNaN(fraction) || fraction < 0 || fraction > 1 {
+		return fmt.Errorf("queue: progress: fraction %v: must be in [0, 1]", fraction)
+	}
+	if len(message) > MaxMessageLen {
+		return fmt.Errorf("queue: progress: message of %d bytes: at most %d", len(message), MaxMessageLen)
+	}
+	if limit := t.q.o.maxRequestBytes - requestOverhead; len(checkpoint) > limit {
+		return fmt.Errorf("queue: progress: checkpoint of %d bytes is over the %d bytes one etcd request may carry (%d, less %d)",
+			len(checkpoint), limit, t.q.o.maxRequestBytes, requestOverhead)
+	}
+	t.op.Lock()
+	defer t.op.Unlock()
+	if err := t.ended(""); err != nil {
+		return err
+	}
+	v := encodeProgress(progressRecord{Fraction: fraction, Message: message, Worker: t.q.worker, Attempt: t.Attempt, Token: t.token, At: time.Now().UnixNano()}, checkpoint)
+	resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
+	if err != nil {
+		return fmt.Errorf("queue: progress: task %s: %w", t.ID, err)
+	}
+	if !resp.Succeeded {
+		return t.lost("progress")
+	}
+	return nil
+}
+
+// ended reports why the task can no longer be changed: the result of the
+// same finishing call again (idempotence), ErrFinished for a different one,
+// ErrLost once lost. Called with op held.
+func (t *Task) ended(kind string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch t.outcome {
+	case "":
+		return nil
+	case "lost":
+		return t.result
+	case kind:
+		return errAgain
+	}
+	return fmt.Errorf("%w: task %s was %sed", ErrFinished, t.ID, t.outcome)
+}
+
+// errAgain marks a repeated finishing call that already succeeded.
+var errAgain = errors.New("again")
+
+// lost records that the claim is gone. Called with op held.
+func (t *Task) lost(what string) error {
+	err := fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.token)
+	t.mu.Lock()
+	t.outcome, t.result = "lost", err
+	t.mu.Unlock()
+	t.cancel(err)
+	t.cleanup()
+	return err
+}
+
+func (t *Task) cleanup() {
+	t.stopWatch()
+	t.ix.untrack(t)
+}
+
+// Ack marks the task done: its claim, index key, record, attempt counter and
+// progress are deleted and a finished record is kept for the retention (see
+// WithRetention). ops, if any, are applied in the same fenced transaction, so
+// a result can be recorded exactly once together with the acknowledgement
+// (they must not touch the queue's keys, and count against --max-txn-ops).
+// One etcd transaction, plus a lease grant once per retention/4.
+//
+// Ack is idempotent: once it succeeded, it returns nil again. It returns
+// ErrLost if the claim was lost (the task may run again elsewhere) and
+// ErrFinished if the task was nacked or failed.
+func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
+	return t.finish(ctx, "ack", func(lease clientv3.LeaseID) []clientv3.Op {
+		out := t.endOps()
+		out = append(out,
+			clientv3.OpDelete(t.q.keys.task(t.ID)),
+			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
+			clientv3.OpDelete(t.q.keys.progress(t.ID)),
+			clientv3.OpDelete(t.q.keys.status(t.ID)),
+		)
+		if lease != 0 {
+			out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
+				State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
+				Dedup: t.dedup, Token: t.token, Worker: t.q.worker,
+			})), clientv3.WithLease(lease)))
+		}
+		out = append(out, t.dedupRelease()...)
+		return append(out, ops...)
+	}, t.q.o.retention > 0)
+}
+
+// Nack gives the task back for another attempt after retryAfter (if
+// positive; otherwise the queue's retry backoff for this attempt). Its last
+// progress checkpoint is kept for the next attempt. On the last attempt
+// (WithMaxAttempts) the task goes to the dead letters instead. One etcd
+// transaction. Idempotent like Ack.
+func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
+	if t.Attempt >= t.maxAttempts {
+		return t.dead(ctx, "nack", fmt.Sprintf("nacked on attempt %d of %d", t.Attempt, t.maxAttempts))
+	}
+	if retryAfter <= 0 {
+		retryAfter = t.q.backoffFor(t.Attempt)
+	}
+	return t.finish(ctx, "nack", func(clientv3.LeaseID) []clientv3.Op {
+		now := time.Now()
+		at := now.Add(retryAfter).UnixNano()
+		st := statusRecord{State: StateDelayed, Attempt: t.Attempt, Err: "nacked", At: now.UnixNano(),
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}
+		pos := t.q.keys.delayed(at, int32(t.Priority), t.ID)
+		if retryAfter == 0 {
+			st.State = StateQueued
+			pos = t.q.keys.ready(int32(t.Priority), at, t.ID)
+		}
+		st.Pos = t.q.rel(pos)
+		out := t.endOps()
+		return append(out,
+			clientv3.OpPut(pos, ""),
+			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(st))),
+		)
+	}, false)
+}
+
+// Fail sends the task straight to the dead letters with reason, whatever
+// attempts remain. Its record and last checkpoint are kept there until it is
+// requeued or purged. One etcd transaction. Idempotent like Ack.
+func (t *Task) Fail(ctx context.Context, reason string) error {
+	return t.dead(ctx, "fail", reason)
+}
+
+func (t *Task) dead(ctx context.Context, kind, reason string) error {
+	if len(reason) > MaxMessageLen {
+		reason = reason[:MaxMessageLen]
+	}
+	err := t.finish(ctx, kind, func(clientv3.LeaseID) []clientv3.Op {
+		now := time.Now().UnixNano()
+		out := t.endOps()
+		out = append(out,
+			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
+			clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.token}))),
+			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
+				Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}))),
+		)
+		return append(out, t.dedupRelease()...)
+	}, false)
+	if err == nil {
+		t.q.tel.deadLettered(ctx)
+	}
+	return err
+}
+
+// endOps deletes the claim and the index key.
+func (t *Task) endOps() []clientv3.Op {
+	return []clientv3.Op{clientv3.OpDelete(t.claimKey), clientv3.OpDelete(t.entry.key)}
+}
+
+// dedupRelease frees the dedup ID if this task still holds it.
+func (t *Task) dedupRelease() []clientv3.Op {
+	if t.dedup == "" {
+		return nil
+	}
+	dk := t.q.keys.dedup(t.dedup)
+	return []clientv3.Op{clientv3.OpTxn(
+		[]clientv3.Cmp{clientv3.Compare(clientv3.Value(dk), "=", t.ID)},
+		[]clientv3.Op{clientv3.OpDelete(dk)}, nil)}
+}
+
+// finish runs one fenced finishing transaction. Local state changes only
+// after etcd answered.
+func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
+	t.op.Lock()
+	defer t.op.Unlock()
+	switch err := t.ended(kind); {
+	case errors.Is(err, errAgain):
+		return nil
+	case err != nil:
+		return err
+	}
+	t.finishing.Store(true)
+	var lease clientv3.LeaseID
+	for try := 0; ; try++ {
+		if wantLease {
+			var err error
+			if lease, err = t.q.retentionLeaseID(ctx, try > 0); err != nil {
+				t.finishing.Store(false)
+				return err
+			}
+		}
+		ops := build(lease)
+		if len(ops) > t.q.o.maxTxnOps {
+			t.finishing.Store(false)
+			return fmt.Errorf("queue: %s: %d operations in one transaction, over the %d etcd accepts", kind, len(ops), t.q.o.maxTxnOps)
+		}
+		resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Commit()
+		if err != nil {
+			if wantLease && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				continue // the retention lease expired early (clock or restart): grant another
+			}
+			// Unknown outcome: the claim stands or is gone; a retry tells.
+			t.finishing.Store(false)
+			return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
+		}
+		if !resp.Succeeded {
+			return t.lost(kind)
+		}
+		t.mu.Lock()
+		t.outcome = kind
+		t.mu.Unlock()
+		t.cancel(fmt.Errorf("%w: task %s: %sed", ErrFinished, t.ID, kind))
+		t.cleanup()
+		return nil
+	}
+}

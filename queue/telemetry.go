@@ -1,0 +1,125 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+const instrumentation = "github.com/concordkit/concord/queue"
+
+// telemetry holds the queue's instruments. With no provider installed they
+// are no-ops.
+type telemetry struct {
+	tracer      trace.Tracer
+	attrs       metric.MeasurementOption
+	redeliver   metric.Int64Counter
+	dead        metric.Int64Counter
+	claims      metric.Int64Counter
+	waits       metric.Float64Histogram
+	reg         metric.Registration
+	queueAttr   attribute.KeyValue
+	conflictOpt metric.MeasurementOption
+	okOpt       metric.MeasurementOption
+}
+
+func newTelemetry(q *Queue) *telemetry {
+	m := q.o.mp.Meter(instrumentation)
+	qa := attribute.String("queue", q.name)
+	t := &telemetry{
+		tracer:      q.o.tp.Tracer(instrumentation),
+		attrs:       metric.WithAttributes(qa),
+		queueAttr:   qa,
+		conflictOpt: metric.WithAttributes(qa, attribute.Bool("conflict", true)),
+		okOpt:       metric.WithAttributes(qa, attribute.Bool("conflict", false)),
+	}
+	// Instrument errors only come from invalid names, which these are not.
+	t.redeliver, _ = m.Int64Counter("concord.queue.redeliveries",
+		metric.WithDescription("Tasks handed out again after a worker lost its claim."))
+	t.dead, _ = m.Int64Counter("concord.queue.dead_letters",
+		metric.WithDescription("Tasks moved to the dead letters by this process."))
+	t.claims, _ = m.Int64Counter("concord.queue.claims",
+		metric.WithDescription("Claim transactions, by whether another worker was first."))
+	t.waits, _ = m.Float64Histogram("concord.queue.dequeue.wait",
+		metric.WithUnit("s"), metric.WithDescription("Time Dequeue waited for a task."))
+	depth, _ := m.Int64ObservableGauge("concord.queue.depth",
+		metric.WithDescription("Tasks by state, as this process's consumer view sees them."))
+	t.reg, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		ix := q.currentIndex()
+		if ix == nil {
+			return nil
+		}
+		ready, delayed, running, ok := ix.depth(time.Now())
+		if !ok {
+			return nil
+		}
+		o.ObserveInt64(depth, int64(ready), metric.WithAttributes(qa, attribute.String("state", "ready")))
+		o.ObserveInt64(depth, int64(delayed), metric.WithAttributes(qa, attribute.String("state", "delayed")))
+		o.ObserveInt64(depth, int64(running), metric.WithAttributes(qa, attribute.String("state", "running")))
+		return nil
+	}, depth)
+	return t
+}
+
+func (t *telemetry) close() {
+	if t.reg != nil {
+		_ = t.reg.Unregister()
+	}
+}
+
+// startDequeue opens the queue.dequeue span; finish records the outcome.
+func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Task, error, time.Duration)) {
+	ctx, span := t.tracer.Start(ctx, "queue.dequeue", trace.WithAttributes(t.queueAttr))
+	return ctx, func(task *Task, err error, wait time.Duration) {
+		outcome := "claimed"
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrEmpty):
+			outcome = "empty"
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			outcome = "canceled"
+		default:
+			outcome = "error"
+		}
+		span.SetAttributes(
+			attribute.String("queue.outcome", outcome),
+			attribute.Float64("queue.wait_ms", float64(wait)/float64(time.Millisecond)),
+		)
+		if task != nil {
+			span.SetAttributes(
+				attribute.String("queue.task_id", task.ID),
+				attribute.Int64("queue.token", task.token),
+				attribute.Int("queue.attempt", task.Attempt),
+			)
+		}
+		if outcome == "error" {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		if task != nil {
+			t.waits.Record(context.WithoutCancel(ctx), wait.Seconds(), t.attrs)
+		}
+	}
+}
+
+func (t *telemetry) claimed(ctx context.Context, ok bool) {
+	if ok {
+		t.claims.Add(context.WithoutCancel(ctx), 1, t.okOpt)
+	} else {
+		t.claims.Add(context.WithoutCancel(ctx), 1, t.conflictOpt)
+	}
+}
+
+func (t *telemetry) redelivered(ctx context.Context) {
+	t.redeliver.Add(context.WithoutCancel(ctx), 1, t.attrs)
+}
+
+func (t *telemetry) deadLettered(ctx context.Context) {
+	t.dead.Add(context.WithoutCancel(ctx), 1, t.attrs)
+}
