@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// errUsage marks an error in the command line itself; run prints the usage
+// after it and exits with status 2.
+var errUsage = errors.New("usage")
+
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// options are the flags of every command. One flag set serves them all, so a
+// flag may be written before or after the command words.
+type options struct {
+	endpoints   string
+	cacert      string
+	cert        string
+	key         string
+	user        string
+	dialTimeout time.Duration
+	json        bool
+
+	// Command-specific flags; each command reads only its own.
+	watch bool  // leader
+	count int   // watch
+	rev   int64 // watch
+	limit int   // queue ls, queue dead
+}
+
+const defaultEndpoints = "127.0.0.1:2379"
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("concord", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints errors and usage itself
+	endpoints := os.Getenv("CONCORD_ENDPOINTS")
+	if endpoints == "" {
+		endpoints = defaultEndpoints
+	}
+	fs.StringVar(&o.endpoints, "endpoints", endpoints, "comma-separated etcd client URLs (default from CONCORD_ENDPOINTS)")
+	fs.StringVar(&o.cacert, "cacert", "", "PEM file of the CA that signed the members' certificates")
+	fs.StringVar(&o.cert, "cert", "", "PEM file of the client certificate (with --key)")
+	fs.StringVar(&o.key, "key", "", "PEM file of the client certificate's private key (with --cert)")
+	fs.StringVar(&o.user, "user", "", "etcd user as name:password, or name with the password in CONCORD_PASSWORD")
+	fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for the cluster to answer")
+	fs.BoolVar(&o.json, "json", false, "print JSON instead of tables")
+	fs.BoolVar(&o.watch, "watch", false, "leader: keep printing each change of leader")
+	fs.IntVar(&o.count, "count", 0, "watch: exit after this many events (0: until interrupted)")
+	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
+	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
+	return fs
+}
+
+// parseArgs parses flags wherever they appear and returns the other words in
+// order. "--" ends flag parsing.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var words []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, usageError("%v", err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return words, nil
+		}
+		// flag stops at the first word, or after a "--" it consumed.
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(words, rest...), nil
+		}
+		words = append(words, rest[0])
+		args = rest[1:]
+	}
+}
+
+// command is one leaf of the command tree.
+type command struct {
+	path  string // the command words, e.g. "queue status"
+	args  string // the positional arguments, for the usage text
+	nargs int    // how many positional arguments it takes
+	help  string
+	run   func(ctx context.Context, s *session, args []string) error
+}
+
+// commands lists every command; a path that is a prefix of another path
+// (e.g. "lock" and "lock release") is resolved by matching the longest.
+func commands() []command {
+	return []command{
+		{"lock", "<name>", 1, "show a lock's holder, token, since when, and its waiters", lockShow},
+		{"lock release", "<name>", 1, "force a lock's release: delete its holder's key (the holder loses it)", lockRelease},
+		{"leader", "<name>", 1, "show an election's leader (--watch: and every change)", leaderShow},
+		{"semaphore", "<name>", 1, "show a semaphore's permits: holders and waiters", semaphoreShow},
+		{"queue stats", "<name>", 1, "show a queue's depth: ready, claimed, delayed, dead", queueStats},
+		{"queue ls", "<name>", 1, "list a queue's tasks (--limit)", queueList},
+		{"queue status", "<name> <id>", 2, "show one task: state, attempts, owner, progress", queueStatus},
+		{"queue dead", "<name>", 1, "list a queue's dead letters (--limit)", queueDead},
+		{"queue requeue", "<name>", 1, "move a queue's dead letters back to ready", queueRequeue},
+		{"queue purge", "<name>", 1, "delete a queue's dead letters", queuePurge},
+		{"cron status", "<name>", 1, "show a scheduler's leader, jobs, last and next runs", cronStatus},
+		{"cron pause", "<name> <job>", 2, "pause a scheduled job", cronPause},
+		{"cron resume", "<name> <job>", 2, "resume a paused job", cronResume},
+		{"cron trigger", "<name> <job>", 2, "run a job once now, on the scheduler's leader", cronTrigger},
+		{"watch", "<prefix>", 1, "print every change under a key prefix (--count, --rev)", watchPrefix},
+	}
+}
+
+// findCommand resolves the command words: the longest command path that
+// matches and takes the number of arguments left wins, so "lock release x"
+// forces a release while "lock release" shows a lock named "release".
+func findCommand(words []string) (cmd command, rest []string, err error) {
+	var matches []command
+	for _, c := range commands() {
+		p := strings.Fields(c.path)
+		if len(p) <= len(words) && slices.Equal(p, words[:len(p)]) {
+			matches = append(matches, c)
+		}
+	}
+	if len(matches) == 0 {
+		return command{}, nil, usageError("unknown command %q", strings.Join(words, " "))
+	}
+	depth := func(c command) int { return len(strings.Fields(c.path)) }
+	slices.SortStableFunc(matches, func(a, b command) int { return depth(b) - depth(a) })
+	for _, c := range matches {
+		if len(words)-depth(c) == c.nargs {
+			return c, words[depth(c):], nil
+		}
+	}
+	c := matches[0]
+	return command{}, nil, usageError("concord %s %s: takes %d argument(s), got %d",
+		c.path, c.args, c.nargs, len(words)-depth(c))
+}
+
+func usage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintln(w, "usage: concord [flags] <command> [args]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "commands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-34s %s\n", c.path+" "+c.args, c.help)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "flags:")
+	fs.VisitAll(func(f *flag.Flag) {
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "  --%-14s %s%s\n", f.Name, f.Usage, def)
+	})
+}
+
+// run is the whole program: main calls it with the process's arguments and
+// streams, tests call it directly. It returns the exit status: 0 on success,
+// 1 on an error, 2 on a bad command line.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := newFlagSet(&o)
+	words, err := parseArgs(fs, args)
+	if errors.Is(err, errUsage) && strings.Contains(err.Error(), flag.ErrHelp.Error()) {
+		usage(stdout, fs)
+		return 0
+	}
+	if err == nil && (len(words) == 0 || words[0] == "help") {
+		usage(stdout, fs)
+		return 0
+	}
+	var cmd command
+	var rest []string
+	if err == nil {
+		cmd, rest, err = findCommand(words)
+	}
+	if err == nil {
+		s := &session{opts: &o, stdout: stdout, stderr: stderr}
+		err = cmd.run(ctx, s, rest)
+		s.close()
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "concord: %s\n\n", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+		usage(stderr, fs)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "concord: %v\n", err)
+		return 1
+	}
+}

@@ -1,0 +1,44 @@
+// Command concord inspects and administers what concord's recipes hold in
+// etcd: lock holders and waiters, leaders, semaphore permits, queue depth and
+// progress, scheduler state, and the raw keys under a prefix.
+//
+//	concord [flags] <command> [args]
+//
+// Inspection:
+//
+//	concord lock <name>                 holder, fencing token, since, waiters
+//	concord leader <name> [--watch]     the current leader (and each change)
+//	concord semaphore <name>            permits held and waiting
+//	concord queue stats <name>          depth: ready, claimed, delayed, dead
+//	concord queue ls <name>             the tasks in a queue
+//	concord queue status <name> <id>    one task: state, attempts, progress
+//	concord queue dead <name>           the dead letters
+//	concord cron status <name>          leader, jobs, last and next runs
+//	concord watch <prefix> [--count N]  every change under a prefix
+//
+// Administration:
+//
+//	concord lock release <name>         force: delete the holder's key
+//	concord queue requeue <name>        move dead letters back to ready
+//	concord queue purge <name>          delete the dead letters
+//	concord cron pause|resume|trigger <name> <job>
+//
+// Flags may come before or after the command. The password of --user may
+// be given as user:password or, to keep it out of the process list, in the
+// CONCORD_PASSWORD environment variable. A cluster that does not answer is
+// reported within --dial-timeout.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
