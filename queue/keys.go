@@ -144,7 +144,7 @@ func (e entry) less(o entry) bool {
 func parseIndexKey(key, rest string) (entry, error) {
 	parts := strings.Split(rest, "/")
 	if len(parts) != 4 || (parts[0] != "r" && parts[0] != "d") {
-		return entry{}, fmt.Errorf("queue: corrupt index key %q", key)
+		return entry{}, fmt.Errorf("%w: index key %q", ErrCorrupt, key)
 	}
 	e := entry{key: key, id: parts[3], ready: parts[0] == "r"}
 	ps, ts := parts[1], parts[2]
@@ -153,13 +153,13 @@ func parseIndexKey(key, rest string) (entry, error) {
 	}
 	var err error
 	if e.prio, err = decPrio(ps); err != nil {
-		return entry{}, fmt.Errorf("queue: corrupt index key %q: %w", key, err)
+		return entry{}, fmt.Errorf("%w: index key %q: %v", ErrCorrupt, key, err)
 	}
 	if e.at, err = decTime(ts); err != nil {
-		return entry{}, fmt.Errorf("queue: corrupt index key %q: %w", key, err)
+		return entry{}, fmt.Errorf("%w: index key %q: %v", ErrCorrupt, key, err)
 	}
 	if !validID(e.id) {
-		return entry{}, fmt.Errorf("queue: corrupt index key %q: bad task ID", key)
+		return entry{}, fmt.Errorf("%w: index key %q: bad task ID", ErrCorrupt, key)
 	}
 	return e, nil
 }

@@ -1,0 +1,414 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/queue"
+)
+
+func TestPriorityAndOrder(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name)
+	k := newKeeper(t, cli, 5*time.Second)
+
+	var want []string
+	lows, err := q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("l1")}, {Payload: []byte("l2")}})
+	require.NoError(t, err)
+	high, err := q.Enqueue(ctx, []byte("h"), queue.Priority(10))
+	require.NoError(t, err)
+	neg, err := q.Enqueue(ctx, []byte("n"), queue.Priority(-3))
+	require.NoError(t, err)
+	mid, err := q.Enqueue(ctx, []byte("m"), queue.Priority(5))
+	require.NoError(t, err)
+	want = append(want, high, mid, lows[0], lows[1], neg)
+
+	var got []string
+	for range want {
+		task, err := q.Dequeue(ctx, k)
+		require.NoError(t, err)
+		got = append(got, task.ID)
+		require.NoError(t, task.Ack(ctx))
+	}
+	assert.Equal(t, want, got)
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+func TestDelay(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+
+	start := time.Now()
+	late, err := q.Enqueue(ctx, []byte("late"), queue.Delay(400*time.Millisecond))
+	require.NoError(t, err)
+	early, err := q.Enqueue(ctx, []byte("early"), queue.NotBefore(time.Now().Add(200*time.Millisecond)))
+	require.NoError(t, err)
+	now, err := q.Enqueue(ctx, []byte("now"))
+	require.NoError(t, err)
+
+	st, err := q.Status(ctx, late)
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateDelayed, st.State)
+	s, err := q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, queue.Stats{Ready: 1, Delayed: 2}, s)
+
+	for _, want := range []struct {
+		id  string
+		min time.Duration
+	}{{now, 0}, {early, 200 * time.Millisecond}, {late, 400 * time.Millisecond}} {
+		task, err := q.Dequeue(ctx, k)
+		require.NoError(t, err)
+		assert.Equal(t, want.id, task.ID)
+		assert.GreaterOrEqual(t, time.Since(start), want.min)
+		require.NoError(t, task.Ack(ctx))
+	}
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+func TestDedupConcurrent(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+
+	const n = 8
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			other, err := queue.New(cluster.Client(), name)
+			if !assert.NoError(t, err) {
+				return
+			}
+			ids[i], err = other.Enqueue(ctx, []byte(fmt.Sprint(i)), queue.DedupID("job-1"))
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	for _, id := range ids {
+		assert.Equal(t, ids[0], id)
+	}
+	s, err := q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, s.Ready)
+
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	again, err := q.Enqueue(ctx, nil, queue.DedupID("job-1"))
+	require.NoError(t, err)
+	assert.Equal(t, task.ID, again, "running task still holds the dedup ID")
+	require.NoError(t, task.Ack(ctx))
+
+	fresh, err := q.Enqueue(ctx, nil, queue.DedupID("job-1"))
+	require.NoError(t, err)
+	assert.NotEqual(t, task.ID, fresh, "a finished task frees its dedup ID")
+	task, err = q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, task.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+func TestNackRetryAndDeadLetters(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithMaxAttempts(2), queue.WithRetryBackoff(10*time.Millisecond, 10*time.Millisecond), queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+
+	id, err := q.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, task.Progress(ctx, 0.3, "step 1", []byte("resume-here")))
+	require.NoError(t, task.Nack(ctx, 0))
+	require.NoError(t, task.Nack(ctx, 0), "Nack is idempotent")
+	assert.ErrorIs(t, task.Ack(ctx), queue.ErrFinished)
+
+	task, err = q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	assert.Equal(t, id, task.ID)
+	assert.Equal(t, 2, task.Attempt)
+	assert.False(t, task.Redelivered, "a nack is not a redelivery")
+	assert.Equal(t, []byte("resume-here"), task.Checkpoint())
+	require.NoError(t, task.Nack(ctx, 0)) // last attempt: dead letter
+
+	st, err := q.Status(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateDead, st.State)
+	dl, err := q.DeadLetters(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, dl, 1)
+	assert.Equal(t, id, dl[0].ID)
+	assert.Contains(t, dl[0].Reason, "attempt 2 of 2")
+
+	require.NoError(t, q.Requeue(ctx, id))
+	assert.ErrorIs(t, q.Requeue(ctx, id), queue.ErrNotDead)
+	task, err = q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	assert.Equal(t, 1, task.Attempt)
+	require.NoError(t, task.Fail(ctx, "bad input"))
+	require.NoError(t, task.Fail(ctx, "bad input"))
+	s, err := q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, queue.Stats{Dead: 1}, s)
+
+	n, err := q.PurgeDead(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	_, err = q.Status(ctx, id)
+	assert.ErrorIs(t, err, queue.ErrNotFound)
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// A worker whose lease was revoked cannot Ack, Nack, Fail or Progress; its
+// context says why; the task goes to another worker as a redelivery.
+func TestStaleWorkerIsFenced(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k1 := newKeeper(t, cli, 5*time.Second)
+	k2 := newKeeper(t, cli, 5*time.Second)
+
+	_, err := q.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+	stale, err := q.Dequeue(ctx, k1)
+	require.NoError(t, err)
+	require.NoError(t, cluster.RevokeLease(ctx, k1.Current().ID()))
+
+	select {
+	case <-stale.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("task context not canceled after its lease was revoked")
+	}
+	assert.ErrorIs(t, context.Cause(stale.Context()), queue.ErrLost)
+
+	fresh, err := q.Dequeue(ctx, k2)
+	require.NoError(t, err)
+	assert.Equal(t, stale.ID, fresh.ID)
+	assert.Equal(t, 2, fresh.Attempt)
+	assert.True(t, fresh.Redelivered)
+	assert.Greater(t, fresh.Token(), stale.Token())
+
+	for name, op := range map[string]func() error{
+		"progress": func() error { return stale.Progress(ctx, 1, "stale", nil) },
+		"ack":      func() error { return stale.Ack(ctx) },
+	} {
+		assert.ErrorIs(t, op(), queue.ErrLost, name)
+	}
+	assert.ErrorIs(t, stale.Nack(ctx, time.Second), queue.ErrLost)
+	assert.ErrorIs(t, stale.Fail(ctx, "x"), queue.ErrLost)
+	// The stale guard fails in etcd too.
+	resp, err := cli.Txn(ctx).If(stale.Guard()...).Then(clientv3.OpPut(name+"/work", "stale")).Commit()
+	require.NoError(t, err)
+	assert.False(t, resp.Succeeded)
+
+	require.NoError(t, fresh.Progress(ctx, 0.9, "fresh", nil))
+	st, err := q.Status(ctx, fresh.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "fresh", st.Message)
+	require.NoError(t, fresh.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// A worker cut off from etcd learns of its loss before the server hands the
+// task to another worker.
+func TestCutOffWorkerLosesBeforeRedelivery(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cutCli, err := cluster.NewClient()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cutCli.Close() })
+	q1 := newQueue(t, cutCli, name, queue.WithRetention(0))
+	q2 := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
+	k1 := newKeeper(t, cutCli, time.Second)
+	k2 := newKeeper(t, cluster.Client(), 5*time.Second)
+
+	_, err = q2.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+	stale, err := q1.Dequeue(ctx, k1)
+	require.NoError(t, err)
+	cluster.CutClient(cutCli)
+	defer cluster.RestoreClient(cutCli)
+
+	fresh, err := q2.Dequeue(ctx, k2)
+	require.NoError(t, err)
+	require.Error(t, stale.Context().Err(), "the stale worker must know before the new claim exists")
+	assert.ErrorIs(t, context.Cause(stale.Context()), queue.ErrLost)
+	cluster.RestoreClient(cutCli)
+	assert.ErrorIs(t, stale.Ack(ctx), queue.ErrLost)
+	require.NoError(t, fresh.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+func TestWatchStatus(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name)
+	k := newKeeper(t, cli, 5*time.Second)
+	id, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := q.WatchStatus(wctx, id)
+	require.NoError(t, err)
+	next := func(want queue.State) queue.Status {
+		t.Helper()
+		for {
+			select {
+			case st, ok := <-ch:
+				require.True(t, ok, "channel closed early")
+				if st.State == want {
+					return st
+				}
+			case <-ctx.Done():
+				t.Fatalf("no %s status", want)
+			}
+		}
+	}
+	next(queue.StateQueued)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	next(queue.StateRunning)
+	require.NoError(t, task.Progress(ctx, 0.7, "70%", nil))
+	for st := next(queue.StateRunning); st.Fraction != 0.7; st = next(queue.StateRunning) {
+	}
+	require.NoError(t, task.Ack(ctx))
+	st := next(queue.StateDone)
+	assert.Equal(t, 1, st.Attempt)
+	cancel()
+	for range ch {
+	}
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+func TestBadInput(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	cli := cluster.Client()
+	for _, name := range []string{"", "a/", "a//b", "a/.x", "bad\x00"} {
+		_, err := queue.New(cli, name)
+		assert.ErrorContains(t, err, "queue:", "%q", name)
+	}
+	_, err := queue.New(nil, "a")
+	assert.ErrorContains(t, err, "queue:")
+	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName("")} {
+		_, err := queue.New(cli, "a", opt)
+		assert.ErrorContains(t, err, "queue: invalid option")
+	}
+
+	name := qname(t)
+	q := newQueue(t, cli, name)
+	_, err = q.Enqueue(ctx, make([]byte, 1536*1024))
+	assert.ErrorContains(t, err, "queue: enqueue: payload of")
+	_, err = q.Enqueue(ctx, nil, queue.Delay(-time.Second))
+	assert.ErrorContains(t, err, "queue:")
+	_, err = q.Enqueue(ctx, nil, queue.DedupID(""))
+	assert.ErrorContains(t, err, "queue:")
+	_, err = q.Enqueue(ctx, nil, queue.Priority(1<<40))
+	assert.ErrorContains(t, err, "queue:")
+	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.Delay(-1)}}})
+	assert.ErrorContains(t, err, "queue: batch item 1")
+	_, err = q.Status(ctx, "nope")
+	assert.ErrorContains(t, err, "queue: status: invalid task ID")
+	_, err = q.Dequeue(ctx, nil)
+	assert.ErrorContains(t, err, "queue:")
+
+	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count, "nothing written for bad input")
+
+	// A payload just under a smaller cluster limit is refused before sending.
+	small := newQueue(t, cli, qname(t)+"-small", queue.WithMaxRequestBytes(64*1024))
+	_, err = small.Enqueue(ctx, make([]byte, 60*1024))
+	assert.ErrorContains(t, err, "over the")
+}
+
+// Values under the queue's keys that this package did not write are errors,
+// never panics, and do not block other tasks.
+func TestForeignValues(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+	admin := cluster.Admin()
+	p := name + "/.queue/"
+	bad := "7fffffff00000000000000010000000000000001"[:24]
+	_, err := admin.Put(ctx, p+"i/r/7fffffff/0000000000000001/"+bad, "")
+	require.NoError(t, err)
+	_, err = admin.Put(ctx, p+"t/"+bad, "garbage")
+	require.NoError(t, err)
+	_, err = admin.Put(ctx, p+"i/r/zz/not-a-key", "")
+	require.NoError(t, err)
+	_, err = admin.Put(ctx, p+"s/"+bad, "{")
+	require.NoError(t, err)
+
+	_, err = q.Dequeue(ctx, k)
+	assert.ErrorIs(t, err, queue.ErrCorrupt)
+	_, err = q.Status(ctx, bad)
+	assert.ErrorIs(t, err, queue.ErrCorrupt)
+	_, err = q.List(ctx, 0)
+	assert.ErrorIs(t, err, queue.ErrCorrupt)
+
+	id, err := q.Enqueue(ctx, []byte("good"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	assert.Equal(t, id, task.ID)
+	require.NoError(t, task.Ack(ctx))
+	_, err = admin.Delete(ctx, p, clientv3.WithPrefix())
+	require.NoError(t, err)
+}
+
+func TestListAndDestroy(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name)
+	k := newKeeper(t, cli, 5*time.Second)
+	a, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	b, err := q.Enqueue(ctx, nil, queue.Delay(time.Hour))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	ls, err := q.List(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ls, 2)
+	assert.Equal(t, a, ls[0].ID)
+	assert.Equal(t, queue.StateRunning, ls[0].State)
+	assert.Equal(t, b, ls[1].ID)
+	assert.Equal(t, queue.StateDelayed, ls[1].State)
+
+	require.NoError(t, q.Destroy(ctx))
+	select {
+	case <-task.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("claim deletion not noticed")
+	}
+	assert.True(t, errors.Is(context.Cause(task.Context()), queue.ErrLost))
+	assert.ErrorIs(t, task.Ack(ctx), queue.ErrLost)
+	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count)
+	_ = strings.TrimSpace
+}
