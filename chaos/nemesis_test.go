@@ -46,6 +46,11 @@ type nemesisConfig struct {
 	clients []*clientv3.Client // clients that client-cut may stall, one at a time
 	cutGap  span               // pause before each client cut
 	cutHold span               // how long a client stays cut
+	// holder, if set, returns the index of the client that holds what the
+	// workload contends for (-1: none); client-cut then picks it half the
+	// time, so that cuts hit holders, not only bystanders.
+	holder       func() int
+	holderAlways bool // cut the holder every time (the catches tests)
 }
 
 func defaultNemesis() nemesisConfig {
@@ -223,8 +228,14 @@ func (n *nemesis) clientLoop(ctx context.Context, rng *rand.Rand) {
 	for {
 		gap, hold := n.cfg.cutGap.draw(rng), n.cfg.cutHold.draw(rng)
 		i := rng.IntN(len(n.cfg.clients))
+		targeted := rng.IntN(2) == 0 || n.cfg.holderAlways
 		if !pause(ctx, gap) {
 			return
+		}
+		if h := -1; targeted && n.cfg.holder != nil {
+			if h = n.cfg.holder(); h >= 0 {
+				i = h
+			}
 		}
 		cli := n.cfg.clients[i]
 		n.c.CutClient(cli)
