@@ -103,8 +103,8 @@ func commands() []command {
 		{"queue ls", "<name>", 1, "list a queue's tasks (--limit)", queueList},
 		{"queue status", "<name> <id>", 2, "show one task: state, attempts, owner, progress", queueStatus},
 		{"queue dead", "<name>", 1, "list a queue's dead letters (--limit)", queueDead},
-		{"queue requeue", "<name>", 1, "move a queue's dead letters back to ready", queueRequeue},
-		{"queue purge", "<name>", 1, "delete a queue's dead letters", queuePurge},
+		{"queue requeue", "<name> [id...]", 1, "move dead letters (all, or the given) back to ready", queueRequeue},
+		{"queue purge", "<name> [id...]", 1, "delete dead letters (all, or the given) for good", queuePurge},
 		{"cron status", "<name>", 1, "show a scheduler's leader, jobs, last and next runs", cronStatus},
 		{"cron pause", "<name> <job>", 2, "pause a scheduled job", cronPause},
 		{"cron resume", "<name> <job>", 2, "resume a paused job", cronResume},
@@ -112,6 +112,9 @@ func commands() []command {
 		{"watch", "<prefix>", 1, "print every change under a key prefix (--count, --rev)", watchPrefix},
 	}
 }
+
+// more reports whether c takes further arguments after its nargs.
+func (c command) more() bool { return strings.HasSuffix(c.args, "...]") }
 
 // findCommand resolves the command words: the longest command path that
 // matches and takes the number of arguments left wins, so "lock release x"
@@ -130,13 +133,17 @@ func findCommand(words []string) (cmd command, rest []string, err error) {
 	depth := func(c command) int { return len(strings.Fields(c.path)) }
 	slices.SortStableFunc(matches, func(a, b command) int { return depth(b) - depth(a) })
 	for _, c := range matches {
-		if len(words)-depth(c) == c.nargs {
+		if n := len(words) - depth(c); n == c.nargs || (c.more() && n > c.nargs) {
 			return c, words[depth(c):], nil
 		}
 	}
 	c := matches[0]
-	return command{}, nil, usageError("concord %s %s: takes %d argument(s), got %d",
-		c.path, c.args, c.nargs, len(words)-depth(c))
+	at := ""
+	if c.more() {
+		at = " at least"
+	}
+	return command{}, nil, usageError("concord %s %s: takes%s %d argument(s), got %d",
+		c.path, c.args, at, c.nargs, len(words)-depth(c))
 }
 
 func usage(w io.Writer, fs *flag.FlagSet) {
