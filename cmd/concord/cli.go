@@ -55,7 +55,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for the cluster to answer")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of tables")
 	fs.BoolVar(&o.watch, "watch", false, "leader: keep printing each change of leader")
-	fs.IntVar(&o.count, "count", 0, "watch: exit after this many events (0: until interrupted)")
+	fs.IntVar(&o.count, "count", 0, "watch, leader --watch: exit after this many lines (0: until interrupted)")
 	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
 	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
 	return fs
@@ -97,7 +97,7 @@ func commands() []command {
 	return []command{
 		{"lock", "<name>", 1, "show a lock's holder, token, since when, and its waiters", lockShow},
 		{"lock release", "<name>", 1, "force a lock's release: delete its holder's key (the holder loses it)", lockRelease},
-		{"leader", "<name>", 1, "show an election's leader (--watch: and every change)", leaderShow},
+		{"leader", "<name>", 1, "show an election's leader (--watch: and every change, --count)", leaderShow},
 		{"semaphore", "<name>", 1, "show a semaphore's permits: holders and waiters", semaphoreShow},
 		{"queue stats", "<name>", 1, "show a queue's depth: ready, claimed, delayed, dead", queueStats},
 		{"queue ls", "<name>", 1, "list a queue's tasks (--limit)", queueList},

@@ -14,7 +14,6 @@ func pending(pkg string) func(context.Context, *session, []string) error {
 var (
 	lockShow      = pending("lock")
 	lockRelease   = pending("lock")
-	leaderShow    = pending("election")
 	semaphoreShow = pending("semaphore")
 	cronStatus    = pending("cron")
 	cronPause     = pending("cron")
