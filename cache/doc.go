@@ -1,0 +1,79 @@
+// Package cache keeps an in-memory copy of an etcd prefix that always equals
+// etcd's content at some revision, and a typed, validated config watcher
+// built on it (Value for one key, Map for a prefix).
+//
+// # How it stays consistent
+//
+// New reads the prefix at one revision R: the first page is a linearizable
+// read that fixes R, every further page is read WithRev(R), so the pages
+// together are the prefix exactly as it was at R even while others write. It
+// then watches from R+1 with WithRequireLeader (a cache connected to a member
+// that lost its leader fails over instead of silently freezing) and
+// WithProgressNotify (bookmarks that advance Revision without a change).
+//
+// etcd delivers a watch's events in revision order and never splits one
+// revision's events across responses. The cache applies them one revision at
+// a time, under one lock, so Get, List and Revision only ever show a state
+// etcd had. When the watch breaks (member restart, lost leader, network), it
+// resumes from the last applied revision + 1: nothing is missed or applied
+// twice. When that start was compacted away (ErrCompacted, which etcd may
+// report without Canceled set), the cache reads the whole prefix again at a
+// new revision R' and turns the difference from what it held into ordinary
+// Create, Update and Delete events at R'. Subscribers thus move from one real
+// revision to another; they skip the revisions in between.
+//
+// # Subscribers
+//
+// Subscribe returns a stream of Batches: first a snapshot, then every
+// revision's changes with the previous values. The cache never waits for a
+// subscriber: each has a buffer of WithBuffer batches; a subscriber that
+// falls a whole buffer behind has its queued batches dropped and replaced by
+// one snapshot of the current state, which it applies in place of its view.
+// Its memory is bounded and it cannot stall the cache or other subscribers.
+//
+// # What is guaranteed
+//
+//   - Get, List, Len and Revision are served from memory. List returns the
+//     revision its keys belong to; etcd held exactly those keys under the
+//     prefix at that revision.
+//   - A subscriber that applies its batches in order holds, after each
+//     batch, etcd's content at the batch's Revision.
+//   - WaitRevision(ctx, r) returns once the cache reflects revision r, so a
+//     writer that waits for its write's revision then reads it (or
+//     something newer) from the cache.
+//
+// # What is not
+//
+//   - The cache is behind etcd by the watch's delivery time, and by longer
+//     while a watch reconnects or a reload runs. Get is not a linearizable
+//     read; use WaitRevision with a revision you know, or read etcd.
+//   - A deletion followed by a re-creation of a key while the cache's watch
+//     was broken and compacted away appears as one Update (its
+//     CreateRevision changes); intermediate revisions are not shown.
+//   - A subscriber reset to a snapshot does not see the individual changes
+//     it missed.
+//
+// # Keys
+//
+// The cache writes nothing.
+//
+// # Cost
+//
+// Loading a prefix of n keys: ceil(n / page size) range reads (each paged
+// read also counts the rest of the range on the server, so larger pages are
+// cheaper overall). Following it: one watch, on the client's shared watch
+// stream. A reload after compaction costs a load. Get is a map lookup under a
+// read lock; List is a scan of the whole cache plus a sort of the result.
+// WaitRevision costs nothing when the revision arrives with a change under
+// the prefix; otherwise it sends a progress request every 50 ms while it
+// waits. Memory: one entry per key, holding the key, value and revisions.
+//
+// # Telemetry
+//
+// The histogram concord.cache.staleness (seconds) records, for each change
+// made visible, the time from the moment the cache learned of it (the watch
+// response arrived, or the watch was found unable to resume) to the moment
+// Get could see it; a reload's entry is the whole time the cache was known
+// to be behind. Metrics go to the global meter provider unless
+// WithMeterProvider is given.
+package cache
