@@ -1,0 +1,253 @@
+package pubsub_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/concordkit/concord/pubsub"
+	"github.com/concordkit/concord/testcluster"
+)
+
+var long = flag.Bool("pubsub.long", false, "run the fault tests for more rounds")
+
+func TestGapAfterCompaction(t *testing.T) {
+	c := testcluster.New(t)
+	topic := topicFor(t, c)
+	ctx := ctxT(t, 30*time.Second)
+	h := newHub(t, newClient(t, c, testcluster.To(2)))
+	s := subscribe(t, h, topic, pubsub.FromLatest())
+	pub := newHub(t, newClient(t, c, testcluster.To(0)))
+	first := publishN(t, pub, topic, 3, pubsub.WithMaxCount(5))
+	for _, r := range first {
+		assert.Equal(t, r, nextMsg(t, s).Rev)
+	}
+
+	// The subscriber's member goes away; meanwhile the ring wraps several
+	// times and the history is compacted.
+	require.NoError(t, c.Stop(2))
+	more := publishN(t, pub, topic, 20)
+	_, err := c.Compact(ctx)
+	require.NoError(t, err)
+	require.NoError(t, c.Restart(ctx, 2))
+
+	g := nextGap(t, s)
+	assert.Equal(t, pubsub.GapCompacted, g.Reason)
+	assert.Equal(t, uint64(15), g.Lost)
+	assert.Greater(t, g.From, first[2])
+	assert.LessOrEqual(t, g.From, more[0])
+	assert.Equal(t, more[15]-1, g.To)
+	for _, r := range more[15:] {
+		assert.Equal(t, r, nextMsg(t, s).Rev)
+	}
+	noEvent(t, s)
+	assert.GreaterOrEqual(t, h.Stats().WatchesOpened, int64(2), "the watch was re-established")
+	r := publishN(t, pub, topic, 1)[0]
+	assert.Equal(t, r, nextMsg(t, s).Rev)
+}
+
+// faultSub is a subscription under test and what it must account for.
+type faultSub struct {
+	name string
+	s    *pubsub.Subscription
+	from int64
+}
+
+// TestNoSilentLossUnderFaults publishes continuously while members of the
+// subscribers' cluster are killed, restarted, partitioned and the history is
+// compacted, with a ring small enough to wrap during each fault. Afterwards,
+// for every subscription, every acknowledged publish at or after its start is
+// either delivered (with its payload) or inside a reported gap, and events
+// come in strictly increasing revision order.
+func TestNoSilentLossUnderFaults(t *testing.T) {
+	c := testcluster.New(t)
+	topic := topicFor(t, c)
+	ctx := ctxT(t, 120*time.Second)
+	pub := newHub(t, newClient(t, c, testcluster.To(0)))
+	start, err := pub.Publish(ctx, topic, []byte("start"), pubsub.WithMaxCount(8))
+	require.NoError(t, err)
+
+	big := pubsub.WithBuffer(1 << 20)
+	subs := []faultSub{
+		{name: "member1", s: subscribe(t, newHub(t, newClient(t, c, testcluster.To(1))), topic, pubsub.FromRevision(start), big), from: start},
+		{name: "member2", s: subscribe(t, newHub(t, newClient(t, c, testcluster.To(2))), topic, pubsub.FromRevision(start), big), from: start},
+		{name: "all", s: subscribe(t, newHub(t, newClient(t, c)), topic, pubsub.FromLatest(), big), from: start + 1},
+		{name: "slow", s: subscribe(t, newHub(t, newClient(t, c, testcluster.To(1))), topic, pubsub.FromRevision(start), pubsub.WithBuffer(4)), from: start},
+	}
+
+	// The publisher acknowledges each message it published on acks.
+	type ack struct {
+		rev     int64
+		payload string
+	}
+	acks := make(chan ack, 1<<16)
+	pctx, stopPub := context.WithCancel(ctx)
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for i := 0; pctx.Err() == nil; i++ {
+			p := fmt.Sprintf("p%d", i)
+			cctx, cancel := context.WithTimeout(pctx, 2*time.Second)
+			rev, err := pub.Publish(cctx, topic, []byte(p))
+			cancel()
+			if err == nil {
+				acks <- ack{rev, p}
+			}
+		}
+	}()
+	acked := map[int64]string{start: "start"}
+	waitAcks := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case a := <-acks:
+				acked[a.rev] = a.payload
+			case <-ctx.Done():
+				t.Fatalf("publisher stalled")
+			}
+		}
+	}
+
+	rounds := 1
+	if *long {
+		rounds = 5
+	}
+	for range rounds {
+		waitAcks(10)
+		require.NoError(t, c.Kill(1))
+		waitAcks(30)
+		require.NoError(t, c.Restart(ctx, 1))
+
+		waitAcks(10)
+		c.Partition(2)
+		waitAcks(30)
+		c.Heal()
+
+		waitAcks(10)
+		require.NoError(t, c.Stop(2))
+		waitAcks(30)
+		compact(t, ctx, c)
+		require.NoError(t, c.Restart(ctx, 2))
+
+		waitAcks(10)
+		c.Partition(1)
+		waitAcks(30)
+		compact(t, ctx, c)
+		c.Heal()
+		_, err = c.WaitLeader(ctx)
+		require.NoError(t, err)
+	}
+	waitAcks(10)
+	stopPub()
+	<-pubDone
+	for len(acks) > 0 {
+		a := <-acks
+		acked[a.rev] = a.payload
+	}
+	last, err := pub.Publish(ctx, topic, []byte("last"))
+	require.NoError(t, err)
+	acked[last] = "last"
+
+	gaps := 0
+	for _, fs := range subs {
+		t.Logf("reading %s", fs.name)
+		evs := readUntil(t, fs.s, last)
+		for _, ev := range evs {
+			if ev.Gap != nil {
+				gaps++
+				t.Logf("%s: %v", fs.name, *ev.Gap)
+			}
+		}
+		for _, problem := range checkCoverage(evs, acked, fs.from) {
+			t.Errorf("%s: %s", fs.name, problem)
+		}
+	}
+	t.Logf("%d acknowledged publishes, %d gaps reported over %d subscriptions", len(acked), gaps, len(subs))
+	assert.Positive(t, gaps, "the faults should have forced gaps")
+}
+
+// compact compacts the cluster's history, trying again while a partitioned
+// member it happened to ask cannot answer.
+func compact(t *testing.T, ctx context.Context, c *testcluster.Cluster) {
+	t.Helper()
+	var err error
+	for range 20 {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = c.Compact(cctx)
+		cancel()
+		if err == nil {
+			return
+		}
+	}
+	t.Fatalf("compact: %v", err)
+}
+
+// readUntil reads events until one reaches revision last.
+func readUntil(t *testing.T, s *pubsub.Subscription, last int64) []pubsub.Event {
+	t.Helper()
+	var evs []pubsub.Event
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		ev, err := s.Next(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("no event reaching %d within 20s after %d events; last %+v", last, len(evs), evs[len(evs)-1])
+		}
+		evs = append(evs, ev)
+		if (ev.Message != nil && ev.Message.Rev >= last) || (ev.Gap != nil && ev.Gap.To >= last) {
+			return evs
+		}
+	}
+}
+
+// checkCoverage returns what is wrong with a subscription's events: order,
+// payloads, and acknowledged publishes at or after from that were neither
+// delivered nor inside a gap.
+func checkCoverage(evs []pubsub.Event, acked map[int64]string, from int64) []string {
+	var problems []string
+	delivered := map[int64]bool{}
+	var gaps []pubsub.Gap
+	var prev int64
+	for _, ev := range evs {
+		switch {
+		case ev.Message != nil:
+			m := ev.Message
+			if m.Rev <= prev {
+				problems = append(problems, fmt.Sprintf("message %d after revision %d", m.Rev, prev))
+			}
+			if p, ok := acked[m.Rev]; ok && p != string(m.Payload) {
+				problems = append(problems, fmt.Sprintf("message %d: payload %q, published %q", m.Rev, m.Payload, p))
+			}
+			delivered[m.Rev] = true
+			prev = m.Rev
+		case ev.Gap != nil:
+			g := *ev.Gap
+			if g.From <= prev || g.To < g.From {
+				problems = append(problems, fmt.Sprintf("%v after revision %d", g, prev))
+			}
+			gaps = append(gaps, g)
+			prev = g.To
+		}
+	}
+	for rev := range acked {
+		if rev < from || delivered[rev] {
+			continue
+		}
+		inGap := false
+		for _, g := range gaps {
+			if g.From <= rev && rev <= g.To {
+				inGap = true
+				break
+			}
+		}
+		if !inGap {
+			problems = append(problems, fmt.Sprintf("publish at revision %d silently lost", rev))
+		}
+	}
+	return problems
+}
