@@ -14,7 +14,7 @@
 //
 //	go test -race ./chaos/                           # bounded form, as CI runs it
 //	go test -race ./chaos/ -chaos.long -timeout 60m  # long form
-//	go test -race ./chaos/ -run TestChaosLock -chaos.seed 1234 -v
+//	go test -race ./chaos/ -run TestChaosLock -chaos.seed=1234 -v
 //
 // Every test logs its seed. The seed fixes the nemesis's schedule (which
 // fault, on which member or client, how long it lasts, how long until the

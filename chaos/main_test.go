@@ -50,7 +50,7 @@ func seed(t testing.TB) int64 {
 	if s == 0 {
 		s = time.Now().UnixNano()
 	}
-	t.Logf("seed %d (replay: go test -race ./chaos/ -run '^%s$' -chaos.seed %d)", s, t.Name(), s)
+	t.Logf("seed %d (replay: go test -race ./chaos/ -run '^%s$' -chaos.seed=%d)", s, t.Name(), s)
 	return s
 }
 
