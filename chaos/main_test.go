@@ -100,6 +100,19 @@ func (r *report) note(format string, args ...any) {
 	r.notes = append(r.notes, fmt.Sprintf(format, args...))
 }
 
+// countPrefix counts the violations whose text starts with prefix.
+func (r *report) countPrefix(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, v := range r.violations {
+		if strings.HasPrefix(v, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *report) violationCount() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
