@@ -1,0 +1,235 @@
+package cron_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/cron"
+	"github.com/concordkit/concord/internal/names"
+)
+
+const everySecond = "* * * * * *"
+
+func nop(context.Context, cron.Run) error { return nil }
+
+func TestBadInput(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	ctx := ctxT(t, 10*time.Second)
+	p := newProcess(t, cluster, 2*time.Second)
+
+	for _, bad := range []string{"", "a/.b", "x/"} {
+		s := cron.New(p.k, bad)
+		assert.ErrorContains(t, s.Add("j", everySecond, nop), "cron: invalid name")
+		assert.ErrorContains(t, s.Run(ctx), "cron: invalid name")
+		assert.Error(t, cron.Pause(ctx, p.cli, bad, "j"))
+		_, err := cron.Status(ctx, p.cli, bad)
+		assert.Error(t, err)
+	}
+	s := cron.New(p.k, name)
+	for _, job := range []string{"", "a/b", "x\x00", strings.Repeat("j", 300), "\xff"} {
+		err := s.Add(job, everySecond, nop)
+		assert.ErrorContains(t, err, "cron: invalid job name", "%q", job)
+		assert.Error(t, cron.Trigger(ctx, p.cli, name, job))
+	}
+	for _, spec := range []string{"", "* * *", "61 * * * *", "@every -1s", "@sometimes", "* * * * * * * *"} {
+		assert.ErrorIs(t, s.Add("j", spec, nop), cron.ErrBadSpec, "%q", spec)
+	}
+	assert.Error(t, s.Add("j", everySecond, nil))
+	assert.Error(t, s.Add("j", everySecond, nop, cron.WithCatchUp(cron.CatchUpAll, -time.Second)))
+	assert.Error(t, s.Add("j", everySecond, nop, cron.WithRetries(-1, 0)))
+	require.NoError(t, s.Add("j", "@every 10s", nop))
+	assert.ErrorIs(t, s.Add("j", everySecond, nop), cron.ErrDuplicate)
+	require.NoError(t, cron.ParseSpec("0 */5 * * *"))
+	require.NoError(t, cron.ParseSpec("*/2 0 */5 * * *"))
+	require.NoError(t, cron.ParseSpec("@hourly"))
+	assert.Error(t, cron.New(nil, name).Run(ctx))
+
+	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count, "bad input wrote keys")
+}
+
+func TestRunsEachSecondOnce(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	ctx := ctxT(t, 30*time.Second)
+	runs := make(chan cron.Run, 16)
+	s := cron.New(newProcess(t, cluster, 2*time.Second).k, name)
+	require.NoError(t, s.Add("tick", everySecond, func(_ context.Context, r cron.Run) error {
+		runs <- r
+		return nil
+	}))
+	stop := runScheduler(t, s)
+	var got []cron.Run
+	for range 3 {
+		got = append(got, recvT(t, runs, 5*time.Second, "run"))
+	}
+	for i, r := range got {
+		assert.Equal(t, "tick", r.Job)
+		assert.Equal(t, 1, r.Attempt)
+		assert.False(t, r.Trigger)
+		assert.Positive(t, r.Token)
+		assert.Zero(t, r.Time.Nanosecond(), "scheduled times are whole seconds")
+		if i > 0 {
+			assert.Equal(t, time.Second, r.Time.Sub(got[i-1].Time))
+		}
+	}
+	require.ErrorIs(t, stop(), context.Canceled)
+
+	st, err := cron.Status(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Len(t, st, 1)
+	assert.Equal(t, "tick", st[0].Job)
+	assert.Equal(t, everySecond, st[0].Spec)
+	assert.Contains(t, []cron.Outcome{cron.OK, cron.Running}, st[0].Outcome)
+	assert.False(t, st[0].LastTime.Before(got[2].Time))
+	assert.True(t, st[0].Next.After(st[0].LastTime))
+}
+
+func TestPauseTriggerResume(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	ctx := ctxT(t, 30*time.Second)
+	p := newProcess(t, cluster, 2*time.Second)
+	jobRuns := make(chan cron.Run, 16)
+	clock := make(chan cron.Run, 16)
+	s := cron.New(p.k, name)
+	require.NoError(t, s.Add("job", everySecond, func(_ context.Context, r cron.Run) error {
+		jobRuns <- r
+		return nil
+	}))
+	require.NoError(t, s.Add("clock", everySecond, func(_ context.Context, r cron.Run) error {
+		clock <- r
+		return nil
+	}))
+	runScheduler(t, s)
+	recvT(t, jobRuns, 5*time.Second, "run")
+
+	require.NoError(t, cron.Pause(ctx, p.cli, name, "job"))
+	// Let two clock ticks pass after the pause was certainly seen.
+	recvT(t, clock, 5*time.Second, "clock")
+	drain(jobRuns)
+	for range 2 {
+		recvT(t, clock, 5*time.Second, "clock")
+	}
+	select {
+	case r := <-jobRuns:
+		t.Fatalf("paused job ran at %v", r.Time)
+	default:
+	}
+	st, err := cron.Status(ctx, p.cli, name)
+	require.NoError(t, err)
+	require.Len(t, st, 2)
+	assert.True(t, st[1].Paused, "%+v", st)
+
+	require.NoError(t, cron.Trigger(ctx, p.cli, name, "job"))
+	r := recvT(t, jobRuns, 5*time.Second, "triggered run")
+	assert.True(t, r.Trigger)
+
+	require.NoError(t, cron.Resume(ctx, p.cli, name, "job"))
+	r = recvT(t, jobRuns, 5*time.Second, "run after resume")
+	assert.False(t, r.Trigger)
+}
+
+func drain[T any](ch <-chan T) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+func TestOverlapSkipAndRetry(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	ctx := ctxT(t, 30*time.Second)
+	p := newProcess(t, cluster, 2*time.Second)
+	release := make(chan struct{})
+	started := make(chan cron.Run, 16)
+	attempts := make(chan cron.Run, 16)
+	var once sync.Once
+	s := cron.New(p.k, name)
+	require.NoError(t, s.Add("slow", everySecond, func(ctx context.Context, r cron.Run) error {
+		started <- r
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}))
+	require.NoError(t, s.Add("flaky", everySecond, func(_ context.Context, r cron.Run) error {
+		attempts <- r
+		fail := false
+		once.Do(func() { fail = true })
+		if fail {
+			return errors.New("first attempt fails")
+		}
+		return nil
+	}, cron.WithRetries(2, 10*time.Millisecond), cron.WithOverlap(cron.AllowOverlap)))
+	runScheduler(t, s)
+
+	first := recvT(t, started, 5*time.Second, "slow run")
+	// While it runs, later seconds are skipped: wait for a skip in Status.
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := cron.Status(ctx, p.cli, name)
+		require.NoError(t, err)
+		if len(st) == 2 && st[1].Outcome == cron.Skipped {
+			assert.True(t, st[1].LastTime.After(first.Time))
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no skip recorded: %+v", st)
+		<-tick.C
+	}
+	select {
+	case r := <-started:
+		t.Fatalf("slow job overlapped: %v", r.Time)
+	default:
+	}
+	close(release)
+	recvT(t, started, 5*time.Second, "slow run after release")
+
+	a1 := recvT(t, attempts, 5*time.Second, "flaky attempt")
+	a2 := recvT(t, attempts, 5*time.Second, "flaky retry")
+	assert.Equal(t, 1, a1.Attempt)
+	assert.Equal(t, 2, a2.Attempt)
+	assert.Equal(t, a1.Time, a2.Time)
+}
+
+func TestCorruptRecords(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	ctx := ctxT(t, 30*time.Second)
+	p := newProcess(t, cluster, 2*time.Second)
+	prefix := names.Prefix(name, "cron")
+	_, err := cluster.Admin().Put(ctx, prefix+"claim/job", "not json")
+	require.NoError(t, err)
+	_, err = cron.Status(ctx, p.cli, name)
+	require.ErrorIs(t, err, cron.ErrCorrupt)
+
+	s := cron.New(p.k, name)
+	require.NoError(t, s.Add("job", everySecond, nop))
+	err = s.Run(ctx)
+	require.ErrorIs(t, err, cron.ErrCorrupt)
+	assert.True(t, strings.HasPrefix(err.Error(), "election: Run: cron: corrupt record"), err.Error())
+
+	_, err = cluster.Admin().Put(ctx, prefix+"claim/job", `{"time":1,"token":1,"attempt":1,"at":1}`)
+	require.NoError(t, err)
+	_, err = cluster.Admin().Put(ctx, prefix+"other", "x")
+	require.NoError(t, err)
+	_, err = cron.Status(ctx, p.cli, name)
+	require.ErrorIs(t, err, cron.ErrCorrupt)
+}

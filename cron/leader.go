@@ -1,0 +1,614 @@
+package cron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/retry"
+)
+
+// maxDue bounds how many times of one job are enumerated at once.
+const maxDue = 10000
+
+// jobRun is a job's state during one term.
+type jobRun struct {
+	*job
+	w        time.Time // watermark: the latest scheduled time claimed
+	attempt  int       // attempt of the watermark's claim
+	claimRev int64     // mod revision of the claim key (0: absent)
+	cursor   time.Time // the latest time considered (claimed or passed over)
+	paused   bool
+	running  atomic.Int32
+
+	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
+	status JobStatus
+	next   time.Time
+}
+
+type trigger struct {
+	job *jobRun
+	at  time.Time
+	rev int64 // mod revision of the trigger key
+}
+
+type retryReq struct {
+	job     *jobRun
+	t       time.Time
+	attempt int
+}
+
+// leader runs the jobs during one term.
+type leader struct {
+	s     *Scheduler
+	t     *election.Term
+	jobs  map[string]*jobRun
+	order []*jobRun
+
+	wg      sync.WaitGroup // joins run goroutines
+	retries chan retryReq
+}
+
+var errTermGone = errors.New("cron: leadership ended")
+
+func newLeader(s *Scheduler, t *election.Term, jobs []*job) *leader {
+	l := &leader{s: s, t: t, jobs: map[string]*jobRun{}, retries: make(chan retryReq, len(jobs)+1)}
+	for _, j := range jobs {
+		jr := &jobRun{job: j}
+		l.jobs[j.name] = jr
+		l.order = append(l.order, jr)
+	}
+	return l
+}
+
+func (l *leader) cli() *clientv3.Client { return l.s.k.Client() }
+
+// run schedules until ctx ends (the term was lost or the scheduler stops).
+// It returns nil when a guarded write finds the term gone, so the election
+// loop campaigns again; an error only for corrupt records.
+func (l *leader) run(ctx context.Context) error {
+	defer l.wg.Wait()
+	err := l.loop(ctx)
+	if errors.Is(err, errTermGone) {
+		return nil
+	}
+	return err
+}
+
+func (l *leader) loop(ctx context.Context) error {
+	var triggers []trigger
+	rev, err := retryRead(ctx, func() (int64, error) {
+		var err error
+		var rev int64
+		rev, triggers, err = l.load(ctx)
+		return rev, err
+	})
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, j := range l.order {
+		if j.claimRev == 0 || j.paused {
+			j.cursor = now // nothing to catch up: start from now
+		} else {
+			j.cursor = j.w
+		}
+	}
+	for _, tr := range triggers {
+		if err := l.dispatchTrigger(ctx, tr); err != nil {
+			return err
+		}
+	}
+
+	wch := l.watchCtl(ctx, rev)
+	var rewatch <-chan time.Time
+	delay := 20 * time.Millisecond // before reading the controls again after a lost watch
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		var next time.Time
+		for _, j := range l.order {
+			if err := l.fireDue(ctx, j, now); err != nil {
+				return err
+			}
+			if !j.paused && !j.next.IsZero() && (next.IsZero() || j.next.Before(next)) {
+				next = j.next
+			}
+		}
+		if next.IsZero() {
+			next = now.Add(time.Hour)
+		}
+		timer.Reset(time.Until(next))
+
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-timer.C:
+		case r := <-l.retries:
+			if err := l.dispatch(ctx, r.job, r.t, r.attempt); err != nil {
+				return err
+			}
+		case <-rewatch:
+			rewatch = nil
+			r, trs, err := l.loadCtl(ctx)
+			if err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					return err
+				}
+				rewatch = time.After(delay)
+				delay = min(delay*2, time.Second)
+				continue
+			}
+			delay = 20 * time.Millisecond
+			for _, tr := range trs {
+				if err := l.dispatchTrigger(ctx, tr); err != nil {
+					return err
+				}
+			}
+			wch = l.watchCtl(ctx, r)
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil || wr.Canceled {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				// Read the controls afresh, then watch from there: this
+				// covers compaction and lost members alike.
+				wch = nil
+				rewatch = time.After(delay)
+				delay = min(delay*2, time.Second)
+				continue
+			}
+			for _, ev := range wr.Events {
+				if err := l.onCtl(ctx, ev); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (l *leader) watchCtl(ctx context.Context, rev int64) clientv3.WatchChan {
+	return l.cli().Watch(clientv3.WithRequireLeader(ctx), l.s.keys.ctl(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+}
+
+// retryRead retries a read with backoff until it succeeds, fails for good,
+// or ctx ends.
+func retryRead(ctx context.Context, fn func() (int64, error)) (int64, error) {
+	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
+	for {
+		rev, err := fn()
+		if err == nil {
+			return rev, nil
+		}
+		if ctx.Err() != nil {
+			return 0, context.Cause(ctx)
+		}
+		if errors.Is(err, ErrCorrupt) || !retry.Retriable(err) {
+			return 0, err
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return 0, werr
+		}
+	}
+}
+
+// load reads claims, statuses and controls of every job.
+func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
+	resp, err := l.cli().Get(ctx, l.s.keys.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, nil, fmt.Errorf("cron: load: %w", err)
+	}
+	var triggers []trigger
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		switch {
+		case strings.HasPrefix(key, l.s.keys.prefix+"claim/"):
+			j := l.jobs[strings.TrimPrefix(key, l.s.keys.prefix+"claim/")]
+			if j == nil {
+				continue // a job this replica does not run
+			}
+			c, err := decodeClaim(kv.Value)
+			if err != nil {
+				return 0, nil, fmt.Errorf("%w (key %s)", err, key)
+			}
+			j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, kv.ModRevision
+		case strings.HasPrefix(key, l.s.keys.prefix+"status/"):
+			j := l.jobs[strings.TrimPrefix(key, l.s.keys.prefix+"status/")]
+			if j == nil {
+				continue
+			}
+			st, err := decodeStatus(kv.Value)
+			if err != nil {
+				return 0, nil, fmt.Errorf("%w (key %s)", err, key)
+			}
+			j.status = st
+		case strings.HasPrefix(key, l.s.keys.ctl()):
+			tr, err := l.ctlRecord(kv)
+			if err != nil {
+				return 0, nil, err
+			}
+			if tr != nil {
+				triggers = append(triggers, *tr)
+			}
+		}
+	}
+	return resp.Header.Revision, triggers, nil
+}
+
+// loadCtl reads the controls afresh (after a lost watch).
+func (l *leader) loadCtl(ctx context.Context) (int64, []trigger, error) {
+	resp, err := l.cli().Get(ctx, l.s.keys.ctl(), clientv3.WithPrefix())
+	if err != nil {
+		return 0, nil, err
+	}
+	paused := map[*jobRun]bool{}
+	var triggers []trigger
+	for _, kv := range resp.Kvs {
+		job, what, ok := l.s.keys.parseCtl(string(kv.Key))
+		if ok && what == "paused" && l.jobs[job] != nil {
+			paused[l.jobs[job]] = true
+		}
+		tr, err := l.ctlRecord(kv)
+		if err != nil {
+			return 0, nil, err
+		}
+		if tr != nil {
+			triggers = append(triggers, *tr)
+		}
+	}
+	for _, j := range l.order {
+		l.setPaused(j, paused[j])
+	}
+	return resp.Header.Revision, triggers, nil
+}
+
+// ctlRecord applies a paused key and returns a pending trigger.
+func (l *leader) ctlRecord(kv *mvccpb.KeyValue) (*trigger, error) {
+	job, what, ok := l.s.keys.parseCtl(string(kv.Key))
+	if !ok {
+		return nil, fmt.Errorf("%w: unexpected key %s", ErrCorrupt, kv.Key)
+	}
+	c, err := decodeControl(kv.Value)
+	if err != nil {
+		return nil, fmt.Errorf("%w (key %s)", err, kv.Key)
+	}
+	j := l.jobs[job]
+	if j == nil {
+		return nil, nil
+	}
+	if what == "paused" {
+		l.setPaused(j, true)
+		return nil, nil
+	}
+	return &trigger{job: j, at: time.Unix(0, c.At), rev: kv.ModRevision}, nil
+}
+
+func (l *leader) setPaused(j *jobRun, paused bool) {
+	if j.paused && !paused {
+		// Times that passed while paused are not caught up.
+		j.cursor = time.Now()
+		j.setNext(time.Time{})
+	}
+	j.paused = paused
+}
+
+func (l *leader) onCtl(ctx context.Context, ev *clientv3.Event) error {
+	job, what, ok := l.s.keys.parseCtl(string(ev.Kv.Key))
+	if !ok {
+		return fmt.Errorf("%w: unexpected key %s", ErrCorrupt, ev.Kv.Key)
+	}
+	j := l.jobs[job]
+	if j == nil {
+		return nil
+	}
+	if ev.Type == clientv3.EventTypeDelete {
+		if what == "paused" {
+			l.setPaused(j, false)
+		}
+		return nil
+	}
+	tr, err := l.ctlRecord(ev.Kv)
+	if err != nil || tr == nil {
+		return err
+	}
+	return l.dispatchTrigger(ctx, *tr)
+}
+
+func (j *jobRun) setNext(t time.Time) {
+	j.mu.Lock()
+	j.next = t
+	j.mu.Unlock()
+}
+
+// fireDue runs the times of j that are due at now, per its catch-up policy.
+func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
+	var due []time.Time
+	from := j.cursor
+	lo := now.Add(-j.opts.window)
+	if from.Before(lo) {
+		// Only times within the window count; start just before it.
+		from = lo.Add(-time.Nanosecond)
+	}
+	t := j.sched.Next(from)
+	for ; !t.IsZero() && !t.After(now) && len(due) < maxDue; t = j.sched.Next(t) {
+		due = append(due, t)
+	}
+	j.setNext(t)
+	if len(due) == 0 {
+		return nil
+	}
+	j.cursor = due[len(due)-1]
+	if j.paused {
+		return nil
+	}
+	if j.opts.catchUp == CatchUpLatest {
+		due = due[len(due)-1:]
+	}
+	for _, t := range due {
+		if err := l.dispatch(ctx, j, t, 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dispatch claims (j, t, attempt) and starts the run, or records a skip.
+func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int) error {
+	if attempt > 1 && (!j.w.Equal(t) || j.attempt != attempt-1) {
+		return nil // a later time was claimed meanwhile: the retry is moot
+	}
+	if !j.w.IsZero() && (t.Before(j.w) || t.Equal(j.w) && attempt <= j.attempt) {
+		return nil // claimed before (by an earlier term): never twice
+	}
+	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t}
+	ok, err := l.claim(ctx, j, r, skip)
+	if err != nil || !ok {
+		return err
+	}
+	l.start(ctx, j, r, skip)
+	return nil
+}
+
+func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
+	j := tr.job
+	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t}
+	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip)
+	if err != nil || !ok {
+		return err
+	}
+	l.start(ctx, j, r, skip)
+	return nil
+}
+
+func (l *leader) start(ctx context.Context, j *jobRun, r Run, skip bool) {
+	if skip {
+		l.s.runs.Add(ctx, 1, metric.WithAttributes(attribute.String("cron.job", j.name), attribute.String("cron.outcome", string(Skipped))))
+		return
+	}
+	j.running.Add(1)
+	l.wg.Add(1)
+	go l.execute(ctx, j, r)
+}
+
+// statusFor returns j's status record for a run that starts now.
+func (j *jobRun) startStatus(r Run, skip bool) (string, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	st := j.status
+	st.Job, st.Spec = j.name, j.spec
+	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, time.Now(), r.Token, r.Attempt, r.Trigger
+	st.Outcome, st.Error, st.Duration = Running, "", 0
+	if skip {
+		st.Outcome = Skipped
+	}
+	st.Next, st.Paused, st.Pending = j.next, false, false
+	return encode(st)
+}
+
+// claim writes the claim of (j, r.Time, r.Attempt), fenced by the term and
+// by the claim key's mod revision, so that no time is claimed twice. An
+// unknown outcome is settled by reading the claim back. It reports false
+// when the time turned out to be claimed already.
+func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, error) {
+	rec, err := encode(claim{Time: r.Time.UnixNano(), Token: r.Token, Attempt: r.Attempt, At: time.Now().UnixNano()})
+	if err != nil {
+		return false, err
+	}
+	st, err := j.startStatus(r, skip)
+	if err != nil {
+		return false, err
+	}
+	key := l.s.keys.claim(j.name)
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+		resp, err := l.cli().Txn(ctx).If(cmps...).
+			Then(clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)).
+			Else(clientv3.OpGet(key)).Commit()
+		if err == nil && resp.Succeeded {
+			j.w, j.attempt, j.claimRev = r.Time, r.Attempt, resp.Header.Revision
+			return true, nil
+		}
+		if err == nil {
+			if errors.Is(l.t.Err(), election.ErrLost) || !l.termHeld(ctx) {
+				return false, errTermGone
+			}
+			// The claim moved under us: adopt it. Only a leader writes
+			// claims, so this is a foreign writer; never claim at or before
+			// what it holds.
+			kvs := resp.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				j.claimRev = 0
+				continue
+			}
+			c, derr := decodeClaim(kvs[0].Value)
+			if derr != nil {
+				return false, fmt.Errorf("%w (key %s)", derr, key)
+			}
+			j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, kvs[0].ModRevision
+			if r.Time.After(j.w) {
+				continue
+			}
+			return false, nil
+		}
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			return false, fmt.Errorf("cron: claim %s: %w", key, err)
+		}
+		// Unknown outcome: read the claim back.
+		if werr := bo.Wait(ctx); werr != nil {
+			return false, werr
+		}
+		g, gerr := l.cli().Get(ctx, key)
+		if gerr != nil {
+			continue
+		}
+		if len(g.Kvs) == 1 && string(g.Kvs[0].Value) == rec {
+			j.w, j.attempt, j.claimRev = r.Time, r.Attempt, g.Kvs[0].ModRevision
+			return true, nil
+		}
+	}
+}
+
+// termHeld reads whether the term's key still stands.
+func (l *leader) termHeld(ctx context.Context) bool {
+	resp, err := l.cli().Txn(ctx).If(l.t.Guard()...).Commit()
+	return err != nil || resp.Succeeded // on error, assume held and retry
+}
+
+// claimTrigger consumes the trigger key (deleting it, fenced by the term and
+// its mod revision). It reports false if the trigger was replaced or
+// withdrawn meanwhile (a replacement arrives on the watch).
+func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, skip bool) (bool, error) {
+	st, err := j.startStatus(r, skip)
+	if err != nil {
+		return false, err
+	}
+	key := l.s.keys.trigger(j.name)
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		resp, err := l.cli().Txn(ctx).If(cmps...).
+			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
+		if err == nil {
+			if resp.Succeeded {
+				return true, nil
+			}
+			if !l.termHeld(ctx) {
+				return false, errTermGone
+			}
+			return false, nil
+		}
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			return false, fmt.Errorf("cron: claim trigger %s: %w", key, err)
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return false, werr
+		}
+		g, gerr := l.cli().Get(ctx, key)
+		if gerr != nil {
+			continue
+		}
+		if len(g.Kvs) == 0 || g.Kvs[0].ModRevision != rev {
+			// Only the leader deletes triggers: ours went through (or a
+			// newer trigger replaced it, which the watch brings).
+			return len(g.Kvs) == 0, nil
+		}
+	}
+}
+
+// execute runs fn, records its outcome, and asks for a retry if it failed.
+func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
+	defer l.wg.Done()
+	defer j.running.Add(-1)
+	start := time.Now()
+	attrs := metric.WithAttributes(attribute.String("cron.job", j.name))
+	if !r.Trigger {
+		l.s.lag.Record(ctx, float64(start.Sub(r.Time))/float64(time.Millisecond), attrs)
+	}
+	sctx, span := l.s.tracer.Start(ctx, "cron.run", trace.WithAttributes(
+		attribute.String("cron.name", l.s.name), attribute.String("cron.job", j.name),
+		attribute.String("cron.time", r.Time.Format(time.RFC3339Nano)),
+		attribute.Int64("cron.token", r.Token), attribute.Int("cron.attempt", r.Attempt),
+		attribute.Bool("cron.trigger", r.Trigger)))
+	err := call(sctx, j.fn, r)
+	dur := time.Since(start)
+	outcome := OK
+	switch {
+	case err != nil && ctx.Err() != nil:
+		outcome = Lost
+	case err != nil:
+		outcome = Failed
+	}
+	span.SetAttributes(attribute.String("cron.outcome", string(outcome)))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+	l.s.runs.Add(context.WithoutCancel(ctx), 1, metric.WithAttributes(attribute.String("cron.job", j.name), attribute.String("cron.outcome", string(outcome))))
+
+	j.mu.Lock()
+	st := j.status
+	// A later run may have started meanwhile (AllowOverlap): report the
+	// latest one's start, this run's end.
+	st.Job, st.Spec, st.Outcome, st.Duration, st.Next = j.name, j.spec, outcome, dur, j.next
+	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, start, r.Token, r.Attempt, r.Trigger
+	st.Error = ""
+	if err != nil {
+		st.Error = err.Error()
+	}
+	j.status = st
+	val, eerr := encode(st)
+	j.mu.Unlock()
+	if eerr == nil {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+		// Fenced and best effort: a status write of a lost term is dropped.
+		_, _ = l.cli().Txn(wctx).If(r.Guard()...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
+		cancel()
+	}
+
+	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries {
+		t := time.NewTimer(j.opts.backoff)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			select {
+			case l.retries <- retryReq{job: j, t: r.Time, attempt: r.Attempt + 1}:
+			case <-ctx.Done():
+			}
+		}
+	}
+}
+
+// call runs fn, turning a panic into an error so one job cannot take the
+// scheduler down.
+func call(ctx context.Context, fn Func, r Run) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("cron: job %q panicked: %v", r.Job, p)
+		}
+	}()
+	return fn(ctx, r)
+}

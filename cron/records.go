@@ -1,0 +1,111 @@
+package cron
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrCorrupt reports a value under the scheduler's keys that it did not
+// write or cannot read.
+var ErrCorrupt = errors.New("cron: corrupt record")
+
+// claim is the value of N/.cron/claim/<job>: the latest scheduled time
+// claimed for the job (the job's watermark: no time at or before it is ever
+// claimed again).
+type claim struct {
+	Time    int64 `json:"time"`    // scheduled time, Unix nanoseconds
+	Token   int64 `json:"token"`   // the claiming term's token
+	Attempt int   `json:"attempt"` // 1, or more for a retry of the same time
+	At      int64 `json:"at"`      // when it was claimed, Unix nanoseconds
+}
+
+func decodeClaim(b []byte) (claim, error) {
+	var c claim
+	if err := strictJSON(b, &c); err != nil {
+		return claim{}, fmt.Errorf("%w: claim: %w", ErrCorrupt, err)
+	}
+	if c.Time <= 0 || c.Token <= 0 || c.Attempt < 1 {
+		return claim{}, fmt.Errorf("%w: claim: time %d, token %d, attempt %d out of range", ErrCorrupt, c.Time, c.Token, c.Attempt)
+	}
+	return c, nil
+}
+
+// Outcome of a job's last run.
+type Outcome string
+
+const (
+	Running Outcome = "running" // fn has started and not returned (or the leader died while it ran)
+	OK      Outcome = "ok"      // fn returned nil
+	Failed  Outcome = "error"   // fn returned an error (after any retries)
+	Skipped Outcome = "skipped" // not run: the previous run was still going (SkipIfRunning)
+	Lost    Outcome = "lost"    // leadership was lost while fn ran
+)
+
+func (o Outcome) valid() bool {
+	switch o {
+	case "", Running, OK, Failed, Skipped, Lost:
+		return true
+	}
+	return false
+}
+
+// JobStatus is what Status reports for one job.
+type JobStatus struct {
+	Job      string        `json:"job"`
+	Spec     string        `json:"spec"`
+	LastTime time.Time     `json:"last_time"`          // scheduled (or trigger) time of the last run
+	Start    time.Time     `json:"start"`              // when the last run started
+	Outcome  Outcome       `json:"outcome"`            // of the last run
+	Error    string        `json:"error,omitempty"`    // fn's error, for Failed
+	Duration time.Duration `json:"duration"`           // of the last finished run
+	Next     time.Time     `json:"next"`               // the next scheduled time, as the leader computed it
+	Token    int64         `json:"token"`              // the term that ran it
+	Attempt  int           `json:"attempt"`            // of the last run
+	Trigger  bool          `json:"trigger,omitempty"`  // the last run was a Trigger
+	Paused   bool          `json:"paused"`             // from the pause key, not from the status record
+	Pending  bool          `json:"pending,omitempty"`  // a Trigger waits to be run
+}
+
+func decodeStatus(b []byte) (JobStatus, error) {
+	var s JobStatus
+	if err := strictJSON(b, &s); err != nil {
+		return JobStatus{}, fmt.Errorf("%w: status: %w", ErrCorrupt, err)
+	}
+	if !s.Outcome.valid() || s.Duration < 0 || s.Attempt < 0 || s.Token < 0 {
+		return JobStatus{}, fmt.Errorf("%w: status: fields out of range", ErrCorrupt)
+	}
+	return s, nil
+}
+
+// control is the value of N/.cron/ctl/<job>/paused and .../trigger.
+type control struct {
+	At int64 `json:"at"` // when it was requested, Unix nanoseconds
+}
+
+func decodeControl(b []byte) (control, error) {
+	var c control
+	if err := strictJSON(b, &c); err != nil {
+		return control{}, fmt.Errorf("%w: control: %w", ErrCorrupt, err)
+	}
+	if c.At <= 0 {
+		return control{}, fmt.Errorf("%w: control: time %d out of range", ErrCorrupt, c.At)
+	}
+	return c, nil
+}
+
+func strictJSON(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return err
+	}
+	return nil
+}
+
+func encode(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("cron: encode %T: %w", v, err)
+	}
+	return string(b), nil
+}

@@ -1,0 +1,287 @@
+package cron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	robfig "github.com/robfig/cron/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+var (
+	// ErrBadSpec reports a schedule that cannot be parsed.
+	ErrBadSpec = errors.New("cron: bad schedule spec")
+	// ErrDuplicate reports a job name added twice.
+	ErrDuplicate = errors.New("cron: duplicate job")
+	// ErrStarted reports an Add or a second Run after Run started.
+	ErrStarted = errors.New("cron: scheduler already running")
+)
+
+// parser accepts standard 5-field specs, an optional leading seconds field,
+// and descriptors such as @hourly and @every 10s.
+var parser = robfig.NewParser(robfig.SecondOptional | robfig.Minute | robfig.Hour |
+	robfig.Dom | robfig.Month | robfig.Dow | robfig.Descriptor)
+
+// ParseSpec checks a schedule spec as Add would.
+func ParseSpec(spec string) error {
+	_, err := parseSpec(spec)
+	return err
+}
+
+func parseSpec(spec string) (robfig.Schedule, error) {
+	// robfig rounds @every durations to whole seconds, and up to one second,
+	// without a word; say so instead of running at another rate than asked.
+	if rest, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(rest))
+		if err != nil {
+			return nil, fmt.Errorf("%w %q: %w", ErrBadSpec, spec, err)
+		}
+		if d < time.Second || d%time.Second != 0 {
+			return nil, fmt.Errorf("%w %q: @every needs a whole number of seconds, at least 1s", ErrBadSpec, spec)
+		}
+	}
+	s, err := parser.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrBadSpec, spec, err)
+	}
+	return s, nil
+}
+
+// Func is a job. It runs on the leader under ctx, which ends if leadership
+// is lost or the scheduler stops. Writes into etcd that must not land after
+// the run lost its leadership should be guarded with r.Guard().
+type Func func(ctx context.Context, r Run) error
+
+// Run describes one run of a job.
+type Run struct {
+	Job     string
+	Time    time.Time // the scheduled time; for a Trigger, when it was requested
+	Token   int64     // the leader's term token: a fencing token for the run's effects
+	Attempt int       // 1, then 2, 3, … for retries of the same time (WithRetries)
+	Trigger bool      // started by Trigger rather than by the schedule
+
+	term *election.Term
+}
+
+// Guard returns comparisons that hold only while the leadership under which
+// this run was claimed stands.
+func (r Run) Guard() []clientv3.Cmp {
+	if r.term == nil {
+		return nil
+	}
+	return r.term.Guard()
+}
+
+// Overlap says what happens when a job's time comes while its previous run
+// is still going.
+type Overlap int
+
+const (
+	// SkipIfRunning (the default) claims the time but does not run it; its
+	// status reads Skipped.
+	SkipIfRunning Overlap = iota
+	// AllowOverlap runs it alongside.
+	AllowOverlap
+)
+
+// CatchUp says which of several times due at once run: after a failover,
+// or when the leader could not keep up.
+type CatchUp int
+
+const (
+	// CatchUpLatest (the default) runs only the latest due time.
+	CatchUpLatest CatchUp = iota
+	// CatchUpAll runs every due time, oldest first.
+	CatchUpAll
+)
+
+// DefaultCatchUpWindow is how far back missed times are considered by
+// default.
+const DefaultCatchUpWindow = 10 * time.Minute
+
+// JobOption configures a job.
+type JobOption func(*jobOptions)
+
+type jobOptions struct {
+	overlap Overlap
+	catchUp CatchUp
+	window  time.Duration
+	retries int
+	backoff time.Duration
+}
+
+// WithOverlap sets the overlap policy (default SkipIfRunning).
+func WithOverlap(o Overlap) JobOption { return func(j *jobOptions) { j.overlap = o } }
+
+// WithCatchUp sets which missed times run and how far back times are
+// considered at all (default CatchUpLatest within DefaultCatchUpWindow). A
+// window of zero runs only times that are due now.
+func WithCatchUp(c CatchUp, window time.Duration) JobOption {
+	return func(j *jobOptions) { j.catchUp, j.window = c, window }
+}
+
+// WithRetries runs a time again, up to n more times with the given pause
+// between attempts, when fn returns an error, as long as the same leader
+// holds its term. Default: no retry.
+func WithRetries(n int, backoff time.Duration) JobOption {
+	return func(j *jobOptions) { j.retries, j.backoff = n, backoff }
+}
+
+type job struct {
+	name  string
+	spec  string
+	sched robfig.Schedule
+	fn    Func
+	opts  jobOptions
+}
+
+// Option configures a Scheduler.
+type Option func(*options)
+
+type options struct {
+	value string
+	tp    trace.TracerProvider
+	mp    metric.MeterProvider
+}
+
+// WithValue sets the value the scheduler campaigns with (what Leader and
+// Observe of the election named like the scheduler report).
+func WithValue(v string) Option { return func(o *options) { o.value = v } }
+
+// WithTracerProvider sets the tracer provider (default: the global one).
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(o *options) { o.tp = tp } }
+
+// WithMeterProvider sets the meter provider (default: the global one).
+func WithMeterProvider(mp metric.MeterProvider) Option { return func(o *options) { o.mp = mp } }
+
+// Scheduler runs jobs on whichever replica leads the election named like the
+// scheduler. Every replica adds the same jobs and calls Run. Its methods are
+// safe for concurrent use.
+type Scheduler struct {
+	k    *leasekeeper.Keeper
+	name string
+	keys keys
+	err  error
+	opts options
+	el   *election.Election
+
+	tracer trace.Tracer
+	runs   metric.Int64Counter
+	lag    metric.Float64Histogram
+
+	mu      sync.Mutex // protects jobs, started
+	jobs    []*job
+	started bool
+}
+
+// New returns a scheduler named name bound to k's lease. It does no I/O; an
+// invalid name is reported by Add and Run.
+func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
+	o := options{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.tp == nil {
+		o.tp = otel.GetTracerProvider()
+	}
+	if o.mp == nil {
+		o.mp = otel.GetMeterProvider()
+	}
+	s := &Scheduler{k: k, name: name, keys: keysOf(name), opts: o}
+	s.err = names.Validate("cron", name)
+	if k == nil && s.err == nil {
+		s.err = errors.New("cron: nil keeper")
+	}
+	if s.err == nil {
+		s.el = election.New(k, name, election.WithTracerProvider(o.tp), election.WithMeterProvider(o.mp))
+	}
+	const scope = "github.com/concordkit/concord/cron"
+	s.tracer = o.tp.Tracer(scope)
+	m := o.mp.Meter(scope)
+	s.runs, _ = m.Int64Counter("concord.cron.runs", metric.WithDescription("Job runs started or skipped, by job and outcome."))
+	s.lag, _ = m.Float64Histogram("concord.cron.fire_lag", metric.WithUnit("ms"),
+		metric.WithDescription("From a job's scheduled time to the start of its run."))
+	return s
+}
+
+// Add registers a job. spec is a standard cron spec (5 fields, or 6 with
+// leading seconds) or a descriptor (@hourly, @every 10s). Add must be called
+// before Run, with the same jobs on every replica.
+func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error {
+	if s.err != nil {
+		return s.err
+	}
+	if err := validateJob(jobName); err != nil {
+		return err
+	}
+	if fn == nil {
+		return fmt.Errorf("cron: job %q: nil func", jobName)
+	}
+	sched, err := parseSpec(spec)
+	if err != nil {
+		return err
+	}
+	o := jobOptions{window: DefaultCatchUpWindow}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	switch {
+	case o.window < 0:
+		return fmt.Errorf("cron: job %q: negative catch-up window %v", jobName, o.window)
+	case o.retries < 0 || o.backoff < 0:
+		return fmt.Errorf("cron: job %q: negative retries (%d) or backoff (%v)", jobName, o.retries, o.backoff)
+	case o.overlap != SkipIfRunning && o.overlap != AllowOverlap:
+		return fmt.Errorf("cron: job %q: unknown overlap policy %d", jobName, o.overlap)
+	case o.catchUp != CatchUpLatest && o.catchUp != CatchUpAll:
+		return fmt.Errorf("cron: job %q: unknown catch-up policy %d", jobName, o.catchUp)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return ErrStarted
+	}
+	for _, j := range s.jobs {
+		if j.name == jobName {
+			return fmt.Errorf("%w: %q", ErrDuplicate, jobName)
+		}
+	}
+	s.jobs = append(s.jobs, &job{name: jobName, spec: spec, sched: sched, fn: fn, opts: o})
+	return nil
+}
+
+// Run campaigns for leadership and, while leading, runs the jobs, until ctx
+// ends; it returns ctx's cause then. It campaigns again after a loss. It
+// returns early with an error that no retry can fix (corrupt records under
+// the scheduler's keys, permission denied). Runs in progress get a canceled
+// context when leadership is lost or ctx ends; Run returns after they did.
+func (s *Scheduler) Run(ctx context.Context) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return ErrStarted
+	}
+	s.started = true
+	jobs := append([]*job(nil), s.jobs...)
+	s.mu.Unlock()
+	return s.el.Run(ctx, s.opts.value, func(ctx context.Context, t *election.Term) error {
+		return newLeader(s, t, jobs).run(ctx)
+	})
+}
+
+// Election returns the election the scheduler campaigns in (named like the
+// scheduler), to see or observe which replica leads.
+func (s *Scheduler) Election() *election.Election { return s.el }
