@@ -1,0 +1,131 @@
+package discovery
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"unicode/utf8"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/names"
+)
+
+// ErrCorruptRecord reports a value under a discovery key that is not an
+// instance record this package wrote (a foreign or damaged value). Such
+// records are skipped, never trusted.
+var ErrCorruptRecord = errors.New("discovery: corrupt record")
+
+// MaxIDLen is the longest instance or member ID accepted, in bytes.
+const MaxIDLen = 256
+
+// Instance is one registered instance of a service.
+type Instance struct {
+	Service  string
+	ID       string
+	Addr     string
+	Metadata map[string]string
+	// Lease is the lease the record is bound to; Revision is the record's
+	// create revision (it changes when the instance is registered again).
+	Lease    clientv3.LeaseID
+	Revision int64
+}
+
+// record is the stored form of an instance: JSON, so that operators can read
+// it with etcdctl. The ID is repeated so that a record copied to another key
+// is recognised as foreign.
+type record struct {
+	ID       string            `json:"id"`
+	Addr     string            `json:"addr"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+func instancesPrefix(service string) string { return names.Prefix(service, "discovery") }
+
+func membersPrefix(group string) string { return names.Prefix(group, "group") }
+
+// checkID validates an instance or member ID: it becomes the last segment of
+// a key.
+func checkID(what, id string) error {
+	bad := func(why string) error { return fmt.Errorf("discovery: invalid %s %q: %s", what, id, why) }
+	switch {
+	case id == "":
+		return fmt.Errorf("discovery: invalid %s: empty", what)
+	case len(id) > MaxIDLen:
+		return fmt.Errorf("discovery: invalid %s (%d bytes): longer than %d bytes", what, len(id), MaxIDLen)
+	case !utf8.ValidString(id):
+		return bad("not valid UTF-8")
+	case strings.Contains(id, "/"):
+		return bad("contains '/'")
+	case strings.HasPrefix(id, "."):
+		return bad("starts with '.'")
+	}
+	for _, r := range id {
+		if r < 0x20 || r == 0x7f {
+			return bad("contains a control character")
+		}
+	}
+	return nil
+}
+
+// encodeInstance validates an instance's fields and returns its stored form.
+func encodeInstance(service, id, addr string, md map[string]string) ([]byte, error) {
+	if err := names.Validate("discovery", service); err != nil {
+		return nil, err
+	}
+	if err := checkID("instance ID", id); err != nil {
+		return nil, err
+	}
+	if addr == "" {
+		return nil, fmt.Errorf("discovery: instance %q: empty address", id)
+	}
+	if !utf8.ValidString(addr) || !utf8.ValidString(strings.Join(slicesOf(md), "")) {
+		return nil, fmt.Errorf("discovery: instance %q: address or metadata not valid UTF-8", id)
+	}
+	b, err := json.Marshal(record{ID: id, Addr: addr, Metadata: md})
+	if err != nil {
+		return nil, fmt.Errorf("discovery: instance %q: %w", id, err)
+	}
+	if err := guard.CheckValueSize("discovery", "instance record", len(b)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// slicesOf lists md's keys and values, to check them together.
+func slicesOf(md map[string]string) []string {
+	out := make([]string, 0, 2*len(md))
+	for k, v := range md {
+		out = append(out, k, v)
+	}
+	return out
+}
+
+// decodeInstance reads the record stored at key under prefix. Anything but a
+// well-formed record whose ID matches the key is ErrCorruptRecord.
+func decodeInstance(service, prefix, key string, value []byte) (Instance, error) {
+	id, ok := strings.CutPrefix(key, prefix)
+	if !ok || checkID("instance ID", id) != nil {
+		return Instance{}, fmt.Errorf("%w: key %q is not an instance key", ErrCorruptRecord, key)
+	}
+	var r record
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return Instance{}, fmt.Errorf("%w: %q: %v", ErrCorruptRecord, key, err)
+	}
+	if dec.More() {
+		return Instance{}, fmt.Errorf("%w: %q: trailing data", ErrCorruptRecord, key)
+	}
+	if r.ID != id {
+		return Instance{}, fmt.Errorf("%w: %q: record is for instance %q", ErrCorruptRecord, key, r.ID)
+	}
+	if r.Addr == "" {
+		return Instance{}, fmt.Errorf("%w: %q: empty address", ErrCorruptRecord, key)
+	}
+	return Instance{Service: service, ID: id, Addr: r.Addr, Metadata: maps.Clone(r.Metadata)}, nil
+}
