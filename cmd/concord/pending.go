@@ -15,8 +15,4 @@ var (
 	lockShow      = pending("lock")
 	lockRelease   = pending("lock")
 	semaphoreShow = pending("semaphore")
-	cronStatus    = pending("cron")
-	cronPause     = pending("cron")
-	cronResume    = pending("cron")
-	cronTrigger   = pending("cron")
 )
