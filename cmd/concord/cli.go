@@ -47,7 +47,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	if endpoints == "" {
 		endpoints = defaultEndpoints
 	}
-	fs.StringVar(&o.endpoints, "endpoints", endpoints, "comma-separated etcd client URLs (default from CONCORD_ENDPOINTS)")
+	fs.StringVar(&o.endpoints, "endpoints", endpoints, "comma-separated etcd client URLs; CONCORD_ENDPOINTS sets the default")
 	fs.StringVar(&o.cacert, "cacert", "", "PEM file of the CA that signed the members' certificates")
 	fs.StringVar(&o.cert, "cert", "", "PEM file of the client certificate (with --key)")
 	fs.StringVar(&o.key, "key", "", "PEM file of the client certificate's private key (with --cert)")
@@ -99,7 +99,7 @@ func commands() []command {
 		{"lock release", "<name>", 1, "force a lock's release: delete its holder's key (the holder loses it)", lockRelease},
 		{"leader", "<name>", 1, "show an election's leader (--watch: and every change, --count)", leaderShow},
 		{"semaphore", "<name>", 1, "show a semaphore's permits: holders and waiters", semaphoreShow},
-		{"queue stats", "<name>", 1, "show a queue's depth: ready, claimed, delayed, dead", queueStats},
+		{"queue stats", "<name>", 1, "show a queue's depth: ready, delayed, running, done, dead", queueStats},
 		{"queue ls", "<name>", 1, "list a queue's tasks (--limit)", queueList},
 		{"queue status", "<name> <id>", 2, "show one task: state, attempts, owner, progress", queueStatus},
 		{"queue dead", "<name>", 1, "list a queue's dead letters (--limit)", queueDead},

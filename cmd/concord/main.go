@@ -9,7 +9,7 @@
 //	concord lock <name>                 holder, fencing token, since, waiters
 //	concord leader <name> [--watch]     the current leader (and each change)
 //	concord semaphore <name>            permits held and waiting
-//	concord queue stats <name>          depth: ready, claimed, delayed, dead
+//	concord queue stats <name>          depth: ready, delayed, running, done, dead
 //	concord queue ls <name>             the tasks in a queue
 //	concord queue status <name> <id>    one task: state, attempts, progress
 //	concord queue dead <name>           the dead letters
@@ -19,8 +19,8 @@
 // Administration:
 //
 //	concord lock release <name>         force: delete the holder's key
-//	concord queue requeue <name>        move dead letters back to ready
-//	concord queue purge <name>          delete the dead letters
+//	concord queue requeue <name> [id…]  move dead letters (all, or those) back to ready
+//	concord queue purge <name> [id…]    delete dead letters (all, or those) for good
 //	concord cron pause|resume|trigger <name> <job>
 //
 // Flags may come before or after the command. The password of --user may
