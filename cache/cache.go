@@ -48,7 +48,8 @@ type Cache struct {
 	revCh   chan struct{} // closed and replaced each time rev advances
 	subs    map[*Subscription]struct{}
 	closed  bool
-	reloads int // how many times a reload replaced the state (for tests and logs)
+	reloads int   // how many times a reload replaced the state (for tests and logs)
+	lastPub int64 // revision of the last batch published to subscribers
 }
 
 // New loads every key under prefix at one revision R, in pages of
@@ -237,6 +238,14 @@ func (c *Cache) WaitRevision(ctx context.Context, rev int64) error {
 		}
 		t.Stop()
 	}
+}
+
+// published returns the revision of the last batch published: every
+// subscriber has it queued (or a snapshot past it).
+func (c *Cache) published() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.lastPub
 }
 
 // Close stops the watch, joins its goroutine and closes every subscription's

@@ -61,6 +61,7 @@ func (c *Cache) snapshotLocked() Batch {
 
 // publishLocked queues b for every subscriber without ever blocking.
 func (c *Cache) publishLocked(b Batch) {
+	c.lastPub = b.Revision
 	var snap *Batch
 	for s := range c.subs {
 		select {
