@@ -1,0 +1,109 @@
+// Package lock provides fair, fenced distributed locks on etcd: Mutex,
+// RWMutex and Multi (several locks taken all-or-nothing).
+//
+//	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(10*time.Second))
+//	...
+//	defer k.Close(context.WithoutCancel(ctx))
+//
+//	h, err := lock.New(k, "/jobs/reindex").Lock(ctx)
+//	if err != nil {
+//		return err
+//	}
+//	defer h.Unlock(context.WithoutCancel(ctx))
+//	return reindex(h.Context(), h.Token())
+//
+// # What a lock guarantees
+//
+// Requests are granted in the order etcd received them (by the create
+// revision of their keys), and a release wakes only the next waiter. A
+// holding is bound to the keeper's lease and offers:
+//
+//   - Token: the create revision of its key, which strictly increases across
+//     successive holders of a lock;
+//   - Context: canceled, with a cause that errors.Is ErrLost, when the lease
+//     passes its safe deadline without renewal — which is before the server
+//     can expire the lease and grant the lock to anyone else — or when etcd
+//     says the lease or the key is gone;
+//   - Guard: comparisons that hold only while the lock is held;
+//   - Unlock: idempotent; it deletes the key with a detached, bounded context
+//     and changes local state only once etcd has confirmed.
+//
+// A waiter whose lease is lost, or whose request is deleted, while it waits
+// gets ErrLost, never a Hold. A Lock that is canceled or times out withdraws
+// its request: the acquire transaction is given a short grace to answer, so
+// that a put already on its way is not missed, and then the request's key,
+// whose name is unique to it, is deleted whatever the answer was.
+//
+// Two Mutex values exclude each other exactly like two processes, also when
+// they share a keeper, and goroutines sharing one Mutex value exclude each
+// other too (they queue locally for its one key first).
+//
+// # What it does not guarantee: fencing
+//
+// No lock service can stop a holder that is paused (GC, swap, SIGSTOP, a
+// slow disk) between checking its context and acting: by the time it acts,
+// its lease may have expired and another process may hold the lock. Without
+// fencing a distributed lock is an efficiency device, not mutual exclusion.
+// Writes that must not be made by a former holder must be checked where they
+// land:
+//
+//   - writes into etcd: in a transaction guarded by the hold,
+//
+//     resp, err := cli.Txn(ctx).If(h.Guard()...).Then(clientv3.OpPut(k, v)).Commit()
+//     if err == nil && !resp.Succeeded { /* the lock is no longer held: nothing was written */ }
+//
+//   - writes elsewhere: pass h.Token() along, and have the resource refuse a
+//     token smaller than the largest it has seen.
+//
+// For resources that can do neither, WithLockDelay narrows (but cannot
+// close) the window after an involuntary loss.
+//
+// # No reentrancy
+//
+// Locking a Mutex the goroutine already holds blocks (or TryLock returns
+// ErrLocked). Reentrancy is deliberately not offered: Go has no goroutine
+// identity to hang it on, and a reentrant lock hides the very bug it is meant
+// to paper over — code that takes a lock it already holds cannot know what
+// invariant the outer holder has broken for the moment. Pass the Hold down
+// instead.
+//
+// # Keys
+//
+// A lock named N writes only under N + "/.lock/" (an RWMutex under
+// N + "/.rwlock/"):
+//
+//	N/.lock/q/<id>             one per Mutex value, attached to its lease;
+//	                           value "c1:<unix ns of the request>:<WithValue>"
+//	N/.lock/release/<token>    a release request ("request" or "force"),
+//	                           attached to the holder's lease
+//	N/.rwlock/q/r<id>, w<id>   one per RLock / Lock of an RWMutex
+//
+// A Mutex value reuses its <id> key for every acquisition: each put after a
+// delete gets a new create revision, so tokens stay unique, while the queue
+// does not accumulate one tombstone per acquisition (every range over the
+// prefix would have to step over them until compaction).
+//
+// # Cost, in etcd round trips
+//
+//   - Lock, lock free: one transaction (put own key + read the prefix, one
+//     Raft write). A watch on the prefix is opened alongside it, in parallel,
+//     on the client's existing stream, and stays open while the lock is held
+//     to learn of a forced release or a lost key.
+//   - Lock, lock busy: the same transaction, then no request at all while
+//     waiting: each deletion ahead arrives on the watch (plus one read if the
+//     watch was registered later than the transaction's revision, to close
+//     that gap). The holder's release reaches the next waiter as one watch
+//     event; the others only update a map. Why it is correct: the
+//     transaction's read shows every key ahead of own key at its revision,
+//     and the watch delivers every change after it, in order; events at or
+//     below the read's revision (replays from a lagging member) are ignored.
+//     A waiter is granted when none of the keys it yields to remains.
+//     Because the watch has no start revision, etcd syncs it at once, instead
+//     of in the 100 ms loop that serves watches starting in the past.
+//   - TryLock: one transaction (put only if the queue is empty).
+//   - Unlock: one transaction (delete own key and any release request).
+//   - RequestRelease, ForceRelease: one read and one transaction.
+//   - Inspect: one read.
+//   - Lock-delay: one LeaseTimeToLive read when the holder ahead goes, and one
+//     read after the delay.
+package lock

@@ -1,0 +1,349 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+// Hold is a granted lock: a fenced, lease-bound holding. Its methods are
+// safe for concurrent use.
+//
+// Work done under the lock runs under Context, and writes into etcd that
+// must happen only while the lock is held go through Guard. Unlock releases
+// it; calling Unlock more than once is fine.
+type Hold struct {
+	cli    *clientv3.Client
+	lease  *leasekeeper.Lease
+	prefix string // the lock's prefix
+	key    string
+	token  int64
+	parts  []*Hold // for a Multi: the holds it is made of, in lock order
+	tel    *telemetry
+	start  time.Time
+	expire time.Duration // bound of the detached unlock
+
+	ctx         context.Context
+	cancel      context.CancelCauseFunc
+	stopLease   func() bool   // stops the lease-loss hook
+	stopMonitor func()        // stops the key watch; nil for a Multi
+	monitorDone chan struct{} // closed when the monitor goroutine returns
+	free        func()        // returns the Mutex value's local slot; once
+	unlocking   chan struct{} // closed when Unlock starts talking to etcd
+
+	revokeOnce sync.Once
+	revoked    chan struct{}
+	onRevoke   func() // a Multi's hook, set before the monitor starts
+
+	mu       sync.Mutex // protects released, and serialises Unlock
+	released bool
+}
+
+// Token returns the fencing token: the create revision of the lock's key in
+// etcd. It strictly increases across successive holders of the lock, so a
+// protected resource can refuse any token smaller than the largest it has
+// seen. A Multi's Token is the token of its first part (by sorted name); see
+// Tokens.
+func (h *Hold) Token() int64 {
+	if h.parts != nil {
+		return h.parts[0].token
+	}
+	return h.token
+}
+
+// Tokens returns the token of each part of a Multi in lock order (sorted
+// names), or the single token of a Mutex or RWMutex hold.
+func (h *Hold) Tokens() []int64 {
+	if h.parts == nil {
+		return []int64{h.token}
+	}
+	out := make([]int64, len(h.parts))
+	for i, p := range h.parts {
+		out[i] = p.token
+	}
+	return out
+}
+
+// Key returns the etcd key that represents the hold ("" for a Multi).
+func (h *Hold) Key() string { return h.key }
+
+// Lease returns the lease the hold is bound to.
+func (h *Hold) Lease() clientv3.LeaseID { return h.lease.ID() }
+
+// Context is canceled as soon as the hold can no longer be trusted, with a
+// cause that errors.Is ErrLost: the lease's safe deadline passed without
+// renewal (before the server can expire the lease and grant the lock to the
+// next waiter), etcd reported the lease gone, or the key was deleted by
+// someone else. After ForceRelease the cause also errors.Is ErrRevoked.
+// After Unlock it is canceled with ErrUnlocked.
+func (h *Hold) Context() context.Context { return h.ctx }
+
+// Guard returns comparisons that hold only while the lock is held, for
+// fenced writes: cli.Txn(ctx).If(h.Guard()...).Then(ops...). A Multi's guard
+// covers every part.
+func (h *Hold) Guard() []clientv3.Cmp {
+	if h.parts == nil {
+		return guard.Held(h.key, h.token)
+	}
+	var out []clientv3.Cmp
+	for _, p := range h.parts {
+		out = append(out, p.Guard()...)
+	}
+	return out
+}
+
+// Revoked is closed when someone asked the holder to release the lock
+// (RequestRelease, or ForceRelease). A polite holder finishes its work and
+// calls Unlock.
+func (h *Hold) Revoked() <-chan struct{} { return h.revoked }
+
+func (h *Hold) fireRevoked() {
+	h.revokeOnce.Do(func() {
+		close(h.revoked)
+		if h.onRevoke != nil {
+			h.onRevoke()
+		}
+	})
+}
+
+// lose cancels the hold's context with cause and gives the Mutex value's
+// local slot back: the key is gone (or going with its lease), so another
+// goroutine may queue again.
+func (h *Hold) lose(cause error) {
+	h.cancel(cause)
+	h.free()
+}
+
+// Unlock releases the lock. It deletes the key with a context detached from
+// ctx's cancellation and bounded by the lease TTL, so a canceled caller still
+// releases; it changes the hold's state only once etcd has confirmed. Unlock
+// of a hold already released or lost returns nil. If etcd cannot be reached
+// in time, Unlock returns the error, the hold stays as it was, and Unlock
+// may be called again (the lease's expiry releases the lock in the end).
+func (h *Hold) Unlock(ctx context.Context) error {
+	if h.parts != nil {
+		return h.unlockMulti(ctx)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.released {
+		return nil
+	}
+	if h.lease.Err() == nil {
+		select {
+		case <-h.unlocking:
+		default:
+			close(h.unlocking) // the monitor ignores our own delete from now on
+		}
+		if err := h.deleteKey(ctx); err != nil {
+			return err
+		}
+	}
+	// A lost lease needs no delete: the keeper revokes it, or the server
+	// expires it, and the key and any release request go with it.
+	h.released = true
+	h.cancel(ErrUnlocked)
+	h.stopLease()
+	h.stopMonitor()
+	<-h.monitorDone
+	h.free()
+	h.tel.held(time.Since(h.start))
+	return nil
+}
+
+func (h *Hold) deleteKey(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.expire)
+	defer cancel()
+	rel := releaseKey(h.prefix, h.token)
+	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+	for {
+		// The release request, if any, goes in the same transaction; when
+		// the key is no longer ours (lost, forced) only the request is left
+		// to tidy.
+		_, err := h.cli.Txn(cctx).
+			If(guard.Held(h.key, h.token)...).
+			Then(clientv3.OpDelete(h.key), clientv3.OpDelete(rel)).
+			Else(clientv3.OpDelete(rel)).
+			Commit()
+		if err == nil {
+			return nil
+		}
+		if !retry.Retriable(err) {
+			return fmt.Errorf("lock: unlock %q: %w", h.key, err)
+		}
+		if werr := bo.Wait(cctx); werr != nil {
+			return fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, werr, err)
+		}
+	}
+}
+
+func (h *Hold) unlockMulti(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.released {
+		return nil
+	}
+	var errs []error
+	for i := len(h.parts) - 1; i >= 0; i-- {
+		errs = append(errs, h.parts[i].Unlock(ctx))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	h.released = true
+	h.cancel(ErrUnlocked)
+	h.stopLease()
+	h.tel.held(time.Since(h.start))
+	return nil
+}
+
+// newHold turns a granted acquisition into a hold and starts its monitor,
+// which owns the acquisition's watch from now on.
+func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	mctx, stopMonitor := context.WithCancel(context.Background())
+	h := &Hold{
+		cli:         a.cli,
+		lease:       a.lease,
+		prefix:      a.t.prefix,
+		key:         a.t.key,
+		token:       a.t.rev,
+		tel:         tel,
+		start:       time.Now(),
+		expire:      a.timeout,
+		ctx:         ctx,
+		cancel:      cancel,
+		stopMonitor: stopMonitor,
+		monitorDone: make(chan struct{}),
+		free:        free,
+		unlocking:   make(chan struct{}),
+		revoked:     make(chan struct{}),
+		onRevoke:    onRevoke,
+	}
+	h.stopLease = context.AfterFunc(a.lease.Context(), func() { h.lose(lostErr(a.lease)) })
+	if a.t.requested {
+		h.fireRevoked()
+	}
+	go h.monitor(mctx, a)
+	return h
+}
+
+// monitor follows the hold's key on the acquisition's watch: a deletion by
+// anyone but Unlock ends the hold (ForceRelease, or the server expiring the
+// lease before the keeper noticed), and a release request fires Revoked. It
+// returns when the hold ends or Unlock stops it; Unlock joins it.
+func (h *Hold) monitor(ctx context.Context, a *acquisition) {
+	defer close(h.monitorDone)
+	defer a.w.stop()
+	t := &a.t
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	ended := func(err error) {
+		select {
+		case <-h.unlocking:
+			return // our own delete
+		default:
+		}
+		if t.requested {
+			h.fireRevoked()
+		}
+		switch {
+		case errors.Is(err, errOwnGone) && t.forced:
+			h.lose(fmt.Errorf("%w: %w: key %s deleted by ForceRelease", ErrRevoked, ErrLost, h.key))
+		case errors.Is(err, errOwnGone):
+			h.lose(fmt.Errorf("%w: key %s deleted", ErrLost, h.key))
+		default:
+			h.lose(fmt.Errorf("%w: %w", ErrLost, err))
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.ctx.Done():
+			return
+		case resp, ok := <-a.w.ch:
+			if !ok || resp.Err() != nil || resp.Canceled {
+				a.created = false
+				if bo.Wait(ctx) != nil {
+					return
+				}
+				a.w.restart()
+				continue
+			}
+			if resp.Created {
+				err := a.onCreatedHeld(ctx, resp.Header.Revision)
+				switch {
+				case err == nil:
+				case errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt):
+					ended(err)
+					return
+				default:
+					if bo.Wait(ctx) != nil {
+						return
+					}
+					a.w.restart()
+					continue
+				}
+			} else {
+				bo.Reset()
+				for _, ev := range resp.Events {
+					if err := t.apply(ev); err != nil {
+						ended(err)
+						return
+					}
+				}
+			}
+			if t.requested {
+				h.fireRevoked()
+			}
+		}
+	}
+}
+
+// onCreatedHeld closes the gap before a watch created while holding, by
+// reading only the hold's key and release request: what goes on in the rest
+// of the queue no longer matters.
+func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
+	a.created = true
+	t := &a.t
+	if rev <= t.seen {
+		return nil
+	}
+	resp, err := a.cli.Txn(ctx).Then(
+		clientv3.OpGet(t.key),
+		clientv3.OpGet(releaseKey(t.prefix, t.rev)),
+	).Commit()
+	if err != nil {
+		a.created = false
+		return err
+	}
+	t.seen = resp.Header.Revision
+	own := resp.Responses[0].GetResponseRange().Kvs
+	if len(own) == 0 || own[0].CreateRevision != t.rev {
+		// A forced release put its request in the same transaction as
+		// the delete, so a request still present tells which it was.
+		if rel := resp.Responses[1].GetResponseRange().Kvs; len(rel) > 0 {
+			if force, derr := decodeRelease(rel[0].Value); derr == nil && force {
+				t.forced = true
+			}
+		}
+		return errOwnGone
+	}
+	if rel := resp.Responses[1].GetResponseRange().Kvs; len(rel) > 0 {
+		force, err := decodeRelease(rel[0].Value)
+		if err != nil {
+			return err
+		}
+		t.requested = true
+		t.forced = t.forced || force
+	}
+	return nil
+}

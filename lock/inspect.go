@@ -1,0 +1,74 @@
+package lock
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/names"
+)
+
+// Entry is one request in a lock's queue.
+type Entry struct {
+	Key   string
+	Value string           // the requester's WithValue
+	Token int64            // create revision: place in the queue and fencing token
+	Lease clientv3.LeaseID // the requester's lease
+	// Since is when the request was made, by the requester's clock. For the
+	// holder that is when it asked, not when it was granted.
+	Since time.Time
+	// Reader is true for a reader of an RWMutex.
+	Reader bool
+}
+
+// Info is a snapshot of a lock's queue.
+type Info struct {
+	Holder   *Entry  // nil when the lock is free
+	Waiters  []Entry // in the order they will be granted
+	Revision int64   // etcd revision of the snapshot
+}
+
+// Inspect reads the queue of the Mutex named name in one linearizable read:
+// the holder and the waiters in order. It writes nothing.
+func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, error) {
+	if err := names.Validate("lock", name); err != nil {
+		return nil, err
+	}
+	kvs, rev, err := readQueue(ctx, cli, names.Prefix(name, "lock")+"q/")
+	if err != nil {
+		return nil, err
+	}
+	info := &Info{Revision: rev}
+	for i, kv := range kvs {
+		e, err := entryOf(kv)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			info.Holder = &e
+		} else {
+			info.Waiters = append(info.Waiters, e)
+		}
+	}
+	return info, nil
+}
+
+func readQueue(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvccpb.KeyValue, int64, error) {
+	resp, err := cli.Get(ctx, queue, clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, fmt.Errorf("lock: read queue: %w", err)
+	}
+	return resp.Kvs, resp.Header.Revision, nil
+}
+
+func entryOf(kv *mvccpb.KeyValue) (Entry, error) {
+	at, v, err := decodeValue(kv.Value)
+	if err != nil {
+		return Entry{}, fmt.Errorf("lock: key %s: %w", kv.Key, err)
+	}
+	return Entry{Key: string(kv.Key), Value: v, Token: kv.CreateRevision, Lease: clientv3.LeaseID(kv.Lease), Since: at}, nil
+}

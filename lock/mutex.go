@@ -1,0 +1,178 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+// Mutex is a fair, fenced distributed lock named by an etcd key prefix.
+//
+// A Mutex value is one participant: it owns one key in the lock's queue and
+// reuses it for every acquisition (each put after a delete still gets a new
+// create revision, so tokens stay unique, and the queue leaves no trail of
+// tombstones). Goroutines sharing a Mutex value queue locally for that key
+// first, so they exclude each other exactly as two processes do. Two Mutex
+// values on the same keeper are two participants and exclude each other too.
+//
+// A Mutex is safe for concurrent use. Its zero value is not usable; call New.
+type Mutex struct {
+	k      *leasekeeper.Keeper
+	name   string
+	prefix string
+	key    string
+	value  string
+	delay  time.Duration
+	tel    *telemetry
+	err    error // invalid input, reported by every call
+
+	// slot is the local queue: a goroutine holds it from Lock until its Hold
+	// ends, so only one goroutine at a time uses the Mutex's key.
+	slot chan struct{}
+}
+
+// New returns a Mutex for the lock named name, bound to k's lease. It does
+// no I/O. An invalid name, a nil keeper or an oversized value is reported by
+// the first Lock or TryLock.
+func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	m := &Mutex{
+		k:      k,
+		name:   name,
+		prefix: names.Prefix(name, "lock"),
+		value:  o.value,
+		delay:  o.lockDelay,
+		tel:    newTelemetry(&o, name, "mutex"),
+		slot:   make(chan struct{}, 1),
+	}
+	m.key = m.prefix + "q/" + randomID()
+	m.err = validate(k, name, &o)
+	return m
+}
+
+func validate(k *leasekeeper.Keeper, name string, o *options) error {
+	if err := names.Validate("lock", name); err != nil {
+		return err
+	}
+	if k == nil {
+		return errors.New("lock: nil keeper")
+	}
+	if err := guard.CheckValueSize("lock", "value", len(o.value)); err != nil {
+		return err
+	}
+	if o.lockDelay < 0 {
+		return fmt.Errorf("lock: lock-delay %v: must not be negative", o.lockDelay)
+	}
+	return nil
+}
+
+// Name returns the lock's name.
+func (m *Mutex) Name() string { return m.name }
+
+// Lock blocks until the lock is held, and returns the Hold. Requests are
+// granted in the order etcd received them. On failure it returns ctx's cause
+// if ctx ended, an error wrapping ErrLost if the lease was lost or the
+// request deleted while waiting, or an etcd error; in every case the request
+// has been withdrawn from the queue (its key deleted, or gone with the lost
+// lease).
+func (m *Mutex) Lock(ctx context.Context) (*Hold, error) {
+	if m.err != nil {
+		return nil, m.err
+	}
+	ctx, sp := m.tel.startAcquire(ctx, false)
+	h, err := m.lock(ctx, false)
+	sp.end(ctx, tokenOf(h), err)
+	return h, err
+}
+
+// TryLock takes the lock if nobody holds it or waits for it, and returns
+// ErrLocked at once otherwise (also when another goroutine holds this
+// Mutex). It never waits for another holder.
+func (m *Mutex) TryLock(ctx context.Context) (*Hold, error) {
+	if m.err != nil {
+		return nil, m.err
+	}
+	ctx, sp := m.tel.startAcquire(ctx, true)
+	h, err := m.lock(ctx, true)
+	sp.end(ctx, tokenOf(h), err)
+	return h, err
+}
+
+func tokenOf(h *Hold) int64 {
+	if h == nil {
+		return 0
+	}
+	return h.Token()
+}
+
+func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
+	if try {
+		select {
+		case m.slot <- struct{}{}:
+		default:
+			return nil, ErrLocked
+		}
+	} else {
+		select {
+		case m.slot <- struct{}{}:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
+	free := sync.OnceFunc(func() { <-m.slot })
+	lease, err := m.k.Lease(ctx)
+	if err != nil {
+		free()
+		if errors.Is(err, leasekeeper.ErrClosed) {
+			return nil, fmt.Errorf("lock: %w", err)
+		}
+		return nil, err
+	}
+	h, err := acquire(ctx, m.k, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, nil)
+	if err != nil {
+		free()
+		return nil, err
+	}
+	return h, nil
+}
+
+// acquire runs one acquisition from enqueue to hold. On failure own key is
+// gone, and the watch stopped.
+func acquire(ctx context.Context, k *leasekeeper.Keeper, lease *leasekeeper.Lease, prefix, key, value string,
+	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
+	a := newAcquisition(k.Client(), lease, prefix, key, yields, delay, k.TTL())
+	// The watch goes out before the transaction, so that it is usually in
+	// place by the time the transaction's answer says there is a wait.
+	a.w = startWatch(a.cli, prefix)
+	err := a.enqueue(ctx, value, try)
+	if err == nil && try && len(a.t.preds) > 0 {
+		err = ErrLocked // cannot happen with the empty-queue compare; be safe
+	}
+	if err == nil {
+		err = a.wait(ctx)
+	}
+	if err != nil {
+		a.w.stop()
+		switch {
+		case errors.Is(err, errOwnGone):
+			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, key)
+			if a.t.forced {
+				err = fmt.Errorf("%w: %w", ErrRevoked, err)
+			}
+		case errors.Is(err, ErrLocked) && a.t.rev == 0:
+			return nil, err // nothing was written
+		}
+		a.cleanup(ctx)
+		return nil, err
+	}
+	return newHold(a, tel, free, onRevoke), nil
+}

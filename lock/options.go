@@ -1,0 +1,39 @@
+package lock
+
+import (
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Option configures a Mutex, an RWMutex or a Multi.
+type Option func(*options)
+
+type options struct {
+	value     string
+	lockDelay time.Duration
+	tracer    trace.TracerProvider
+	meter     metric.MeterProvider
+}
+
+// WithValue sets the value stored in the lock's key, shown by Inspect (for
+// example a host name and process ID). Default empty.
+func WithValue(v string) Option { return func(o *options) { o.value = v } }
+
+// WithLockDelay makes a waiter wait d more before taking the lock when the
+// holder before it lost the lock involuntarily (its lease expired or was
+// revoked) rather than unlocking, as Chubby and Consul do. It is for
+// resources that cannot check fencing tokens: a holder that was paused past
+// its lease gets d to notice before the next holder starts. The price is that
+// every involuntary handoff takes d longer, and it is only a delay: a pause
+// longer than d still overlaps. Fencing is the real protection. Default 0.
+func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }
+
+// WithTracerProvider sets the OpenTelemetry tracer provider for the
+// lock.acquire span (default: the global one).
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(o *options) { o.tracer = tp } }
+
+// WithMeterProvider sets the OpenTelemetry meter provider for the wait and
+// hold duration histograms (default: the global one).
+func WithMeterProvider(mp metric.MeterProvider) Option { return func(o *options) { o.meter = mp } }
