@@ -55,17 +55,17 @@ func (o Outcome) valid() bool {
 type JobStatus struct {
 	Job      string        `json:"job"`
 	Spec     string        `json:"spec"`
-	LastTime time.Time     `json:"last_time"`          // scheduled (or trigger) time of the last run
-	Start    time.Time     `json:"start"`              // when the last run started
-	Outcome  Outcome       `json:"outcome"`            // of the last run
-	Error    string        `json:"error,omitempty"`    // fn's error, for Failed
-	Duration time.Duration `json:"duration"`           // of the last finished run
-	Next     time.Time     `json:"next"`               // the next scheduled time, as the leader computed it
-	Token    int64         `json:"token"`              // the term that ran it
-	Attempt  int           `json:"attempt"`            // of the last run
-	Trigger  bool          `json:"trigger,omitempty"`  // the last run was a Trigger
-	Paused   bool          `json:"paused"`             // from the pause key, not from the status record
-	Pending  bool          `json:"pending,omitempty"`  // a Trigger waits to be run
+	LastTime time.Time     `json:"last_time"`         // scheduled (or trigger) time of the last run
+	Start    time.Time     `json:"start"`             // when the last run started
+	Outcome  Outcome       `json:"outcome"`           // of the last run
+	Error    string        `json:"error,omitempty"`   // fn's error, for Failed
+	Duration time.Duration `json:"duration"`          // of the last finished run
+	Next     time.Time     `json:"next"`              // the next scheduled time, as the leader computed it
+	Token    int64         `json:"token"`             // the term that ran it
+	Attempt  int           `json:"attempt"`           // of the last run
+	Trigger  bool          `json:"trigger,omitempty"` // the last run was a Trigger
+	Paused   bool          `json:"paused"`            // from the pause key, not from the status record
+	Pending  bool          `json:"pending,omitempty"` // a Trigger waits to be run
 }
 
 func decodeStatus(b []byte) (JobStatus, error) {
