@@ -1,0 +1,183 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/cron"
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/testcluster"
+)
+
+// The cron checker. Replicas in separate "processes" run one scheduler with
+// a job due every second (times aligned to the wall clock, the same on every
+// replica), catching up every missed time and running times alongside a
+// slow earlier run (AllowOverlap; the default skips them, by design). Each
+// run writes a record for its scheduled time under the run's Guard. Checks:
+//   - each scheduled time ran once: at most one record per time, and no time
+//     missed between the first run and a few seconds before the end;
+//   - at most one term's fenced writes succeed at any time
+//     (checkFencedOrder on the records).
+
+type cronRun struct {
+	replicas  int
+	protected bool // false: each replica schedules on its own (no shared election) and writes without Guard
+	nemesis   nemesisConfig
+	duration  time.Duration
+	settle    time.Duration // how long the replicas run after the nemesis stops
+}
+
+func runCron(t *testing.T, c *testcluster.Cluster, seed int64, cfg cronRun) (*report, *nemesis) {
+	ctx := ctxT(t, cfg.duration+2*time.Minute)
+	r := newReport(t, seed)
+	base := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
+	runsPrefix := base + "runs/"
+
+	var keepers []*leasekeeper.Keeper
+	cfg.nemesis.clients = nil
+	for range cfg.replicas {
+		cli, err := c.NewClient()
+		require.NoError(t, err)
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+		require.NoError(t, err)
+		keepers = append(keepers, k)
+		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
+	}
+	defer func() {
+		for _, k := range keepers {
+			_ = k.Close(context.Background())
+		}
+	}()
+	var leader atomic.Int64
+	leader.Store(-1)
+	cfg.nemesis.holder = func() int { return int(leader.Load()) }
+
+	var runs, refused, failedWrites atomic.Int64
+	wctx, wstop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i, k := range keepers {
+		name := base + "sched"
+		if !cfg.protected {
+			name = fmt.Sprintf("%ssched%d", base, i)
+		}
+		s := cron.New(k, name)
+		cli := k.Client()
+		err := s.Add("tick", "* * * * * *", func(jctx context.Context, run cron.Run) error {
+			leader.Store(int64(i))
+			runs.Add(1)
+			key := fmt.Sprintf("%s%d/%d-%d", runsPrefix, run.Time.Unix(), run.Token, run.Attempt)
+			cmps, octx := run.Guard(), jctx
+			if !cfg.protected {
+				cmps, octx = nil, context.WithoutCancel(wctx)
+			}
+			pctx, cancel := context.WithTimeout(octx, 5*time.Second)
+			defer cancel()
+			ok, err := fencedWrite(pctx, cli, cmps, key, run.Token)
+			switch {
+			case ok:
+				r.ops.Add(1)
+			case err == nil:
+				refused.Add(1)
+			default:
+				failedWrites.Add(1)
+			}
+			return nil
+		}, cron.WithCatchUp(cron.CatchUpAll, time.Minute), cron.WithOverlap(cron.AllowOverlap))
+		require.NoError(t, err)
+		wg.Go(func() {
+			if err := s.Run(wctx); wctx.Err() == nil {
+				t.Errorf("replica %d: Run returned early: %v", i, err)
+			} else if err != nil && !errors.Is(err, context.Canceled) {
+				t.Logf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	start := time.Now()
+	n := newNemesis(t, c, seed, cfg.nemesis)
+	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	n.run(nctx)
+	ncancel()
+	// After the faults the schedulers catch up; times up to a margin
+	// before the end must all have run.
+	pause(ctx, cfg.settle)
+	end := time.Now()
+	wstop()
+	wg.Wait()
+
+	writes, tokens, err := checkFencedOrder(ctx, r, c.Admin(), runsPrefix)
+	require.NoError(t, err)
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := c.Admin().Get(gctx, runsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	require.NoError(t, err)
+	perTime := map[int64][]string{}
+	for _, kv := range resp.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), runsPrefix)
+		sec, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, '/')], 10, 64)
+		perTime[sec] = append(perTime[sec], rest[strings.IndexByte(rest, '/')+1:])
+	}
+	var times []int64
+	for sec, who := range perTime {
+		times = append(times, sec)
+		if len(who) > 1 {
+			r.violate("cron: time %s ran %d times (term-attempt %v)", time.Unix(sec, 0).Format("15:04:05"), len(who), who)
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	missed := 0
+	if cfg.protected && len(times) > 0 {
+		// Times from the first run to a margin before the end (a time due
+		// just before the end may still be starting).
+		for sec := times[0]; sec < end.Add(-2*time.Second).Unix(); sec++ {
+			if len(perTime[sec]) == 0 {
+				missed++
+				r.violate("cron: time %s never ran", time.Unix(sec, 0).Format("15:04:05"))
+			}
+		}
+	}
+	r.note("%d runs, %d scheduled times recorded over %v, %d missed, %d fenced writes from %d terms, %d refused by the guard, %d failed in transit",
+		runs.Load(), len(times), end.Sub(start).Round(time.Second), missed, writes, tokens, refused.Load(), failedWrites.Load())
+	if len(times) < 3 {
+		t.Errorf("fewer than three times ran: the checker checked nothing")
+	}
+	return r, n
+}
+
+func TestChaosCron(t *testing.T) {
+	s := seed(t)
+	c := testcluster.New(t)
+	r, n := runCron(t, c, s, cronRun{
+		replicas: 3, protected: true,
+		nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second), settle: 3 * time.Second,
+	})
+	r.expectNone(t, n)
+}
+
+// TestChaosCronCheckerCatchesUnelectedReplicas runs replicas that schedule
+// on their own, as a cron on every host would, and write without Guard:
+// every time runs on each replica, and the checker must see it.
+func TestChaosCronCheckerCatchesUnelectedReplicas(t *testing.T) {
+	s := seed(t)
+	c := testcluster.New(t)
+	cfg := defaultNemesis()
+	cfg.kinds = nil
+	r, n := runCron(t, c, s, cronRun{
+		replicas: 2, protected: false,
+		nemesis: cfg, duration: 4 * time.Second, settle: time.Second,
+	})
+	r.expectSome(t, n)
+	if r.countPrefix("cron:") == 0 {
+		t.Errorf("the ran-once checker reported nothing")
+	}
+}
