@@ -12,7 +12,5 @@ func pending(pkg string) func(context.Context, *session, []string) error {
 }
 
 var (
-	lockShow      = pending("lock")
-	lockRelease   = pending("lock")
 	semaphoreShow = pending("semaphore")
 )

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/concordkit/concord/lock"
+)
+
+func TestLock(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := "cli-lock"
+
+	r := concord(t, "lock", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `^lock cli-lock: free \(revision \d+\)\n$`, r.stdout)
+
+	holder := lock.New(newKeeper(t), name, lock.WithValue("host-a pid 41"))
+	h, err := holder.Lock(ctx)
+	require.NoError(t, err)
+
+	// Two waiters, queued one after the other.
+	type result struct {
+		h   *lock.Hold
+		err error
+	}
+	waiters := make([]chan result, 2)
+	for i, v := range []string{"host-b", "host-c"} {
+		waiters[i] = make(chan result, 1)
+		m := lock.New(newKeeper(t), name, lock.WithValue(v))
+		go func() {
+			h, err := m.Lock(ctx)
+			waiters[i] <- result{h, err}
+		}()
+		require.Eventually(t, func() bool {
+			info, err := lock.Inspect(ctx, cluster.Client(), name)
+			return err == nil && len(info.Waiters) == i+1
+		}, 10*time.Second, 10*time.Millisecond)
+	}
+
+	r = concord(t, "lock", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	t.Log("\n" + r.stdout)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Len(t, lines, 5)
+	assert.Regexp(t, `^lock cli-lock: held, 2 waiting \(revision \d+\)$`, lines[0])
+	assert.Regexp(t, `^ROLE +VALUE +TOKEN +SINCE +LEASE$`, lines[1])
+	assert.Regexp(t, `^holder +host-a pid 41 +`+itoa(h.Token())+` +\S+ \((\S+ ago|now)\) +[0-9a-f]+$`, lines[2])
+	assert.Regexp(t, `^waiter 1 +host-b `, lines[3])
+	assert.Regexp(t, `^waiter 2 +host-c `, lines[4])
+
+	r = concord(t, "--json", "lock", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	var j struct {
+		Holder  lockEntryJSON
+		Waiters []lockEntryJSON
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &j))
+	assert.Equal(t, h.Token(), j.Holder.Token)
+	assert.Equal(t, "host-a pid 41", j.Holder.Value)
+	assert.WithinDuration(t, time.Now(), j.Holder.Since, time.Minute)
+	require.Len(t, j.Waiters, 2)
+	assert.Greater(t, j.Waiters[1].Token, j.Waiters[0].Token)
+
+	// Force: the holder loses the lock, host-b gets it.
+	r = concord(t, "lock", "release", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "lock cli-lock: released the holder with token "+itoa(h.Token())+"; the next waiter is granted\n", r.stdout)
+	select {
+	case <-h.Context().Done():
+		assert.True(t, errors.Is(context.Cause(h.Context()), lock.ErrRevoked))
+	case <-ctx.Done():
+		t.Fatal("the holder was not told")
+	}
+	var next result
+	select {
+	case next = <-waiters[0]:
+		require.NoError(t, next.err)
+	case <-ctx.Done():
+		t.Fatal("host-b was not granted")
+	}
+	r = concord(t, "lock", name)
+	assert.Regexp(t, `holder +host-b +`+itoa(next.h.Token()), r.stdout)
+
+	require.NoError(t, next.h.Unlock(ctx))
+	third := <-waiters[1]
+	require.NoError(t, third.err)
+	require.NoError(t, third.h.Unlock(ctx))
+	r = concord(t, "lock", "release", name)
+	assert.Equal(t, 1, r.code)
+	assert.Equal(t, "concord: lock cli-lock: nobody holds it\n", r.stderr)
+}
