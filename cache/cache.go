@@ -52,9 +52,9 @@ type Cache struct {
 	lastPub int64 // revision of the last batch published to subscribers
 }
 
-// New loads every key under prefix at one revision R, in pages of
-// WithPageSize keys all read at R, and then keeps the copy current by watching
-// from R+1. ctx bounds the initial load only; the watch runs until Close.
+// New loads every key under prefix at one revision R, in pages (about 4 MiB
+// each; see WithPageSize) all read at R, and then keeps the copy current by
+// watching from R+1. ctx bounds the initial load only; the watch runs until Close.
 // An empty prefix caches the whole keyspace.
 func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Cache, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
@@ -81,8 +81,8 @@ func newCache(ctx context.Context, cli *clientv3.Client, prefix, key, end string
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.pageSize <= 0 {
-		return nil, fmt.Errorf("cache: page size %d: must be positive", o.pageSize)
+	if o.pageSize < 0 {
+		return nil, errors.New("cache: page size: must be positive")
 	}
 	if o.buffer <= 0 {
 		return nil, fmt.Errorf("cache: buffer %d: must be positive", o.buffer)
@@ -127,10 +127,14 @@ func (c *Cache) load(ctx context.Context) (map[string]*KV, int64, error) {
 		return data, resp.Header.Revision, nil
 	}
 	var data map[string]*KV
-	var rev int64
+	var rev, bytes int64
 	from := c.key
+	limit := c.o.pageSize
+	if limit == 0 {
+		limit = firstPageKeys
+	}
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(c.end), clientv3.WithLimit(c.o.pageSize)}
+		opts := []clientv3.OpOption{clientv3.WithRange(c.end), clientv3.WithLimit(limit)}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -144,9 +148,15 @@ func (c *Cache) load(ctx context.Context) (map[string]*KV, int64, error) {
 		}
 		for _, kv := range resp.Kvs {
 			data[string(kv.Key)] = fromPB(kv)
+			bytes += int64(len(kv.Key) + len(kv.Value))
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			return data, rev, nil
+		}
+		if c.o.pageSize == 0 {
+			// Size the next page from what an average key weighed so far.
+			avg := max(bytes/int64(len(data)), 1)
+			limit = min(max(c.o.pageBytes/avg, minPageKeys), maxPageKeys)
 		}
 		// The next page starts just after the last key of this one.
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"

@@ -4,7 +4,8 @@
 //
 // # How it stays consistent
 //
-// New reads the prefix at one revision R: the first page is a linearizable
+// New reads the prefix at one revision R, in pages of about 4 MiB (see
+// WithPageSize): the first page is a linearizable
 // read that fixes R, every further page is read WithRev(R), so the pages
 // together are the prefix exactly as it was at R even while others write. It
 // then watches from R+1 with WithRequireLeader (a cache connected to a member
@@ -59,9 +60,9 @@
 //
 // # Cost
 //
-// Loading a prefix of n keys: ceil(n / page size) range reads (each paged
-// read also counts the rest of the range on the server, so larger pages are
-// cheaper overall). Following it: one watch, on the client's shared watch
+// Loading a prefix of n keys of total size S: about 1 + S / 4 MiB range
+// reads (each paged read also counts the rest of the range on the server,
+// which is why pages are sized in bytes rather than a small key count). Following it: one watch, on the client's shared watch
 // stream. A reload after compaction costs a load. Get is a map lookup under a
 // read lock; List is a scan of the whole cache plus a sort of the result.
 // WaitRevision costs nothing when the revision arrives with a change under
