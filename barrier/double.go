@@ -1,0 +1,291 @@
+package barrier
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+// DoubleBarrier lets n participants start together and finish together:
+// Enter blocks until n participants have entered, Seat.Leave until every
+// participant has left. Participants' seats are bound to their keepers'
+// leases, so a participant that dies counts as having left once its lease
+// expires (see the package doc). Its methods are safe for concurrent use;
+// each Enter takes a seat of its own.
+type DoubleBarrier struct {
+	k     *leasekeeper.Keeper
+	cli   *clientv3.Client
+	name  string
+	n     int
+	seats string // prefix of the seat keys
+	ready string
+	err   error
+	tm    telemetry
+}
+
+// NewDouble returns a double barrier named name for n participants. It does
+// no I/O; an invalid name or n ≤ 0 is reported by every call.
+func NewDouble(k *leasekeeper.Keeper, name string, n int, opts ...Option) *DoubleBarrier {
+	p := names.Prefix(name, "double")
+	d := &DoubleBarrier{k: k, name: name, n: n, seats: p + "seats/", ready: p + "ready", tm: newTelemetry(opts)}
+	switch {
+	case names.Validate("barrier", name) != nil:
+		d.err = names.Validate("barrier", name)
+	case n <= 0:
+		d.err = fmt.Errorf("barrier: double barrier %q: participant count %d: must be at least 1", name, n)
+	case k == nil:
+		d.err = errors.New("barrier: nil keeper")
+	default:
+		d.cli = k.Client()
+	}
+	return d
+}
+
+// Seat is one participant's place in a double barrier, from Enter to Leave.
+type Seat struct {
+	d     *DoubleBarrier
+	key   string
+	rev   int64
+	lease *leasekeeper.Lease
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   func() bool
+	wg     sync.WaitGroup // joins the seat's key watch
+
+	leaving atomic.Bool // Leave is deleting the seat: its deletion is no loss
+
+	mu   sync.Mutex // serializes Leave; protects gone, left
+	gone bool       // the seat key was deleted by Leave
+	left bool       // Leave completed
+}
+
+// Enter takes a seat and blocks until n participants hold seats (or the
+// barrier is already open), ctx ends (ctx's cause), or the seat's lease is
+// lost (an error that errors.Is ErrLost). On failure no key of this
+// participant is left: the seat is deleted with a detached, bounded context.
+//
+// Cost: one transaction (write the seat, count the seats, read the ready
+// key); the n-th participant writes the ready key (one more transaction);
+// the others watch it (one watch, no start revision, one read to close the
+// gap).
+func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	ctx, end := d.tm.span(ctx, "double.enter", d.name)
+	defer func() {
+		var tok int64
+		if s != nil {
+			tok = s.rev
+		}
+		end(tok, err)
+	}()
+	l, err := d.k.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
+	}
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(l.Context(), func() {
+		cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
+	})
+	defer stop()
+
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	key := d.seats + hex.EncodeToString(nonce[:])
+	resp, err := d.cli.Txn(wctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, "", clientv3.WithLease(l.ID())),
+			clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly()),
+			clientv3.OpGet(d.ready, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		d.deleteSeat(ctx, key, 0)
+		if wctx.Err() != nil {
+			return nil, context.Cause(wctx)
+		}
+		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
+	}
+	rev := resp.Header.Revision
+	// check reports whether the barrier is open, opening it when n seats are
+	// taken. The ready key is bound to the opener's lease, so it cannot
+	// outlive every participant.
+	check := func(ctx context.Context) (bool, int64, error) {
+		r, err := d.cli.Txn(ctx).If(guard.Held(key, rev)...).
+			Then(clientv3.OpGet(d.ready, clientv3.WithCountOnly()),
+				clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly())).Commit()
+		if err != nil {
+			return false, 0, err
+		}
+		if !r.Succeeded {
+			return false, 0, fmt.Errorf("%w: seat %s deleted while entering (lease expired or revoked)", ErrLost, key)
+		}
+		if r.Responses[0].GetResponseRange().Count > 0 {
+			return true, r.Header.Revision, nil
+		}
+		if r.Responses[1].GetResponseRange().Count < int64(d.n) {
+			return false, r.Header.Revision, nil
+		}
+		if _, err := d.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
+			Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit(); err != nil {
+			return false, 0, err
+		}
+		return true, r.Header.Revision, nil
+	}
+	if resp.Responses[2].GetResponseRange().Count == 0 {
+		err = errNotOpen
+		if resp.Responses[1].GetResponseRange().Count >= int64(d.n) {
+			// The n-th participant opens the barrier at once.
+			_, err = d.cli.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
+				Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit()
+		}
+		if err != nil {
+			err = until(wctx, d.cli, d.ready, check)
+		}
+	}
+	if err == nil && l.Context().Err() != nil {
+		err = fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context()))
+	}
+	if err != nil {
+		d.deleteSeat(ctx, key, rev)
+		if wctx.Err() != nil {
+			return nil, context.Cause(wctx)
+		}
+		if errors.Is(err, ErrLost) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
+	}
+	return newSeat(d, key, rev, l), nil
+}
+
+// deleteSeat removes a seat with a detached, bounded context: the
+// incarnation created at rev, or any if rev is 0 (outcome unknown).
+func (d *DoubleBarrier) deleteSeat(ctx context.Context, key string, rev int64) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
+	defer cancel()
+	if rev == 0 {
+		_, _ = d.cli.Delete(cctx, key)
+		return
+	}
+	_, _ = d.cli.Txn(cctx).If(guard.Held(key, rev)...).Then(clientv3.OpDelete(key)).Commit()
+}
+
+func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel}
+	s.stop = context.AfterFunc(l.Context(), func() {
+		cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
+	})
+	s.wg.Add(1)
+	go s.watchKey()
+	return s
+}
+
+// Token returns the seat's fencing token: the create revision of its key.
+func (s *Seat) Token() int64 { return s.rev }
+
+// Context is canceled with a cause that errors.Is ErrLost when the seat's
+// lease is lost or its key deleted by anyone but Leave, and with ErrLeft
+// once Leave has deleted the seat.
+func (s *Seat) Context() context.Context { return s.ctx }
+
+// Guard returns comparisons that hold only while the seat stands.
+func (s *Seat) Guard() []clientv3.Cmp { return guard.Held(s.key, s.rev) }
+
+var errNotOpen = errors.New("not open")
+
+// ErrLeft is the cause of a seat's context after Leave deleted it.
+var ErrLeft = errors.New("barrier: left the double barrier")
+
+// Leave gives up the seat and blocks until no participant holds a seat —
+// participants whose leases expire count as having left — or ctx ends. The
+// seat is deleted first, with a detached, bounded context, so a ctx that ends
+// inside Leave leaves no key of this participant; calling Leave again waits
+// again. After everyone left, the ready key is deleted so the barrier can be
+// used for another round. It is idempotent once it returned nil.
+//
+// Cost: one transaction (delete the seat, count the seats); while others
+// remain, one watch on the seats' prefix and one count per change.
+func (s *Seat) Leave(ctx context.Context) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.left {
+		return nil
+	}
+	d := s.d
+	ctx, end := d.tm.span(ctx, "double.leave", d.name)
+	defer func() { end(s.rev, err) }()
+	if !s.gone {
+		s.leaving.Store(true)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
+		_, err := d.cli.Txn(cctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
+		cancel()
+		if err != nil {
+			s.leaving.Store(false)
+			return fmt.Errorf("barrier: leave %q: %w", d.name, err)
+		}
+		s.gone = true
+		s.cancel(ErrLeft)
+		s.stop()
+		s.wg.Wait()
+	}
+	err = until(ctx, d.cli, d.seats, func(ctx context.Context) (bool, int64, error) {
+		r, err := d.cli.Get(ctx, d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return false, 0, err
+		}
+		return r.Count == 0, r.Header.Revision, nil
+	}, clientv3.WithPrefix())
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("barrier: leave %q: %w", d.name, err)
+	}
+	// Everyone left: lower the ready key for the next round, unless a new
+	// round's participant already sat down.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
+	defer cancel()
+	// A compare over a prefix holds only if it holds for every key in it, and
+	// for an empty range it compares a zero key: "no seat exists".
+	noSeats := clientv3.Compare(clientv3.CreateRevision(d.seats), "=", 0).WithPrefix()
+	if _, err := d.cli.Txn(cctx).If(noSeats).Then(clientv3.OpDelete(d.ready)).Commit(); err != nil && !retry.Retriable(err) {
+		return fmt.Errorf("barrier: leave %q: lower ready: %w", d.name, err)
+	}
+	s.left = true
+	return nil
+}
+
+// watchKey cancels the seat with ErrLost if its key is deleted by anyone but
+// Leave, until the seat's context ends.
+func (s *Seat) watchKey() {
+	defer s.wg.Done()
+	err := until(s.ctx, s.d.cli, s.key, func(ctx context.Context) (bool, int64, error) {
+		r, err := s.d.cli.Get(ctx, s.key)
+		if err != nil {
+			return false, 0, err
+		}
+		return len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != s.rev, r.Header.Revision, nil
+	})
+	if err == nil {
+		if s.leaving.Load() {
+			s.cancel(ErrLeft)
+		} else {
+			s.cancel(fmt.Errorf("%w: seat %s was deleted", ErrLost, s.key))
+		}
+	}
+}
