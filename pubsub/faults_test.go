@@ -4,11 +4,17 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/namespace"
+
+	"github.com/concordkit/concord/internal/names"
 
 	"github.com/concordkit/concord/pubsub"
 	"github.com/concordkit/concord/testcluster"
@@ -255,4 +261,46 @@ func checkCoverage(evs []pubsub.Event, acked map[int64]string, from int64) []str
 		}
 	}
 	return problems
+}
+
+func TestPermissionDenied(t *testing.T) {
+	c := testcluster.New(t, testcluster.WithAuth())
+	ctx := ctxT(t, 30*time.Second)
+	allowed := topicNamed(t, c, "allowed/"+t.Name())
+	u, err := c.AddUser(ctx, "alice", "allowed/")
+	require.NoError(t, err)
+	h := newHub(t, newClient(t, c, testcluster.AsUser(u)))
+
+	_, err = h.Publish(ctx, "forbidden/topic", []byte("x"))
+	require.ErrorIs(t, err, rpctypes.ErrPermissionDenied)
+	assert.True(t, strings.HasPrefix(err.Error(), "pubsub: "), err.Error())
+	// A watch the server refuses ends Subscribe with the reason instead of
+	// retrying forever.
+	_, err = h.Subscribe(ctx, "forbidden/topic", pubsub.FromLatest())
+	require.ErrorIs(t, err, rpctypes.ErrPermissionDenied)
+	assert.Equal(t, 0, h.Stats().Topics)
+
+	s := subscribe(t, h, allowed, pubsub.FromLatest())
+	rev, err := h.Publish(ctx, allowed, []byte("ok"))
+	require.NoError(t, err)
+	assert.Equal(t, rev, nextMsg(t, s).Rev)
+}
+
+func TestUnderNamespace(t *testing.T) {
+	topic := topicFor(t, cluster)
+	cli := newClient(t, cluster)
+	cli.KV = namespace.NewKV(cli.KV, "tenant-a/")
+	cli.Watcher = namespace.NewWatcher(cli.Watcher, "tenant-a/")
+	h := newHub(t, cli)
+	s := subscribe(t, h, topic, pubsub.FromLatest())
+	revs := publishN(t, h, topic, 3)
+	for _, r := range revs {
+		assert.Equal(t, r, nextMsg(t, s).Rev)
+	}
+	ctx := ctxT(t, 10*time.Second)
+	resp, err := cluster.Admin().Get(ctx, "tenant-a/"+names.Prefix(topic, "pubsub"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Equal(t, int64(4), resp.Count, "head and three slots under the namespace")
+	_, err = cluster.Admin().Delete(ctx, "tenant-a/"+topic, clientv3.WithPrefix())
+	require.NoError(t, err)
 }

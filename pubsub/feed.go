@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -124,9 +125,9 @@ func (f *feed) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
+		if denied(err) {
 			// Retrying cannot help: end the subscriptions with the reason.
-			f.fail(fmt.Errorf("pubsub: watch %q: %w", f.k.topic, err))
+			f.fail(fmt.Errorf("pubsub: watch %q: %w", f.k.topic, rpctypes.ErrPermissionDenied))
 			return
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
@@ -137,6 +138,14 @@ func (f *feed) run(ctx context.Context) {
 		}
 		_ = bo.Wait(ctx)
 	}
+}
+
+// denied reports a watch refused for lack of permission. etcd's client
+// passes the server's cancel reason on as a plain error holding the whole
+// gRPC status text, which errors.Is cannot match, so the text is looked at.
+func denied(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) ||
+		strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error())
 }
 
 // fail ends every subscription with err. They stay registered until they
