@@ -27,6 +27,7 @@ type Hold struct {
 	key    string
 	token  int64
 	parts  []*Hold // for a Multi: the holds it is made of, in lock order
+	pool   *watchPool
 	tel    *telemetry
 	start  time.Time
 	expire time.Duration // bound of the detached unlock
@@ -207,13 +208,14 @@ func (h *Hold) unlockMulti(ctx context.Context) error {
 
 // newHold turns a granted acquisition into a hold and starts its monitor,
 // which owns the acquisition's watch from now on.
-func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
+func newHold(a *acquisition, pool *watchPool, tel *telemetry, free func(), onRevoke func()) *Hold {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	mctx, stopMonitor := context.WithCancel(context.Background())
 	h := &Hold{
 		cli:         a.cli,
 		lease:       a.lease,
 		prefix:      a.t.prefix,
+		pool:        pool,
 		key:         a.t.key,
 		token:       a.t.rev,
 		tel:         tel,
@@ -242,7 +244,7 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 // returns when the hold ends or Unlock stops it; Unlock joins it.
 func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	defer close(h.monitorDone)
-	defer a.w.stop()
+	defer func() { h.pool.put(a.w) }()
 	t := &a.t
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {
@@ -271,7 +273,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return
 		case resp, ok := <-a.w.ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
-				a.created = false
+				a.w.created = false
 				if bo.Wait(ctx) != nil {
 					return
 				}
@@ -312,7 +314,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 // reading only the hold's key and release request: what goes on in the rest
 // of the queue no longer matters.
 func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
-	a.created = true
+	a.w.created = true
 	t := &a.t
 	if rev <= t.seen {
 		return nil
@@ -322,7 +324,7 @@ func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
 		clientv3.OpGet(releaseKey(t.prefix, t.rev)),
 	).Commit()
 	if err != nil {
-		a.created = false
+		a.w.created = false
 		return err
 	}
 	t.seen = resp.Header.Revision

@@ -30,6 +30,7 @@ type Mutex struct {
 	value  string
 	delay  time.Duration
 	tel    *telemetry
+	pool   *watchPool
 	err    error // invalid input, reported by every call
 
 	// slot is the local queue: a goroutine holds it from Lock until its Hold
@@ -56,6 +57,9 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 	}
 	m.key = m.prefix + "q/" + randomID()
 	m.err = validate(k, name, &o)
+	if m.err == nil {
+		m.pool = newWatchPool(k.Client(), m.prefix)
+	}
 	return m
 }
 
@@ -137,7 +141,7 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 		}
 		return nil, err
 	}
-	h, err := acquire(ctx, m.k, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, nil)
+	h, err := acquire(ctx, m.k, m.pool, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, nil)
 	if err != nil {
 		free()
 		return nil, err
@@ -147,12 +151,12 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 
 // acquire runs one acquisition from enqueue to hold. On failure own key is
 // gone, and the watch stopped.
-func acquire(ctx context.Context, k *leasekeeper.Keeper, lease *leasekeeper.Lease, prefix, key, value string,
+func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *watchPool, lease *leasekeeper.Lease, prefix, key, value string,
 	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
 	a := newAcquisition(k.Client(), lease, prefix, key, yields, delay, k.TTL())
-	// The watch goes out before the transaction, so that it is usually in
+	// A new watch goes out before the transaction, so that it is usually in
 	// place by the time the transaction's answer says there is a wait.
-	a.w = startWatch(a.cli, prefix)
+	a.w = pool.get()
 	err := a.enqueue(ctx, value, try)
 	if err == nil && try && len(a.t.preds) > 0 {
 		err = ErrLocked // cannot happen with the empty-queue compare; be safe
@@ -161,7 +165,7 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, lease *leasekeeper.Leas
 		err = a.wait(ctx)
 	}
 	if err != nil {
-		a.w.stop()
+		pool.put(a.w)
 		switch {
 		case errors.Is(err, errOwnGone):
 			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, key)
@@ -174,5 +178,5 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, lease *leasekeeper.Leas
 		a.cleanup(ctx)
 		return nil, err
 	}
-	return newHold(a, tel, free, onRevoke), nil
+	return newHold(a, pool, tel, free, onRevoke), nil
 }

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -56,6 +58,10 @@ type watcher struct {
 	prefix string
 	cancel context.CancelFunc
 	ch     clientv3.WatchChan
+	// created is set once the watch reported its creation and any gap
+	// before it was closed by a read: from then on it delivers every change
+	// after the last read, in order.
+	created bool
 }
 
 func startWatch(cli *clientv3.Client, prefix string) *watcher {
@@ -69,6 +75,7 @@ func (w *watcher) start() {
 	// instead of waiting forever for events that will never come.
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	w.cancel = cancel
+	w.created = false
 	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 }
 
@@ -78,6 +85,74 @@ func (w *watcher) restart() {
 }
 
 func (w *watcher) stop() { w.cancel() }
+
+// idleWatch is how long a watch no acquisition uses stays open for the next.
+const idleWatch = 2 * time.Second
+
+// watchPool keeps the watches of finished acquisitions of one lock value for
+// the next ones: a busy lock keeps its watches open instead of opening and
+// canceling one per acquisition, which costs the server (and, under
+// contention, a read to close the gap before each new watch). A watch stays
+// continuous while idle, so a reused watch needs no read at all: events at or
+// below the acquire transaction's revision are skipped. Idle watches are
+// closed after idleWatch, so a dropped lock value leaves nothing open.
+type watchPool struct {
+	cli    *clientv3.Client
+	prefix string
+
+	mu   sync.Mutex // protects idle
+	idle []*pooled
+}
+
+type pooled struct {
+	w     *watcher
+	timer *time.Timer
+}
+
+const maxIdleWatches = 4
+
+func newWatchPool(cli *clientv3.Client, prefix string) *watchPool {
+	return &watchPool{cli: cli, prefix: prefix}
+}
+
+// get returns an idle watch, or a new one.
+func (p *watchPool) get() *watcher {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		e := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		if e.timer.Stop() {
+			return e.w
+		}
+		// The idle timer fired and is closing this one.
+	}
+	return startWatch(p.cli, p.prefix)
+}
+
+// put gives a watch back for reuse, or closes it if it is not known good.
+func (p *watchPool) put(w *watcher) {
+	if !w.created {
+		w.stop()
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) >= maxIdleWatches {
+		w.stop()
+		return
+	}
+	e := &pooled{w: w}
+	e.timer = time.AfterFunc(idleWatch, func() {
+		p.mu.Lock()
+		if i := slices.Index(p.idle, e); i >= 0 {
+			p.idle = slices.Delete(p.idle, i, i+1)
+		}
+		p.mu.Unlock()
+		w.stop()
+	})
+	p.idle = append(p.idle, e)
+}
 
 // pred is a key ahead of the waiter's own.
 type pred struct {
@@ -169,13 +244,10 @@ func (t *turn) apply(ev *clientv3.Event) error {
 
 // acquisition is one request in a lock's queue, from enqueue to grant.
 type acquisition struct {
-	cli   *clientv3.Client
-	lease *leasekeeper.Lease
-	t     turn
-	w     *watcher
-	// created is set once the watch reported its creation and any gap
-	// before it was closed by a read.
-	created bool
+	cli     *clientv3.Client
+	lease   *leasekeeper.Lease
+	t       turn
+	w       *watcher
 	delay   time.Duration // lock-delay
 	timeout time.Duration // bound of detached cleanup
 }
@@ -308,7 +380,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 			if !ok || resp.Err() != nil || resp.Canceled {
 				// The watch failed (leader lost, stream broken): start a
 				// new one; its creation triggers a fresh read.
-				a.created = false
+				a.w.created = false
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
@@ -340,13 +412,13 @@ func (a *acquisition) wait(ctx context.Context) error {
 // onCreated closes the gap between the last read and a new watch's creation
 // revision by reading the prefix again, if the watch started later.
 func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
-	a.created = true
+	a.w.created = true
 	if rev <= a.t.seen {
 		return nil
 	}
 	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
 	if err != nil {
-		a.created = false
+		a.w.created = false
 		return err
 	}
 	return a.t.load(resp.Kvs, resp.Header.Revision)
