@@ -32,6 +32,19 @@
 // one snapshot of the current state, which it applies in place of its view.
 // Its memory is bounded and it cannot stall the cache or other subscribers.
 //
+// # Typed values
+//
+// Value follows one key and Map every key under a prefix, decoding each
+// stored value (JSON by default, YAML through sigs.k8s.io/yaml, or any
+// Decoder) and checking it with a validator. A value that fails either step
+// never replaces the last good one: the state keeps the last good value and
+// carries the error (wrapping ErrInvalid), and WithErrorHandler is called
+// with it. A deleted key falls back to the default (Value) or disappears
+// (Map). Load returns the state without I/O; Changes(ctx) delivers the
+// newest state on a one-place channel, so a slow reader skips states rather
+// than stalling anything. Each Value or Map runs one goroutine over a cache
+// subscription, joined by Close.
+//
 // # What is guaranteed
 //
 //   - Get, List, Len and Revision are served from memory. List returns the
