@@ -150,6 +150,8 @@ func TestConsistency(t *testing.T) {
 	stop := make(chan struct{})
 	var writes atomic.Int64
 	var writers sync.WaitGroup
+	stopWriters := sync.OnceFunc(func() { close(stop); writers.Wait() })
+	t.Cleanup(stopWriters) // also when the test fails half-way
 	for w := range 3 {
 		cli, err := tc.NewClient()
 		require.NoError(t, err)
@@ -187,6 +189,8 @@ func TestConsistency(t *testing.T) {
 	var sampleMu sync.Mutex
 	samplerStop := make(chan struct{})
 	var sampler sync.WaitGroup
+	stopSampler := sync.OnceFunc(func() { close(samplerStop); sampler.Wait() })
+	t.Cleanup(stopSampler)
 	sampler.Go(func() {
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
@@ -259,8 +263,7 @@ func TestConsistency(t *testing.T) {
 	tc.RestoreClient(clis[2])
 	waitWrites(phase)
 
-	close(stop)
-	writers.Wait()
+	stopWriters()
 	final, err := admin.Get(ctx, p, clientv3.WithPrefix())
 	require.NoError(t, err)
 	want := state{}
@@ -272,8 +275,7 @@ func TestConsistency(t *testing.T) {
 		kvs, _ := c.List(p)
 		assert.Equal(t, want, cacheState(kvs), "cache %d at the end", i)
 	}
-	close(samplerStop)
-	sampler.Wait()
+	stopSampler()
 	for _, c := range caches {
 		require.NoError(t, c.Close()) // closes the subscriptions: replayers drain and end
 	}
