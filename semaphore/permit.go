@@ -1,0 +1,193 @@
+package semaphore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/leasekeeper"
+)
+
+// Permit is a grant of n permits: a fenced, lease-bound holding. Its
+// methods are safe for concurrent use.
+type Permit struct {
+	cli    *clientv3.Client
+	lease  *leasekeeper.Lease
+	key    string
+	token  int64
+	n      int
+	tel    *telemetry
+	start  time.Time
+	expire time.Duration
+
+	ctx         context.Context
+	cancel      context.CancelCauseFunc
+	stopLease   func() bool
+	stopMonitor func()
+	monitorDone chan struct{}
+	releasing   chan struct{} // closed when Release starts talking to etcd
+
+	mu       sync.Mutex // protects released, and serialises Release
+	released bool
+}
+
+// ID returns the etcd key that represents the permit.
+func (p *Permit) ID() string { return p.key }
+
+// N returns how many permits it holds.
+func (p *Permit) N() int { return p.n }
+
+// Token returns the fencing token: the create revision of the permit's key.
+// Tokens are unique and increase with the order of requests.
+func (p *Permit) Token() int64 { return p.token }
+
+// Lease returns the lease the permit is bound to.
+func (p *Permit) Lease() clientv3.LeaseID { return p.lease.ID() }
+
+// Context is canceled as soon as the permit can no longer be trusted, with a
+// cause that errors.Is ErrLost: the lease passed its safe deadline without
+// renewal (before the server can expire it and grant the permits to someone
+// else), etcd reported it gone, or the key was deleted. After Release it is
+// canceled with ErrReleased.
+func (p *Permit) Context() context.Context { return p.ctx }
+
+// Guard returns comparisons that hold only while the permit is held.
+func (p *Permit) Guard() []clientv3.Cmp { return guard.Held(p.key, p.token) }
+
+// Release gives the permits back. It deletes the key under a context
+// detached from ctx's cancellation and bounded by the lease TTL, and changes
+// state only once etcd has confirmed. Release of a permit already released
+// or lost returns nil; if etcd cannot be reached in time it returns the error
+// and may be called again.
+func (p *Permit) Release(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.released {
+		return nil
+	}
+	if p.lease.Err() == nil {
+		select {
+		case <-p.releasing:
+		default:
+			close(p.releasing)
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.expire)
+		defer cancel()
+		bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+		for {
+			_, err := p.cli.Txn(cctx).If(p.Guard()...).Then(clientv3.OpDelete(p.key)).Commit()
+			if err == nil {
+				break
+			}
+			if !retry.Retriable(err) {
+				return fmt.Errorf("semaphore: release %s: %w", p.key, err)
+			}
+			if werr := bo.Wait(cctx); werr != nil {
+				return fmt.Errorf("semaphore: release %s: %w (last error: %w)", p.key, werr, err)
+			}
+		}
+	}
+	p.released = true
+	p.cancel(ErrReleased)
+	p.stopLease()
+	p.stopMonitor()
+	<-p.monitorDone
+	p.tel.held(time.Since(p.start))
+	return nil
+}
+
+func newPermit(a *acquisition, pool *watchPool, tel *telemetry) *Permit {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	mctx, stopMonitor := context.WithCancel(context.Background())
+	p := &Permit{
+		cli:         a.cli,
+		lease:       a.lease,
+		key:         a.t.key,
+		token:       a.t.rev,
+		n:           a.t.n,
+		tel:         tel,
+		start:       time.Now(),
+		expire:      a.timeout,
+		ctx:         ctx,
+		cancel:      cancel,
+		stopMonitor: stopMonitor,
+		monitorDone: make(chan struct{}),
+		releasing:   make(chan struct{}),
+	}
+	p.stopLease = context.AfterFunc(a.lease.Context(), func() { cancel(lostErr(a.lease)) })
+	go p.monitor(mctx, a, pool)
+	return p
+}
+
+// monitor follows the permit's key on the acquisition's watch: a deletion
+// by anyone but Release ends the permit. Release joins it.
+func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *watchPool) {
+	defer close(p.monitorDone)
+	defer func() { pool.put(a.w) }()
+	t := &a.t
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	ended := func(err error) {
+		select {
+		case <-p.releasing:
+			return
+		default:
+		}
+		if errors.Is(err, errOwnGone) {
+			p.cancel(fmt.Errorf("%w: key %s deleted", ErrLost, p.key))
+			return
+		}
+		p.cancel(fmt.Errorf("%w: %w", ErrLost, err))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.ctx.Done():
+			return
+		case resp, ok := <-a.w.ch:
+			if !ok || resp.Err() != nil || resp.Canceled {
+				if bo.Wait(ctx) != nil {
+					return
+				}
+				a.w.restart()
+				continue
+			}
+			if resp.Created {
+				a.w.created = true
+				if resp.Header.Revision <= t.seen {
+					continue
+				}
+				gresp, err := a.cli.Get(ctx, t.key)
+				switch {
+				case err != nil:
+					a.w.created = false
+					if bo.Wait(ctx) != nil {
+						return
+					}
+					a.w.restart()
+				case len(gresp.Kvs) == 0 || gresp.Kvs[0].CreateRevision != t.rev:
+					ended(errOwnGone)
+					return
+				default:
+					t.seen = gresp.Header.Revision
+				}
+				continue
+			}
+			bo.Reset()
+			for _, ev := range resp.Events {
+				// Only own key matters now; a bad limit value is the
+				// waiters' problem, not a reason to drop a granted permit.
+				if err := t.apply(ev); errors.Is(err, errOwnGone) {
+					ended(err)
+					return
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,377 @@
+package semaphore_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/semaphore"
+	"github.com/concordkit/concord/testcluster"
+)
+
+var cluster *testcluster.Cluster
+
+func TestMain(m *testing.M) { testcluster.Main(m, &cluster) }
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newClient(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := cluster.NewClient()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+func newKeeper(t testing.TB, cli *clientv3.Client, ttl time.Duration) *leasekeeper.Keeper {
+	t.Helper()
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = k.Close(context.Background()) })
+	return k
+}
+
+// semName returns a name unique to the test; at the end of the test, after
+// its keepers are closed, it removes the stored limit and checks that
+// nothing is left under the name.
+func semName(t testing.TB) string {
+	t.Helper()
+	name := "/test/" + strings.ReplaceAll(t.Name(), "/", "_")
+	t.Cleanup(func() {
+		ctx := ctxT(t, 5*time.Second)
+		require.NoError(t, semaphore.Remove(ctx, cluster.Admin(), name))
+		requireNoKeys(t, name)
+	})
+	return name
+}
+
+func requireNoKeys(t testing.TB, name string) {
+	t.Helper()
+	resp, err := cluster.Admin().Get(ctxT(t, 5*time.Second), name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	require.NoError(t, err)
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	assert.Empty(t, keys, "keys left under %s", name)
+}
+
+// requests returns the number of permit requests in the queue.
+func requests(t testing.TB, name string) int {
+	t.Helper()
+	info, err := semaphore.Inspect(ctxT(t, 5*time.Second), cluster.Admin(), name)
+	require.NoError(t, err)
+	return len(info.Holders) + len(info.Waiters)
+}
+
+func waitRequests(t testing.TB, name string, n int) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	for requests(t, name) != n {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %d requests in %s", n, name)
+		}
+	}
+}
+
+type result struct {
+	p   *semaphore.Permit
+	err error
+}
+
+func acquireAsync(ctx context.Context, s *semaphore.Semaphore, n int) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		p, err := s.Acquire(ctx, n)
+		ch <- result{p, err}
+	}()
+	return ch
+}
+
+func recv(t testing.TB, ch <-chan result, d time.Duration) result {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(d):
+		t.Fatalf("no result within %v", d)
+		return result{}
+	}
+}
+
+func pending(t testing.TB, ch <-chan result) {
+	t.Helper()
+	select {
+	case r := <-ch:
+		t.Fatalf("granted out of turn (err %v)", r.err)
+	default:
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	ctx := ctxT(t, 10*time.Second)
+	for _, c := range []struct {
+		s    *semaphore.Semaphore
+		n    int
+		want string
+	}{
+		{semaphore.New(k, "", 1), 1, "semaphore: invalid name"},
+		{semaphore.New(k, "/a/.x", 1), 1, "semaphore: invalid name"},
+		{semaphore.New(nil, "/a", 1), 1, "semaphore: nil keeper"},
+		{semaphore.New(k, "/a", 0), 1, "semaphore: limit 0"},
+		{semaphore.New(k, "/a", -3), 1, "semaphore: limit -3"},
+		{semaphore.New(k, "/a", 2), 0, "semaphore: 0 permits"},
+		{semaphore.New(k, "/a", 2), -1, "semaphore: -1 permits"},
+		{semaphore.New(k, "/a", 2), 3, "more than the limit 2"},
+		{semaphore.New(k, "/a", 2, semaphore.WithValue(strings.Repeat("v", 2<<20))), 1, "semaphore: value of"},
+	} {
+		_, err := c.s.Acquire(ctx, c.n)
+		require.ErrorContains(t, err, c.want)
+		_, err = c.s.TryAcquire(ctx, c.n)
+		require.ErrorContains(t, err, c.want)
+	}
+	require.ErrorContains(t, semaphore.New(k, "/a", 2).SetLimit(ctx, 0), "semaphore: limit 0")
+	requireNoKeys(t, "/a")
+}
+
+func TestAcquireRelease(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 10*time.Second)
+	cli := newClient(t)
+	k := newKeeper(t, cli, 2*time.Second)
+	s := semaphore.New(k, name, 3, semaphore.WithValue("worker-1"))
+
+	p1, err := s.Acquire(ctx, 2)
+	require.NoError(t, err)
+	p2, err := s.TryAcquire(ctx, 1)
+	require.NoError(t, err)
+	require.Greater(t, p2.Token(), p1.Token())
+	_, err = s.TryAcquire(ctx, 1)
+	require.ErrorIs(t, err, semaphore.ErrNoPermits)
+	require.Equal(t, 2, requests(t, name), "a refused TryAcquire left its key")
+
+	info, err := semaphore.Inspect(ctx, cli, name)
+	require.NoError(t, err)
+	require.Equal(t, 3, info.Limit)
+	require.Equal(t, 3, info.InUse)
+	require.Len(t, info.Holders, 2)
+	assert.Equal(t, "worker-1", info.Holders[0].Value)
+	assert.Equal(t, 2, info.Holders[0].N)
+	require.ErrorIs(t, semaphore.Remove(ctx, cli, name), semaphore.ErrInUse)
+
+	resp, err := cli.Txn(ctx).If(p1.Guard()...).Then(clientv3.OpPut(name+"/data", "x")).Commit()
+	require.NoError(t, err)
+	require.True(t, resp.Succeeded)
+	require.NoError(t, p1.Release(ctx))
+	require.NoError(t, p1.Release(ctx))
+	require.ErrorIs(t, context.Cause(p1.Context()), semaphore.ErrReleased)
+	resp, err = cli.Txn(ctx).If(p1.Guard()...).Then(clientv3.OpPut(name+"/data", "y")).Commit()
+	require.NoError(t, err)
+	require.False(t, resp.Succeeded)
+	_, err = cli.Delete(ctx, name+"/data")
+	require.NoError(t, err)
+	require.NoError(t, p2.Release(ctx))
+}
+
+func TestLimitMismatch(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 10*time.Second)
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	a := semaphore.New(k, name, 2)
+	b := semaphore.New(k, name, 5)
+	p, err := a.Acquire(ctx, 1)
+	require.NoError(t, err)
+	_, err = b.Acquire(ctx, 1)
+	require.ErrorIs(t, err, semaphore.ErrLimitMismatch)
+	require.Equal(t, 1, requests(t, name))
+
+	// Growing the limit lets a waiter in at once.
+	p2, err := a.Acquire(ctx, 1)
+	require.NoError(t, err)
+	ch := acquireAsync(ctx, a, 1)
+	waitRequests(t, name, 3)
+	pending(t, ch)
+	require.NoError(t, b.SetLimit(ctx, 5))
+	r := recv(t, ch, 5*time.Second)
+	require.NoError(t, r.err)
+	// a still expects 2.
+	_, err = a.TryAcquire(ctx, 1)
+	require.ErrorIs(t, err, semaphore.ErrLimitMismatch)
+	p4, err := b.Acquire(ctx, 2)
+	require.NoError(t, err)
+	for _, p := range []*semaphore.Permit{p, p2, r.p, p4} {
+		require.NoError(t, p.Release(ctx))
+	}
+}
+
+// FIFO: a request for many permits is not overtaken by later small ones.
+func TestFIFO(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 10*time.Second)
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	s := semaphore.New(k, name, 3)
+	a, err := s.Acquire(ctx, 2)
+	require.NoError(t, err)
+	big := acquireAsync(ctx, s, 3)
+	waitRequests(t, name, 2)
+	small := acquireAsync(ctx, s, 1) // would fit beside a, but big asked first
+	waitRequests(t, name, 3)
+	pending(t, big)
+	pending(t, small)
+	_, err = s.TryAcquire(ctx, 1)
+	require.ErrorIs(t, err, semaphore.ErrNoPermits)
+
+	require.NoError(t, a.Release(ctx))
+	rb := recv(t, big, 5*time.Second)
+	require.NoError(t, rb.err)
+	pending(t, small)
+	require.NoError(t, rb.p.Release(ctx))
+	rs := recv(t, small, 5*time.Second)
+	require.NoError(t, rs.err)
+	require.NoError(t, rs.p.Release(ctx))
+}
+
+func TestCanceledAcquireLeavesNoKey(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 10*time.Second)
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	s := semaphore.New(k, name, 1)
+	p, err := s.Acquire(ctx, 1)
+	require.NoError(t, err)
+	wctx, cancel := context.WithCancel(ctx)
+	ch := acquireAsync(wctx, s, 1)
+	waitRequests(t, name, 2)
+	cancel()
+	r := recv(t, ch, 5*time.Second)
+	require.ErrorIs(t, r.err, context.Canceled)
+	require.Equal(t, 1, requests(t, name))
+	require.NoError(t, p.Release(ctx))
+}
+
+func TestWaiterLeaseLost(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 10*time.Second)
+	k1 := newKeeper(t, newClient(t), 2*time.Second)
+	k2 := newKeeper(t, newClient(t), 2*time.Second)
+	p, err := semaphore.New(k1, name, 1).Acquire(ctx, 1)
+	require.NoError(t, err)
+	ch := acquireAsync(ctx, semaphore.New(k2, name, 1), 1)
+	waitRequests(t, name, 2)
+	require.NoError(t, cluster.RevokeLease(ctx, k2.Current().ID()))
+	r := recv(t, ch, 5*time.Second)
+	require.ErrorIs(t, r.err, semaphore.ErrLost)
+	require.NoError(t, p.Release(ctx))
+}
+
+// Never more than limit permits out: 3 keepers × 8 goroutines asking for 1
+// or 2 permits of 4, while one keeper's client is cut off mid-run (its
+// permits count as out until their contexts are canceled, which must happen
+// before the server hands them to anyone else).
+func TestNeverOverLimit(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 60*time.Second)
+	const limit, keepers, goroutines, rounds = 4, 3, 8, 4
+	var (
+		inUse, peak atomic.Int64
+		over        atomic.Int32
+		granted     atomic.Int32
+		wg          sync.WaitGroup
+	)
+	take := func(p *semaphore.Permit) func() {
+		n := int64(p.N())
+		if v := inUse.Add(n); v > limit {
+			over.Add(1)
+		} else {
+			for old := peak.Load(); v > old && !peak.CompareAndSwap(old, v); old = peak.Load() {
+			}
+		}
+		// Out until released or lost, whichever comes first.
+		give := sync.OnceFunc(func() { inUse.Add(-n) })
+		stop := context.AfterFunc(p.Context(), give)
+		return func() { stop(); give() }
+	}
+	var cut *clientv3.Client
+	var events0 <-chan leasekeeper.Event
+	cutOnce := sync.Once{}
+	for ki := range keepers {
+		cli := newClient(t)
+		if ki == 0 {
+			cut = cli
+		}
+		k := newKeeper(t, cli, 2*time.Second)
+		if ki == 0 {
+			var stop func()
+			events0, stop = k.Subscribe()
+			t.Cleanup(stop)
+		}
+		s := semaphore.New(k, name, limit)
+		for g := range goroutines {
+			wg.Go(func() {
+				for r := range rounds {
+					p, err := s.Acquire(ctx, 1+(g+r)%2)
+					if err != nil {
+						if ki == 0 && errors.Is(err, semaphore.ErrLost) {
+							continue // the cut keeper's requests die with its lease
+						}
+						t.Errorf("acquire: %v", err)
+						return
+					}
+					done := take(p)
+					if granted.Add(1) == 10 {
+						cutOnce.Do(func() { cluster.CutClient(cut) })
+					}
+					// Work until the context says stop or a little while.
+					select {
+					case <-p.Context().Done():
+					case <-time.After(time.Duration(1+g%3) * time.Millisecond):
+					}
+					done()
+					if err := p.Release(ctx); err != nil && ki != 0 {
+						t.Errorf("release: %v", err)
+					}
+				}
+			})
+		}
+	}
+	// Restore the cut client once its keeper has declared its lease lost,
+	// so that its goroutines can finish with a new lease.
+	restored := make(chan struct{})
+	go func() {
+		defer close(restored)
+		defer cluster.RestoreClient(cut)
+		for {
+			select {
+			case ev, ok := <-events0:
+				if !ok || ev.State == leasekeeper.Lost {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	<-restored
+	require.Zero(t, over.Load(), "more than %d permits out (peak %d)", limit, peak.Load())
+	require.Positive(t, granted.Load())
+	t.Logf("granted %d, peak %d of %d", granted.Load(), peak.Load(), limit)
+}
