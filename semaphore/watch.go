@@ -124,4 +124,3 @@ func (p *watchPool) put(w *watcher) {
 	})
 	p.idle = append(p.idle, e)
 }
-
