@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/concordkit/concord/testcluster"
+)
+
+func TestConfigWatch(t *testing.T) {
+	defer testcluster.VerifyNone(t)
+	var out bytes.Buffer
+	require.NoError(t, run(context.Background(), &out, options{}))
+	s := out.String()
+	t.Log("\n" + s)
+	order := []string{
+		`running on the defaults: greeting "hello", max_connections 10, timeout 1s`,
+		`operator writes the first config`,
+		`service: hot-reloaded config revision`, `: greeting "hello, world", max_connections 100, timeout 500ms`,
+		`operator raises max_connections`,
+		`max_connections 250, timeout 500ms`,
+		`operator writes max_connections -5 by mistake`,
+		`service: REJECTED the new config: cache: invalid value: examples/configwatch/service.json at revision`,
+		`max_connections must be within 1..10000, got -5`,
+		`service: keeps serving with the last good config (revision`, `max_connections 250`,
+		`operator misspells a field`,
+		`service: REJECTED the new config:`, `unknown field "max_conections"`,
+		`service: keeps serving with the last good config (revision`, `max_connections 250`,
+		`operator fixes it`,
+		`service: hot-reloaded config revision`, `greeting "hello again", max_connections 300, timeout 750ms`,
+		`service ends with config revision`,
+	}
+	last := -1
+	for _, w := range order {
+		i := strings.Index(s[last+1:], w)
+		require.GreaterOrEqual(t, i, 0, "%q missing or out of order after offset %d", w, last)
+		last += 1 + i
+	}
+	require.Equal(t, 2, strings.Count(s, "REJECTED"))
+	require.Equal(t, 3, strings.Count(s, "hot-reloaded"))
+}
+
+// The same program against an etcd it did not start: a TLS cluster with
+// authentication, reached through -endpoints, -cacert/-cert/-key and -user
+// (password from CONCORD_PASSWORD).
+func TestConfigWatchRealCluster(t *testing.T) {
+	defer testcluster.VerifyNone(t)
+	c, err := testcluster.Start(context.Background(), testcluster.Size(1), testcluster.WithTLS(), testcluster.WithAuth())
+	require.NoError(t, err)
+	defer c.Close()
+	ca, cert, key := c.CertFiles()
+	t.Setenv("CONCORD_PASSWORD", c.Root().Password)
+	var out bytes.Buffer
+	o := options{endpoints: strings.Join(c.Endpoints(), ","), cacert: ca, cert: cert, key: key, user: c.Root().Name}
+	require.NoError(t, run(context.Background(), &out, o))
+	s := out.String()
+	t.Log("\n" + s)
+	require.NotContains(t, s, "started an embedded")
+	require.Contains(t, s, `service: hot-reloaded config revision`)
+	require.Contains(t, s, `service ends with config revision`)
+}
