@@ -1,8 +1,9 @@
 package main
 
-// This file is the same in every example: it connects to an embedded
-// 3-member cluster (the default) or to the etcd given by -endpoints, and
-// prints spans with -trace.
+// Every example has a copy of this file (less what it does not use), so
+// that each stays one folder to read: it connects to an embedded 3-member
+// cluster (the default) or to the etcd given by -endpoints, and prints spans
+// with -trace.
 
 import (
 	"context"
@@ -149,26 +150,6 @@ func (e *env) newClient() (*clientv3.Client, error) {
 
 // embedded reports whether the example runs on its own embedded cluster.
 func (e *env) embedded() bool { return e.tc != nil }
-
-// cutOff makes the server expire lease as a network cut would: on the
-// embedded cluster, cli is cut off from every member (the process lives on
-// and learns of the loss from its keeper); on a real cluster, which cannot
-// be partitioned from here, the lease is revoked on the server instead.
-func (e *env) cutOff(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
-	if e.tc != nil {
-		e.tc.CutClient(cli)
-		return nil
-	}
-	_, err := e.admin.Revoke(ctx, lease)
-	return err
-}
-
-// restore undoes cutOff on the embedded cluster.
-func (e *env) restore(cli *clientv3.Client) {
-	if e.tc != nil {
-		e.tc.RestoreClient(cli)
-	}
-}
 
 func (e *env) close() {
 	e.mu.Lock()

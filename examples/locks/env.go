@@ -1,8 +1,9 @@
 package main
 
-// This file is the same in every example: it connects to an embedded
-// 3-member cluster (the default) or to the etcd given by -endpoints, and
-// prints spans with -trace.
+// Every example has a copy of this file (less what it does not use), so
+// that each stays one folder to read: it connects to an embedded 3-member
+// cluster (the default) or to the etcd given by -endpoints, and prints spans
+// with -trace.
 
 import (
 	"context"
