@@ -82,10 +82,11 @@ func (g *fencedRegister) write(tok, base int64) bool {
 type lockRun struct {
 	workers int
 	// The protections, each of which a test can switch off.
-	ignoreContext bool // holders work for tenure whatever their hold's context says
-	unguarded     bool // writes into etcd without Guard
-	anyToken      bool // the register accepts any token
-	steps         int  // steps per holding, at most (when the context is honoured)
+	ignoreContext bool          // holders work for tenure whatever their hold's context says
+	unguarded     bool          // writes into etcd without Guard
+	anyToken      bool          // the register accepts any token
+	steps         int           // steps per holding, at most (when the context is honoured)
+	stale         *atomic.Int64 // if set, receives the number of stale writes refused (guard and register)
 	tenure        time.Duration
 	nemesis       nemesisConfig
 	duration      time.Duration
@@ -218,6 +219,9 @@ func runLock(t *testing.T, c *testcluster.Cluster, seed int64, cfg lockRun) (*re
 	r.note("%d holds, %d set elements acknowledged (%d lost), %d in transit (unknown), %d writes refused by the guard; register: %d writes accepted, %d stale refused; counter history of %d operations: %s",
 		holds.Load(), nAcked, len(lost), ambiguous.Load(), refused.Load(), reg.accepted, reg.refused, nops, res)
 	reg.mu.Unlock()
+	if cfg.stale != nil {
+		cfg.stale.Store(refused.Load() + int64(reg.refused))
+	}
 	if holds.Load() < 2 {
 		t.Errorf("fewer than two holds: the checkers checked nothing")
 	}
@@ -330,9 +334,13 @@ func TestChaosLockFencingStopsHoldersThatIgnoreContext(t *testing.T) {
 	cfg.kinds = nil
 	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
 	cfg.holderAlways = true
+	var stale atomic.Int64
 	r, n := runLock(t, c, s, lockRun{
-		workers: 2, ignoreContext: true, tenure: 3 * time.Second,
+		workers: 2, ignoreContext: true, tenure: 3 * time.Second, stale: &stale,
 		nemesis: cfg, duration: 6 * time.Second,
 	})
 	r.expectNone(t, n)
+	if stale.Load() == 0 {
+		t.Errorf("no stale write was attempted: the fences were not exercised")
+	}
 }
