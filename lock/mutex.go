@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/concordkit/concord/internal/guard"
@@ -119,34 +118,7 @@ func tokenOf(h *Hold) int64 {
 }
 
 func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
-	if try {
-		select {
-		case m.slot <- struct{}{}:
-		default:
-			return nil, ErrLocked
-		}
-	} else {
-		select {
-		case m.slot <- struct{}{}:
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		}
-	}
-	free := sync.OnceFunc(func() { <-m.slot })
-	lease, err := m.k.Lease(ctx)
-	if err != nil {
-		free()
-		if errors.Is(err, leasekeeper.ErrClosed) {
-			return nil, fmt.Errorf("lock: %w", err)
-		}
-		return nil, err
-	}
-	h, err := acquire(ctx, m.k, m.pool, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, nil)
-	if err != nil {
-		free()
-		return nil, err
-	}
-	return h, nil
+	return m.lockPart(ctx, try, nil)
 }
 
 // acquire runs one acquisition from enqueue to hold. On failure own key is

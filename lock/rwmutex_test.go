@@ -1,0 +1,240 @@
+package lock_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/lock"
+)
+
+func rwCount(t testing.TB, name string) int {
+	t.Helper()
+	resp, err := cluster.Admin().Get(ctxT(t, 5*time.Second), name+"/.rwlock/q/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	return int(resp.Count)
+}
+
+func waitRW(t testing.TB, name string, n int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "rwlock queue", func() bool { return rwCount(t, name) == n })
+}
+
+func rlockAsync(ctx context.Context, rw *lock.RWMutex, reader bool) <-chan lockResult {
+	ch := make(chan lockResult, 1)
+	go func() {
+		var h *lock.Hold
+		var err error
+		if reader {
+			h, err = rw.RLock(ctx)
+		} else {
+			h, err = rw.Lock(ctx)
+		}
+		ch <- lockResult{h, err}
+	}()
+	return ch
+}
+
+func notYet(t testing.TB, ch <-chan lockResult) {
+	t.Helper()
+	select {
+	case r := <-ch:
+		t.Fatalf("granted out of turn (err %v)", r.err)
+	default:
+	}
+}
+
+// Readers share; a writer waits for earlier readers; a reader that comes
+// after a waiting writer waits for it.
+func TestRWMutexOrder(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 20*time.Second)
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	rw := lock.NewRWMutex(k, name)
+
+	r1, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	r2, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	w := rlockAsync(ctx, rw, false)
+	waitRW(t, name, 3)
+	r3 := rlockAsync(ctx, rw, true)
+	waitRW(t, name, 4)
+	notYet(t, w)
+	notYet(t, r3)
+
+	require.NoError(t, r1.Unlock(ctx))
+	notYet(t, w)
+	require.NoError(t, r2.Unlock(ctx))
+	rw1 := recv(t, w, 5*time.Second)
+	require.NoError(t, rw1.err)
+	notYet(t, r3)
+	require.NoError(t, rw1.h.Unlock(ctx))
+	rr := recv(t, r3, 5*time.Second)
+	require.NoError(t, rr.err)
+	require.Greater(t, rr.h.Token(), rw1.h.Token())
+	require.NoError(t, rr.h.Unlock(ctx))
+	requireNoKeys(t, name)
+}
+
+// etcd issue 16221: etcd's RWMutex grants a writer whose session expired
+// while it waited. Here a waiting writer whose lease is revoked, or whose
+// client is cut off until its lease expires, gets ErrLost, never a Hold, and
+// the lock passes on to the next request.
+func TestRWMutexWriterLeaseExpiredWhileWaiting(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	kr := newKeeper(t, newClient(t), 2*time.Second)
+	reader, err := lock.NewRWMutex(kr, name).RLock(ctx)
+	require.NoError(t, err)
+
+	// Revoked on the server.
+	kw := newKeeper(t, newClient(t), 2*time.Second)
+	w := rlockAsync(ctx, lock.NewRWMutex(kw, name), false)
+	waitRW(t, name, 2)
+	require.NoError(t, cluster.RevokeLease(ctx, kw.Current().ID()))
+	r := recv(t, w, 5*time.Second)
+	require.ErrorIs(t, r.err, lock.ErrLost)
+	require.Nil(t, r.h)
+
+	// Expired while the writer's process lives on, cut off.
+	cutCli := newClient(t)
+	kc := newKeeper(t, cutCli, 2*time.Second)
+	w = rlockAsync(ctx, lock.NewRWMutex(kc, name), false)
+	waitRW(t, name, 2)
+	later := rlockAsync(ctx, lock.NewRWMutex(kr, name), false)
+	waitRW(t, name, 3)
+	cluster.CutClient(cutCli)
+	r = recv(t, w, 10*time.Second)
+	require.ErrorIs(t, r.err, lock.ErrLost)
+	require.Nil(t, r.h)
+	cluster.RestoreClient(cutCli)
+
+	require.NoError(t, reader.Unlock(ctx))
+	rl := recv(t, later, 10*time.Second)
+	require.NoError(t, rl.err)
+	require.NoError(t, rl.h.Unlock(ctx))
+}
+
+// Writers exclude everyone, readers overlap only with readers, under
+// contention.
+func TestRWMutexExclusion(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 60*time.Second)
+	var readers, writers, bad atomic.Int32
+	var wg sync.WaitGroup
+	for ki := range 2 {
+		k := newKeeper(t, newClient(t), 2*time.Second)
+		rw := lock.NewRWMutex(k, name)
+		for g := range 6 {
+			wg.Go(func() {
+				for range 3 {
+					reader := (g+ki)%3 != 0
+					var h *lock.Hold
+					var err error
+					if reader {
+						h, err = rw.RLock(ctx)
+					} else {
+						h, err = rw.Lock(ctx)
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if reader {
+						readers.Add(1)
+						if writers.Load() != 0 {
+							bad.Add(1)
+						}
+						readers.Add(-1)
+					} else {
+						if writers.Add(1) != 1 || readers.Load() != 0 {
+							bad.Add(1)
+						}
+						writers.Add(-1)
+					}
+					if err := h.Unlock(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	require.Zero(t, bad.Load(), "readers and writers overlapped")
+}
+
+// Multi takes all or nothing, in sorted order, and its Hold covers every
+// part.
+func TestMulti(t *testing.T) {
+	a, b, c := lockName(t, "a"), lockName(t, "b"), lockName(t, "c")
+	ctx := ctxT(t, 20*time.Second)
+	k1 := newKeeper(t, newClient(t), 2*time.Second)
+	k2 := newKeeper(t, newClient(t), 2*time.Second)
+
+	_, err := lock.NewMulti(k1).Lock(ctx)
+	require.ErrorContains(t, err, "lock: multi-lock of no names")
+	_, err = lock.NewMulti(k1, a, "").Lock(ctx)
+	require.ErrorContains(t, err, "lock: invalid name")
+
+	m := lock.NewMulti(k1, c, a, b, a)
+	require.Equal(t, []string{a, b, c}, m.Names())
+	h, err := m.Lock(ctx)
+	require.NoError(t, err)
+	require.Len(t, h.Tokens(), 3)
+	require.Len(t, h.Guard(), 3)
+	require.Equal(t, h.Tokens()[0], h.Token())
+
+	// Another Multi sharing one name fails TryLock and leaves nothing taken.
+	other := lock.NewMulti(k2, a, "/test/"+t.Name()+"_z")
+	t.Cleanup(func() { requireNoKeys(t, "/test/"+t.Name()+"_z") })
+	_, err = other.TryLock(ctx)
+	require.ErrorIs(t, err, lock.ErrLocked)
+	require.Equal(t, 0, queueLen(t, "/test/"+t.Name()+"_z"))
+
+	// A part forced away cancels the whole hold.
+	_, err = lock.ForceRelease(ctx, cluster.Client(), b)
+	require.NoError(t, err)
+	select {
+	case <-h.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("multi hold not canceled when a part was lost")
+	}
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
+	resp, err := cluster.Client().Txn(ctx).If(h.Guard()...).Then().Commit()
+	require.NoError(t, err)
+	require.False(t, resp.Succeeded)
+	require.NoError(t, h.Unlock(ctx))
+	require.NoError(t, h.Unlock(ctx))
+
+	// Deadlock-free: two Multis over the same names in opposite order.
+	var wg sync.WaitGroup
+	for i, k := range []*leasekeeper.Keeper{k1, k2} {
+		names := []string{a, b, c}
+		if i == 1 {
+			names = []string{c, b, a}
+		}
+		mm := lock.NewMulti(k, names...)
+		wg.Go(func() {
+			for range 5 {
+				h, err := mm.Lock(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := h.Unlock(ctx); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
