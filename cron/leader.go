@@ -119,11 +119,11 @@ func (l *leader) loop(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		now := time.Now()
+		if err := l.fireAll(ctx, now); err != nil {
+			return err
+		}
 		var next time.Time
 		for _, j := range l.order {
-			if err := l.fireDue(ctx, j, now); err != nil {
-				return err
-			}
 			if !j.paused && !j.next.IsZero() && (next.IsZero() || j.next.Before(next)) {
 				next = j.next
 			}
@@ -325,6 +325,31 @@ func (l *leader) onCtl(ctx context.Context, ev *clientv3.Event) error {
 		return err
 	}
 	return l.dispatchTrigger(ctx, *tr)
+}
+
+// fireAll fires the due times of every job. Jobs are independent (each has
+// its own claim key), so their claims go out concurrently: ten jobs due in
+// the same second all start one round trip after their time, not ten.
+func (l *leader) fireAll(ctx context.Context, now time.Time) error {
+	if len(l.order) == 1 {
+		return l.fireDue(ctx, l.order[0], now)
+	}
+	errs := make([]error, len(l.order))
+	var wg sync.WaitGroup
+	for i, j := range l.order {
+		if j.paused || j.next.After(now) {
+			// Not due: advance its cursor here, without a goroutine.
+			errs[i] = l.fireDue(ctx, j, now)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.fireDue(ctx, j, now)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (j *jobRun) setNext(t time.Time) {
