@@ -1,0 +1,66 @@
+package lock_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/concordkit/concord/lock"
+)
+
+func TestTelemetry(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 10*time.Second)
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()); _ = mp.Shutdown(context.Background()) })
+
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	m := lock.New(k, name, lock.WithTracerProvider(tp), lock.WithMeterProvider(mp))
+	h, err := m.Lock(ctx)
+	require.NoError(t, err)
+	_, err = m.TryLock(ctx)
+	require.ErrorIs(t, err, lock.ErrLocked)
+	require.NoError(t, h.Unlock(ctx))
+
+	got := spans.GetSpans()
+	require.Len(t, got, 2)
+	attrs := func(s tracetest.SpanStub) map[attribute.Key]attribute.Value {
+		out := map[attribute.Key]attribute.Value{}
+		for _, kv := range s.Attributes {
+			out[kv.Key] = kv.Value
+		}
+		return out
+	}
+	a := attrs(got[0])
+	require.Equal(t, "lock.acquire", got[0].Name)
+	require.Equal(t, "acquired", a["lock.outcome"].AsString())
+	require.Equal(t, h.Token(), a["lock.token"].AsInt64())
+	require.Equal(t, name, a["lock.name"].AsString())
+	require.GreaterOrEqual(t, a["lock.wait_ms"].AsFloat64(), 0.0)
+	require.Equal(t, "locked", attrs(got[1])["lock.outcome"].AsString())
+
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(ctx, &rm))
+	counts := map[string]uint64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, mt := range sm.Metrics {
+			if hist, ok := mt.Data.(metricdata.Histogram[float64]); ok {
+				for _, dp := range hist.DataPoints {
+					counts[mt.Name] += dp.Count
+				}
+			}
+		}
+	}
+	require.Equal(t, uint64(2), counts["concord.lock.wait.duration"], "one per Lock and TryLock")
+	require.Equal(t, uint64(1), counts["concord.lock.hold.duration"])
+}
