@@ -233,9 +233,15 @@ func (c *Cache) WaitRevision(ctx context.Context, rev int64) error {
 			return ErrClosed
 		}
 		if time.Since(lastAsk) >= progressEvery {
-			// The watch's own context routes the request to its stream; an
-			// error (no stream while the watch reconnects) is retried.
-			_ = c.cli.RequestProgress(c.runCtx)
+			// A context derived from the watch's own carries its metadata,
+			// which routes the request to the watch's stream. The request
+			// can wait while the stream reconnects: bound it. An error (no
+			// stream yet) is retried on the next round.
+			pctx, cancel := context.WithTimeout(c.runCtx, progressEvery)
+			stop := context.AfterFunc(ctx, cancel)
+			_ = c.cli.RequestProgress(pctx)
+			stop()
+			cancel()
 			lastAsk = time.Now()
 		}
 		t := time.NewTimer(progressEvery)

@@ -47,6 +47,11 @@
 //     TTL plus etcd's 500 ms expiry sweep after its last renewal. Calls to it
 //     in that time fail over to other instances in gRPC; calls in flight on
 //     a crashing server fail.
+//   - The owner of a record is its lease, not a Registration value: two
+//     Registrations of the same ID on the same keeper share one record (the
+//     second overwrites the first), so deregistering either removes it. A
+//     retried Register after a timeout is thereby safe; registering one ID
+//     twice in a process is a mistake this package does not detect.
 //   - Between lease generations (from the loss to the re-registration) the
 //     record is absent; Update then keeps the new metadata and returns
 //     ErrLost.
