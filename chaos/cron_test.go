@@ -159,7 +159,7 @@ func TestChaosCron(t *testing.T) {
 	c := testcluster.New(t)
 	r, n := runCron(t, c, s, cronRun{
 		replicas: 3, protected: true,
-		nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second), settle: 3 * time.Second,
+		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second), settle: 2 * time.Second,
 	})
 	r.expectNone(t, n)
 }

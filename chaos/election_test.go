@@ -128,7 +128,7 @@ func TestChaosElection(t *testing.T) {
 	r, n := runElection(t, c, s, electionRun{
 		candidates: 3, protected: true,
 		tenure:  span{50 * time.Millisecond, 1500 * time.Millisecond},
-		nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second),
+		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second),
 	})
 	r.expectNone(t, n)
 }
@@ -146,7 +146,7 @@ func TestChaosElectionCheckerCatchesUnguardedWrites(t *testing.T) {
 	r, n := runElection(t, c, s, electionRun{
 		candidates: 2, protected: false,
 		tenure:  span{3 * time.Second, 4 * time.Second},
-		nemesis: cfg, duration: 6 * time.Second,
+		nemesis: cfg, duration: 4500 * time.Millisecond,
 	})
 	r.expectSome(t, n)
 }

@@ -256,7 +256,7 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 func TestChaosLeasekeeper(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
-	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second)})
+	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second)})
 	r.expectNone(t, n)
 }
 
@@ -270,6 +270,6 @@ func TestChaosLeasekeeperCheckerCatchesIgnoredContext(t *testing.T) {
 	cfg := defaultNemesis()
 	cfg.kinds = nil // client cuts alone are enough
 	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
-	r, n := runLeasekeeper(t, c, s, lkRun{workers: 2, protected: false, nemesis: cfg, duration: 5 * time.Second})
+	r, n := runLeasekeeper(t, c, s, lkRun{workers: 2, protected: false, nemesis: cfg, duration: 4 * time.Second})
 	r.expectSome(t, n)
 }

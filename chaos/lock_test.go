@@ -295,7 +295,7 @@ func TestChaosLock(t *testing.T) {
 	c := testcluster.New(t)
 	r, n := runLock(t, c, s, lockRun{
 		workers: 3, steps: 8,
-		nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second),
+		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second),
 	})
 	r.expectNone(t, n)
 }
@@ -312,7 +312,7 @@ func TestChaosLockCheckersCatchUnfencedWork(t *testing.T) {
 	cfg.holderAlways = true
 	r, n := runLock(t, c, s, lockRun{
 		workers: 2, ignoreContext: true, unguarded: true, anyToken: true, tenure: 3 * time.Second,
-		nemesis: cfg, duration: 6 * time.Second,
+		nemesis: cfg, duration: 4500 * time.Millisecond,
 	})
 	r.expectSome(t, n)
 	for _, kind := range []string{"set:", "register:", "linearizability:"} {
@@ -337,7 +337,7 @@ func TestChaosLockFencingStopsHoldersThatIgnoreContext(t *testing.T) {
 	var stale atomic.Int64
 	r, n := runLock(t, c, s, lockRun{
 		workers: 2, ignoreContext: true, tenure: 3 * time.Second, stale: &stale,
-		nemesis: cfg, duration: 6 * time.Second,
+		nemesis: cfg, duration: 4500 * time.Millisecond,
 	})
 	r.expectNone(t, n)
 	if stale.Load() == 0 {

@@ -393,8 +393,8 @@ func TestChaosQueue(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
 	r, n := runQueue(t, c, s, queueRun{
-		workers: 3, tasks: 120, protected: true, work: span{5 * time.Millisecond, 60 * time.Millisecond}, steps: 4,
-		nemesis: defaultNemesis(), duration: chaosDuration(8 * time.Second),
+		workers: 3, tasks: 80, protected: true, work: span{5 * time.Millisecond, 60 * time.Millisecond}, steps: 4,
+		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second),
 	})
 	r.expectNone(t, n)
 }
@@ -411,7 +411,7 @@ func TestChaosQueueCheckerCatchesStaleClaims(t *testing.T) {
 	cfg.holderAlways = true
 	r, n := runQueue(t, c, s, queueRun{
 		workers: 2, tasks: 30, protected: false, work: span{300 * time.Millisecond, 900 * time.Millisecond}, steps: 4,
-		nemesis: cfg, duration: 6 * time.Second,
+		nemesis: cfg, duration: 5 * time.Second,
 	})
 	r.expectSome(t, n)
 }
