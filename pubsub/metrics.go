@@ -39,10 +39,16 @@ var (
 	reasonKey = attribute.Key("pubsub.gap.reason")
 )
 
+// topicAttrs is built once per subscription, so that recording a delivery
+// does not allocate.
+func topicAttrs(topic string) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(topicKey.String(topic)))
+}
+
 // delivered records an event handed to a reader.
-func (m *metrics) delivered(ctx context.Context, topic string, ev Event) {
+func (m *metrics) delivered(ctx context.Context, attrs metric.MeasurementOption, topic string, ev Event) {
 	if ev.Message != nil {
-		m.lag.Record(ctx, time.Since(ev.Message.Time).Seconds(), metric.WithAttributes(topicKey.String(topic)))
+		m.lag.Record(ctx, time.Since(ev.Message.Time).Seconds(), attrs)
 		return
 	}
 	m.gaps.Add(ctx, 1, metric.WithAttributes(topicKey.String(topic), reasonKey.String(string(ev.Gap.Reason))))

@@ -75,7 +75,11 @@ func newHub(t *testing.T, cli *clientv3.Client, opts ...pubsub.HubOption) *pubsu
 
 func subscribe(t *testing.T, h *pubsub.Hub, topic string, from pubsub.From, opts ...pubsub.SubscribeOption) *pubsub.Subscription {
 	t.Helper()
-	s, err := h.Subscribe(ctxT(t, 10*time.Second), topic, from, opts...)
+	// The subscription lives as long as the test: its context must not have
+	// a deadline of its own, since a subscription ends with its context.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := h.Subscribe(ctx, topic, from, opts...)
 	require.NoError(t, err)
 	t.Cleanup(s.Close)
 	return s

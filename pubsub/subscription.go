@@ -8,6 +8,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/concordkit/concord/internal/names"
 )
@@ -25,9 +26,10 @@ type Subscription struct {
 	feed     *feed
 	topic    string
 	buffer   int
-	stopCtx  func() bool   // cancels the AfterFunc that ends us with ctx
-	released chan struct{} // closed once we have left the feed
-	leaving  sync.Once     // leaves the feed once
+	attrs    metric.MeasurementOption // metric attributes of the topic
+	stopCtx  func() bool              // cancels the AfterFunc that ends us with ctx
+	released chan struct{}            // closed once we have left the feed
+	leaving  sync.Once                // leaves the feed once
 
 	mu       sync.Mutex // protects everything below
 	minRev   int64      // live events below this are not ours
@@ -78,6 +80,7 @@ func (h *Hub) Subscribe(ctx context.Context, topic string, from From, opts ...Su
 		feed:     f,
 		topic:    topic,
 		buffer:   cfg.buffer,
+		attrs:    topicAttrs(topic),
 		released: make(chan struct{}),
 		notify:   make(chan struct{}, 1),
 	}
@@ -180,7 +183,7 @@ func (s *Subscription) Next(ctx context.Context) (Event, error) {
 		}
 		s.mu.Unlock()
 		if ev.Message != nil || ev.Gap != nil {
-			s.hub.metrics.delivered(ctx, s.topic, ev)
+			s.hub.metrics.delivered(ctx, s.attrs, s.topic, ev)
 			return ev, nil
 		}
 		select {
