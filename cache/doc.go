@@ -80,7 +80,11 @@
 // read lock; List is a scan of the whole cache plus a sort of the result.
 // WaitRevision costs nothing when the revision arrives with a change under
 // the prefix; otherwise it sends a progress request every 50 ms while it
-// waits. Memory: one entry per key, holding the key, value and revisions.
+// waits. Subscribe copies the whole state into its first batch, under the
+// cache's lock; so does the reset of a subscriber that fell a buffer behind,
+// which happens at most once per WithBuffer batches for a subscriber that
+// never reads. Memory: one entry per key, holding the key, value and
+// revisions, plus what subscribers have not read yet.
 //
 // # Telemetry
 //

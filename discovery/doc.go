@@ -52,6 +52,10 @@
 //     second overwrites the first), so deregistering either removes it. A
 //     retried Register after a timeout is thereby safe; registering one ID
 //     twice in a process is a mistake this package does not detect.
+//   - A record deleted by someone else (an operator, a foreign tool) is not
+//     written again until the keeper's next lease generation.
+//   - Instances and members handed out share their Metadata maps and
+//     Payload slices with the watcher: do not modify them.
 //   - Between lease generations (from the loss to the re-registration) the
 //     record is absent; Update then keeps the new metadata and returns
 //     ErrLost.
