@@ -16,11 +16,11 @@ import (
 func TestCron(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	name := "cli-cron"
+	name := uniq("cli-cron")
 
 	r := concord(t, "cron", "status", name)
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "scheduler cli-cron: leader none\nno job has run or been scheduled yet\n", r.stdout)
+	assert.Equal(t, "scheduler "+name+": leader none\nno job has run or been scheduled yet\n", r.stdout)
 
 	s := cron.New(newKeeper(t), name, cron.WithValue("replica-a"))
 	runs := make(chan cron.Run, 100)
@@ -58,7 +58,7 @@ func TestCron(t *testing.T) {
 	r = concord(t, "cron", "status", name)
 	require.Equal(t, 0, r.code, r.stderr)
 	t.Log("\n" + r.stdout)
-	assert.Regexp(t, `^scheduler cli-cron: leader replica-a \(token `+itoa(first.Token)+`\)\n`, r.stdout)
+	assert.Regexp(t, `^scheduler `+name+`: leader replica-a \(token `+itoa(first.Token)+`\)\n`, r.stdout)
 	assert.Regexp(t, `(?m)^JOB +SPEC +STATE +LAST RUN +OUTCOME +TOKEN +NEXT$`, r.stdout)
 	assert.Regexp(t, `(?m)^tick +\* \* \* \* \* \* +active +\S+ \(.*\) +(ok|running) +`+itoa(first.Token)+` +\S+`, r.stdout)
 
@@ -75,14 +75,14 @@ func TestCron(t *testing.T) {
 
 	r = concord(t, "cron", "pause", name, "tick")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "scheduler cli-cron: job tick paused: its scheduled times pass without running until resumed\n", r.stdout)
+	assert.Equal(t, "scheduler "+name+": job tick paused: its scheduled times pass without running until resumed\n", r.stdout)
 	r = concord(t, "cron", "status", name)
 	assert.Regexp(t, `(?m)^tick +\* \* \* \* \* \* +paused `, r.stdout)
 
 	// While paused, a trigger still runs the job once.
 	r = concord(t, "cron", "trigger", name, "tick")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "scheduler cli-cron: job tick triggered: the leader runs it once now\n", r.stdout)
+	assert.Equal(t, "scheduler "+name+": job tick triggered: the leader runs it once now\n", r.stdout)
 	for {
 		r := next("the triggered run")
 		if r.Trigger {
@@ -93,7 +93,7 @@ func TestCron(t *testing.T) {
 
 	r = concord(t, "cron", "resume", name, "tick")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "scheduler cli-cron: job tick resumed: it runs again from its next scheduled time\n", r.stdout)
+	assert.Equal(t, "scheduler "+name+": job tick resumed: it runs again from its next scheduled time\n", r.stdout)
 	for {
 		if r := next("a scheduled run after resume"); !r.Trigger {
 			break

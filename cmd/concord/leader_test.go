@@ -24,11 +24,11 @@ func newKeeper(t *testing.T) *leasekeeper.Keeper {
 
 func TestLeader(t *testing.T) {
 	ctx := context.Background()
-	name := "cli-leader"
+	name := uniq("cli-leader")
 
 	r := concord(t, "leader", name)
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "election cli-leader: no leader\n", r.stdout)
+	assert.Equal(t, "election "+name+": no leader\n", r.stdout)
 
 	a := election.New(newKeeper(t), name)
 	ta, err := a.Campaign(ctx, "node-a")
@@ -66,6 +66,8 @@ func TestLeader(t *testing.T) {
 		assert.NoError(t, err)
 		won <- tb
 	}()
+	// node-b waits in line before node-a resigns, so the handoff is direct.
+	waitKeys(t, name+"/.election/", 2)
 	require.NoError(t, ta.Resign(ctx))
 	var tb *election.Term
 	select {

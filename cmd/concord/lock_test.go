@@ -17,11 +17,11 @@ import (
 func TestLock(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	name := "cli-lock"
+	name := uniq("cli-lock")
 
 	r := concord(t, "lock", name)
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `^lock cli-lock: free \(revision \d+\)\n$`, r.stdout)
+	assert.Regexp(t, `^lock `+name+`: free \(revision \d+\)\n$`, r.stdout)
 
 	holder := lock.New(newKeeper(t), name, lock.WithValue("host-a pid 41"))
 	h, err := holder.Lock(ctx)
@@ -40,10 +40,7 @@ func TestLock(t *testing.T) {
 			h, err := m.Lock(ctx)
 			waiters[i] <- result{h, err}
 		}()
-		require.Eventually(t, func() bool {
-			info, err := lock.Inspect(ctx, cluster.Client(), name)
-			return err == nil && len(info.Waiters) == i+1
-		}, 10*time.Second, 10*time.Millisecond)
+		waitKeys(t, name+"/.lock/q/", int64(i+2))
 	}
 
 	r = concord(t, "lock", name)
@@ -51,7 +48,7 @@ func TestLock(t *testing.T) {
 	t.Log("\n" + r.stdout)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	require.Len(t, lines, 5)
-	assert.Regexp(t, `^lock cli-lock: held, 2 waiting \(revision \d+\)$`, lines[0])
+	assert.Regexp(t, `^lock `+name+`: held, 2 waiting \(revision \d+\)$`, lines[0])
 	assert.Regexp(t, `^ROLE +VALUE +TOKEN +SINCE +LEASE$`, lines[1])
 	assert.Regexp(t, `^holder +host-a pid 41 +`+itoa(h.Token())+` +\S+ \((\S+ ago|now)\) +[0-9a-f]+$`, lines[2])
 	assert.Regexp(t, `^waiter 1 +host-b `, lines[3])
@@ -73,7 +70,7 @@ func TestLock(t *testing.T) {
 	// Force: the holder loses the lock, host-b gets it.
 	r = concord(t, "lock", "release", name)
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "lock cli-lock: released the holder with token "+itoa(h.Token())+"; the next waiter is granted\n", r.stdout)
+	assert.Equal(t, "lock "+name+": released the holder with token "+itoa(h.Token())+"; the next waiter is granted\n", r.stdout)
 	select {
 	case <-h.Context().Done():
 		assert.True(t, errors.Is(context.Cause(h.Context()), lock.ErrRevoked))
@@ -96,5 +93,5 @@ func TestLock(t *testing.T) {
 	require.NoError(t, third.h.Unlock(ctx))
 	r = concord(t, "lock", "release", name)
 	assert.Equal(t, 1, r.code)
-	assert.Equal(t, "concord: lock cli-lock: nobody holds it\n", r.stderr)
+	assert.Equal(t, "concord: lock "+name+": nobody holds it\n", r.stderr)
 }

@@ -4,16 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/testcluster"
 )
@@ -187,14 +190,14 @@ func TestUnreachable(t *testing.T) {
 func TestWatchFromRevision(t *testing.T) {
 	ctx := context.Background()
 	cli := cluster.Admin()
-	p := "cli-watch-rev/"
+	p := uniq("cli-watch-rev") + "/"
 	first, err := cli.Put(ctx, p+"a", "1")
 	require.NoError(t, err)
 	_, err = cli.Put(ctx, p+"b", "hello world")
 	require.NoError(t, err)
 	_, err = cli.Delete(ctx, p+"a")
 	require.NoError(t, err)
-	_, err = cli.Put(ctx, "cli-watch-other", "not under the prefix")
+	_, err = cli.Put(ctx, strings.TrimSuffix(p, "/")+"-other", "not under the prefix")
 	require.NoError(t, err)
 	_, err = cli.Put(ctx, p+"c", "\x00\x01binary")
 	require.NoError(t, err)
@@ -204,10 +207,10 @@ func TestWatchFromRevision(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	require.Len(t, lines, 4, r.stdout)
-	assert.Regexp(t, `^`+itoa(rev)+` +PUT +cli-watch-rev/a = 1$`, lines[0])
-	assert.Regexp(t, `^\d+ +PUT +cli-watch-rev/b = hello world$`, lines[1])
-	assert.Regexp(t, `^\d+ +DELETE cli-watch-rev/a$`, lines[2])
-	assert.Regexp(t, `^\d+ +PUT +cli-watch-rev/c = "\\x00\\x01binary"$`, lines[3])
+	assert.Regexp(t, `^`+itoa(rev)+` +PUT +`+p+`a = 1$`, lines[0])
+	assert.Regexp(t, `^\d+ +PUT +`+p+`b = hello world$`, lines[1])
+	assert.Regexp(t, `^\d+ +DELETE `+p+`a$`, lines[2])
+	assert.Regexp(t, `^\d+ +PUT +`+p+`c = "\\x00\\x01binary"$`, lines[3])
 	assert.Contains(t, r.stderr, "from revision "+itoa(rev))
 
 	r = concord(t, "--json", "watch", p, "--rev", itoa(rev), "--count", "3")
@@ -232,7 +235,7 @@ func TestWatchFromRevision(t *testing.T) {
 // The watch sees what is written after it says it is watching, and ends
 // cleanly when its context ends.
 func TestWatchLive(t *testing.T) {
-	p := "cli-watch-live/"
+	p := uniq("cli-watch-live") + "/"
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, errOut := newLineWriter(), newLineWriter()
@@ -243,10 +246,10 @@ func TestWatchLive(t *testing.T) {
 	waitLine(t, errOut, "watching prefix", 10*time.Second)
 	_, err := cluster.Admin().Put(ctx, p+"k", "v1")
 	require.NoError(t, err)
-	waitLine(t, out, "PUT    cli-watch-live/k = v1", 10*time.Second)
+	waitLine(t, out, "PUT    "+p+"k = v1", 10*time.Second)
 	_, err = cluster.Admin().Put(ctx, p+"k", "v2")
 	require.NoError(t, err)
-	waitLine(t, out, "PUT    cli-watch-live/k = v2", 10*time.Second)
+	waitLine(t, out, "PUT    "+p+"k = v2", 10*time.Second)
 
 	cancel()
 	select {
@@ -259,7 +262,7 @@ func TestWatchLive(t *testing.T) {
 
 func TestWatchCompacted(t *testing.T) {
 	ctx := context.Background()
-	p := "cli-watch-compacted/"
+	p := uniq("cli-watch-compacted") + "/"
 	put, err := cluster.Admin().Put(ctx, p+"a", "1")
 	require.NoError(t, err)
 	_, err = cluster.Admin().Put(ctx, p+"a", "2")
@@ -330,3 +333,30 @@ func mustRev(t *testing.T, c *testcluster.Cluster, key string) int64 {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+var seq atomic.Int64
+
+// uniq returns a name no other test (or run of a test, with -count) uses on
+// the shared cluster.
+func uniq(base string) string { return fmt.Sprintf("%s-%d", base, seq.Add(1)) }
+
+// waitKeys waits, by watching, until at least n keys exist under prefix.
+func waitKeys(t *testing.T, prefix string, n int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cli := cluster.Admin()
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	w := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	for resp.Count < n {
+		select {
+		case _, ok := <-w:
+			require.True(t, ok, "watch on %s ended before %d keys: %v", prefix, n, ctx.Err())
+		case <-ctx.Done():
+			t.Fatalf("fewer than %d keys under %s after 15s", n, prefix)
+		}
+		resp, err = cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		require.NoError(t, err)
+	}
+}

@@ -52,7 +52,7 @@ func queueFixture(t *testing.T, name string) (running *queue.Task, deadIDs []str
 }
 
 func TestQueueInspect(t *testing.T) {
-	name := "cli-queue-inspect"
+	name := uniq("cli-queue-inspect")
 	running, dead := queueFixture(t, name)
 
 	r := concord(t, "queue", "stats", name)
@@ -110,7 +110,7 @@ func TestQueueInspect(t *testing.T) {
 }
 
 func TestQueueAdmin(t *testing.T) {
-	name := "cli-queue-admin"
+	name := uniq("cli-queue-admin")
 	_, dead := queueFixture(t, name)
 
 	r := concord(t, "queue", "requeue", name, dead[0])
@@ -130,7 +130,7 @@ func TestQueueAdmin(t *testing.T) {
 	assert.Equal(t, "queue "+name+": no dead letters\n", r.stdout)
 
 	// Without IDs: every dead letter.
-	name2 := "cli-queue-admin-all"
+	name2 := uniq("cli-queue-admin-all")
 	_, dead2 := queueFixture(t, name2)
 	r = concord(t, "--json", "queue", "requeue", name2)
 	require.Equal(t, 0, r.code, r.stderr)

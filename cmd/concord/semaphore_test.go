@@ -16,11 +16,11 @@ import (
 func TestSemaphore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	name := "cli-semaphore"
+	name := uniq("cli-semaphore")
 
 	r := concord(t, "semaphore", name)
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `^semaphore cli-semaphore: 0 of none stored permits in use, 0 holder\(s\), 0 waiting \(revision \d+\)\n$`, r.stdout)
+	assert.Regexp(t, `^semaphore `+name+`: 0 of none stored permits in use, 0 holder\(s\), 0 waiting \(revision \d+\)\n$`, r.stdout)
 
 	a, err := semaphore.New(newKeeper(t), name, 3, semaphore.WithValue("job-a")).Acquire(ctx, 2)
 	require.NoError(t, err)
@@ -37,17 +37,14 @@ func TestSemaphore(t *testing.T) {
 		}
 		waiting <- err
 	}()
-	require.Eventually(t, func() bool {
-		info, err := semaphore.Inspect(ctx, cluster.Client(), name)
-		return err == nil && len(info.Waiters) == 1
-	}, 10*time.Second, 10*time.Millisecond)
+	waitKeys(t, name+"/.semaphore/q/", 3)
 
 	r = concord(t, "semaphore", name)
 	require.Equal(t, 0, r.code, r.stderr)
 	t.Log("\n" + r.stdout)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	require.Len(t, lines, 5)
-	assert.Regexp(t, `^semaphore cli-semaphore: 3 of 3 permits in use, 2 holder\(s\), 1 waiting`, lines[0])
+	assert.Regexp(t, `^semaphore `+name+`: 3 of 3 permits in use, 2 holder\(s\), 1 waiting`, lines[0])
 	assert.Regexp(t, `^ROLE +VALUE +PERMITS +TOKEN +SINCE +LEASE$`, lines[1])
 	assert.Regexp(t, `^holder +job-a +2 +`+itoa(a.Token())+` `, lines[2])
 	assert.Regexp(t, `^holder +job-b +1 +`+itoa(b.Token())+` `, lines[3])
