@@ -30,6 +30,7 @@ type index struct {
 	claimed  map[string]int64
 	workers  map[string]time.Time // worker → when a claim of it was last seen
 	skip     map[string]int64     // id → skip it until the view reaches this revision
+	since    map[string]time.Time // id → when this view last saw it become claimable
 	reserved map[string]bool      // ids a local Dequeue is claiming now
 	tasks    map[string]*Task     // claimed through this Queue and not finished
 	rev      int64                // revision the view reflects
@@ -48,6 +49,7 @@ func startIndex(q *Queue) *index {
 		claimed:  map[string]int64{},
 		workers:  map[string]time.Time{},
 		skip:     map[string]int64{},
+		since:    map[string]time.Time{},
 		reserved: map[string]bool{},
 		tasks:    map[string]*Task{},
 		changed:  make(chan struct{}),
@@ -160,6 +162,13 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.ready, ix.delayed, ix.claimed, ix.workers = ready, delayed, claimed, workers
+	now := time.Now()
+	clear(ix.since)
+	for _, list := range [][]entry{ready, delayed} {
+		for _, e := range list {
+			ix.since[e.id] = now
+		}
+	}
 	ix.rev = max(readRev, rev)
 	ix.loaded = true
 	ix.notifyLocked()
@@ -233,6 +242,7 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 				}
 			} else {
 				delete(ix.claimed, id)
+				ix.since[id] = time.Now()
 				if t := ix.tasks[id]; t != nil {
 					// The claim key is gone: acknowledged by this Queue, or
 					// deleted by its lease's expiry or by someone else.
@@ -254,8 +264,10 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 			if !found {
 				*list = slices.Insert(*list, i, e)
 			}
+			ix.since[e.id] = time.Now()
 		} else if found {
 			*list = slices.Delete(*list, i, i+1)
+			delete(ix.since, e.id)
 		}
 	}
 	if headerRev > ix.rev {
@@ -268,13 +280,27 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 // was seen, for spreading claims.
 const activeWindow = 2 * time.Second
 
-// chooseLocked picks the candidate for this process's next claim, or reports
-// that none is available now and when the next delayed task becomes due.
+// handoffStep is how long a task that is another worker's turn stays
+// reserved for it, per place between the two workers, before this one takes
+// it. About one claim round trip: a busy owner does not hold tasks up for
+// long, and idle workers do not all race for one new task.
+const handoffStep = 3 * time.Millisecond
+
+// chooseLocked picks the candidate for this process's next claim. It
+// reports none when nothing is available, with the time to look again: when
+// the next delayed task becomes due, or when another worker's turn on a task
+// runs out.
 //
-// Consumers in different processes do not all race for the first task: each
-// takes the i-th available task, i its rank among the workers seen claiming
-// recently, so that their claims touch different keys. A worker alone takes
-// the first, which keeps strict order for a single consumer.
+// Consumers in different processes do not all race for the first task. The
+// workers seen claiming recently, sorted by name, give each a rank r among
+// w workers; a task whose ID hashes to r (mod w) is r's own, and r claims
+// the first own task among the first 4·w available at once. Ownership
+// depends on the task alone, not on how up to date each view is, so views
+// that lag each other by a claim or two still pick different tasks. A task
+// owned by another worker is taken only after it stayed unclaimed for
+// handoffStep × ((r − owner) mod w): a new task wakes one claim, not all,
+// and a busy owner holds it up for a few milliseconds at most. A worker alone
+// owns every task and takes them strictly in order.
 func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
 	active := []string{ix.q.worker}
 	for w, seen := range ix.workers {
@@ -289,7 +315,8 @@ func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
 	}
 	slices.Sort(active)
 	rank := slices.Index(active, ix.q.worker)
-	want := rank + 1
+	workers := len(active)
+	want := 4 * workers
 
 	usable := func(e entry) bool {
 		if _, ok := ix.claimed[e.id]; ok {
@@ -334,10 +361,49 @@ func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
 			}
 		}
 	}
-	if len(cands) == 0 {
+	if workers == 1 {
+		if len(cands) > 0 {
+			return cands[0], true, next
+		}
 		return entry{}, false, next
 	}
-	return cands[rank%len(cands)], true, next
+	var fallback *entry
+	for i, e := range cands {
+		owner := int(ownerHash(e.id) % uint32(workers))
+		if owner == rank {
+			return e, true, next
+		}
+		if fallback != nil {
+			continue
+		}
+		since := ix.since[e.id]
+		if !e.ready && time.Unix(0, e.at).After(since) {
+			since = time.Unix(0, e.at)
+		}
+		turn := since.Add(handoffStep * time.Duration((rank-owner+workers)%workers))
+		if !now.Before(turn) {
+			fallback = &cands[i]
+			continue
+		}
+		if next.IsZero() || turn.Before(next) {
+			next = turn
+		}
+	}
+	if fallback != nil {
+		return *fallback, true, next
+	}
+	return entry{}, false, next
+}
+
+// ownerHash is FNV-1a of a task ID: IDs end in random bits, so tasks spread
+// evenly over the workers.
+func ownerHash(id string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // pick waits until a candidate is available, reserves it locally and returns

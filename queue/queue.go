@@ -98,9 +98,9 @@ func WithMaxAttempts(n int) Option {
 
 // WithRetention sets how long the status record of a finished (acknowledged)
 // task is kept for Status and Stats. It is bound to an etcd lease that
-// expires, so etcd itself deletes it; no cleaner process is needed. Zero
-// deletes the record on Ack. Rounded up to whole seconds; kept between d and
-// 1.25·d. Default 5 minutes.
+// expires, so etcd itself deletes it; no cleaner process is needed. Rounded
+// up to whole seconds; kept between d and 1.25·d. Default 5 minutes. Zero keeps a receipt for about 10 s only, so
+// that an Ack retried after a lost answer can tell that it committed.
 func WithRetention(d time.Duration) Option {
 	return func(o *options) {
 		if d < 0 {
@@ -266,8 +266,21 @@ type retentionLease struct {
 	granted time.Time
 }
 
+// receiptTTL is how long a finished record is kept with retention 0: long
+// enough for an Ack whose answer was lost to recognise, on retry, that it
+// committed.
+const receiptTTL = 10 * time.Second
+
+func (q *Queue) retentionPeriod() time.Duration {
+	if q.o.retention == 0 {
+		return receiptTTL
+	}
+	return q.o.retention
+}
+
 func (q *Queue) retentionTTL() int64 {
-	secs := int64((q.o.retention + q.o.retention/4 + time.Second - 1) / time.Second)
+	r := q.retentionPeriod()
+	secs := int64((r + r/4 + time.Second - 1) / time.Second)
 	return max(secs, 1)
 }
 
@@ -277,7 +290,7 @@ func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.Leas
 	q.mu.Lock()
 	r := q.retain
 	q.mu.Unlock()
-	if !renew && r.id != 0 && time.Since(r.granted) < max(q.o.retention/4, time.Second/2) {
+	if !renew && r.id != 0 && time.Since(r.granted) < max(q.retentionPeriod()/4, time.Second/2) {
 		return r.id, nil
 	}
 	resp, err := q.cli.Grant(ctx, q.retentionTTL())

@@ -177,7 +177,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 			clientv3.OpDelete(t.q.keys.progress(t.ID)),
 			clientv3.OpDelete(t.q.keys.status(t.ID)),
 		)
-		if lease != 0 {
+		{
 			out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
 				State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
 				Dedup: t.dedup, Token: t.token, Worker: t.q.worker,
@@ -185,7 +185,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 		}
 		out = append(out, t.dedupRelease()...)
 		return append(out, ops...)
-	}, t.q.o.retention > 0)
+	}, true)
 }
 
 // Nack gives the task back for another attempt after retryAfter (if
@@ -289,7 +289,14 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 			t.finishing.Store(false)
 			return fmt.Errorf("queue: %s: %d operations in one transaction, over the %d etcd accepts", kind, len(ops), t.q.o.maxTxnOps)
 		}
-		resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Commit()
+		// The Else reads let a retry after an answer that never came (the
+		// first attempt may have committed) recognise its own outcome by the
+		// token in the record it wrote, rather than report a lost claim.
+		resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Else(
+			clientv3.OpGet(t.q.keys.finished(t.ID)),
+			clientv3.OpGet(t.q.keys.status(t.ID)),
+			clientv3.OpGet(t.q.keys.dead(t.ID)),
+		).Commit()
 		if err != nil {
 			if wantLease && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the retention lease expired early (clock or restart): grant another
@@ -298,7 +305,7 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 			t.finishing.Store(false)
 			return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
 		}
-		if !resp.Succeeded {
+		if !resp.Succeeded && !t.committedEarlier(kind, resp) {
 			return t.lost(kind)
 		}
 		t.mu.Lock()
@@ -308,4 +315,38 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 		t.cleanup()
 		return nil
 	}
+}
+
+// committedEarlier reports whether the records read by a failed finishing
+// transaction show that an earlier attempt of this worker, whose answer was
+// lost, committed the same outcome.
+func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
+	val := func(i int) []byte {
+		if i >= len(resp.Responses) {
+			return nil
+		}
+		kvs := resp.Responses[i].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			return nil
+		}
+		return kvs[0].Value
+	}
+	switch kind {
+	case "ack":
+		if b := val(0); b != nil {
+			st, err := decodeStatus(b)
+			return err == nil && st.State == StateDone && st.Token == t.token
+		}
+	case "nack":
+		if b := val(1); b != nil {
+			st, err := decodeStatus(b)
+			return err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == t.token
+		}
+	case "fail":
+		if b := val(2); b != nil {
+			d, err := decodeDead(b)
+			return err == nil && d.Token == t.token
+		}
+	}
+	return false
 }
