@@ -410,7 +410,7 @@ func TestChaosQueueCheckerCatchesStaleClaims(t *testing.T) {
 	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
 	cfg.holderAlways = true
 	r, n := runQueue(t, c, s, queueRun{
-		workers: 2, tasks: 30, protected: false, work: span{300 * time.Millisecond, 900 * time.Millisecond}, steps: 4,
+		workers: 3, tasks: 8, protected: false, work: span{200 * time.Millisecond, 500 * time.Millisecond}, steps: 6,
 		nemesis: cfg, duration: 5 * time.Second,
 	})
 	r.expectSome(t, n)
