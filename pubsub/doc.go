@@ -97,6 +97,9 @@
 // that this package cannot decode is reported as a Gap with reason GapCorrupt
 // at its revision; a corrupt head fails Publish with ErrCorrupt.
 //
+// Errors on the watch are retried with backoff (10 ms to 1 s), except a
+// refusal for lack of permission, which ends Subscribe, or the topic's
+// subscriptions, with an error that errors.Is rpctypes.ErrPermissionDenied.
 // Subscriptions end when the context given to Subscribe ends, on Close, or
 // when their Hub is closed. Hub.Close ends them all and joins every goroutine
 // the Hub started: one per watched topic and the age trimmer.
