@@ -291,3 +291,20 @@ func waitCompacted(t *testing.T, tc *testcluster.Cluster, i int, rev int64) {
 		}
 	}
 }
+
+// An empty prefix caches the whole keyspace.
+func TestWholeKeyspace(t *testing.T) {
+	p := prefixFor(t, cluster)
+	defer cleanup(t, cluster, p)
+	ctx := ctxT(t, 10*time.Second)
+	before := put(t, p+"before", "1")
+	c := newCache(t, cluster.Client(), "")
+	_, ok := c.Get(p + "before")
+	require.True(t, ok)
+	assert.GreaterOrEqual(t, c.Revision(), before)
+	rev := put(t, "\x01"+p, "low key")
+	defer cluster.Admin().Delete(context.Background(), "\x01"+p)
+	require.NoError(t, c.WaitRevision(ctx, rev))
+	_, ok = c.Get("\x01" + p)
+	assert.True(t, ok)
+}
