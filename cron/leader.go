@@ -33,6 +33,10 @@ type jobRun struct {
 	paused   bool
 	running  atomic.Int32
 
+	// wmu serializes status writes, each of which encodes the status as it
+	// is when sent: the last write to land carries the latest status.
+	wmu sync.Mutex
+
 	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
 	status JobStatus
 	next   time.Time
@@ -79,8 +83,11 @@ func (l *leader) cli() *clientv3.Client { return l.s.k.Client() }
 // It returns nil when a guarded write finds the term gone, so the election
 // loop campaigns again; an error only for corrupt records.
 func (l *leader) run(ctx context.Context) error {
-	defer l.wg.Wait()
+	ctx, cancel := context.WithCancelCause(ctx)
 	err := l.loop(ctx)
+	// Runs must not outlive the loop that claimed them.
+	cancel(fmt.Errorf("%w: scheduler loop ended: %v", election.ErrLost, err))
+	l.wg.Wait()
 	if errors.Is(err, errTermGone) {
 		return nil
 	}
@@ -111,6 +118,13 @@ func (l *leader) loop(ctx context.Context) error {
 			return err
 		}
 	}
+
+	// Publish every job's next time now, so Status shows it before the
+	// job's first run (a daily job would otherwise show nothing all day).
+	if err := l.fireAll(ctx, time.Now()); err != nil {
+		return err
+	}
+	l.publishNext(ctx)
 
 	wch := l.watchCtl(ctx, rev)
 	var rewatch <-chan time.Time
@@ -327,6 +341,29 @@ func (l *leader) onCtl(ctx context.Context, ev *clientv3.Event) error {
 	return l.dispatchTrigger(ctx, *tr)
 }
 
+// publishNext writes each job's status with its next scheduled time, fenced
+// by the term. Best effort: a failure only delays what Status shows until
+// the job runs.
+func (l *leader) publishNext(ctx context.Context) {
+	for _, j := range l.order {
+		j.mu.Lock()
+		j.status.Job, j.status.Spec, j.status.Next, j.status.Paused, j.status.Pending = j.name, j.spec, j.next, false, false
+		j.mu.Unlock()
+		l.writeStatus(ctx, j, l.t.Guard())
+	}
+}
+
+// writeStatus writes j's current status, fenced by cmps.
+func (l *leader) writeStatus(ctx context.Context, j *jobRun, cmps []clientv3.Cmp) {
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	val, err := j.statusValue()
+	if err != nil {
+		return
+	}
+	_, _ = l.cli().Txn(ctx).If(cmps...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
+}
+
 // fireAll fires the due times of every job. Jobs are independent (each has
 // its own claim key), so their claims go out concurrently: ten jobs due in
 // the same second all start one round trip after their time, not ten.
@@ -430,8 +467,8 @@ func (l *leader) start(ctx context.Context, j *jobRun, r Run, skip bool) {
 	go l.execute(ctx, j, r)
 }
 
-// statusFor returns j's status record for a run that starts now.
-func (j *jobRun) startStatus(r Run, skip bool) (string, error) {
+// startStatus records a run that starts now in j's status.
+func (j *jobRun) startStatus(r Run, skip bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	st := j.status
@@ -442,7 +479,14 @@ func (j *jobRun) startStatus(r Run, skip bool) (string, error) {
 		st.Outcome = Skipped
 	}
 	st.Next, st.Paused, st.Pending = j.next, false, false
-	return encode(st)
+	j.status = st
+}
+
+// statusValue encodes j's current status.
+func (j *jobRun) statusValue() (string, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return encode(j.status)
 }
 
 // claim writes the claim of (j, r.Time, r.Attempt), fenced by the term and
@@ -454,7 +498,10 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, 
 	if err != nil {
 		return false, err
 	}
-	st, err := j.startStatus(r, skip)
+	j.startStatus(r, skip)
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	st, err := j.statusValue()
 	if err != nil {
 		return false, err
 	}
@@ -522,7 +569,10 @@ func (l *leader) termHeld(ctx context.Context) bool {
 // its mod revision). It reports false if the trigger was replaced or
 // withdrawn meanwhile (a replacement arrives on the watch).
 func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, skip bool) (bool, error) {
-	st, err := j.startStatus(r, skip)
+	j.startStatus(r, skip)
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	st, err := j.statusValue()
 	if err != nil {
 		return false, err
 	}
@@ -595,8 +645,8 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 
 	j.mu.Lock()
 	st := j.status
-	// A later run may have started meanwhile (AllowOverlap): report the
-	// latest one's start, this run's end.
+	// With AllowOverlap runs end in any order: the status describes the run
+	// that started or ended last.
 	st.Job, st.Spec, st.Outcome, st.Duration, st.Next = j.name, j.spec, outcome, dur, j.next
 	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, start, r.Token, r.Attempt, r.Trigger
 	st.Error = ""
@@ -604,14 +654,11 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 		st.Error = err.Error()
 	}
 	j.status = st
-	val, eerr := encode(st)
 	j.mu.Unlock()
-	if eerr == nil {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
-		// Fenced and best effort: a status write of a lost term is dropped.
-		_, _ = l.cli().Txn(wctx).If(r.Guard()...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
-		cancel()
-	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	// Fenced and best effort: a status write of a lost term is dropped.
+	l.writeStatus(wctx, j, r.Guard())
+	cancel()
 
 	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries {
 		t := time.NewTimer(j.opts.backoff)
