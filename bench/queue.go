@@ -427,4 +427,3 @@ func naiveIdle(ctx context.Context, prefix string, producer, consumer *clientv3.
 	}
 	return PercentileMs(lat, 99), nil
 }
-
