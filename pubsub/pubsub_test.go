@@ -425,3 +425,65 @@ func TestCorruptValues(t *testing.T) {
 	_, err = newHub(t, newClient(t, cluster)).Subscribe(ctx, topic, pubsub.FromOldest())
 	require.ErrorIs(t, err, pubsub.ErrCorrupt)
 }
+
+func TestClientCloseEndsSharedHub(t *testing.T) {
+	topic := topicFor(t, cluster)
+	cli := newClient(t, cluster)
+	s, err := pubsub.Subscribe(ctxT(t, 10*time.Second), cli, topic, pubsub.FromLatest())
+	require.NoError(t, err)
+	assert.Same(t, pubsub.For(cli), pubsub.For(cli))
+	require.NoError(t, cli.Close())
+	ctx := ctxT(t, 10*time.Second)
+	_, err = s.Next(ctx)
+	require.ErrorIs(t, err, pubsub.ErrHubClosed)
+}
+
+func TestConcurrentSubscribeAndClose(t *testing.T) {
+	topic := topicFor(t, cluster)
+	h := newHub(t, newClient(t, cluster))
+	pub := newHub(t, cluster.Client())
+	done := make(chan struct{})
+	pubErr := make(chan error, 1)
+	go func() {
+		defer close(pubErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := pub.Publish(context.Background(), topic, []byte("x")); err != nil {
+				pubErr <- err
+				return
+			}
+		}
+	}()
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for i := range 10 {
+				ctx, cancel := context.WithCancel(context.Background())
+				s, err := h.Subscribe(ctx, topic, pubsub.FromLatest(), pubsub.WithBuffer(2))
+				if err != nil {
+					cancel()
+					errs <- err
+					return
+				}
+				if i%2 == 0 {
+					cancel() // ends by context
+					s.Close()
+				} else {
+					s.Close()
+					cancel()
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		require.NoError(t, <-errs)
+	}
+	close(done)
+	require.NoError(t, <-pubErr)
+	assert.Equal(t, 0, h.Stats().Topics, "every watch stopped with its last subscription")
+}
