@@ -30,13 +30,14 @@ var errWatchEnded = errors.New("cache: watch ended")
 // to etcd at some revision by watching. Its methods are safe for concurrent
 // use. Reads (Get, List, Len, Revision) never do I/O.
 type Cache struct {
-	cli    *clientv3.Client
-	key    string // first key of the range
-	end    string // range end; "" for a single key
-	prefix string // the prefix given to New (or the key, for a single key)
-	o      options
-	log    *slog.Logger
-	stale  metric.Float64Histogram
+	cli         *clientv3.Client
+	key         string // first key of the range
+	end         string // range end; "" for a single key
+	prefix      string // the prefix given to New (or the key, for a single key)
+	o           options
+	log         *slog.Logger
+	stale       metric.Float64Histogram
+	reloadCount metric.Int64Counter
 
 	runCtx context.Context // the watch's context: RequestProgress finds the watch stream by it
 	stop   context.CancelFunc
@@ -97,7 +98,10 @@ func newCache(ctx context.Context, cli *clientv3.Client, prefix, key, end string
 		"concord.cache.staleness",
 		metric.WithUnit("s"),
 		metric.WithDescription("Time from the moment the cache learned that etcd changed (a watch response arrived, or the watch was found broken) until the change was visible to Get."))
-	c := &Cache{cli: cli, key: key, end: end, prefix: prefix, o: o, log: o.logger, stale: stale,
+	reloads, _ := o.meter.Meter("github.com/concordkit/concord/cache").Int64Counter(
+		"concord.cache.reloads",
+		metric.WithDescription("Reloads of a cache's whole range after its watch could not resume (its start revision was compacted)."))
+	c := &Cache{cli: cli, key: key, end: end, prefix: prefix, o: o, log: o.logger, stale: stale, reloadCount: reloads,
 		revCh: make(chan struct{}), subs: map[*Subscription]struct{}{}}
 	data, rev, err := c.load(ctx)
 	if err != nil {
@@ -445,6 +449,7 @@ func (c *Cache) replace(data map[string]*KV, rev int64, broken time.Time) {
 	slices.SortFunc(out, func(a, b Event) int { return strings.Compare(a.KV.Key, b.KV.Key) })
 	c.data = data
 	c.reloads++
+	c.reloadCount.Add(context.Background(), 1)
 	c.setRevLocked(rev)
 	if len(out) > 0 {
 		c.publishLocked(Batch{Revision: rev, Events: out})

@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/concordkit/concord/cache"
 	"github.com/concordkit/concord/testcluster"
@@ -224,7 +226,10 @@ func TestCompactionReloadEmitsDifference(t *testing.T) {
 	}
 	cli, err := tc.NewClient(testcluster.To(0))
 	require.NoError(t, err)
-	c := newCache(t, cli, p)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	c := newCache(t, cli, p, cache.WithMeterProvider(mp))
 	s := c.Subscribe()
 	defer s.Close()
 	recv(t, s, time.Second)
@@ -261,6 +266,9 @@ func TestCompactionReloadEmitsDifference(t *testing.T) {
 	assert.Equal(t, 1, c.Reloads())
 	list, _ := c.List(p)
 	assert.Len(t, list, 3)
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(ctx, &rm))
+	assert.EqualValues(t, 1, counterValue(t, rm, "concord.cache.reloads"))
 	_, err = admin.Delete(ctx, p, clientv3.WithPrefix())
 	require.NoError(t, err)
 }

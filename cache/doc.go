@@ -92,6 +92,7 @@
 // made visible, the time from the moment the cache learned of it (the watch
 // response arrived, or the watch was found unable to resume) to the moment
 // Get could see it; a reload's entry is the whole time the cache was known
-// to be behind. Metrics go to the global meter provider unless
+// to be behind. The counter concord.cache.reloads counts reloads. Metrics go
+// to the global meter provider unless
 // WithMeterProvider is given.
 package cache

@@ -49,3 +49,22 @@ func TestStalenessMetric(t *testing.T) {
 	}
 	assert.True(t, found, "no concord.cache.staleness histogram")
 }
+
+// counterValue returns the sum of an Int64 counter's data points.
+func counterValue(t *testing.T, rm metricdata.ResourceMetrics, name string) int64 {
+	t.Helper()
+	var total int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != name {
+				continue
+			}
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			require.True(t, ok, "%T", m.Data)
+			for _, dp := range sum.DataPoints {
+				total += dp.Value
+			}
+		}
+	}
+	return total
+}
