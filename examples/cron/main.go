@@ -46,7 +46,7 @@ const (
 	spec          = "* * * * * *"
 	ledgerPrefix  = "examples/cron/ledger/"
 	replicas      = 3
-	leaseTTL      = 2 * time.Second
+	leaseTTL      = 3 * time.Second
 	runsBefore    = 3 // runs by the first leader before it is cut off
 	runsAfter     = 3 // on-time runs by the next leader before the demo ends
 )
@@ -146,8 +146,11 @@ func run(ctx context.Context, out io.Writer, o options) error {
 			reports <- rep
 			return rep.err
 		}
-		// Times missed while no replica led are run by the next leader.
-		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute)); err != nil {
+		// Times missed while no replica led are run by the next leader, all
+		// of them: catch-up runs start together, and with the default
+		// overlap policy (SkipIfRunning) all but the first would be
+		// recorded as skipped.
+		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute), cron.WithOverlap(cron.AllowOverlap)); err != nil {
 			return err
 		}
 		rs[i] = r

@@ -17,9 +17,10 @@ import (
 func TestCron(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, options{}))
+	err := run(context.Background(), &out, options{})
 	s := out.String()
 	t.Log("\n" + s)
+	require.NoError(t, err)
 
 	lead := regexp.MustCompile(`(replica-\d) is the leader \(term token (\d+)\)`).FindStringSubmatch(s)
 	require.NotNil(t, lead)
@@ -35,6 +36,8 @@ func TestCron(t *testing.T) {
 	// Runs before the cut carry the first token, runs after the next one's.
 	assert.Regexp(t, `run by `+cut[1]+` \(token `+cut[2]+`\): ledger write accepted`, s)
 	assert.Regexp(t, `run by `+over[1]+` \(token \d+\): ledger write accepted`, s)
+	assert.Regexp(t, `run by `+over[1]+` \(token \d+, catching up \S+ late\): ledger write accepted`, s,
+		"the times missed during the failover are run by the next leader")
 	assert.Regexp(t, `scheduled times \S+ to \S+: (\d+) times, (\d+) runs, each time run once; \d+ ledger entries`, s)
 	m := regexp.MustCompile(`: (\d+) times, (\d+) runs, each time run once`).FindStringSubmatch(s)
 	assert.Equal(t, m[1], m[2])
