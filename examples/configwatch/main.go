@@ -7,7 +7,7 @@
 // reason, and keeps serving with the last good version meanwhile.
 //
 //	go run ./examples/configwatch           # on an embedded 3-member cluster
-//	go run ./examples/configwatch -trace    # with span output enabled
+//	go run ./examples/configwatch -trace    # spans, if any (the cache records none)
 package main
 
 import (
@@ -91,6 +91,9 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	defer e.close()
 	if e.embedded() {
 		say("started an embedded 3-member etcd cluster")
+	}
+	if o.trace {
+		say("-trace: the cache waits on nothing, so it records no spans; its staleness is a metric (concord.cache.staleness)")
 	}
 	if _, err := e.admin.Delete(ctx, configKey); err != nil {
 		return err
