@@ -66,6 +66,10 @@
 //     CreateRevision changes); intermediate revisions are not shown.
 //   - A subscriber reset to a snapshot does not see the individual changes
 //     it missed.
+//   - WaitRevision for a revision that changed nothing under the prefix
+//     depends on etcd answering a progress request, which it does only
+//     when every watch on the same gRPC watch stream is caught up: another
+//     watch on the same client that is far behind delays it.
 //
 // # Keys
 //
