@@ -117,8 +117,9 @@ const (
 	fromOldest
 )
 
-// FromLatest delivers the messages published after Subscribe returns (and
-// possibly some published while it ran).
+// FromLatest delivers the messages published after Subscribe returns, and
+// possibly a few published while it ran or just before: the member that
+// serves the watch can lag the one that acknowledged them.
 func FromLatest() From { return From{kind: fromLatest} }
 
 // FromRevision delivers the messages published at revision rev or later: pass

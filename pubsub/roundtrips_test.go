@@ -63,6 +63,11 @@ func TestRoundTrips(t *testing.T) {
 	assert.Equal(t, int64(1), cost(func() { subscribe(t, h, topic, pubsub.FromOldest()) }), "from the oldest: ring read")
 
 	rev := publishN(t, newHub(t, cluster.Client()), topic, 1)[0]
-	assert.Equal(t, int64(0), cost(func() { assert.Equal(t, rev, nextMsg(t, first).Rev) }), "delivery")
+	// The watch's member may have lagged the publishes made just before it
+	// was created, so earlier messages can come first.
+	assert.Equal(t, int64(0), cost(func() {
+		for nextMsg(t, first).Rev != rev {
+		}
+	}), "delivery")
 	assert.Equal(t, int64(1), h.Stats().WatchesOpened)
 }
