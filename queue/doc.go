@@ -1,0 +1,146 @@
+// Package queue is a durable work queue on etcd: producers enqueue tasks,
+// workers in any number of processes claim them under a lease, report
+// progress, and acknowledge, retry or fail them; tasks that keep failing end
+// in dead letters that can be listed, requeued and purged.
+//
+//	q, err := queue.New(cli, "/jobs/thumbnails")
+//	id, err := q.Enqueue(ctx, payload, queue.Priority(5), queue.Delay(time.Minute))
+//
+//	k, err := leasekeeper.New(ctx, cli)          // one per worker process
+//	t, err := q.Dequeue(ctx, k)                  // blocks until a task is ready
+//	err = work(t.Context(), t.Payload, t.Checkpoint())
+//	err = t.Progress(ctx, 0.5, "half way", checkpoint)
+//	err = t.Ack(ctx)                             // or t.Nack(ctx, 0), t.Fail(ctx, why)
+//
+// # What is guaranteed
+//
+// At-least-once delivery, nothing lost. A claimed task is held by a claim
+// key bound to the worker's lease (leasekeeper). A worker that crashes, is
+// cut off or has its lease revoked loses its claims when etcd expires the
+// lease; the task is then ready again and goes to another worker as a
+// redelivery (Task.Redelivered, the concord.queue.redeliveries metric). A
+// task is never handed to two workers while the first claim stands.
+//
+// Fencing. A task is a holding in concord's sense. Task.Token is the claim's
+// create revision, larger for every later claim of the task. Task.Context is
+// canceled with a cause that errors.Is ErrLost at the lease's safe deadline,
+// before etcd can expire the claim and hand the task to someone else, and
+// also when the claim key is deleted by anyone else. Ack, Nack, Fail and
+// Progress are transactions guarded on the claim: a worker that lost the
+// task gets ErrLost and changes nothing. Task.Guard fences the worker's own
+// writes into etcd, and Ack accepts extra operations committed in the same
+// guarded transaction, so a result can be recorded exactly once with the
+// acknowledgement. Ack, Nack and Fail are idempotent; a retry after an
+// answer that never came recognises, by its token, an outcome its first
+// attempt committed.
+//
+// Order. Higher priority first, then earlier ready time (the enqueue time,
+// or for a delayed or retried task the time it became ready), then task ID.
+// A worker alone receives tasks strictly in that order. Several workers take
+// tasks from the head of the queue concurrently (see below), so completions
+// interleave; a task is overtaken by at most 4 places per competing worker.
+// Enqueue time is the producer's clock: tasks from one Queue keep their
+// enqueue order; tasks from different processes are ordered by their clocks.
+//
+// Delay. A delayed task (NotBefore, Delay, or a Nack with a delay) becomes
+// claimable at its time by any worker: every consumer process knows the
+// delayed tasks from its watched view and wakes at the first one's time.
+// No key is polled and no mover process exists.
+//
+// Deduplication. Enqueue with DedupID writes nothing and returns the first
+// task's ID while a task with that dedup ID is unfinished (queued, delayed
+// or running); the check and the write are one transaction, so it holds
+// under concurrent producers. Ack and dead-lettering free the dedup ID.
+//
+// Attempts and dead letters. Every claim counts as an attempt, lost ones
+// included. A Nack on the last attempt (WithMaxAttempts, default 5, stored
+// with the task), a claim beyond it, or Fail moves the task to the dead
+// letters with the reason; Requeue gives it back with its attempts reset and
+// its last checkpoint kept.
+//
+// # What is not guaranteed
+//
+//   - Exactly-once execution. A worker that loses its claim (a pause, a
+//     partition) may still be running when another worker starts the task.
+//     Its writes into etcd are fenced by Guard and its Ack fails, but side
+//     effects elsewhere must be idempotent or check Token.
+//   - A task's Context cannot warn a process that is paused (GC, SIGSTOP)
+//     across its safe deadline: only the guard stops its writes.
+//   - Strict global order among several concurrent workers (see Order).
+//   - After an error whose outcome is unknown (a timeout), Enqueue may or may
+//     not have written the task; use DedupID to make the retry safe.
+//
+// # How consumers avoid herding and conflicts
+//
+// Each consumer Queue keeps one watch on the queue's index keys (i/) and
+// holds their live set in memory; Dequeue picks a candidate from it without
+// a read and claims it with one transaction that re-checks everything in
+// etcd, so a stale view costs a failed claim, never a wrong one. An idle
+// worker is woken by the watch event that carries the new task. Workers seen
+// claiming recently are ranked; a task belongs to the worker its ID hashes
+// to, which claims it at once, while the others wait a few milliseconds
+// per rank before taking it if its owner is busy. So a new task wakes one
+// claim, and competing workers touch different keys. Ready-index keys are
+// never ranged over on the claim path, so deleted keys (tombstones) of
+// consumed tasks do not slow claims down as the queue ages.
+//
+// # Keys
+//
+// Under P = name + "/.queue/" (names.Prefix), and nowhere else:
+//
+//	P i/r/<prio>/<time>/<id>  ready index key, empty value
+//	P i/d/<time>/<prio>/<id>  delayed index key, empty value
+//	P i/c/<id>                claim, bound to the worker's lease (worker, nonce)
+//	P t/<id>                  task record: JSON header, newline, raw payload
+//	P s/<id>                  status record (JSON): position, attempts, last error
+//	P a/<id>                  attempt counter: its etcd Version is the attempt
+//	P p/<id>                  progress: JSON header, newline, raw checkpoint
+//	P u/<dedup id>            dedup key: ID of the unfinished task
+//	P x/<id>                  dead letter (JSON): reason, attempts
+//	P f/<id>                  finished record (JSON), bound to a retention lease
+//
+// <prio> is 8 hex digits ordering higher priorities first, <time> 16 hex
+// digits of Unix nanoseconds, <id> 24 hex digits (16 of enqueue time, 8
+// random). Values this package did not write are reported as ErrCorrupt,
+// never a panic; Dequeue skips such a task after reporting it once.
+//
+// # Cleaning up
+//
+// Ack deletes the task's keys and writes only the finished record, attached
+// to a lease granted every retention/4 with a TTL of 1.25 × the retention
+// (WithRetention, default 5 minutes): etcd deletes finished records itself
+// when that lease expires, with no cleaner. With retention 0, a receipt is
+// kept for about ten seconds (so a retried Ack can recognise its own commit).
+// Dead letters stay until requeued or purged (Purge, PurgeDead); Destroy
+// deletes the whole queue. Deleted keys remain as tombstones in etcd's index
+// until compaction; claims never range over them, and Stats/List, which do
+// range, are for inspection.
+//
+// # Cost, per task
+//
+//   - Enqueue: one transaction, one Raft write (task record, status, index
+//     key; plus the dedup key). EnqueueBatch: one write per
+//     max-txn-ops/3 tasks.
+//   - Dequeue: no request while waiting (the watch delivers the task); one
+//     transaction to claim (claim key, attempt counter, and the reads of the
+//     record, previous status and checkpoint in the same transaction).
+//   - Ack / Nack / Fail: one guarded transaction; Ack also grants a retention
+//     lease once per retention/4 per process.
+//   - Progress: one guarded transaction.
+//   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round trips.
+//   - Per consumer process: one watch on the index, whose events (about four
+//     per task) every consumer process receives; memory for the index of
+//     unfinished tasks (about 100 bytes per task).
+//   - Status: one read transaction. Stats: one read transaction of count-only
+//     ranges, proportional to the keys and uncompacted tombstones under the
+//     queue. WatchStatus: one read, then four single-key watches.
+//
+// # Telemetry
+//
+// Dequeue opens a "queue.dequeue" span (wait time, token, attempt, outcome)
+// through the global tracer provider unless WithTracerProvider is given.
+// Metrics through the global meter provider unless WithMeterProvider is
+// given: concord.queue.depth (observable gauge by state, from the consumer's
+// view), concord.queue.redeliveries, concord.queue.dead_letters,
+// concord.queue.claims (by conflict) and concord.queue.dequeue.wait.
+package queue
