@@ -264,9 +264,20 @@ func TestRunRecampaignsAfterLoss(t *testing.T) {
 	r := recv(t, done, 5*time.Second)
 	assert.ErrorIs(t, r.err, context.Canceled)
 
+	// fn returning nil resigns and campaigns again.
+	n := 0
+	err := e.Run(ctx, "R", func(_ context.Context, t *election.Term) error {
+		if n++; n == 3 {
+			return errors.New("third term")
+		}
+		return nil
+	})
+	assert.ErrorContains(t, err, "third term")
+	assert.Equal(t, 3, n)
+
 	// fn's own error ends Run after resigning.
 	boom := errors.New("boom")
-	err := e.Run(ctx, "R", func(context.Context, *election.Term) error { return boom })
+	err = e.Run(ctx, "R", func(context.Context, *election.Term) error { return boom })
 	assert.ErrorIs(t, err, boom)
 }
 
