@@ -134,7 +134,9 @@ func (w *chaosWorker) generation(ctx context.Context, t *testing.T) {
 }
 
 // process does the task's work under its guard, then acks it with the
-// ledger entry in the same fenced transaction.
+// ledger entry in the same fenced transaction. It deliberately ignores the
+// task's context, as a process paused or cut off at the wrong moment would:
+// only the guards stand between a stale worker and a second acknowledgement.
 func (w *chaosWorker) process(gctx context.Context, g *chaosGen, task *queue.Task) {
 	work := clientv3.OpPut(fmt.Sprintf("%s/work/%s/%d", w.name, task.ID, task.Token()), "")
 	for {
@@ -142,11 +144,7 @@ func (w *chaosWorker) process(gctx context.Context, g *chaosGen, task *queue.Tas
 			w.log.loss(task.ID) // crashed mid-task: abandoned
 			return
 		}
-		if task.Context().Err() != nil {
-			w.log.loss(task.ID)
-			return
-		}
-		rctx, cancel := context.WithTimeout(task.Context(), 500*time.Millisecond)
+		rctx, cancel := context.WithTimeout(gctx, 500*time.Millisecond)
 		resp, err := g.cli.Txn(rctx).If(task.Guard()...).Then(work).Commit()
 		cancel()
 		if err == nil {
@@ -309,6 +307,7 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 			if g == nil || g.killed.Load() {
 				continue
 			}
+			victim := g.task.Load()
 			events, stop := g.k.Subscribe()
 			c.CutClient(g.cli)
 			deadline := time.After(10 * time.Second)
@@ -325,6 +324,12 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 				}
 			}
 			stop()
+			// Keep it cut off until its task was redelivered and acknowledged
+			// by another worker; then its stalled writes go through late, like
+			// a paused process's.
+			if victim != nil {
+				waitLedger(t, ctx, admin, name, victim.ID)
+			}
 			c.RestoreClient(g.cli)
 			faults["cut"]++
 		case 3:
@@ -431,4 +436,27 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 		}
 	}
 	_ = producer.Close()
+}
+
+// waitLedger polls for the task's ledger entry: the acknowledgement comes
+// from whichever worker claims it next, so there is no one event to wait on.
+func waitLedger(t *testing.T, ctx context.Context, admin *clientv3.Client, name, id string) {
+	t.Helper()
+	tk := time.NewTicker(10 * time.Millisecond)
+	defer tk.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		resp, err := admin.Get(ctx, name+"/ledger/"+id+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && resp.Count > 0 {
+			return
+		}
+		select {
+		case <-tk.C:
+		case <-deadline:
+			t.Errorf("task %s never acknowledged by another worker", id)
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
