@@ -32,8 +32,8 @@ type options struct {
 	json        bool
 
 	// Command-specific flags; each command reads only its own.
-	watch bool  // leader
-	count int   // watch
+	watch bool  // leader, queue status
+	count int   // watch, --watch
 	rev   int64 // watch
 	limit int   // queue ls, queue dead
 }
@@ -54,8 +54,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.user, "user", "", "etcd user as name:password, or name with the password in CONCORD_PASSWORD")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for the cluster to answer")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of tables")
-	fs.BoolVar(&o.watch, "watch", false, "leader: keep printing each change of leader")
-	fs.IntVar(&o.count, "count", 0, "watch, leader --watch: exit after this many lines (0: until interrupted)")
+	fs.BoolVar(&o.watch, "watch", false, "leader, queue status: keep printing each change")
+	fs.IntVar(&o.count, "count", 0, "watch, --watch: exit after this many lines (0: until interrupted)")
 	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
 	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
 	return fs
@@ -101,7 +101,7 @@ func commands() []command {
 		{"semaphore", "<name>", 1, "show a semaphore's permits: holders and waiters", semaphoreShow},
 		{"queue stats", "<name>", 1, "show a queue's depth: ready, delayed, running, done, dead", queueStats},
 		{"queue ls", "<name>", 1, "list a queue's tasks (--limit)", queueList},
-		{"queue status", "<name> <id>", 2, "show one task: state, attempts, owner, progress", queueStatus},
+		{"queue status", "<name> <id>", 2, "show one task: state, attempts, worker, progress (--watch: follow it)", queueStatus},
 		{"queue dead", "<name>", 1, "list a queue's dead letters (--limit)", queueDead},
 		{"queue requeue", "<name> [id...]", 1, "move dead letters (all, or the given) back to ready", queueRequeue},
 		{"queue purge", "<name> [id...]", 1, "delete dead letters (all, or the given) for good", queuePurge},

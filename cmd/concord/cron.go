@@ -75,7 +75,11 @@ func cronStatus(ctx context.Context, s *session, args []string) error {
 		if j.Token != 0 {
 			token = strconv.FormatInt(j.Token, 10)
 		}
-		rows = append(rows, []string{j.Job, printable(j.Spec, 30), state, last, outcome, token, when(j.Next)})
+		next := when(j.Next)
+		if j.Paused {
+			next = "- (paused)"
+		}
+		rows = append(rows, []string{j.Job, printable(j.Spec, 30), state, last, outcome, token, next})
 	}
 	return s.table([]string{"JOB", "SPEC", "STATE", "LAST RUN", "OUTCOME", "TOKEN", "NEXT"}, rows)
 }

@@ -11,7 +11,7 @@
 //	concord semaphore <name>            permits held and waiting
 //	concord queue stats <name>          depth: ready, delayed, running, done, dead
 //	concord queue ls <name>             the tasks in a queue
-//	concord queue status <name> <id>    one task: state, attempts, progress
+//	concord queue status <name> <id>    one task: state, attempts, progress [--watch]
 //	concord queue dead <name>           the dead letters
 //	concord cron status <name>          leader, jobs, last and next runs
 //	concord watch <prefix> [--count N]  every change under a prefix

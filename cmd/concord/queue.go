@@ -86,6 +86,9 @@ func queueStatus(ctx context.Context, s *session, args []string) error {
 		return err
 	}
 	defer q.Close()
+	if s.opts.watch {
+		return queueStatusWatch(ctx, s, q, args[1])
+	}
 	st, err := q.Status(ctx, args[1])
 	if errors.Is(err, queue.ErrNotFound) {
 		return fmt.Errorf("queue %s: task %q: not found (never enqueued, or finished longer ago than the retention)", q.Name(), args[1])
@@ -94,12 +97,7 @@ func queueStatus(ctx context.Context, s *session, args []string) error {
 		return err
 	}
 	if s.opts.json {
-		return s.printJSON(map[string]any{
-			"queue": q.Name(), "id": st.ID, "state": string(st.State), "priority": st.Priority,
-			"attempt": st.Attempt, "worker": st.Worker, "token": st.Token, "ready_at": st.ReadyAt,
-			"progress": st.Fraction, "message": st.Message, "has_checkpoint": st.HasCheckpoint,
-			"last_error": st.LastError, "updated_at": st.UpdatedAt,
-		})
+		return s.printJSON(statusJSON(q, st))
 	}
 	pairs := [][2]string{
 		{"task", st.ID},
@@ -116,11 +114,13 @@ func queueStatus(ctx context.Context, s *session, args []string) error {
 	if !st.ReadyAt.IsZero() && (st.State == queue.StateQueued || st.State == queue.StateDelayed) {
 		pairs = append(pairs, [2]string{"ready at", when(st.ReadyAt)})
 	}
-	progress := fmt.Sprintf("%s %3.0f%%", bar(st.Fraction, 20), st.Fraction*100)
-	if st.Message != "" {
-		progress += "  " + printable(st.Message, 200)
+	if showProgress(st) {
+		progress := fmt.Sprintf("%s %3.0f%%", bar(st.Fraction, 20), st.Fraction*100)
+		if st.Message != "" {
+			progress += "  " + printable(st.Message, 200)
+		}
+		pairs = append(pairs, [2]string{"progress", progress})
 	}
-	pairs = append(pairs, [2]string{"progress", progress})
 	if st.HasCheckpoint {
 		pairs = append(pairs, [2]string{"checkpoint", "saved (the next attempt resumes from it)"})
 	}
@@ -131,6 +131,72 @@ func queueStatus(ctx context.Context, s *session, args []string) error {
 		pairs = append(pairs, [2]string{"updated", when(st.UpdatedAt)})
 	}
 	return s.fields(pairs...)
+}
+
+func statusJSON(q *queue.Queue, st queue.Status) map[string]any {
+	return map[string]any{
+		"queue": q.Name(), "id": st.ID, "state": string(st.State), "priority": st.Priority,
+		"attempt": st.Attempt, "worker": st.Worker, "token": st.Token, "ready_at": st.ReadyAt,
+		"progress": st.Fraction, "message": st.Message, "has_checkpoint": st.HasCheckpoint,
+		"last_error": st.LastError, "updated_at": st.UpdatedAt,
+	}
+}
+
+// queueStatusWatch prints one line per change of a task's status until the
+// task is done or dead, the context ends, or --count lines were printed.
+// A reader that falls behind sees the latest status, not every one.
+func queueStatusWatch(ctx context.Context, s *session, q *queue.Queue, id string) error {
+	if s.opts.count < 0 {
+		return usageError("--count must not be negative")
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changes, err := q.WatchStatus(wctx, id)
+	if errors.Is(err, queue.ErrNotFound) {
+		return fmt.Errorf("queue %s: task %q: not found (never enqueued, or finished longer ago than the retention)", q.Name(), id)
+	}
+	if err != nil {
+		return err
+	}
+	drain := func() {
+		cancel()
+		for range changes { // WatchStatus's goroutine ends once drained
+		}
+	}
+	n := 0
+	for st := range changes {
+		if s.opts.json {
+			err = s.printJSON(statusJSON(q, st))
+		} else {
+			line := fmt.Sprintf("%-8s attempt %d", st.State, st.Attempt)
+			if showProgress(st) {
+				line += fmt.Sprintf("  %s %3.0f%%", bar(st.Fraction, 20), st.Fraction*100)
+			}
+			if st.Worker != "" {
+				line += "  " + printable(st.Worker, 40)
+			}
+			if st.Message != "" {
+				line += "  " + printable(st.Message, 120)
+			}
+			if st.LastError != "" {
+				line += "  (last error: " + printable(st.LastError, 120) + ")"
+			}
+			_, err = fmt.Fprintln(s.stdout, line)
+		}
+		if err != nil {
+			drain()
+			return err
+		}
+		n++
+		if st.State == queue.StateDone || st.State == queue.StateDead || (s.opts.count > 0 && n >= s.opts.count) {
+			drain()
+			return nil
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("queue %s: task %q: watch ended", q.Name(), id)
 }
 
 func queueDead(ctx context.Context, s *session, args []string) error {
@@ -237,6 +303,12 @@ func queueAdmin(ctx context.Context, s *session, args []string, did string, do f
 		return fmt.Errorf("queue %s: %w", q.Name(), errors.Join(failed...))
 	}
 	return nil
+}
+
+// showProgress reports whether a task's progress says anything: a finished
+// task keeps none.
+func showProgress(st queue.Status) bool {
+	return st.Fraction > 0 || st.Message != "" || st.State == queue.StateRunning || st.State == queue.StateQueued
 }
 
 // when formats a time for a table: UTC to the millisecond, and how long ago

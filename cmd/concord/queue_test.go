@@ -145,3 +145,35 @@ func TestQueueAdmin(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, "queue "+name2+": purged 0 dead letter(s)\n", r.stdout)
 }
+
+func TestQueueStatusWatch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := uniq("cli-queue-watch")
+	q, err := queue.New(cluster.Client(), name, queue.WithWorkerName("worker-9"))
+	require.NoError(t, err)
+	defer q.Close()
+	id, err := q.Enqueue(ctx, []byte("job"))
+	require.NoError(t, err)
+
+	out, errOut := newLineWriter(), newLineWriter()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--endpoints", strings.Join(cluster.Endpoints(), ","), "queue", "status", name, id, "--watch"}, out, errOut)
+	}()
+	waitLine(t, out, "queued   attempt 0", 10*time.Second)
+	task, err := q.Dequeue(ctx, newKeeper(t))
+	require.NoError(t, err)
+	waitLine(t, out, "running  attempt 1", 10*time.Second)
+	require.NoError(t, task.Progress(ctx, 0.5, "halfway", nil))
+	waitLine(t, out, "running  attempt 1  [##########..........]  50%  worker-9  halfway", 10*time.Second)
+	require.NoError(t, task.Ack(ctx))
+	waitLine(t, out, "done     attempt 1  worker-9", 10*time.Second)
+	select {
+	case code := <-done:
+		assert.Equal(t, 0, code, errOut.String())
+	case <-ctx.Done():
+		t.Fatal("queue status --watch did not end when the task was done")
+	}
+	t.Log("\n" + out.String())
+}
