@@ -22,6 +22,9 @@ import (
 	"github.com/concordkit/concord/testcluster"
 )
 
+// long runs the fault checker for five rounds of faults instead of one:
+//
+//	go test -race -run Faults ./pubsub/ -args -pubsub.long
 var long = flag.Bool("pubsub.long", false, "run the fault tests for more rounds")
 
 func TestGapAfterCompaction(t *testing.T) {
