@@ -77,6 +77,8 @@
 //   - Resign: one transaction (delete guarded by create revision). Proclaim:
 //     one guarded transaction. Leader: one read.
 //   - Observe: one read of all candidates, then one watch on the prefix.
+//   - LeaderOf, Candidates (for tools that only inspect, with a client and no
+//     lease): one read.
 //
 // # Telemetry
 //

@@ -323,12 +323,5 @@ func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	if e.err != nil {
 		return Leader{}, e.err
 	}
-	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithFirstCreate()...)
-	if err != nil {
-		return Leader{}, fmt.Errorf("election: leader of %q: %w", e.name, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return Leader{Rev: resp.Header.Revision}, ErrNoLeader
-	}
-	return leaderOf(resp.Kvs[0], resp.Header.Revision), nil
+	return LeaderOf(ctx, e.cli, e.name)
 }

@@ -61,8 +61,14 @@ func TestCampaignResignHandoff(t *testing.T) {
 	waitCount(t, cluster, prefixOf(name), 2, 5*time.Second)
 	notYet(t, bch, "B's campaign")
 
+	cands, err := election.Candidates(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Len(t, cands, 2)
+	assert.Equal(t, []string{"A", "B"}, []string{cands[0].Value, cands[1].Value})
+	assert.Equal(t, ta.Token(), cands[0].Token)
+
 	require.NoError(t, ta.Proclaim(ctx, "A2"))
-	l, err = b.Leader(ctx)
+	l, err = election.LeaderOf(ctx, cluster.Client(), name)
 	require.NoError(t, err)
 	assert.Equal(t, "A2", l.Value)
 	assert.Equal(t, ta.Token(), l.Token, "proclaim keeps the token")

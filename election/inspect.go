@@ -1,0 +1,46 @@
+package election
+
+import (
+	"context"
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/names"
+)
+
+// LeaderOf returns the current leader of the election called name, or
+// ErrNoLeader, with only a client: for tools that inspect an election
+// without taking part (no lease is needed). Cost: one read.
+func LeaderOf(ctx context.Context, cli *clientv3.Client, name string) (Leader, error) {
+	if err := names.Validate("election", name); err != nil {
+		return Leader{}, err
+	}
+	resp, err := cli.Get(ctx, names.Prefix(name, kind), clientv3.WithFirstCreate()...)
+	if err != nil {
+		return Leader{}, fmt.Errorf("election: leader of %q: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Leader{Rev: resp.Header.Revision}, ErrNoLeader
+	}
+	return leaderOf(resp.Kvs[0], resp.Header.Revision), nil
+}
+
+// Candidates returns every candidate of the election called name in the
+// order they will lead: the first is the leader. Each has Rev set to the
+// read's revision. Cost: one read of all candidates.
+func Candidates(ctx context.Context, cli *clientv3.Client, name string) ([]Leader, error) {
+	if err := names.Validate("election", name); err != nil {
+		return nil, err
+	}
+	resp, err := cli.Get(ctx, names.Prefix(name, kind), clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("election: candidates of %q: %w", name, err)
+	}
+	out := make([]Leader, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, leaderOf(kv, resp.Header.Revision))
+	}
+	return out, nil
+}
