@@ -100,8 +100,10 @@ func runPubsub(ctx context.Context, env *Env) ([]Result, error) {
 	pubCli, subCli := clis[0], clis[1]
 	pub := pubsub.NewHub(pubCli)
 	defer pub.Close()
-	n := env.Scale(300, 60)
-	fanN := env.Scale(100, 40)
+	// Enough samples that a p99 is not one scheduling hiccup of a shared
+	// machine: the 10th worst of 1000.
+	n := env.Scale(1000, 100)
+	fanN := env.Scale(300, 50)
 
 	var deliver, deliverRaw, fan, fanRaw []float64
 	err = Rounds(ctx, env, func(round int) error {
