@@ -35,11 +35,29 @@ const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
 // watch) and sends gRPC the live instances' addresses on every change, with
 // round-robin balancing; an instance whose lease ends drops out when etcd
 // deletes its record, within the lease TTL of its death.
-func NewResolverBuilder(cli *clientv3.Client) resolver.Builder {
-	return &builder{cli: cli}
+func NewResolverBuilder(cli *clientv3.Client, opts ...ResolverOption) resolver.Builder {
+	b := &builder{cli: cli, serviceConfig: roundRobin}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
 }
 
-type builder struct{ cli *clientv3.Client }
+// ResolverOption configures NewResolverBuilder.
+type ResolverOption func(*builder)
+
+// WithServiceConfig replaces the service config the resolver hands to gRPC
+// (default: round robin over the instances) with a JSON service config of
+// your own, for another balancing policy or per-method retry policies. An
+// invalid config is reported to gRPC, which then keeps its previous one.
+func WithServiceConfig(json string) ResolverOption {
+	return func(b *builder) { b.serviceConfig = json }
+}
+
+type builder struct {
+	cli           *clientv3.Client
+	serviceConfig string
+}
 
 func (b *builder) Scheme() string { return Scheme }
 
@@ -51,23 +69,24 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		return nil, fmt.Errorf("discovery: target %q: %w", target.URL.String(), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &grpcResolver{cli: b.cli, service: service, cc: cc, cancel: cancel}
+	r := &grpcResolver{cli: b.cli, service: service, serviceConfig: b.serviceConfig, cc: cc, cancel: cancel}
 	r.wg.Add(1)
 	go r.run(ctx)
 	return r, nil
 }
 
 type grpcResolver struct {
-	cli     *clientv3.Client
-	service string
-	cc      resolver.ClientConn
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // joins run
+	cli           *clientv3.Client
+	service       string
+	serviceConfig string
+	cc            resolver.ClientConn
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup // joins run
 }
 
 func (r *grpcResolver) run(ctx context.Context) {
 	defer r.wg.Done()
-	sc := r.cc.ParseServiceConfig(roundRobin)
+	sc := r.cc.ParseServiceConfig(r.serviceConfig)
 	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 	var w *Watcher
 	for w == nil {

@@ -230,3 +230,27 @@ func testChurn(t *testing.T, crash bool) {
 	}
 	assert.Positive(t, ok.Load())
 }
+
+// WithServiceConfig replaces round robin: with pick_first every call goes to
+// one instance.
+func TestResolverServiceConfig(t *testing.T) {
+	svc := serviceFor(t)
+	ctx := ctxT(t, 30*time.Second)
+	a := startInstance(t, svc, "a")
+	b := startInstance(t, svc, "b")
+	conn, err := grpc.NewClient(discovery.Scheme+"://"+svc,
+		grpc.WithResolvers(discovery.NewResolverBuilder(cluster.Client(),
+			discovery.WithServiceConfig(`{"loadBalancingConfig":[{"pick_first":{}}]}`))),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	for range 100 {
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		require.NoError(t, err)
+	}
+	served := []int64{a.calls.Load(), b.calls.Load()}
+	assert.Contains(t, [][]int64{{100, 0}, {0, 100}}, served)
+	a.stop(t)
+	b.stop(t)
+}
