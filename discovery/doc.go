@@ -27,7 +27,7 @@
 //
 // NewResolverBuilder is a gRPC resolver for targets concord:///<service>:
 // a Watch per target, whose every change becomes the connection's address
-// list, balanced round robin.
+// list, balanced round robin unless WithServiceConfig says otherwise.
 //
 // # What is guaranteed
 //
