@@ -85,7 +85,7 @@ func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	}
-	if o.cacert != "" || o.cert != "" {
+	if o.cacert != "" || o.cert != "" || o.key != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if o.cacert != "" {
 			pem, err := os.ReadFile(o.cacert)
@@ -96,6 +96,9 @@ func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
 				return nil, fmt.Errorf("-cacert %s: no PEM certificate", o.cacert)
 			}
+		}
+		if (o.cert == "") != (o.key == "") {
+			return nil, fmt.Errorf("-cert and -key go together")
 		}
 		if o.cert != "" {
 			pair, err := tls.LoadX509KeyPair(o.cert, o.key)
@@ -110,6 +113,9 @@ func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
 		name, pw, ok := strings.Cut(o.user, ":")
 		if !ok {
 			pw = os.Getenv("CONCORD_PASSWORD")
+		}
+		if name == "" || pw == "" {
+			return nil, fmt.Errorf("-user %s: give name:password, or the password in CONCORD_PASSWORD", name)
 		}
 		cfg.Username, cfg.Password = name, pw
 	}
