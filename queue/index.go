@@ -490,24 +490,36 @@ func (ix *index) count(conflict bool) {
 	}
 }
 
-// depth returns the view's ready, delayed and running counts.
+// depth returns the view's ready, delayed and running counts. Tasks this
+// Queue claimed count as running even before the watch shows their claim.
 func (ix *index) depth(now time.Time) (ready, delayed, running int, ok bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if !ix.loaded {
 		return 0, 0, 0, false
 	}
+	busy := func(id string) bool {
+		_, c := ix.claimed[id]
+		return c || ix.tasks[id] != nil
+	}
 	nowNs := now.UnixNano()
 	for _, e := range ix.delayed {
-		if e.at > nowNs {
+		switch {
+		case busy(e.id):
+			running++
+		case e.at > nowNs:
 			delayed++
+		default:
+			ready++
+		}
+	}
+	for _, e := range ix.ready {
+		if busy(e.id) {
+			running++
 		} else {
 			ready++
 		}
 	}
-	ready += len(ix.ready)
-	running = len(ix.claimed)
-	ready = max(ready-running, 0)
 	return ready, delayed, running, true
 }
 

@@ -1,0 +1,85 @@
+package queue_test
+
+import (
+	"context"
+	"flag"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/queue"
+)
+
+var decay = flag.Bool("queue.decay", false, "run the no-decay test: throughput after 50,000 processed tasks (minutes)")
+
+// TestNoDecay drains the same amount of work before and after 50,000 tasks
+// went through the queue, without compaction, and wants the later drain
+// within 20% of the first: claims never range over the tombstones consumed
+// tasks leave behind.
+func TestNoDecay(t *testing.T) {
+	if !*decay {
+		t.Skip("long: run with -queue.decay")
+	}
+	ctx := ctxT(t, 20*time.Minute)
+	name := qname(t)
+	producer := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
+	type consumer struct {
+		q *queue.Queue
+		k *leasekeeper.Keeper
+	}
+	cons := make([]consumer, 4)
+	for i := range cons {
+		cli, err := cluster.NewClient()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = cli.Close() })
+		cons[i] = consumer{newQueue(t, cli, name, queue.WithRetention(0)), newKeeper(t, cli, 5*time.Second)}
+	}
+	// drain enqueues n tasks in batches, then times four consumers taking
+	// and acknowledging all of them.
+	drain := func(n int) float64 {
+		items := make([]queue.Item, n)
+		_, err := producer.EnqueueBatch(ctx, items)
+		require.NoError(t, err)
+		start := time.Now()
+		var wg sync.WaitGroup
+		per := n / len(cons)
+		for _, c := range cons {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range per {
+					task, err := c.q.Dequeue(ctx, c.k)
+					if !assertNoErr(t, err) {
+						return
+					}
+					if !assertNoErr(t, task.Ack(ctx)) {
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(per*len(cons)) / time.Since(start).Seconds()
+	}
+	const window = 4000
+	before := drain(window)
+	for done := 0; done < 50000; done += 10000 {
+		drain(10000)
+	}
+	after := drain(window)
+	t.Logf("throughput: %.0f tasks/s at the start, %.0f after 50,000 tasks (%.0f%%)", before, after, 100*after/before)
+	require.GreaterOrEqual(t, after, 0.8*before, "throughput decayed")
+	_ = context.Background
+}
+
+func assertNoErr(t *testing.T, err error) bool {
+	t.Helper()
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	return true
+}
