@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -156,7 +157,8 @@ type options struct {
 }
 
 // WithValue sets the value the scheduler campaigns with (what Leader and
-// Observe of the election named like the scheduler report).
+// Observe of the election named like the scheduler report). Default:
+// "<hostname>/<pid>".
 func WithValue(v string) Option { return func(o *options) { o.value = v } }
 
 // WithTracerProvider sets the tracer provider (default: the global one).
@@ -188,7 +190,8 @@ type Scheduler struct {
 // New returns a scheduler named name bound to k's lease. It does no I/O; an
 // invalid name is reported by Add and Run.
 func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
-	o := options{}
+	host, _ := os.Hostname()
+	o := options{value: fmt.Sprintf("%s/%d", host, os.Getpid())}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -29,11 +29,15 @@ type process struct {
 	k   *leasekeeper.Keeper
 }
 
+// newProcess makes a process whose lease has the given TTL. Its keeper's
+// margin is TTL/4, wider than the default TTL/10: under the race detector on
+// a loaded machine, timers fire late, and the safety tests assert that a
+// holder learns of its loss before the server can expire its lease.
 func newProcess(t *testing.T, c *testcluster.Cluster, ttl time.Duration, opts ...testcluster.ClientOption) *process {
 	t.Helper()
 	cli, err := c.NewClient(opts...)
 	require.NoError(t, err)
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl), leasekeeper.WithMargin(ttl/4))
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		c.RestoreClient(cli)
