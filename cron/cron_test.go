@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cron"
+	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -232,4 +233,42 @@ func TestCorruptRecords(t *testing.T) {
 	require.NoError(t, err)
 	_, err = cron.Status(ctx, p.cli, name)
 	require.ErrorIs(t, err, cron.ErrCorrupt)
+}
+
+// TestRunContextEndsWithLeadership: a run in progress is canceled, with
+// election.ErrLost as the cause, when its replica's client is cut off and
+// the lease can no longer be trusted; the other replica takes over.
+func TestRunContextEndsWithLeadership(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	pa, pb := newProcess(t, cluster, time.Second), newProcess(t, cluster, time.Second)
+	type ended struct {
+		r     cron.Run
+		cause error
+	}
+	started := make(chan cron.Run, 16)
+	ends := make(chan ended, 16)
+	job := func(ctx context.Context, r cron.Run) error {
+		started <- r
+		<-ctx.Done()
+		ends <- ended{r, context.Cause(ctx)}
+		return context.Cause(ctx)
+	}
+	sa, sb := cron.New(pa.k, name, cron.WithValue("a")), cron.New(pb.k, name, cron.WithValue("b"))
+	require.NoError(t, sa.Add("long", everySecond, job))
+	require.NoError(t, sb.Add("long", everySecond, job))
+	runScheduler(t, sa)
+	first := recvT(t, started, 5*time.Second, "run")
+	runScheduler(t, sb)
+	l, err := election.LeaderOf(ctxT(t, 5*time.Second), cluster.Client(), name)
+	require.NoError(t, err)
+	require.Equal(t, "a", l.Value)
+
+	cluster.CutClient(pa.cli)
+	e := recvT(t, ends, 5*time.Second, "end of the run")
+	assert.Equal(t, first.Time, e.r.Time)
+	assert.ErrorIs(t, e.cause, election.ErrLost)
+	next := recvT(t, started, 10*time.Second, "run on the other replica")
+	assert.Greater(t, next.Token, first.Token)
+	cluster.RestoreClient(pa.cli)
 }
