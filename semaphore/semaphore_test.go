@@ -310,19 +310,14 @@ func TestNeverOverLimit(t *testing.T) {
 		return func() { stop(); give() }
 	}
 	var cut *clientv3.Client
-	var events0 <-chan leasekeeper.Event
 	cutOnce := sync.Once{}
+	var cutLease atomic.Int64 // the cut keeper's lease at the cut
 	for ki := range keepers {
 		cli := newClient(t)
 		if ki == 0 {
 			cut = cli
 		}
 		k := newKeeper(t, cli, 2*time.Second)
-		if ki == 0 {
-			var stop func()
-			events0, stop = k.Subscribe()
-			t.Cleanup(stop)
-		}
 		s := semaphore.New(k, name, limit)
 		for g := range goroutines {
 			wg.Go(func() {
@@ -336,13 +331,21 @@ func TestNeverOverLimit(t *testing.T) {
 						return
 					}
 					done := take(p)
-					if granted.Add(1) == 10 {
-						cutOnce.Do(func() { cluster.CutClient(cut) })
+					if granted.Add(1) >= 10 && ki == 0 {
+						cutOnce.Do(func() {
+							cutLease.Store(int64(p.Lease()))
+							cluster.CutClient(cut)
+						})
 					}
-					// Work until the context says stop or a little while.
+					// Work a little while, or until the context says stop.
+					// A holder on the cut lease then holds on for as long as
+					// it believes it may: only its context tells it to stop.
 					select {
 					case <-p.Context().Done():
 					case <-time.After(time.Duration(1+g%3) * time.Millisecond):
+						if int64(p.Lease()) == cutLease.Load() {
+							<-p.Context().Done()
+						}
 					}
 					done()
 					if err := p.Release(ctx); err != nil && ki != 0 {
@@ -352,19 +355,27 @@ func TestNeverOverLimit(t *testing.T) {
 			})
 		}
 	}
-	// Restore the cut client once its keeper has declared its lease lost,
-	// so that its goroutines can finish with a new lease.
+	// Restore the cut client once the server has expired its lease (no
+	// event tells that; poll), so that its goroutines can finish with a new
+	// lease. By then the other keepers have been granted its permits.
 	restored := make(chan struct{})
 	go func() {
 		defer close(restored)
 		defer cluster.RestoreClient(cut)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
 		for {
 			select {
-			case ev, ok := <-events0:
-				if !ok || ev.State == leasekeeper.Lost {
-					return
-				}
+			case <-tick.C:
 			case <-ctx.Done():
+				return
+			}
+			id := cutLease.Load()
+			if id == 0 {
+				continue
+			}
+			resp, err := cluster.Admin().TimeToLive(ctx, clientv3.LeaseID(id))
+			if err == nil && resp.TTL == -1 {
 				return
 			}
 		}
