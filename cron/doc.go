@@ -50,6 +50,10 @@
 //     lost is dropped (it reads Running until the next run).
 //   - Replicas must register the same jobs; a job only some replicas know
 //     runs only while one of those leads.
+//   - Times are computed from the leader's clock. A new leader whose clock is
+//     behind runs later, one whose clock is ahead runs sooner; neither runs
+//     a claimed time again (the watermark is a time, compared in etcd's
+//     records, not on a clock).
 //
 // # Keys
 //
