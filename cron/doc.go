@@ -52,8 +52,8 @@
 //     runs only while one of those leads.
 //   - Times are computed from the leader's clock. A new leader whose clock is
 //     behind runs later, one whose clock is ahead runs sooner; neither runs
-//     a claimed time again (the watermark is a time, compared in etcd's
-//     records, not on a clock).
+//     a claimed time again: the watermark read from etcd, not the clock,
+//     decides what was claimed.
 //
 // # Keys
 //
