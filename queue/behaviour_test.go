@@ -412,3 +412,35 @@ func TestListAndDestroy(t *testing.T) {
 	assert.Zero(t, resp.Count)
 	_ = strings.TrimSpace
 }
+
+// A batched claim buffers extra tasks for the next Dequeue; Close gives
+// back what no Dequeue took, at once and without marking a redelivery.
+func TestBatchedClaimsReleasedOnClose(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	producer := newQueue(t, cli, name, queue.WithRetention(0))
+	_, err := producer.EnqueueBatch(ctx, []queue.Item{{}, {}, {}})
+	require.NoError(t, err)
+
+	q1, err := queue.New(cli, name, queue.WithRetention(0))
+	require.NoError(t, err)
+	k1 := newKeeper(t, cli, 5*time.Second)
+	first, err := q1.Dequeue(ctx, k1)
+	require.NoError(t, err)
+	st, err := producer.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 3, st.Running, "one claim transaction took all three")
+	require.NoError(t, q1.Close())
+	require.NoError(t, first.Ack(ctx), "handed-out tasks stay usable after Close")
+
+	q2 := newQueue(t, cli, name, queue.WithRetention(0))
+	k2 := newKeeper(t, cli, 5*time.Second)
+	for range 2 {
+		task, err := q2.Dequeue(ctx, k2)
+		require.NoError(t, err)
+		assert.False(t, task.Redelivered)
+		require.NoError(t, task.Ack(ctx))
+	}
+	assertOnlyFinished(t, cluster.Admin(), name)
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -57,11 +59,14 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 		if err != nil {
 			return nil, fmt.Errorf("queue: dequeue: %w", err)
 		}
-		e, err := ix.pick(ctx, wait)
+		if t := ix.takeBuffered(lease); t != nil {
+			return t, nil
+		}
+		es, err := ix.pick(ctx, wait, maxBatch)
 		if err != nil {
 			return nil, err
 		}
-		t, err := q.claim(ctx, ix, lease, e)
+		t, err := q.claim(ctx, ix, lease, es)
 		switch {
 		case t != nil:
 			return t, nil
@@ -88,59 +93,110 @@ func newNonce() string {
 	return hex.EncodeToString(b[:])
 }
 
-// claim tries to claim e in one transaction: the index key must still exist
-// and no claim may exist. The same transaction bumps the attempt counter and
-// reads the task record, the previous status and the last progress, so the
-// claim needs no other round trip. It returns (nil, nil) when someone else
-// was first.
-func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, e entry) (*Task, error) {
-	id := e.id
-	ck := q.keys.claim(id)
-	cv := string(encodeClaim(claimRecord{Worker: q.worker, Nonce: newNonce(), Lease: int64(lease.ID()), At: time.Now().UnixNano()}))
-	resp, err := q.cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.Version(e.key), ">", 0),
-		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
-	).Then(
-		clientv3.OpPut(ck, cv, clientv3.WithLease(lease.ID())),
-		clientv3.OpPut(q.keys.attempt(id), ""),
-		clientv3.OpGet(q.keys.task(id)),
-		clientv3.OpGet(q.keys.attempt(id)),
-		clientv3.OpGet(q.keys.status(id)),
-		clientv3.OpGet(q.keys.progress(id)),
-	).Commit()
+// maxBatch is how many tasks one claim transaction takes at most. Extra
+// tasks are only this worker's own (see chooseLocked) and wait in this
+// Queue's buffer for its next Dequeue calls, so a batch saves round trips
+// and Raft writes when a backlog exists, and is never larger than one when
+// the queue is idle.
+const maxBatch = 4
+
+// claim tries to claim es in one transaction, each candidate in a nested
+// transaction of its own: its index key must still exist and no claim may
+// exist. Each nested transaction also bumps the attempt counter and reads the
+// task record, the previous status and the last progress, so a claim needs
+// no other round trip. It returns the first claimed task (the others are
+// buffered), or (nil, nil) when others were first.
+func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, es []entry) (*Task, error) {
+	now := time.Now().UnixNano()
+	vals := make([]string, len(es))
+	ops := make([]clientv3.Op, len(es))
+	for i, e := range es {
+		ck := q.keys.claim(e.id)
+		vals[i] = string(encodeClaim(claimRecord{Worker: q.worker, Nonce: newNonce(), Lease: int64(lease.ID()), At: now}))
+		ops[i] = clientv3.OpTxn(
+			[]clientv3.Cmp{
+				clientv3.Compare(clientv3.Version(e.key), ">", 0),
+				clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
+			},
+			[]clientv3.Op{
+				clientv3.OpPut(ck, vals[i], clientv3.WithLease(lease.ID())),
+				clientv3.OpPut(q.keys.attempt(e.id), ""),
+				clientv3.OpGet(q.keys.task(e.id)),
+				clientv3.OpGet(q.keys.attempt(e.id)),
+				clientv3.OpGet(q.keys.status(e.id)),
+				clientv3.OpGet(q.keys.progress(e.id)),
+			}, nil)
+	}
+	resp, err := q.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		ix.release(id, 0)
-		// The claim may have been applied without our hearing of it. Bound
-		// to a lease this process keeps alive, it would hide the task until
-		// the process exits, so take it back if it is ours.
+		// The claims may have been applied without our hearing of it. Bound
+		// to a lease this process keeps alive, they would hide the tasks
+		// until the process exits, so take back those that are ours.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_, _ = q.cli.Txn(cctx).If(clientv3.Compare(clientv3.Value(ck), "=", cv)).Then(clientv3.OpDelete(ck)).Commit()
+		for i, e := range es {
+			ck := q.keys.claim(e.id)
+			_, _ = q.cli.Txn(cctx).If(clientv3.Compare(clientv3.Value(ck), "=", vals[i])).Then(clientv3.OpDelete(ck)).Commit()
+			ix.release(e.id, 0)
+		}
 		cancel()
 		return nil, err
 	}
-	ix.count(!resp.Succeeded)
-	q.tel.claimed(ctx, resp.Succeeded)
-	if !resp.Succeeded {
-		ix.release(id, resp.Header.Revision)
-		return nil, nil
+	var first *Task
+	var firstErr error
+	var rest []*Task
+	for i, e := range es {
+		sub := resp.Responses[i].GetResponseTxn()
+		ok := sub != nil && sub.Succeeded
+		ix.count(!ok)
+		q.tel.claimed(ctx, ok)
+		if !ok {
+			ix.release(e.id, resp.Header.Revision)
+			continue
+		}
+		t, err := q.claimed(ctx, ix, lease, e, resp.Header.Revision, sub.Responses)
+		switch {
+		case err != nil && i == 0:
+			firstErr = err
+		case t == nil:
+		case first == nil:
+			first = t
+		default:
+			rest = append(rest, t)
+		}
 	}
-	token := resp.Header.Revision
+	if len(rest) > 0 {
+		ix.buffer(rest)
+	}
+	if first == nil && firstErr != nil {
+		return nil, firstErr
+	}
+	return first, nil
+}
+
+// claimed turns one successful claim into a Task; rs are the responses of
+// its nested transaction. A task that went over its attempts goes to the
+// dead letters instead (nil, nil).
+func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease, e entry, token int64, rs []*etcdserverpb.ResponseOp) (*Task, error) {
+	id := e.id
+	ck := q.keys.claim(id)
 	held := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ck), "=", token)}
-	rs := resp.Responses
-	get := func(i int) []byte {
+	get := func(i int) *mvccpb.KeyValue {
+		if i >= len(rs) {
+			return nil
+		}
 		kvs := rs[i].GetResponseRange().GetKvs()
 		if len(kvs) == 0 {
 			return nil
 		}
-		return kvs[0].Value
+		return kvs[0]
 	}
-	tkvs := rs[2].GetResponseRange().GetKvs()
 	var meta taskMeta
 	var payload []byte
-	if len(tkvs) == 0 {
+	var err error
+	if kv := get(2); kv == nil {
 		err = fmt.Errorf("%w: index key %q has no task record", ErrCorrupt, e.key)
 	} else {
-		meta, payload, err = decodeTask(tkvs[0].Value)
+		meta, payload, err = decodeTask(kv.Value)
 	}
 	if err != nil {
 		// Give the claim back and hide the entry from this Queue: the
@@ -152,17 +208,17 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)
 	}
 	attempt := 1
-	if akvs := rs[3].GetResponseRange().GetKvs(); len(akvs) > 0 {
-		attempt = int(akvs[0].Version)
+	if kv := get(3); kv != nil {
+		attempt = int(kv.Version)
 	}
 	var prev statusRecord
-	if b := get(4); b != nil {
-		prev, _ = decodeStatus(b) // only its attempt count is used; zero if unreadable
+	if kv := get(4); kv != nil {
+		prev, _ = decodeStatus(kv.Value) // only its attempt count is used; zero if unreadable
 	}
 	var checkpoint []byte
 	var prog progressRecord
-	if b := get(5); b != nil {
-		if p, cp, perr := decodeProgress(b); perr == nil {
+	if kv := get(5); kv != nil {
+		if p, cp, perr := decodeProgress(kv.Value); perr == nil {
 			prog, checkpoint = p, cp
 		}
 	}
@@ -177,6 +233,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 		ix:          ix,
 		entry:       e,
 		token:       token,
+		lease:       lease.ID(),
 		claimKey:    ck,
 		held:        held,
 		dedup:       meta.Dedup,

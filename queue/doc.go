@@ -80,7 +80,13 @@
 // claiming recently are ranked; a task belongs to the worker its ID hashes
 // to, which claims it at once, while the others wait a few milliseconds
 // per rank before taking it if its owner is busy. So a new task wakes one
-// claim, and competing workers touch different keys. Ready-index keys are
+// claim, and competing workers touch different keys. When a backlog exists,
+// one claim transaction takes up to four of the worker's own tasks (one
+// nested transaction each); the extra ones wait in the Queue for its next
+// Dequeue calls, bound to the same lease (if it is lost they are dropped and
+// go to other workers), and Close gives back those never handed out. A
+// task that arrives meanwhile with a higher priority waits for at most those
+// three. Ready-index keys are
 // never ranged over on the claim path, so deleted keys (tombstones) of
 // consumed tasks do not slow claims down as the queue ages.
 //
@@ -123,11 +129,14 @@
 //     max-txn-ops/3 tasks.
 //   - Dequeue: no request while waiting (the watch delivers the task); one
 //     transaction to claim (claim key, attempt counter, and the reads of the
-//     record, previous status and checkpoint in the same transaction).
+//     record, previous status and checkpoint in the same transaction), shared
+//     by up to four tasks when a backlog exists. Every claim counts as an
+//     attempt, a batched one given back by Close included.
 //   - Ack / Nack / Fail: one guarded transaction; Ack also grants a retention
 //     lease once per retention/4 per process.
 //   - Progress: one guarded transaction.
-//   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round trips.
+//   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
+//     trips, or 2.25 of each with full claim batches.
 //   - Per consumer process: one watch on the index, whose events (about four
 //     per task) every consumer process receives; memory for the index of
 //     unfinished tasks (about 100 bytes per task).

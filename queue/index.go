@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/leasekeeper"
 )
 
 // index is one process's view of a queue's index keys (i/r/, i/d/, i/c/),
@@ -33,6 +34,7 @@ type index struct {
 	since    map[string]time.Time // id → when this view last saw it become claimable
 	reserved map[string]bool      // ids a local Dequeue is claiming now
 	tasks    map[string]*Task     // claimed through this Queue and not finished
+	buffered []*Task              // claimed by a batch, not yet handed out
 	rev      int64                // revision the view reflects
 	loaded   bool
 	changed  chan struct{} // closed and replaced on every change
@@ -301,7 +303,7 @@ const handoffStep = 3 * time.Millisecond
 // handoffStep × ((r − owner) mod w): a new task wakes one claim, not all,
 // and a busy owner holds it up for a few milliseconds at most. A worker alone
 // owns every task and takes them strictly in order.
-func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
+func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 	active := []string{ix.q.worker}
 	for w, seen := range ix.workers {
 		if w == ix.q.worker {
@@ -362,17 +364,23 @@ func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
 		}
 	}
 	if workers == 1 {
-		if len(cands) > 0 {
-			return cands[0], true, next
+		return cands[:min(batch, len(cands))], next
+	}
+	var own []entry
+	for _, e := range cands {
+		if int(ownerHash(e.id)%uint32(workers)) == rank {
+			own = append(own, e)
+			if len(own) == batch {
+				break
+			}
 		}
-		return entry{}, false, next
+	}
+	if len(own) > 0 {
+		return own, next
 	}
 	var fallback *entry
 	for i, e := range cands {
 		owner := int(ownerHash(e.id) % uint32(workers))
-		if owner == rank {
-			return e, true, next
-		}
 		if fallback != nil {
 			continue
 		}
@@ -390,9 +398,9 @@ func (ix *index) chooseLocked(now time.Time) (entry, bool, time.Time) {
 		}
 	}
 	if fallback != nil {
-		return *fallback, true, next
+		return []entry{*fallback}, next
 	}
-	return entry{}, false, next
+	return nil, next
 }
 
 // ownerHash is FNV-1a of a task ID: IDs end in random bits, so tasks spread
@@ -409,7 +417,7 @@ func ownerHash(id string) uint32 {
 // pick waits until a candidate is available, reserves it locally and returns
 // it. Reserved candidates are skipped by other local Dequeue calls until
 // release.
-func (ix *index) pick(ctx context.Context, wait bool) (entry, error) {
+func (ix *index) pick(ctx context.Context, wait bool, batch int) ([]entry, error) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -421,16 +429,18 @@ func (ix *index) pick(ctx context.Context, wait bool) (entry, error) {
 		ch := ix.changed
 		var next time.Time
 		if ix.loaded {
-			e, ok, n := ix.chooseLocked(time.Now())
-			if ok {
-				ix.reserved[e.id] = true
+			es, n := ix.chooseLocked(time.Now(), batch)
+			if len(es) > 0 {
+				for _, e := range es {
+					ix.reserved[e.id] = true
+				}
 				ix.mu.Unlock()
-				return e, nil
+				return es, nil
 			}
 			next = n
 			if !wait {
 				ix.mu.Unlock()
-				return entry{}, ErrEmpty
+				return nil, ErrEmpty
 			}
 		}
 		ix.mu.Unlock()
@@ -446,9 +456,9 @@ func (ix *index) pick(ctx context.Context, wait bool) (entry, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return entry{}, context.Cause(ctx)
+			return nil, context.Cause(ctx)
 		case <-ix.done:
-			return entry{}, ErrClosed
+			return nil, ErrClosed
 		case <-ch:
 		case <-tc:
 		}
@@ -534,4 +544,39 @@ func (q *Queue) ClaimCounts() (claims, conflicts int64) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	return ix.claims, ix.conflict
+}
+
+// takeBuffered hands out the first task a batch claimed for lease, dropping
+// buffered tasks whose claim was lost meanwhile.
+func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for i := 0; i < len(ix.buffered); i++ {
+		t := ix.buffered[i]
+		if t.ctx.Err() != nil {
+			ix.buffered = slices.Delete(ix.buffered, i, i+1)
+			i--
+			continue
+		}
+		if t.lease == lease.ID() {
+			ix.buffered = slices.Delete(ix.buffered, i, i+1)
+			return t
+		}
+	}
+	return nil
+}
+
+func (ix *index) buffer(ts []*Task) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.buffered = append(ix.buffered, ts...)
+}
+
+// drainBuffered removes and returns every buffered task.
+func (ix *index) drainBuffered() []*Task {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ts := ix.buffered
+	ix.buffered = nil
+	return ts
 }

@@ -217,7 +217,8 @@ func (q *Queue) Name() string { return q.name }
 // Worker returns the name this Queue's claims carry.
 func (q *Queue) Worker() string { return q.worker }
 
-// Close stops the background index watch, if Dequeue started one, and
+// Close stops the background index watch, if Dequeue started one, gives
+// back the tasks a batched claim took but no Dequeue handed out, and
 // unregisters the queue's metrics callback. Tasks already dequeued remain
 // usable. Dequeue on a closed Queue returns ErrClosed; producer and
 // inspection calls keep working.
@@ -230,11 +231,21 @@ func (q *Queue) Close() error {
 	q.closed = true
 	ix := q.ix
 	q.mu.Unlock()
+	var err error
 	if ix != nil {
 		ix.stop()
+		// Tasks a batch claimed but no Dequeue took go back at once rather
+		// than when the lease ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		for _, t := range ix.drainBuffered() {
+			if rerr := t.release(ctx); rerr != nil && !errors.Is(rerr, ErrLost) {
+				err = errors.Join(err, rerr)
+			}
+		}
+		cancel()
 	}
 	q.tel.close()
-	return nil
+	return err
 }
 
 // indexFor returns the running index, starting it on first use.

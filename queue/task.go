@@ -33,6 +33,7 @@ type Task struct {
 	ix          *index
 	entry       entry
 	token       int64
+	lease       clientv3.LeaseID
 	claimKey    string
 	held        []clientv3.Cmp
 	dedup       string
@@ -349,4 +350,20 @@ func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
 		}
 	}
 	return false
+}
+
+// release gives an unused claim back without counting it as a failure: the
+// task keeps its place, and the next claim is not taken for a redelivery.
+func (t *Task) release(ctx context.Context) error {
+	return t.finish(ctx, "releas", func(clientv3.LeaseID) []clientv3.Op {
+		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, At: time.Now().UnixNano(),
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}
+		if !t.entry.ready {
+			st.State = StateDelayed
+		}
+		return []clientv3.Op{
+			clientv3.OpDelete(t.claimKey),
+			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(st))),
+		}
+	}, false)
 }
