@@ -2,6 +2,7 @@ package election_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strconv"
 	"sync"
@@ -21,7 +22,19 @@ import (
 // four times (its writes stall in flight and resume when it is restored). No
 // two processes may believe they lead at once, and the fenced log's tokens
 // never go back.
-func TestSingleLeaderAcrossCuts(t *testing.T) {
+func TestSingleLeaderAcrossCuts(t *testing.T) { singleLeaderAcrossCuts(t, 4) }
+
+var long = flag.Bool("long", false, "run the long variants of the safety tests")
+
+// TestSingleLeaderAcrossCutsLong is the same with 40 cuts (-long).
+func TestSingleLeaderAcrossCutsLong(t *testing.T) {
+	if !*long {
+		t.Skip("run with -long")
+	}
+	singleLeaderAcrossCuts(t, 40)
+}
+
+func singleLeaderAcrossCuts(t *testing.T, cuts int) {
 	name := t.Name()
 	assertNoKeys(t, cluster, name)
 	logPrefix := name + "/log/"
@@ -76,7 +89,7 @@ func TestSingleLeaderAcrossCuts(t *testing.T) {
 	}
 
 	prev := recv(t, asyncRecv(terms), 5*time.Second).v
-	for range 4 {
+	for range cuts {
 		cli := procs[prev.proc].cli
 		cluster.CutClient(cli)
 		next := recv(t, asyncRecv(terms), 10*time.Second).v
