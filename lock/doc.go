@@ -86,9 +86,13 @@
 // # Cost, in etcd round trips
 //
 //   - Lock, lock free: one transaction (put own key + read the prefix, one
-//     Raft write). A watch on the prefix is opened alongside it, in parallel,
-//     on the client's existing stream, and stays open while the lock is held
-//     to learn of a forced release or a lost key.
+//     Raft write). A watch on the prefix (deletions only, filtered on the
+//     server) goes out alongside it on the client's existing stream, stays
+//     open while the lock is held to learn of a forced release or a lost
+//     key, and is then kept for the lock value's next acquisition (closed
+//     after 2 s unused), so a busy lock opens no watch per acquisition.
+//     Hold.Revoked, when first called, adds one watch on the hold's release
+//     request key.
 //   - Lock, lock busy: the same transaction, then no request at all while
 //     waiting: each deletion ahead arrives on the watch (plus one read if the
 //     watch was registered later than the transaction's revision, to close

@@ -42,7 +42,9 @@ type Hold struct {
 
 	revokeOnce sync.Once
 	revoked    chan struct{}
-	onRevoke   func() // a Multi's hook, set before the monitor starts
+	armOnce    sync.Once
+	arm        chan struct{} // closed by the first Revoked call: watch for requests
+	onRevoke   func()        // a Multi's hook, set before the monitor starts
 
 	mu       sync.Mutex // protects released, and serialises Unlock
 	released bool
@@ -104,7 +106,21 @@ func (h *Hold) Guard() []clientv3.Cmp {
 // Revoked is closed when someone asked the holder to release the lock
 // (RequestRelease, or ForceRelease). A polite holder finishes its work and
 // calls Unlock.
-func (h *Hold) Revoked() <-chan struct{} { return h.revoked }
+//
+// The first call makes the hold watch for release requests (one more watch,
+// on the request's key alone); holds whose owner never asks pay nothing.
+func (h *Hold) Revoked() <-chan struct{} {
+	h.armOnce.Do(func() {
+		if h.parts != nil {
+			for _, p := range h.parts {
+				p.Revoked()
+			}
+			return
+		}
+		close(h.arm)
+	})
+	return h.revoked
+}
 
 func (h *Hold) fireRevoked() {
 	h.revokeOnce.Do(func() {
@@ -228,6 +244,7 @@ func newHold(a *acquisition, pool *watchPool, tel *telemetry, free func(), onRev
 		free:        free,
 		unlocking:   make(chan struct{}),
 		revoked:     make(chan struct{}),
+		arm:         make(chan struct{}),
 		onRevoke:    onRevoke,
 	}
 	h.stopLease = context.AfterFunc(a.lease.Context(), func() { h.lose(lostErr(a.lease)) })
@@ -253,6 +270,11 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return // our own delete
 		default:
 		}
+		if errors.Is(err, errOwnGone) && !t.forced {
+			// The watch carries deletions only; a forced release left its
+			// marker next to the key, which tells why the key went.
+			a.readRelease(ctx)
+		}
 		if t.requested {
 			h.fireRevoked()
 		}
@@ -265,12 +287,51 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			h.lose(fmt.Errorf("%w: %w", ErrLost, err))
 		}
 	}
+	// The release-request watch, started when Revoked is first called.
+	arm := h.arm
+	var rel *watcher
+	defer func() {
+		if rel != nil {
+			rel.stop()
+		}
+	}()
+	var relCh clientv3.WatchChan
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-h.ctx.Done():
 			return
+		case <-arm:
+			arm = nil
+			rel = &watcher{cli: a.cli, prefix: releaseKey(t.prefix, t.rev)}
+			rel.startKey()
+			relCh = rel.ch
+		case resp, ok := <-relCh:
+			switch {
+			case !ok || resp.Err() != nil || resp.Canceled:
+				if bo.Wait(ctx) != nil {
+					return
+				}
+				rel.stop()
+				rel.startKey()
+				relCh = rel.ch
+			case resp.Created:
+				// A request made before the watch started: read it once.
+				a.readRelease(ctx)
+			default:
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypePut {
+						if force, err := decodeRelease(ev.Kv.Value); err == nil {
+							t.requested = true
+							t.forced = t.forced || force
+						}
+					}
+				}
+			}
+			if t.requested {
+				h.fireRevoked()
+			}
 		case resp, ok := <-a.w.ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
 				a.w.created = false
@@ -348,4 +409,20 @@ func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
 		t.forced = t.forced || force
 	}
 	return nil
+}
+
+// readRelease reads the hold's release request, if any, into t. Errors are
+// ignored: the request is advisory, and a forced release still ends the
+// hold as lost.
+func (a *acquisition) readRelease(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.cli.Get(rctx, releaseKey(a.t.prefix, a.t.rev))
+	if err != nil || len(resp.Kvs) == 0 {
+		return
+	}
+	if force, err := decodeRelease(resp.Kvs[0].Value); err == nil {
+		a.t.requested = true
+		a.t.forced = a.t.forced || force
+	}
 }

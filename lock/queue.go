@@ -76,7 +76,18 @@ func (w *watcher) start() {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	w.cancel = cancel
 	w.created = false
-	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	// Deletions only: a new request is always younger than every waiter,
+	// so only deletions can change a waiter's turn, and filtering puts on
+	// the server halves the events sent to every waiter. (Release requests
+	// are puts; a holder watches for them separately, once asked to.)
+	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
+}
+
+// startKey watches the single key w.prefix (puts included).
+func (w *watcher) startKey() {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	w.cancel = cancel
+	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithCreatedNotify())
 }
 
 func (w *watcher) restart() {
