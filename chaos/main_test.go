@@ -113,12 +113,6 @@ func (r *report) countPrefix(prefix string) int {
 	return n
 }
 
-func (r *report) violationCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.violations)
-}
-
 // line is the summary of the test.
 func (r *report) line(n *nemesis) string {
 	r.mu.Lock()

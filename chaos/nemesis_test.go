@@ -246,23 +246,6 @@ func (n *nemesis) clientLoop(ctx context.Context, rng *rand.Rand) {
 	}
 }
 
-// total is the number of faults injected.
-func (n *nemesis) total() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	s := 0
-	for _, v := range n.counts {
-		s += v
-	}
-	return s
-}
-
-func (n *nemesis) count(k faultKind) int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.counts[k]
-}
-
 func (n *nemesis) countsString() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
