@@ -234,6 +234,9 @@ func (c *Cluster) embedConfig(m *member, initial, token string) *embed.Config {
 	ec.ListenClientUrls = []url.URL{clientURL}
 	ec.AdvertiseClientUrls = []url.URL{clientURL}
 	ec.ListenMetricsUrls = nil
+	// Passwords in a test cluster protect nothing: the cheapest bcrypt cost
+	// keeps authentication from dominating start-up and user creation.
+	ec.BcryptCost = 4
 	ec.EnableGRPCGateway = false
 	if c.cfg.compactMode != "" {
 		ec.AutoCompactionMode = c.cfg.compactMode

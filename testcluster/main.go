@@ -46,12 +46,20 @@ func Main(m *testing.M, c **Cluster, opts ...Option) {
 // embedded members. After members stop, etcd's peer transport leaves idle
 // HTTP keep-alive connections whose read and write loops end by themselves
 // 2–4 s later; they belong to etcd's transport, not to any code under test,
-// so they are ignored by their exact functions. goleak retries for a few
-// seconds before reporting anything else.
+// so they are ignored by their exact functions.
+//
+// A peer's HTTP /version request served while a member shuts down can read
+// the storage version from the closed backend (etcd issue 22189, open in
+// v3.7.3); the handler's goroutine is then left blocked in etcd's own code
+// for good. It is ignored by that handler's function and nothing wider.
+//
+// Anything else is reported, after ending goroutines were given a few
+// seconds to finish.
 func LeakOptions() []goleak.Option {
 	return []goleak.Option{
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/etcdserver/api/etcdhttp.versionHandler.func1"),
 	}
 }
 
