@@ -42,8 +42,8 @@ func runElection(ctx context.Context, env *Env) ([]Result, error) {
 		ahead time.Duration
 		n     int
 	}{
-		{"election.handoff_fresh_p99", 5 * time.Millisecond, env.Scale(40, 8)},
-		{"election.handoff_waited_p99", 200 * time.Millisecond, env.Scale(15, 4)},
+		{"election.handoff_fresh_p99", 5 * time.Millisecond, env.Scale(100, 8)},
+		{"election.handoff_waited_p99", 200 * time.Millisecond, env.Scale(25, 4)},
 	} {
 		r, err := benchHandoff(ctx, env, h.name, h.ahead, h.n)
 		if err != nil {
