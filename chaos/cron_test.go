@@ -137,9 +137,10 @@ func runCron(t *testing.T, c *testcluster.Cluster, seed int64, cfg cronRun) (*re
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	missed := 0
 	if cfg.protected && len(times) > 0 {
-		// Times from the first run to a margin before the end (a time due
-		// just before the end may still be starting).
-		for sec := times[0]; sec < end.Add(-2*time.Second).Unix(); sec++ {
+		// Times from the first run to a margin before the end: a leader
+		// elected after the last fault needs a moment to catch up, and a
+		// time due just before the end may still be starting.
+		for sec := times[0]; sec < end.Add(-cfg.settle).Unix(); sec++ {
 			if len(perTime[sec]) == 0 {
 				missed++
 				r.violate("cron: time %s never ran", time.Unix(sec, 0).Format("15:04:05"))
@@ -159,7 +160,7 @@ func TestChaosCron(t *testing.T) {
 	c := testcluster.New(t)
 	r, n := runCron(t, c, s, cronRun{
 		replicas: 3, protected: true,
-		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second), settle: 2 * time.Second,
+		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second), settle: 3 * time.Second,
 	})
 	r.expectNone(t, n)
 }

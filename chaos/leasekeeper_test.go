@@ -210,7 +210,12 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 	for range cfg.workers {
 		cli, err := c.NewClient()
 		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+		// The margin is what the holder is given to act on the notice. The
+		// default (TTL/10, 100 ms here) is tight for a 2-core CI machine
+		// running -race with other test binaries beside it, where the
+		// keeper's timer can fire late; such lateness is a process pause,
+		// which no lease can guard against (see the package doc).
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second), leasekeeper.WithMargin(250*time.Millisecond))
 		require.NoError(t, err)
 		keepers = append(keepers, k)
 		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
