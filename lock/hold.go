@@ -142,9 +142,12 @@ func (h *Hold) lose(cause error) {
 // Unlock releases the lock. It deletes the key with a context detached from
 // ctx's cancellation and bounded by the lease TTL, so a canceled caller still
 // releases; it changes the hold's state only once etcd has confirmed. Unlock
-// of a hold already released or lost returns nil. If etcd cannot be reached
-// in time, Unlock returns the error, the hold stays as it was, and Unlock
-// may be called again (the lease's expiry releases the lock in the end).
+// of a hold already released or lost returns nil. Requests carry
+// WithRequireLeader, so a member cut off from the leader answers at once and
+// the delete is retried elsewhere. If etcd cannot be reached in time, Unlock
+// returns the error and the hold stays as it was: the key remains while the
+// lease lives, so call Unlock again (or close the keeper, which revokes the
+// lease).
 func (h *Hold) Unlock(ctx context.Context) error {
 	if h.parts != nil {
 		return h.unlockMulti(ctx)
@@ -177,7 +180,7 @@ func (h *Hold) Unlock(ctx context.Context) error {
 }
 
 func (h *Hold) deleteKey(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.expire)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), h.expire)
 	defer cancel()
 	rel := releaseKey(h.prefix, h.token)
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}

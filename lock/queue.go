@@ -301,7 +301,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		if err := a.lease.Err(); err != nil {
 			return lostErr(a.lease)
 		}
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 		// If ctx ends first, give the answer a short grace to arrive.
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		put := clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID()))
@@ -476,7 +476,7 @@ func (a *acquisition) cleanup(ctx context.Context) {
 	if a.lease.Err() != nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 	defer cancel()
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {

@@ -77,7 +77,7 @@ func (p *Permit) Release(ctx context.Context) error {
 		default:
 			close(p.releasing)
 		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.expire)
+		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), p.expire)
 		defer cancel()
 		bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 		for {

@@ -282,7 +282,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		// Detached and bounded, with a short grace after ctx ends: waiting
 		// for the answer tells whether the key was written, so cleanup never
 		// races a put still on its way.
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		resp, err := a.cli.Txn(tctx).
 			If(clientv3.Compare(clientv3.Value(t.limitKey), "=", want),
@@ -412,7 +412,7 @@ func (a *acquisition) cleanup(ctx context.Context) {
 	if a.lease.Err() != nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 	defer cancel()
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {

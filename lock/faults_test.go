@@ -1,0 +1,174 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/lock"
+	"github.com/concordkit/concord/testcluster"
+)
+
+// Mutual exclusion holds while the leader is killed and restarted, and
+// while a member is partitioned away, on a private cluster. Lock calls ride
+// through the faults (requests retried, watches re-created); the guarded
+// counter and the overlap detector must stay exact.
+func TestMutualExclusionUnderMemberFaults(t *testing.T) {
+	c := testcluster.New(t)
+	const name = "/test/faults"
+	counter := name + "/counter"
+	ctx := ctxT(t, 90*time.Second)
+	const keepers, goroutines = 3, 4
+
+	var (
+		inside, overlaps, done atomic.Int32
+		attempts               atomic.Int32 // guarded writes sent, confirmed or not
+		stop                   atomic.Bool
+		wg                     sync.WaitGroup
+		mu                     sync.Mutex // protects errs
+		errs                   []error
+	)
+	for range keepers {
+		cli, err := c.NewClient()
+		require.NoError(t, err)
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(2*time.Second))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = k.Close(context.Background()) })
+		for range goroutines {
+			m := lock.New(k, name)
+			wg.Go(func() {
+				for !stop.Load() {
+					lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					h, err := m.Lock(lctx)
+					cancel()
+					if err != nil {
+						// A lost lease during a fault is a legitimate outcome;
+						// anything else is recorded.
+						if !errorsIsLost(err) {
+							mu.Lock()
+							errs = append(errs, fmt.Errorf("lock: %w", err))
+							mu.Unlock()
+						}
+						continue
+					}
+					if inside.Add(1) != 1 {
+						overlaps.Add(1)
+					}
+					// Bounded, and failing fast on a member without a
+					// leader: a read there would wait for one.
+					ictx, icancel := context.WithTimeout(clientv3.WithRequireLeader(h.Context()), 2*time.Second)
+					tried, err := incrementTry(ictx, k.Client(), counter, h.Guard())
+					icancel()
+					inside.Add(-1)
+					if tried {
+						attempts.Add(1)
+					}
+					if err == nil {
+						done.Add(1)
+					}
+					// As a caller must: an unconfirmed unlock is tried again.
+					for err := h.Unlock(ctx); err != nil; err = h.Unlock(ctx) {
+						if ctx.Err() != nil {
+							mu.Lock()
+							errs = append(errs, fmt.Errorf("unlock: %w", err))
+							mu.Unlock()
+							return
+						}
+					}
+				}
+			})
+		}
+	}
+	waitCycles := func(n int32) {
+		t.Helper()
+		t.Cleanup(func() {
+			if t.Failed() {
+				info, err := lock.Inspect(context.Background(), c.Admin(), name)
+				if err == nil && info.Holder != nil {
+					t.Logf("holder %+v, %d waiters", *info.Holder, len(info.Waiters))
+				}
+				mu.Lock()
+				for _, e := range errs {
+					t.Log(e)
+				}
+				mu.Unlock()
+			}
+		})
+		target := done.Load() + n
+		waitFor(t, 30*time.Second, fmt.Sprintf("%d more guarded increments", n), func() bool { return done.Load() >= target })
+	}
+	waitCycles(10)
+	t.Log("kill leader")
+	leader := c.Leader()
+	require.NoError(t, c.Kill(leader))
+	waitCycles(10)
+	t.Log("restart")
+	require.NoError(t, c.Restart(ctx, leader))
+	waitCycles(10)
+	t.Log("partition")
+	c.Partition((leader + 1) % 3)
+	waitCycles(10)
+	c.Heal()
+	waitCycles(10)
+	stop.Store(true)
+	wg.Wait()
+
+	require.Zero(t, overlaps.Load(), "holders overlapped")
+	for _, err := range errs {
+		t.Error(err)
+	}
+	resp, err := c.Admin().Get(ctx, counter)
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	// Every confirmed increment is there (an overlap would lose some);
+	// writes whose answer was lost may or may not be.
+	n, err := strconv.Atoi(string(resp.Kvs[0].Value))
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, n, int(done.Load()), "guarded increments lost")
+	assert.LessOrEqual(t, n, int(attempts.Load()), "more increments than were sent")
+	t.Logf("counter %d, confirmed %d, sent %d", n, done.Load(), attempts.Load())
+	_, err = c.Admin().Delete(ctx, counter)
+	require.NoError(t, err)
+	left, err := c.Admin().Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	require.NoError(t, err)
+	// Keys of live keepers may remain only while they hold; all have unlocked.
+	assert.Zero(t, left.Count, "keys left under %s", name)
+}
+
+func errorsIsLost(err error) bool {
+	return err != nil && (errorIs(err, lock.ErrLost) || errorIs(err, context.DeadlineExceeded))
+}
+
+func errorIs(err, target error) bool { return errors.Is(err, target) }
+
+// incrementTry is increment, reporting whether the guarded write was sent.
+func incrementTry(ctx context.Context, cli *clientv3.Client, counter string, g []clientv3.Cmp) (bool, error) {
+	resp, err := cli.Get(ctx, counter)
+	if err != nil {
+		return false, err
+	}
+	n := 0
+	if len(resp.Kvs) == 1 {
+		if n, err = strconv.Atoi(string(resp.Kvs[0].Value)); err != nil {
+			return false, err
+		}
+	}
+	tresp, err := cli.Txn(ctx).If(g...).Then(clientv3.OpPut(counter, strconv.Itoa(n+1))).Commit()
+	if err != nil {
+		return true, err
+	}
+	if !tresp.Succeeded {
+		return true, errors.New("guard failed while holding")
+	}
+	return true, nil
+}
