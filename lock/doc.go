@@ -15,8 +15,10 @@
 // # What a lock guarantees
 //
 // Requests are granted in the order etcd received them (by the create
-// revision of their keys), and a release wakes only the next waiter. A
-// holding is bound to the keeper's lease and offers:
+// revision of their keys), and a release wakes only the next waiter: the
+// others receive the deletion on their watch and update a map, but send no
+// request to etcd (there is no herd of reads after each release). A holding
+// is bound to the keeper's lease and offers:
 //
 //   - Token: the create revision of its key, which strictly increases across
 //     successive holders of a lock;

@@ -27,7 +27,12 @@ func WithValue(v string) Option { return func(o *options) { o.value = v } }
 // resources that cannot check fencing tokens: a holder that was paused past
 // its lease gets d to notice before the next holder starts. The price is that
 // every involuntary handoff takes d longer, and it is only a delay: a pause
-// longer than d still overlaps. Fencing is the real protection. Default 0.
+// longer than d still overlaps. Fencing is the real protection.
+//
+// The delay applies when a waiter sees the holder's key go and the holder's
+// lease is gone with it (one LeaseTimeToLive read tells). A request made
+// after the key had already vanished is not delayed: etcd keeps no record of
+// why a key went once it is gone. Default 0.
 func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }
 
 // WithTracerProvider sets the OpenTelemetry tracer provider for the
