@@ -444,3 +444,30 @@ func TestBatchedClaimsReleasedOnClose(t *testing.T) {
 	}
 	assertOnlyFinished(t, cluster.Admin(), name)
 }
+
+// Tasks a batch claimed for a Queue that stops dequeuing go back to other
+// workers after a short hold, without waiting for its lease to end.
+func TestBufferedTasksReleasedWhenIdle(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q1 := newQueue(t, cli, name, queue.WithRetention(0))
+	q2 := newQueue(t, cli, name, queue.WithRetention(0))
+	_, err := q1.EnqueueBatch(ctx, []queue.Item{{}, {}, {}})
+	require.NoError(t, err)
+	k1 := newKeeper(t, cli, 5*time.Second)
+	k2 := newKeeper(t, cli, 5*time.Second)
+	first, err := q1.Dequeue(ctx, k1)
+	require.NoError(t, err)
+	start := time.Now()
+	for range 2 {
+		task, err := q2.Dequeue(ctx, k2)
+		require.NoError(t, err)
+		assert.NotEqual(t, first.ID, task.ID)
+		assert.False(t, task.Redelivered)
+		require.NoError(t, task.Ack(ctx))
+	}
+	assert.Less(t, time.Since(start), 4*time.Second, "not held until the 5 s lease ended")
+	require.NoError(t, first.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}

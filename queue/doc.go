@@ -84,7 +84,8 @@
 // one claim transaction takes up to four of the worker's own tasks (one
 // nested transaction each); the extra ones wait in the Queue for its next
 // Dequeue calls, bound to the same lease (if it is lost they are dropped and
-// go to other workers), and Close gives back those never handed out. A
+// go to other workers); those not handed out within half a second, or by
+// Close, are given back. A
 // task that arrives meanwhile with a higher priority waits for at most those
 // three. Ready-index keys are
 // never ranged over on the claim path, so deleted keys (tombstones) of

@@ -113,11 +113,16 @@ func (ix *index) session(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
+	tick := time.NewTicker(bufferHold / 2)
+	defer tick.Stop()
 	for {
 		var resp clientv3.WatchResponse
 		var ok bool
 		select {
 		case resp, ok = <-wch:
+		case <-tick.C:
+			ix.releaseStale(ctx)
+			continue
 		case <-ctx.Done():
 			return true
 		}
@@ -569,7 +574,41 @@ func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
 func (ix *index) buffer(ts []*Task) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	now := time.Now()
+	for _, t := range ts {
+		t.buffered = now
+	}
 	ix.buffered = append(ix.buffered, ts...)
+}
+
+// bufferHold is how long a batch-claimed task waits in the buffer for a
+// Dequeue of this Queue before it is given back for other workers: a
+// process that stops dequeuing without closing its Queue must not sit on
+// tasks.
+const bufferHold = 500 * time.Millisecond
+
+// releaseStale gives back buffered tasks older than bufferHold. It runs on
+// the index goroutine, between watch events.
+func (ix *index) releaseStale(ctx context.Context) {
+	ix.mu.Lock()
+	var stale []*Task
+	now := time.Now()
+	kept := ix.buffered[:0]
+	for _, t := range ix.buffered {
+		if now.Sub(t.buffered) > bufferHold {
+			stale = append(stale, t)
+		} else {
+			kept = append(kept, t)
+		}
+	}
+	clear(ix.buffered[len(kept):])
+	ix.buffered = kept
+	ix.mu.Unlock()
+	for _, t := range stale {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = t.release(rctx) // if it fails, the claim ends with the lease
+		cancel()
+	}
 }
 
 // drainBuffered removes and returns every buffered task.

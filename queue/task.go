@@ -34,6 +34,7 @@ type Task struct {
 	entry       entry
 	token       int64
 	lease       clientv3.LeaseID
+	buffered    time.Time // when a batch put it in the Queue's buffer
 	claimKey    string
 	held        []clientv3.Cmp
 	dedup       string
