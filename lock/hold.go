@@ -19,7 +19,9 @@ import (
 //
 // Work done under the lock runs under Context, and writes into etcd that
 // must happen only while the lock is held go through Guard. Unlock releases
-// it; calling Unlock more than once is fine.
+// it; calling Unlock more than once is fine. A Hold runs one goroutine, which
+// follows its key; it ends with the hold (Unlock joins it, and it returns by
+// itself when the hold is lost).
 type Hold struct {
 	cli    *clientv3.Client
 	lease  *leasekeeper.Lease

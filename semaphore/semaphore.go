@@ -343,6 +343,9 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 			if err != nil {
 				return err
 			}
+			if l == limit {
+				continue // changed and changed back in between; try again
+			}
 			return fmt.Errorf("%w: stored %d, opened with %d", ErrLimitMismatch, l, limit)
 		}
 	}

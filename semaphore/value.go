@@ -34,7 +34,7 @@ func decodePermit(b []byte) (n int, at time.Time, v string, err error) {
 		return 0, time.Time{}, "", fmt.Errorf("%w: permit %.40q has a bad count", ErrCorrupt, s)
 	}
 	t, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil || t < 0 {
+	if err != nil || t < 0 || ts != strconv.FormatInt(t, 10) {
 		return 0, time.Time{}, "", fmt.Errorf("%w: permit %.40q has a bad time", ErrCorrupt, s)
 	}
 	return n, time.Unix(0, t), v, nil
