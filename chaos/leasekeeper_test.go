@@ -31,16 +31,25 @@ type lkHolding struct {
 	lease      clientv3.LeaseID
 	live       func() bool
 	canceledAt atomic.Int64 // unix nanos when the holder was told; 0 while live
+	cause      atomic.Value // string: why the context was canceled
 	checked    bool         // guarded by leaseChecker.mu
 }
 
 type leaseChecker struct {
 	r *report
 
-	mu       sync.Mutex // protects holdings, deletions, leads
+	mu       sync.Mutex // protects holdings, deletions, leads, lost
 	holdings map[string]*lkHolding
 	expired  int
-	leads    []time.Duration
+	leads    []lkLead
+	lost     map[clientv3.LeaseID]leasekeeper.Event // each keeper's Lost event, by lease
+}
+
+// lkLead is how long before the observer saw a lease expire its holder was
+// told, and why the holder was told.
+type lkLead struct {
+	d     time.Duration
+	cause string
 }
 
 func (lc *leaseChecker) register(key string, h *lkHolding) {
@@ -64,8 +73,24 @@ func (lc *leaseChecker) deleted(key string, at time.Time) {
 			h.worker, int64(h.lease), key, at.Format("15:04:05.000"))
 		return
 	}
-	if c := h.canceledAt.Load(); c != 0 {
-		lc.leads = append(lc.leads, at.Sub(time.Unix(0, c)))
+	// The deletion may be the server's expiry or the keeper's own revoke of
+	// a lease it gave up (it revokes at once, to free the keys early).
+	if ev, ok := lc.lost[h.lease]; ok {
+		lc.leads = append(lc.leads, lkLead{at.Sub(ev.At), fmt.Sprint(ev.Err)})
+	} else if c := h.canceledAt.Load(); c != 0 {
+		cause, _ := h.cause.Load().(string)
+		lc.leads = append(lc.leads, lkLead{at.Sub(time.Unix(0, c)), cause})
+	}
+}
+
+// follow records k's Lost events until the subscription ends.
+func (lc *leaseChecker) follow(events <-chan leasekeeper.Event) {
+	for ev := range events {
+		if ev.State == leasekeeper.Lost {
+			lc.mu.Lock()
+			lc.lost[ev.Lease] = ev
+			lc.mu.Unlock()
+		}
 	}
 }
 
@@ -145,7 +170,10 @@ func lkWorker(ctx context.Context, r *report, lc *leaseChecker, k *leasekeeper.K
 		}
 		key := fmt.Sprintf("%sw%d/%x", prefix, id, int64(l.ID()))
 		h := &lkHolding{worker: id, lease: l.ID()}
-		stop := context.AfterFunc(l.Context(), func() { h.canceledAt.Store(time.Now().UnixNano()) })
+		stop := context.AfterFunc(l.Context(), func() {
+			h.canceledAt.Store(time.Now().UnixNano())
+			h.cause.Store(fmt.Sprint(context.Cause(l.Context())))
+		})
 		var refused atomic.Bool
 		if protected {
 			h.live = func() bool { return l.Context().Err() == nil }
@@ -191,7 +219,7 @@ type lkRun struct {
 func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun) (*report, *nemesis) {
 	ctx := ctxT(t, cfg.duration+2*time.Minute)
 	r := newReport(t, seed)
-	lc := &leaseChecker{r: r, holdings: map[string]*lkHolding{}}
+	lc := &leaseChecker{r: r, holdings: map[string]*lkHolding{}, lost: map[clientv3.LeaseID]leasekeeper.Event{}}
 	prefix := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
 
 	octx, ostop := context.WithCancel(ctx)
@@ -206,6 +234,8 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 	}
 
 	var keepers []*leasekeeper.Keeper
+	var fol sync.WaitGroup // the keepers' event followers, done once the keepers are closed
+	defer fol.Wait()
 	cfg.nemesis.clients = nil
 	for range cfg.workers {
 		cli, err := c.NewClient()
@@ -219,6 +249,9 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 		require.NoError(t, err)
 		keepers = append(keepers, k)
 		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
+		events, unsubscribe := k.Subscribe()
+		defer unsubscribe()
+		fol.Go(func() { lc.follow(events) })
 	}
 	defer func() {
 		for _, k := range keepers {
@@ -242,13 +275,15 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 	ostop()
 	obs.Wait()
 	lc.mu.Lock()
-	r.note("%d lease generations, %d server expiries checked", len(lc.holdings), lc.expired)
+	r.note("%d lease generations, %d lease ends checked", len(lc.holdings), lc.expired)
 	if len(lc.leads) > 0 {
-		minLead := lc.leads[0]
-		for _, d := range lc.leads {
-			minLead = min(minLead, d)
+		least := lc.leads[0]
+		for _, l := range lc.leads {
+			if l.d < least.d {
+				least = l
+			}
 		}
-		r.note("holder told at least %v before the observer saw the expiry", minLead.Round(time.Millisecond))
+		r.note("holder told at least %v before the observer saw its marker deleted (that time because: %s)", least.d.Round(time.Millisecond), least.cause)
 	}
 	expired := lc.expired
 	lc.mu.Unlock()
