@@ -351,3 +351,47 @@ func TestLatch(t *testing.T) {
 	assert.True(t, strings.HasPrefix(l.Wait(ctx).Error(), "barrier: "))
 	require.NoError(t, l.Delete(ctx))
 }
+
+// TestDoubleBarrierDeathBeforeOpening: of three participants, one dies while
+// the barrier is still closed. It is as if it never came: its Enter fails
+// with ErrLost, the one still waiting keeps waiting, and the barrier opens
+// when two more arrive.
+func TestDoubleBarrierDeathBeforeOpening(t *testing.T) {
+	name := t.Name()
+	assertNoKeys(t, name)
+	ctx := ctxT(t, 30*time.Second)
+	seatsPrefix := names.Prefix(name, "double") + "seats/"
+	enter := func(p *process, out **barrier.Seat) <-chan error {
+		return async(func() error {
+			s, err := barrier.NewDouble(p.k, name, 3).Enter(ctx)
+			*out = s
+			return err
+		})
+	}
+	pa, pb := newProcess(t, 2*time.Second), newProcess(t, 2*time.Second)
+	var sa, sb, sc, sd *barrier.Seat
+	ea := enter(pa, &sa)
+	waitCount(t, seatsPrefix, 1, 5*time.Second)
+	eb := enter(pb, &sb)
+	waitCount(t, seatsPrefix, 2, 5*time.Second)
+
+	require.NoError(t, cluster.RevokeLease(ctx, pb.k.Current().ID()))
+	require.ErrorIs(t, recvErr(t, eb, 5*time.Second, "enter of the dead participant"), barrier.ErrLost)
+	waitCount(t, seatsPrefix, 1, 5*time.Second)
+	blocked(t, ea, "enter with a participant gone")
+
+	ec := enter(newProcess(t, 2*time.Second), &sc)
+	waitCount(t, seatsPrefix, 2, 5*time.Second)
+	blocked(t, ea, "enter with two of three")
+	ed := enter(newProcess(t, 2*time.Second), &sd)
+	for _, ch := range []<-chan error{ea, ec, ed} {
+		require.NoError(t, recvErr(t, ch, 5*time.Second, "enter"))
+	}
+	var left []<-chan error
+	for _, s := range []*barrier.Seat{sa, sc, sd} {
+		left = append(left, async(func() error { return s.Leave(ctx) }))
+	}
+	for _, ch := range left {
+		require.NoError(t, recvErr(t, ch, 5*time.Second, "leave"))
+	}
+}
