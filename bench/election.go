@@ -58,9 +58,9 @@ func runElection(ctx context.Context, env *Env) ([]Result, error) {
 	return append(out, r), nil
 }
 
-// candidate is one side's pair of contenders on two separate clients.
+// handoffSide is one side's pair of contenders on two separate clients.
 type handoffSide interface {
-	// lead makes contender i leader; wait starts contender 1-i campaigning
+	// lead makes contender i leader; wait starts contender i campaigning
 	// and returns a channel that reports when its Campaign returned;
 	// resign resigns i.
 	lead(ctx context.Context, i int) error
