@@ -13,7 +13,7 @@
 // # Running
 //
 //	go test -race ./chaos/                           # bounded form, as CI runs it
-//	go test -race ./chaos/ -chaos.long -timeout 60m  # long form
+//	go test -race -timeout 60m ./chaos/ -chaos.long  # long form (flags after the package)
 //	go test -race ./chaos/ -run TestChaosLock -chaos.seed=1234 -v
 //
 // Every test logs its seed. The seed fixes the nemesis's schedule (which
