@@ -44,3 +44,14 @@ func Candidates(ctx context.Context, cli *clientv3.Client, name string) ([]Leade
 	}
 	return out, nil
 }
+
+// ObserveOf is Observe for tools that watch an election without taking part:
+// it needs only a client (no lease). The same guarantees and cost apply.
+func ObserveOf(ctx context.Context, cli *clientv3.Client, name string) (<-chan Leader, func() error) {
+	e := &Election{cli: cli, name: name, prefix: names.Prefix(name, kind)}
+	e.err = names.Validate("election", name)
+	if cli == nil && e.err == nil {
+		e.err = fmt.Errorf("election: nil client")
+	}
+	return e.Observe(ctx)
+}

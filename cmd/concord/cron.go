@@ -25,12 +25,7 @@ func cronStatus(ctx context.Context, s *session, args []string) error {
 		return err
 	}
 	// The scheduler campaigns in the election named like it.
-	k, closeKeeper, err := s.keeper(ctx)
-	if err != nil {
-		return err
-	}
-	defer closeKeeper()
-	l, err := election.New(k, name).Leader(ctx)
+	l, err := election.LeaderOf(ctx, cli, name)
 	if err != nil && !errors.Is(err, election.ErrNoLeader) {
 		return err
 	}

@@ -7,27 +7,7 @@ import (
 	"strconv"
 
 	"github.com/concordkit/concord/election"
-	"github.com/concordkit/concord/leasekeeper"
 )
-
-// keeper returns a lease keeper for the recipes whose constructors need one
-// even to inspect (election.New takes a keeper, not a client). It grants one
-// lease, which close revokes; the CLI never binds a key to it.
-func (s *session) keeper(ctx context.Context) (*leasekeeper.Keeper, func(), error) {
-	cli, err := s.client(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	k, err := leasekeeper.New(ctx, cli)
-	if err != nil {
-		return nil, nil, fmt.Errorf("grant a lease: %w", err)
-	}
-	return k, func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.dialTimeout)
-		defer cancel()
-		k.Close(cctx)
-	}, nil
-}
 
 type leaderJSON struct {
 	Election string `json:"election"`
@@ -51,15 +31,13 @@ func leaderJSONOf(name string, l election.Leader) leaderJSON {
 // and then every change (--count: that many lines in all) until interrupted.
 func leaderShow(ctx context.Context, s *session, args []string) error {
 	name := args[0]
-	k, closeKeeper, err := s.keeper(ctx)
+	cli, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeKeeper()
-	e := election.New(k, name)
 
 	if !s.opts.watch {
-		l, err := e.Leader(ctx)
+		l, err := election.LeaderOf(ctx, cli, name)
 		if err != nil && !errors.Is(err, election.ErrNoLeader) {
 			return err
 		}
@@ -84,7 +62,7 @@ func leaderShow(ctx context.Context, s *session, args []string) error {
 	}
 	octx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	changes, why := e.Observe(octx)
+	changes, why := election.ObserveOf(octx, cli, name)
 	n := 0
 	for l := range changes {
 		if s.opts.json {
