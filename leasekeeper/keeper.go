@@ -36,6 +36,7 @@ type Keeper struct {
 
 	stop   context.CancelFunc
 	stopCh <-chan struct{}
+	kick   chan struct{} // wakes run to grant a new lease after Invalidate
 	wg     sync.WaitGroup // joins run and every RPC goroutine it starts
 
 	mu        sync.Mutex // protects everything below
@@ -101,6 +102,7 @@ func New(ctx context.Context, cli *clientv3.Client, opts ...Option) (*Keeper, er
 		stop:   stop,
 		stopCh: stopCtx.Done(),
 		next:   make(chan struct{}),
+		kick:   make(chan struct{}, 1),
 		subs:   map[chan Event]struct{}{},
 	}
 	k.install(resp.ID, sent, Connected)
@@ -157,6 +159,24 @@ func (k *Keeper) Lease(ctx context.Context) (*Lease, error) {
 		case <-k.stopCh:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		}
+	}
+}
+
+// Invalidate declares lease l lost at once, with cause (wrapped so that it
+// errors.Is ErrLeaseLost), and has the keeper grant a new one. Recipes call it
+// when etcd answers a request that used l with "lease not found": the keeper
+// would otherwise learn it only at its next renewal, up to a third of the TTL
+// later, and hand l out meanwhile. It does nothing if l is not the current
+// lease or is already lost.
+func (k *Keeper) Invalidate(l *Lease, cause error) {
+	if l == nil {
+		return
+	}
+	if k.lose(l, fmt.Errorf("%w: %w", ErrLeaseLost, cause)) {
+		select {
+		case k.kick <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -340,3 +340,31 @@ func TestStateMetric(t *testing.T) {
 	}
 	assert.Equal(t, map[string]int64{"Connected": 1, "Lost": 1, "Reconnected": 1, "Closed": 1}, counts)
 }
+
+// A recipe told by etcd that the lease is gone invalidates it: the keeper
+// declares it lost at once and grants the next generation, without waiting
+// for its next renewal.
+func TestInvalidate(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	k := newKeeper(t, cluster.Client(), leasekeeper.WithTTL(30*time.Second))
+	events, _ := k.Subscribe()
+	next(t, events, time.Second)
+	l := k.Current()
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+	_, err := cluster.Client().Put(ctx, t.Name(), "x", clientv3.WithLease(l.ID()))
+	require.Error(t, err, "etcd refuses the revoked lease")
+
+	k.Invalidate(l, err)
+	// Renewals are 10 s apart at this TTL: a Lost within 2 s is Invalidate's.
+	ev := next(t, events, 2*time.Second)
+	require.Equal(t, leasekeeper.Lost, ev.State)
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
+	require.ErrorContains(t, l.Err(), "lease not found")
+	require.Equal(t, leasekeeper.Reconnected, next(t, events, 2*time.Second).State)
+	l2, err := k.Lease(ctx)
+	require.NoError(t, err)
+	require.NotEqual(t, l.ID(), l2.ID())
+
+	k.Invalidate(l, err) // an old generation: nothing happens
+	require.NoError(t, l2.Err())
+}

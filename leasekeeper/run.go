@@ -102,6 +102,13 @@ func (k *Keeper) run(ctx context.Context) {
 			}
 			return
 
+		case <-k.kick:
+			// Invalidate declared the lease lost; start granting now.
+			backoff = 100 * time.Millisecond
+			if !inFlight {
+				next.Reset(0)
+			}
+
 		case <-next.C:
 			if inFlight {
 				continue // the result will reschedule
