@@ -125,7 +125,10 @@ var errOwnWatchLost = errors.New("own-key watch lost")
 // read returns the newest key under prefix created before own, or nil if none
 // is, in one transaction that also checks that own's key still exists.
 func read(ctx context.Context, cli *clientv3.Client, prefix string, own Own) (*Pred, error) {
-	resp, err := cli.Txn(ctx).
+	// Like the watches, the read requires a leader: on a member cut off from
+	// the majority it fails at once (and is retried) instead of waiting for a
+	// read index that cannot come.
+	resp, err := cli.Txn(clientv3.WithRequireLeader(ctx)).
 		If(clientv3.Compare(clientv3.CreateRevision(own.Key), "=", own.Rev)).
 		Then(clientv3.OpGet(prefix, clientv3.WithPrefix(),
 			clientv3.WithMaxCreateRev(own.Rev-1),
