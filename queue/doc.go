@@ -99,7 +99,8 @@
 //	P i/d/<time>/<prio>/<id>  delayed index key, empty value
 //	P i/c/<id>                claim, bound to the worker's lease (worker, nonce)
 //	P t/<id>                  task record: JSON header, newline, raw payload
-//	P s/<id>                  status record (JSON): position, attempts, last error
+//	P s/<id>                  status record (JSON): position, attempts, last error,
+//	                          written once the task leaves its enqueued position
 //	P a/<id>                  attempt counter: its etcd Version is the attempt
 //	P p/<id>                  progress: JSON header, newline, raw checkpoint
 //	P u/<dedup id>            dedup key: ID of the unfinished task
@@ -125,9 +126,8 @@
 //
 // # Cost, per task
 //
-//   - Enqueue: one transaction, one Raft write (task record, status, index
-//     key; plus the dedup key). EnqueueBatch: one write per
-//     max-txn-ops/3 tasks.
+//   - Enqueue: one transaction, one Raft write (task record and index key;
+//     plus the dedup key). EnqueueBatch: one write per max-txn-ops/2 tasks.
 //   - Dequeue: no request while waiting (the watch delivers the task); one
 //     transaction to claim (claim key, attempt counter, and the reads of the
 //     record, previous status and checkpoint in the same transaction), shared

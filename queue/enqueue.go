@@ -107,31 +107,25 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 	if eo.delay > 0 && now.Add(eo.delay).After(readyAt) {
 		readyAt = now.Add(eo.delay)
 	}
-	var pos string
-	st := statusRecord{State: StateQueued, At: ns, Prio: eo.prio, Dedup: eo.dedup}
+	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}
 	if readyAt.After(now) {
-		pos = q.keys.delayed(readyAt.UnixNano(), eo.prio, id)
-		st.State = StateDelayed
-	} else {
-		pos = q.keys.ready(eo.prio, ns, id)
+		meta.Ready = readyAt.UnixNano()
 	}
-	st.Pos = strings.TrimPrefix(pos, q.keys.prefix)
-	tv := encodeTask(taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}, payload)
-	sv := encodeStatus(st)
+	pos := q.enqueuedPos(id, meta)
+	tv := encodeTask(meta, payload)
 	return prepared{
 		id:    id,
 		dedup: eo.dedup,
 		ops: []clientv3.Op{
 			clientv3.OpPut(q.keys.task(id), string(tv)),
-			clientv3.OpPut(q.keys.status(id), string(sv)),
 			clientv3.OpPut(pos, ""),
 		},
-		bytes: len(tv) + len(sv) + 3*len(pos),
+		bytes: len(tv) + 3*len(pos),
 	}, nil
 }
 
 // Enqueue adds a task and returns its ID. It costs one etcd transaction (one
-// Raft write) that puts the task record, its status and its index key. With
+// Raft write) that puts the task record and its index key. With
 // DedupID, the transaction also claims the dedup key, or, if an unfinished
 // task holds it, writes nothing and returns that task's ID.
 //
@@ -175,7 +169,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 }
 
 // EnqueueBatch adds several tasks, as few transactions as the cluster's
-// limits allow (WithMaxTxnOps, WithMaxRequestBytes): three operations per
+// limits allow (WithMaxTxnOps, WithMaxRequestBytes): two operations per
 // task. Items with a DedupID are enqueued one by one after the others. It
 // returns the IDs in item order. Every item is validated before anything is
 // written; on an etcd error, the IDs of the transactions that committed are
@@ -190,7 +184,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 		ps[i] = p
 	}
 	ids := make([]string, len(items))
-	perTxn := q.o.maxTxnOps / 3
+	perTxn := q.o.maxTxnOps / 2
 	budget := q.o.maxRequestBytes - requestOverhead
 	var ops []clientv3.Op
 	var batch []int
@@ -235,4 +229,12 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 		ids[i] = id
 	}
 	return ids, nil
+}
+
+// enqueuedPos is the index key a task was enqueued at.
+func (q *Queue) enqueuedPos(id string, m taskMeta) string {
+	if m.Ready > 0 {
+		return q.keys.delayed(m.Ready, m.Prio, id)
+	}
+	return q.keys.ready(m.Prio, m.Enq, id)
 }

@@ -21,6 +21,7 @@ type taskMeta struct {
 	Enq    int64  `json:"e"`
 	Dedup  string `json:"d,omitempty"`
 	MaxAtt int    `json:"m"`
+	Ready  int64  `json:"r,omitempty"` // Unix ns the task was delayed to, if it was
 }
 
 func encodeTask(m taskMeta, payload []byte) []byte {
@@ -51,8 +52,10 @@ func decodeTask(b []byte) (taskMeta, []byte, error) {
 }
 
 // statusRecord is the value of s/<id>: where the task is and how its last
-// attempt ended. Running is not stored here: it is the existence of the
-// claim key.
+// attempt ended. It is first written when the task leaves its enqueued
+// position (Nack, dead letters, a released claim): until then the task
+// record says where it is, which keeps Enqueue to two keys. Running is not
+// stored here: it is the existence of the claim key.
 type statusRecord struct {
 	V       int    `json:"v"`
 	State   State  `json:"s"`

@@ -40,7 +40,8 @@ type Status struct {
 }
 
 // Status returns the task's status, or ErrNotFound. One linearizable read
-// transaction.
+// transaction (which reads the task record, payload included, for a task
+// that has not moved since it was enqueued).
 func (q *Queue) Status(ctx context.Context, id string) (Status, error) {
 	st, _, err := q.status(ctx, id)
 	return st, err
@@ -56,6 +57,7 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 		clientv3.OpGet(q.keys.attempt(id)),
 		clientv3.OpGet(q.keys.progress(id)),
 		clientv3.OpGet(q.keys.finished(id)),
+		clientv3.OpGet(q.keys.task(id)),
 	).Commit()
 	if err != nil {
 		return Status{}, 0, fmt.Errorf("queue: status: %w", err)
@@ -71,9 +73,22 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 	st := Status{ID: id}
 	sv, _, _, sok := kv(0)
 	fv, _, _, fok := kv(4)
+	tv, _, _, tok := kv(5)
 	switch {
-	case sok:
-		rec, err := decodeStatus(sv)
+	case sok || tok:
+		var rec statusRecord
+		if sok {
+			rec, err = decodeStatus(sv)
+		} else {
+			// Never moved since Enqueue: the task record says where it is.
+			var m taskMeta
+			if m, _, err = decodeTask(tv); err == nil {
+				rec = statusRecord{State: StateQueued, Pos: q.rel(q.enqueuedPos(id, m)), At: m.Enq, Prio: m.Prio, Dedup: m.Dedup}
+				if m.Ready > 0 {
+					rec.State = StateDelayed
+				}
+			}
+		}
 		if err != nil {
 			return Status{}, 0, fmt.Errorf("queue: status of %s: %w", id, err)
 		}
