@@ -27,9 +27,15 @@ func TestMain(m *testing.M) {
 	printSummaries()
 	if code == 0 {
 		// Every test closes its own cluster; what is left after them is a leak.
+		// Except one of etcd's own: a member killed while serving a peer's
+		// version request leaves that handler blocked for good on its closed
+		// backend's lock (seen in the long form, after tens of kills). It
+		// belongs to the embedded server, not to code under test.
+		opts := append(testcluster.LeakOptions(),
+			goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/etcdserver/api/etcdhttp.newPeerHandler.versionHandler.func1"))
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			err := goleak.Find(testcluster.LeakOptions()...)
+			err := goleak.Find(opts...)
 			if err == nil {
 				break
 			}
