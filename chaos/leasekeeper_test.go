@@ -241,11 +241,16 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 		cli, err := c.NewClient()
 		require.NoError(t, err)
 		// The margin is what the holder is given to act on the notice. The
-		// default (TTL/10, 100 ms here) is tight for a 2-core CI machine
-		// running -race with other test binaries beside it, where the
-		// keeper's timer can fire late; such lateness is a process pause,
-		// which no lease can guard against (see the package doc).
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second), leasekeeper.WithMargin(250*time.Millisecond))
+		// default (TTL/10, 100 ms here; -chaos.margin=0 runs it) is tight
+		// for a 2-core CI machine running -race with other test binaries
+		// beside it, where the keeper's timer can fire late; such lateness
+		// is a process pause, which no lease can guard against (see the
+		// package doc).
+		opts := []leasekeeper.Option{leasekeeper.WithTTL(time.Second)}
+		if *marginFlag > 0 {
+			opts = append(opts, leasekeeper.WithMargin(*marginFlag))
+		}
+		k, err := leasekeeper.New(ctx, cli, opts...)
 		require.NoError(t, err)
 		keepers = append(keepers, k)
 		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)

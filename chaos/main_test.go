@@ -20,6 +20,9 @@ import (
 var (
 	seedFlag = flag.Int64("chaos.seed", 0, "seed for the nemesis schedule and the workloads (0: pick one from the clock)")
 	longFlag = flag.Bool("chaos.long", false, "run the long form of each chaos test (minutes each; raise -timeout)")
+	// marginFlag sets the leasekeeper margin of the leasekeeper workload; 0
+	// keeps the keeper's default (TTL/10, at least 50 ms).
+	marginFlag = flag.Duration("chaos.margin", 250*time.Millisecond, "leasekeeper margin in TestChaosLeasekeeper (0: the keeper's default)")
 )
 
 func TestMain(m *testing.M) {
