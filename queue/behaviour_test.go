@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/queue"
+	"github.com/concordkit/concord/testcluster"
 )
 
 func TestPriorityAndOrder(t *testing.T) {
@@ -410,7 +410,6 @@ func TestListAndDestroy(t *testing.T) {
 	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	assert.Zero(t, resp.Count)
-	_ = strings.TrimSpace
 }
 
 // A batched claim buffers extra tasks for the next Dequeue; Close gives
@@ -470,4 +469,34 @@ func TestBufferedTasksReleasedWhenIdle(t *testing.T) {
 	assert.Less(t, time.Since(start), 4*time.Second, "not held until the 5 s lease ended")
 	require.NoError(t, first.Ack(ctx))
 	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// EnqueueBatch splits at the cluster's max-txn-ops and keeps item order.
+func TestEnqueueBatchSplits(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	c := testcluster.New(t, testcluster.Size(1), testcluster.MaxTxnOps(8))
+	cli := c.Client()
+	q, err := queue.New(cli, name, queue.WithMaxTxnOps(8), queue.WithRetention(0))
+	require.NoError(t, err)
+	defer q.Close()
+	items := make([]queue.Item, 30)
+	for i := range items {
+		items[i] = queue.Item{Payload: []byte(fmt.Sprint(i))}
+	}
+	ids, err := q.EnqueueBatch(ctx, items)
+	require.NoError(t, err)
+	require.Len(t, ids, 30)
+	ls, err := q.List(ctx, 100)
+	require.NoError(t, err)
+	require.Len(t, ls, 30)
+	for i, e := range ls {
+		assert.Equal(t, ids[i], e.ID)
+	}
+
+	// A queue not told of the lower limit gets etcd's refusal, not a panic.
+	big, err := queue.New(cli, name)
+	require.NoError(t, err)
+	_, err = big.EnqueueBatch(ctx, items)
+	assert.ErrorContains(t, err, "queue: enqueue batch")
 }

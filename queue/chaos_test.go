@@ -29,8 +29,8 @@ type chaosLog struct {
 	acked       map[string]int // successful Ack calls per task
 	deliveries  map[string][]int
 	lost        map[string]int // claims the worker saw lost or abandoned
-	redelivered int
-	unflagged   int // deliveries with Attempt > 1 not flagged Redelivered
+	redelivered int            // deliveries flagged Redelivered: the previous claim was lost
+	released    int            // deliveries after a batch gave an unused claim back
 	ackedN      atomic.Int64
 }
 
@@ -38,11 +38,13 @@ func (l *chaosLog) deliver(t *queue.Task) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.deliveries[t.ID] = append(l.deliveries[t.ID], t.Attempt)
-	if t.Attempt > 1 {
+	switch {
+	case t.Redelivered:
 		l.redelivered++
-		if !t.Redelivered {
-			l.unflagged++
-		}
+	case t.Attempt > 1:
+		// A batch claimed it before and gave it back unused (a release, not
+		// a loss): the attempt counts, the flag does not.
+		l.released++
 	}
 }
 
@@ -418,14 +420,13 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	for id, atts := range log.deliveries {
 		for _, a := range atts {
 			if a > 1 && log.lost[id] == 0 {
-				unseen++ // the lost claim's response never reached its worker (cut mid-claim)
+				unseen++ // the lost claim never reached its worker (cut mid-claim, or lost in a batch buffer)
 			}
 		}
 	}
-	assert.Zero(t, log.unflagged, "redeliveries not flagged as such")
 	assert.Positive(t, log.redelivered, "the faults caused no redelivery: the test proves nothing")
-	t.Logf("%d tasks; faults %v; %d redeliveries, %d claims seen lost by workers, %d redeliveries of claims whose worker never saw them; %d acks committed whose worker crashed before the answer",
-		n, faults, log.redelivered, lostTotal, unseen, unconfirmed)
+	t.Logf("%d tasks; faults %v; %d redeliveries, %d claims seen lost by workers, %d deliveries after a claim its worker never saw; %d after an unused batch claim was given back; %d acks committed whose worker crashed before the answer",
+		n, faults, log.redelivered, lostTotal, unseen, log.released, unconfirmed)
 
 	// Nothing left but the ledgers.
 	resp, err = admin.Get(ctx, name+"/.queue/", clientv3.WithPrefix(), clientv3.WithKeysOnly())

@@ -1,7 +1,6 @@
 package queue_test
 
 import (
-	"context"
 	"flag"
 	"sync"
 	"testing"
@@ -72,7 +71,6 @@ func TestNoDecay(t *testing.T) {
 	after := drain(window)
 	t.Logf("throughput: %.0f tasks/s at the start, %.0f after 50,000 tasks (%.0f%%)", before, after, 100*after/before)
 	require.GreaterOrEqual(t, after, 0.8*before, "throughput decayed")
-	_ = context.Background
 }
 
 func assertNoErr(t *testing.T, err error) bool {

@@ -216,10 +216,9 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		prev, _ = decodeStatus(kv.Value) // only its attempt count is used; zero if unreadable
 	}
 	var checkpoint []byte
-	var prog progressRecord
 	if kv := get(5); kv != nil {
-		if p, cp, perr := decodeProgress(kv.Value); perr == nil {
-			prog, checkpoint = p, cp
+		if _, cp, perr := decodeProgress(kv.Value); perr == nil {
+			checkpoint = cp
 		}
 	}
 	t := &Task{
@@ -239,7 +238,6 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		dedup:       meta.Dedup,
 		maxAttempts: meta.MaxAtt,
 		checkpoint:  checkpoint,
-		progress:    prog,
 	}
 	t.bind(lease)
 	ix.track(t)

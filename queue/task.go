@@ -40,7 +40,6 @@ type Task struct {
 	dedup       string
 	maxAttempts int
 	checkpoint  []byte
-	progress    progressRecord
 
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
