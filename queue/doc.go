@@ -85,11 +85,11 @@
 // nested transaction each); the extra ones wait in the Queue for its next
 // Dequeue calls, bound to the same lease (if it is lost they are dropped and
 // go to other workers); those not handed out within half a second, or by
-// Close, are given back. A
-// task that arrives meanwhile with a higher priority waits for at most those
-// three. Ready-index keys are
-// never ranged over on the claim path, so deleted keys (tombstones) of
-// consumed tasks do not slow claims down as the queue ages.
+// Close, are given back. A task that arrives meanwhile with a higher
+// priority waits for at most those three. Ready-index keys are never ranged
+// over on the claim path, so deleted keys (tombstones) of consumed tasks do
+// not slow claims down as the queue ages (measured by TestNoDecay, run with
+// -queue.decay: within 20% after 50,000 tasks without compaction).
 //
 // # Keys
 //
@@ -137,7 +137,9 @@
 //     lease once per retention/4 per process.
 //   - Progress: one guarded transaction.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
-//     trips, or 2.25 of each with full claim batches.
+//     trips, or 2.25 of each with full claim batches. In keys: 2 puts to
+//     enqueue, 2 puts to claim, 4 deletes and the finished record's put to
+//     acknowledge; the finished record is deleted later by its lease.
 //   - Per consumer process: one watch on the index, whose events (about four
 //     per task) every consumer process receives; memory for the index of
 //     unfinished tasks (about 100 bytes per task).
