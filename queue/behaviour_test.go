@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/queue"
 	"github.com/concordkit/concord/testcluster"
 )
@@ -499,4 +500,77 @@ func TestEnqueueBatchSplits(t *testing.T) {
 	require.NoError(t, err)
 	_, err = big.EnqueueBatch(ctx, items)
 	assert.ErrorContains(t, err, "queue: enqueue batch")
+}
+
+// Idle workers in separate processes do not all race for a new task: it is
+// one worker's turn first, and the others only step in if it stays
+// unclaimed. Without that, each task would cost three failed claims here.
+func TestIdleWorkersDoNotHerd(t *testing.T) {
+	ctx := ctxT(t, 60*time.Second)
+	name := qname(t)
+	producer := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
+	type worker struct {
+		q *queue.Queue
+		k *leasekeeper.Keeper
+	}
+	ws := make([]worker, 4)
+	got := make(chan string, 64)
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	for i := range ws {
+		cli, err := cluster.NewClient()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = cli.Close() })
+		ws[i] = worker{newQueue(t, cli, name, queue.WithRetention(0)), newKeeper(t, cli, 5*time.Second)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				task, err := ws[i].q.Dequeue(wctx, ws[i].k)
+				if err != nil {
+					return
+				}
+				if assert.NoError(t, task.Ack(wctx)) {
+					got <- task.ID
+				}
+			}
+		}()
+	}
+	one := func() {
+		t.Helper()
+		id, err := producer.Enqueue(ctx, nil)
+		require.NoError(t, err)
+		select {
+		case g := <-got:
+			require.Equal(t, id, g)
+		case <-ctx.Done():
+			t.Fatal("task not taken")
+		}
+	}
+	// Until the workers have seen each other claim, each believes it is
+	// alone; let them meet.
+	for range 8 {
+		one()
+	}
+	claims0, conflicts0 := int64(0), int64(0)
+	for _, w := range ws {
+		c, f := w.q.ClaimCounts()
+		claims0, conflicts0 = claims0+c, conflicts0+f
+	}
+	const n = 40
+	for range n {
+		one()
+	}
+	var claims, conflicts int64
+	for _, w := range ws {
+		c, f := w.q.ClaimCounts()
+		claims, conflicts = claims+c, conflicts+f
+	}
+	claims, conflicts = claims-claims0, conflicts-conflicts0
+	t.Logf("%d tasks to 4 idle workers: %d claim attempts, %d failed", n, claims, conflicts)
+	assert.LessOrEqual(t, conflicts, int64(n/3), "idle workers raced for new tasks")
 }

@@ -127,7 +127,11 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 				clientv3.OpGet(q.keys.progress(e.id)),
 			}, nil)
 	}
+	sent := time.Now()
 	resp, err := q.cli.Txn(ctx).Then(ops...).Commit()
+	if err == nil {
+		ix.observeClaim(time.Since(sent))
+	}
 	if err != nil {
 		// The claims may have been applied without our hearing of it. Bound
 		// to a lease this process keeps alive, they would hide the tasks

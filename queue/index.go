@@ -39,6 +39,7 @@ type index struct {
 	loaded   bool
 	changed  chan struct{} // closed and replaced on every change
 	conflict int64         // failed claim transactions
+	claimRTT time.Duration // running average of claim round trips
 	claims   int64         // claim transactions
 }
 
@@ -289,9 +290,24 @@ const activeWindow = 2 * time.Second
 
 // handoffStep is how long a task that is another worker's turn stays
 // reserved for it, per place between the two workers, before this one takes
-// it. About one claim round trip: a busy owner does not hold tasks up for
-// long, and idle workers do not all race for one new task.
-const handoffStep = 3 * time.Millisecond
+// it: twice this Queue's recent claim round trip (the owner's claim must
+// also reach this view through the watch), within [5 ms, 100 ms]. A busy
+// owner does not hold tasks up for long, and idle workers do not all race
+// for one new task, also on a slow or loaded cluster.
+func (ix *index) handoffStepLocked() time.Duration {
+	return min(max(2*ix.claimRTT+2*time.Millisecond, 5*time.Millisecond), 100*time.Millisecond)
+}
+
+// observeClaim folds one claim round trip into the running average.
+func (ix *index) observeClaim(d time.Duration) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.claimRTT == 0 {
+		ix.claimRTT = d
+		return
+	}
+	ix.claimRTT += (d - ix.claimRTT) / 8
+}
 
 // chooseLocked picks the candidate for this process's next claim. It
 // reports none when nothing is available, with the time to look again: when
@@ -305,7 +321,7 @@ const handoffStep = 3 * time.Millisecond
 // depends on the task alone, not on how up to date each view is, so views
 // that lag each other by a claim or two still pick different tasks. A task
 // owned by another worker is taken only after it stayed unclaimed for
-// handoffStep × ((r − owner) mod w): a new task wakes one claim, not all,
+// step × ((r − owner) mod w) (see handoffStepLocked): a new task wakes one claim, not all,
 // and a busy owner holds it up for a few milliseconds at most. A worker alone
 // owns every task and takes them strictly in order.
 func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
@@ -384,6 +400,7 @@ func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 		return own, next
 	}
 	var fallback *entry
+	step := ix.handoffStepLocked()
 	for i, e := range cands {
 		owner := int(ownerHash(e.id) % uint32(workers))
 		if fallback != nil {
@@ -393,7 +410,7 @@ func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 		if !e.ready && time.Unix(0, e.at).After(since) {
 			since = time.Unix(0, e.at)
 		}
-		turn := since.Add(handoffStep * time.Duration((rank-owner+workers)%workers))
+		turn := since.Add(step * time.Duration((rank-owner+workers)%workers))
 		if !now.Before(turn) {
 			fallback = &cands[i]
 			continue
