@@ -301,7 +301,9 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 func TestChaosLeasekeeper(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
-	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second)})
+	cfg := defaultNemesis()
+	cfg.cutGap = span{200 * time.Millisecond, 600 * time.Millisecond} // more lease ends to check
+	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: cfg, duration: chaosDuration(6 * time.Second)})
 	r.expectNone(t, n)
 }
 
