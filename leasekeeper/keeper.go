@@ -36,7 +36,8 @@ type Keeper struct {
 
 	stop   context.CancelFunc
 	stopCh <-chan struct{}
-	kick   chan struct{} // wakes run to grant a new lease after Invalidate
+	kick   chan struct{}  // wakes run to grant a new lease after Invalidate
+	ka     *kaStream      // the keep-alive stream; see renew for who touches it
 	wg     sync.WaitGroup // joins run and every RPC goroutine it starts
 
 	mu        sync.Mutex // protects everything below

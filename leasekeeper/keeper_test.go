@@ -3,6 +3,7 @@ package leasekeeper_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc"
 
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/testcluster"
@@ -367,4 +369,40 @@ func TestInvalidate(t *testing.T) {
 
 	k.Invalidate(l, err) // an old generation: nothing happens
 	require.NoError(t, l2.Err())
+}
+
+// Renewals share one keep-alive stream: with etcd auth on, each new stream
+// costs a login (clientv3 authenticates per stream), so a stream per renewal
+// would make every renewal a password check on the server.
+func TestRenewalsShareOneStream(t *testing.T) {
+	c := testcluster.New(t, testcluster.Size(1), testcluster.WithAuth())
+	ctx := ctxT(t, 20*time.Second)
+	var streams atomic.Int64
+	cfg := c.ClientConfig()
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainStreamInterceptor(
+		func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			if method == "/etcdserverpb.Lease/LeaseKeepAlive" {
+				streams.Add(1)
+			}
+			return streamer(ctx, desc, cc, method, opts...)
+		}))
+	cli, err := clientv3.New(cfg)
+	require.NoError(t, err)
+	defer cli.Close()
+	u, err := c.AddUser(ctx, "worker", "jobs/")
+	require.NoError(t, err)
+	cfg.Username, cfg.Password = u.Name, u.Password
+	userCli, err := clientv3.New(cfg)
+	require.NoError(t, err)
+	defer userCli.Close()
+
+	for _, cl := range []*clientv3.Client{cli, userCli} {
+		before := streams.Load()
+		k, err := leasekeeper.New(ctx, cl, leasekeeper.WithTTL(time.Second))
+		require.NoError(t, err)
+		waitRenewals(t, k, 6)
+		require.Equal(t, leasekeeper.Connected, k.State())
+		require.NoError(t, k.Close(ctx))
+		assert.Equal(t, int64(1), streams.Load()-before, "six renewals on one stream")
+	}
 }

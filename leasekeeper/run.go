@@ -70,12 +70,8 @@ func (k *Keeper) run(ctx context.Context) {
 			case renewRPC:
 				r.gen, r.id = l.gen, l.id
 				actx, cancel := context.WithTimeout(ctx, k.attemptTimeout())
-				resp, err := k.cli.KeepAliveOnce(actx, l.id)
+				r.ttl, r.err = k.renew(ctx, actx, l.id)
 				cancel()
-				if err == nil {
-					r.ttl = resp.TTL
-				}
-				r.err = err
 			case grantRPC:
 				actx, cancel := context.WithTimeout(ctx, k.grantTimeout())
 				resp, err := k.cli.Grant(actx, int64(k.ttl/time.Second))
