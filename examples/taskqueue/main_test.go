@@ -33,9 +33,10 @@ func TestTaskQueue(t *testing.T) {
 	assert.NotEqual(t, killed[1], resumed[1], "another worker resumes the task")
 	assert.Less(t, strings.Index(s, killed[0]), strings.Index(s, resumed[0]))
 
-	for a := 1; a <= 2; a++ {
-		assert.Regexp(t, `corrupt-archive +attempt `+itoa(a)+` of 3 failed \(cannot open archive: checksum mismatch\): retried later`, s)
-	}
+	// Attempt 2 always fails on a live worker. Attempt 1 may have been a
+	// claim the killed worker's queue had taken ahead (claims are batched)
+	// and lost with its lease: an attempt all the same, but never printed.
+	assert.Regexp(t, `corrupt-archive +attempt 2 of 3 failed \(cannot open archive: checksum mismatch\): retried later`, s)
 	assert.Regexp(t, `corrupt-archive +attempt 3 of 3 failed .*: sent to the dead letters`, s)
 	assert.Regexp(t, `dead letter \w+ after 3 attempts: `, s)
 	assert.Contains(t, s, "producer-1 enqueued 5 tasks")
@@ -47,4 +48,3 @@ func TestTaskQueue(t *testing.T) {
 	assert.Contains(t, s, `"Name":"queue.dequeue"`)
 }
 
-func itoa(n int) string { return string(rune('0' + n)) }
