@@ -86,7 +86,7 @@
 // # Telemetry
 //
 // Every wait records a "barrier.wait" span (kind, name, wait time, token for
-// seats, outcome) and the concord.barrier.wait_duration histogram, through
+// seats, outcome) and the concord.barrier.wait.duration histogram, through
 // the global providers unless WithTracerProvider / WithMeterProvider are
 // given.
 package barrier

@@ -58,7 +58,7 @@ func newTelemetry(opts []Option) telemetry {
 		o.mp = otel.GetMeterProvider()
 	}
 	const scope = "github.com/concordkit/concord/barrier"
-	h, _ := o.mp.Meter(scope).Float64Histogram("concord.barrier.wait_duration", metric.WithUnit("ms"),
+	h, _ := o.mp.Meter(scope).Float64Histogram("concord.barrier.wait.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time spent waiting on a barrier, double barrier or latch, by kind and outcome."))
 	return telemetry{tracer: o.tp.Tracer(scope), waits: h}
 }
@@ -89,7 +89,7 @@ func (tm telemetry) span(ctx context.Context, kind, name string) (context.Contex
 			sp.SetStatus(codes.Error, err.Error())
 		}
 		sp.End()
-		tm.waits.Record(context.WithoutCancel(ctx), ms, metric.WithAttributes(
+		tm.waits.Record(context.WithoutCancel(ctx), ms/1000, metric.WithAttributes(
 			attribute.String("barrier.kind", kind), attribute.String("barrier.outcome", out)))
 	}
 }

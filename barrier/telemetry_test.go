@@ -53,7 +53,7 @@ func TestTelemetry(t *testing.T) {
 	require.NoError(t, reader.Collect(ctx, &rm))
 	require.Len(t, rm.ScopeMetrics, 1)
 	m := rm.ScopeMetrics[0].Metrics[0]
-	assert.Equal(t, "concord.barrier.wait_duration", m.Name)
+	assert.Equal(t, "concord.barrier.wait.duration", m.Name)
 	var n uint64
 	for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
 		n += dp.Count

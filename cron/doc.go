@@ -82,6 +82,6 @@
 //
 // Each run records a "cron.run" span (job, scheduled time, token, attempt,
 // outcome); metrics concord.cron.runs (by job and outcome) and
-// concord.cron.fire_lag (ms from scheduled time to start). Both through the
+// concord.cron.fire_lag (seconds from scheduled time to start). Both through the
 // global providers unless WithTracerProvider / WithMeterProvider are given.
 package cron

@@ -619,7 +619,7 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 	start := time.Now()
 	attrs := metric.WithAttributes(attribute.String("cron.job", j.name))
 	if !r.Trigger {
-		l.s.lag.Record(ctx, float64(start.Sub(r.Time))/float64(time.Millisecond), attrs)
+		l.s.lag.Record(ctx, start.Sub(r.Time).Seconds(), attrs)
 	}
 	sctx, span := l.s.tracer.Start(ctx, "cron.run", trace.WithAttributes(
 		attribute.String("cron.name", l.s.name), attribute.String("cron.job", j.name),

@@ -213,7 +213,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
 	s.tracer = o.tp.Tracer(scope)
 	m := o.mp.Meter(scope)
 	s.runs, _ = m.Int64Counter("concord.cron.runs", metric.WithDescription("Job runs started or skipped, by job and outcome."))
-	s.lag, _ = m.Float64Histogram("concord.cron.fire_lag", metric.WithUnit("ms"),
+	s.lag, _ = m.Float64Histogram("concord.cron.fire_lag", metric.WithUnit("s"),
 		metric.WithDescription("From a job's scheduled time to the start of its run."))
 	return s
 }

@@ -85,6 +85,7 @@
 // Campaign records an "election.campaign" span (wait time, token, outcome)
 // through the global tracer provider unless WithTracerProvider is given.
 // Metrics through the global meter provider unless WithMeterProvider is
-// given: concord.election.leadership_changes (terms won) and
-// concord.election.term_duration (seconds a term was held).
+// given: concord.election.leadership_changes (terms won),
+// concord.election.wait.duration (seconds Campaign waited, by outcome) and
+// concord.election.term.duration (seconds a term was held).
 package election

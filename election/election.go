@@ -57,6 +57,7 @@ type Election struct {
 	tracer  trace.Tracer
 	changes metric.Int64Counter
 	held    metric.Float64Histogram
+	waited  metric.Float64Histogram
 }
 
 // Option configures an Election.
@@ -106,7 +107,9 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Election {
 	m := o.mp.Meter(scope)
 	e.changes, _ = m.Int64Counter("concord.election.leadership_changes",
 		metric.WithDescription("Terms won by this process's candidates."))
-	e.held, _ = m.Float64Histogram("concord.election.term_duration",
+	e.waited, _ = m.Float64Histogram("concord.election.wait.duration",
+		metric.WithUnit("s"), metric.WithDescription("How long Campaign waited, by outcome."))
+	e.held, _ = m.Float64Histogram("concord.election.term.duration",
 		metric.WithUnit("s"), metric.WithDescription("How long terms were held, from election to resignation or loss."))
 	return e
 }
@@ -140,7 +143,13 @@ func (e *Election) Campaign(ctx context.Context, value string) (t *Term, err err
 	ctx, span := e.tracer.Start(ctx, "election.campaign", trace.WithAttributes(
 		attribute.String("election.name", e.name)))
 	defer func() {
-		span.SetAttributes(attribute.Float64("election.wait_ms", float64(time.Since(start))/float64(time.Millisecond)))
+		wait := time.Since(start)
+		span.SetAttributes(attribute.Float64("election.wait_ms", float64(wait)/float64(time.Millisecond)))
+		out := "elected"
+		if err != nil {
+			out = outcome(err)
+		}
+		e.waited.Record(context.WithoutCancel(ctx), wait.Seconds(), metric.WithAttributes(attribute.String("election.outcome", out)))
 		if err != nil {
 			span.SetAttributes(attribute.String("election.outcome", outcome(err)))
 			span.RecordError(err)

@@ -67,11 +67,22 @@ func TestTelemetry(t *testing.T) {
 				require.Len(t, d.DataPoints, 1)
 				assert.Equal(t, int64(1), d.DataPoints[0].Value, m.Name)
 			case metricdata.Histogram[float64]:
+				if m.Name == "concord.election.wait.duration" {
+					// One campaign was elected, one canceled.
+					outcomes := map[string]uint64{}
+					for _, dp := range d.DataPoints {
+						v, _ := dp.Attributes.Value("election.outcome")
+						outcomes[v.AsString()] += dp.Count
+					}
+					assert.Equal(t, map[string]uint64{"elected": 1, "canceled": 1}, outcomes)
+					continue
+				}
 				require.Len(t, d.DataPoints, 1)
 				assert.Equal(t, uint64(1), d.DataPoints[0].Count, m.Name)
 			}
 		}
 	}
 	assert.True(t, found["concord.election.leadership_changes"], "%v", found)
-	assert.True(t, found["concord.election.term_duration"], "%v", found)
+	assert.True(t, found["concord.election.term.duration"], "%v", found)
+	assert.True(t, found["concord.election.wait.duration"], "%v", found)
 }
