@@ -251,10 +251,13 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 			} else {
 				delete(ix.claimed, id)
 				ix.since[id] = time.Now()
-				if t := ix.tasks[id]; t != nil {
+				if t := ix.tasks[id]; t != nil && ev.Kv.ModRevision > t.token {
 					// The claim key is gone: acknowledged by this Queue, or
-					// deleted by its lease's expiry or by someone else.
+					// deleted by its lease's expiry or by someone else. Stop
+					// tracking it either way, so tasks a worker abandons
+					// without finishing do not pile up here.
 					t.claimDeleted(ev.Kv.ModRevision)
+					delete(ix.tasks, id)
 				}
 			}
 			continue
@@ -577,6 +580,9 @@ func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
 		t := ix.buffered[i]
 		if t.ctx.Err() != nil {
 			ix.buffered = slices.Delete(ix.buffered, i, i+1)
+			if ix.tasks[t.ID] == t {
+				delete(ix.tasks, t.ID)
+			}
 			i--
 			continue
 		}
