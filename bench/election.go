@@ -229,11 +229,15 @@ func benchFailover(ctx context.Context, env *Env, n int) (Result, error) {
 
 // failoverClients returns a leader client (to be cut) and a candidate client.
 func failoverClients(env *Env) (*clientv3.Client, *clientv3.Client, error) {
-	clis, err := env.Clients(2)
+	lc, err := env.NewCuttableClient()
 	if err != nil {
 		return nil, nil, err
 	}
-	return clis[0], clis[1], nil
+	cc, err := env.NewClient()
+	if err != nil {
+		return nil, nil, err
+	}
+	return lc, cc, nil
 }
 
 func failoverConcord(ctx context.Context, env *Env, name string) (float64, error) {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime/pprof"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -23,23 +24,26 @@ import (
 	"github.com/concordkit/concord/testcluster"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+func run() int {
 	var (
 		jsonOut = flag.Bool("json", false, "print one JSON object per figure")
 		run     = flag.String("run", "", "only figures whose names match this regular expression")
 		rounds  = flag.Int("rounds", 5, "rounds per figure (median taken; at least 5)")
 		quick   = flag.Bool("quick", false, "smaller workloads, for a smoke run")
 		list    = flag.Bool("list", false, "list figure names and exit")
+		cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	)
 	flag.Parse()
 	if *rounds < 5 && !*quick {
 		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 5 (or use -quick)")
-		os.Exit(2)
+		return 2
 	}
 	re, err := regexp.Compile(*run)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: -run: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	var selected []Group
 	for _, g := range groups {
@@ -53,11 +57,24 @@ func main() {
 				fmt.Println(f)
 			}
 		}
-		return
+		return 0
 	}
 	if len(selected) == 0 {
 		fmt.Fprintf(os.Stderr, "bench: no figure matches %q\n", *run)
-		os.Exit(2)
+		return 2
+	}
+
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 2
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	ctx := context.Background()
@@ -66,7 +83,7 @@ func main() {
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 	env := &Env{Cluster: cluster, Rounds: *rounds, Quick: *quick}
 
@@ -94,8 +111,9 @@ func main() {
 		printTable(results)
 	}
 	if failed {
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 type jsonFigure struct {
