@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -125,7 +124,7 @@ func (f *feed) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if denied(err) {
+		if retry.PermissionDenied(err) {
 			// Retrying cannot help: end the subscriptions with the reason.
 			f.fail(fmt.Errorf("pubsub: watch %q: %w", f.k.topic, rpctypes.ErrPermissionDenied))
 			return
@@ -138,14 +137,6 @@ func (f *feed) run(ctx context.Context) {
 		}
 		_ = bo.Wait(ctx)
 	}
-}
-
-// denied reports a watch refused for lack of permission. etcd's client
-// passes the server's cancel reason on as a plain error holding the whole
-// gRPC status text, which errors.Is cannot match, so the text is looked at.
-func denied(err error) bool {
-	return errors.Is(err, rpctypes.ErrPermissionDenied) ||
-		strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error())
 }
 
 // fail ends every subscription with err. They stay registered until they

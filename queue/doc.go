@@ -154,5 +154,5 @@
 // Metrics through the global meter provider unless WithMeterProvider is
 // given: concord.queue.depth (observable gauge by state, from the consumer's
 // view), concord.queue.redeliveries, concord.queue.dead_letters,
-// concord.queue.claims (by conflict) and concord.queue.dequeue.wait.
+// concord.queue.claims (by conflict) and concord.queue.wait.duration (seconds).
 package queue

@@ -2,12 +2,14 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
@@ -37,6 +39,7 @@ type index struct {
 	buffered []*Task              // claimed by a batch, not yet handed out
 	rev      int64                // revision the view reflects
 	loaded   bool
+	denied   error         // set while etcd refuses this process the index for lack of permission
 	changed  chan struct{} // closed and replaced on every change
 	conflict int64         // failed claim transactions
 	claimRTT time.Duration // running average of claim round trips
@@ -82,11 +85,18 @@ func (ix *index) run(ctx context.Context) {
 	defer close(ix.done)
 	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 	for ctx.Err() == nil {
-		if ix.session(ctx) {
+		loaded, err := ix.session(ctx)
+		if loaded {
 			bo.Reset()
 		}
 		ix.mu.Lock()
 		ix.loaded = false
+		if retry.PermissionDenied(err) {
+			// Not transient: tell the waiting Dequeue calls instead of
+			// letting them wait for a load that cannot come. Keep trying
+			// in the background, in case the permission is granted.
+			ix.denied = fmt.Errorf("queue: watch %q: %w", ix.q.keys.index(), rpctypes.ErrPermissionDenied)
+		}
 		ix.notifyLocked()
 		ix.mu.Unlock()
 		if bo.Wait(ctx) != nil {
@@ -95,8 +105,9 @@ func (ix *index) run(ctx context.Context) {
 	}
 }
 
-// session runs one watch; it reports whether it got as far as loading.
-func (ix *index) session(ctx context.Context) bool {
+// session runs one watch; it reports whether it got as far as loading, and
+// why it could not when it could not.
+func (ix *index) session(ctx context.Context) (bool, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	prefix := ix.q.keys.index()
@@ -105,15 +116,18 @@ func (ix *index) session(ctx context.Context) bool {
 	select {
 	case first = <-wch:
 	case <-ctx.Done():
-		return false
+		return false, ctx.Err()
 	}
-	if first.Err() != nil || !first.Created {
-		return false
+	if err := first.Err(); err != nil || !first.Created {
+		return false, err
 	}
 	loadRev, err := ix.load(wctx, first.Header.Revision)
 	if err != nil {
-		return false
+		return false, err
 	}
+	ix.mu.Lock()
+	ix.denied = nil
+	ix.mu.Unlock()
 	tick := time.NewTicker(bufferHold / 2)
 	defer tick.Stop()
 	for {
@@ -125,10 +139,10 @@ func (ix *index) session(ctx context.Context) bool {
 			ix.releaseStale(ctx)
 			continue
 		case <-ctx.Done():
-			return true
+			return true, nil
 		}
 		if !ok || resp.Err() != nil || resp.Canceled {
-			return true
+			return true, resp.Err()
 		}
 		ix.apply(resp.Events, loadRev, resp.Header.Revision)
 	}
@@ -467,6 +481,10 @@ func (ix *index) pick(ctx context.Context, wait bool, batch int) ([]entry, error
 				ix.mu.Unlock()
 				return nil, ErrEmpty
 			}
+		} else if ix.denied != nil {
+			err := ix.denied
+			ix.mu.Unlock()
+			return nil, err
 		}
 		ix.mu.Unlock()
 		var tc <-chan time.Time

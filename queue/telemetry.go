@@ -45,7 +45,7 @@ func newTelemetry(q *Queue) *telemetry {
 		metric.WithDescription("Tasks moved to the dead letters by this process."))
 	t.claims, _ = m.Int64Counter("concord.queue.claims",
 		metric.WithDescription("Claim transactions, by whether another worker was first."))
-	t.waits, _ = m.Float64Histogram("concord.queue.dequeue.wait",
+	t.waits, _ = m.Float64Histogram("concord.queue.wait.duration",
 		metric.WithUnit("s"), metric.WithDescription("Time Dequeue waited for a task."))
 	depth, _ := m.Int64ObservableGauge("concord.queue.depth",
 		metric.WithDescription("Tasks by state, as this process's consumer view sees them."))

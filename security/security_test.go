@@ -103,10 +103,7 @@ func snapshot(t *testing.T, prefix string) map[string]int64 {
 // knownBugs are calls found to mishandle a permission denial, with the
 // report. They still run (briefly), so a fix shows as a pass; while the bug
 // stands the subtest is skipped instead of failing everyone's CI.
-var knownBugs = map[string]string{
-	"queue.TryDequeue": "queue: the index watch's permission denial is retried forever (index.session returns false, index.run backs off and tries again) and pick waits for a load that never comes, so TryDequeue returns only when its context ends (reported)",
-	"queue.Dequeue":    "queue: as TryDequeue, Dequeue waits for an index load that a permission denial makes impossible (reported)",
-}
+var knownBugs = map[string]string{}
 
 // expectDenied runs o with a deadline and checks that it returns an error
 // that errors.Is rpctypes.ErrPermissionDenied, in time, without a panic.

@@ -5,6 +5,7 @@ package retry
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -68,3 +69,14 @@ func (b *Backoff) Wait(ctx context.Context) error {
 
 // Reset starts the delays over from Min.
 func (b *Backoff) Reset() { b.cur = 0 }
+
+// PermissionDenied reports whether err is etcd refusing a request for lack of
+// permission. A refused watch comes back from clientv3 as a plain error with
+// etcd's message rather than the typed one, so the message is matched too.
+func PermissionDenied(err error) bool {
+	if err == nil {
+		return false
+	}
+	return errors.Is(err, rpctypes.ErrPermissionDenied) ||
+		strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error())
+}
