@@ -47,4 +47,3 @@ func TestTaskQueue(t *testing.T) {
 	// -trace printed the queue's spans.
 	assert.Contains(t, s, `"Name":"queue.dequeue"`)
 }
-
