@@ -154,5 +154,6 @@
 // Metrics through the global meter provider unless WithMeterProvider is
 // given: concord.queue.depth (observable gauge by state, from the consumer's
 // view), concord.queue.redeliveries, concord.queue.dead_letters,
-// concord.queue.claims (by conflict) and concord.queue.wait.duration (seconds).
+// concord.queue.claims (by conflict), concord.queue.wait.duration and
+// concord.queue.hold.duration (seconds, Dequeue to Ack/Nack/Fail, by outcome).
 package queue

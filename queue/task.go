@@ -35,6 +35,7 @@ type Task struct {
 	token       int64
 	lease       clientv3.LeaseID
 	buffered    time.Time // when a batch put it in the Queue's buffer
+	handedOut   time.Time // when Dequeue returned it, for the hold metric
 	claimKey    string
 	held        []clientv3.Cmp
 	dedup       string
@@ -314,6 +315,7 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 		t.mu.Unlock()
 		t.cancel(fmt.Errorf("%w: task %s: %sed", ErrFinished, t.ID, kind))
 		t.cleanup()
+		t.q.tel.finished(ctx, t, kind)
 		return nil
 	}
 }

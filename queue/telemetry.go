@@ -22,6 +22,7 @@ type telemetry struct {
 	dead        metric.Int64Counter
 	claims      metric.Int64Counter
 	waits       metric.Float64Histogram
+	holds       metric.Float64Histogram
 	reg         metric.Registration
 	queueAttr   attribute.KeyValue
 	conflictOpt metric.MeasurementOption
@@ -47,6 +48,8 @@ func newTelemetry(q *Queue) *telemetry {
 		metric.WithDescription("Claim transactions, by whether another worker was first."))
 	t.waits, _ = m.Float64Histogram("concord.queue.wait.duration",
 		metric.WithUnit("s"), metric.WithDescription("Time Dequeue waited for a task."))
+	t.holds, _ = m.Float64Histogram("concord.queue.hold.duration",
+		metric.WithUnit("s"), metric.WithDescription("Time from Dequeue handing a task out to its Ack, Nack or Fail, by outcome."))
 	depth, _ := m.Int64ObservableGauge("concord.queue.depth",
 		metric.WithDescription("Tasks by state, as this process's consumer view sees them."))
 	t.reg, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -103,9 +106,20 @@ func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Ta
 		}
 		span.End()
 		if task != nil {
+			// Set before Dequeue returns the task: nothing else sees it yet.
+			task.handedOut = time.Now()
 			t.waits.Record(context.WithoutCancel(ctx), wait.Seconds(), t.attrs)
 		}
 	}
+}
+
+// finished records how long a task was held, from Dequeue to its outcome.
+func (t *telemetry) finished(ctx context.Context, task *Task, outcome string) {
+	if task.handedOut.IsZero() {
+		return
+	}
+	t.holds.Record(context.WithoutCancel(ctx), time.Since(task.handedOut).Seconds(),
+		metric.WithAttributes(t.queueAttr, attribute.String("queue.outcome", outcome)))
 }
 
 func (t *telemetry) claimed(ctx context.Context, ok bool) {

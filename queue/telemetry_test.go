@@ -116,3 +116,44 @@ func sum(t *testing.T, rm metricdata.ResourceMetrics, name string) int64 {
 	}
 	return total
 }
+
+func TestHoldMetric(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	q := newQueue(t, cli, name, queue.WithMeterProvider(mp), queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+	for range 2 {
+		_, err := q.Enqueue(ctx, []byte("x"))
+		require.NoError(t, err)
+	}
+	a, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, a.Ack(ctx))
+	require.NoError(t, a.Ack(ctx), "a repeated Ack records nothing more")
+	b, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, b.Fail(ctx, "no"))
+
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(ctx, &rm))
+	got := map[string]uint64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "concord.queue.hold.duration" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
+				v, _ := dp.Attributes.Value("queue.outcome")
+				got[v.AsString()] += dp.Count
+			}
+		}
+	}
+	assert.Equal(t, map[string]uint64{"ack": 1, "fail": 1}, got)
+	_, err = q.PurgeDead(ctx)
+	require.NoError(t, err)
+	require.NoError(t, q.Destroy(ctx))
+}
