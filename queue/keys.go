@@ -163,15 +163,3 @@ func parseIndexKey(key, rest string) (entry, error) {
 	}
 	return e, nil
 }
-
-// idTime returns the enqueue time encoded in a task ID (0 if malformed).
-func idTime(id string) int64 {
-	if len(id) < 16 {
-		return 0
-	}
-	t, err := decTime(id[:16])
-	if err != nil {
-		return 0
-	}
-	return t
-}
