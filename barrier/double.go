@@ -145,6 +145,11 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		}
 		return true, r.Header.Revision, nil
 	}
+	if !resp.Succeeded || len(resp.Responses) < 3 {
+		// The seat's key is random and new: only a foreign write at the same
+		// name can make the put's condition fail.
+		return nil, fmt.Errorf("barrier: enter %q: seat key %s already exists", d.name, key)
+	}
 	if resp.Responses[2].GetResponseRange().Count == 0 {
 		err = errNotOpen
 		if resp.Responses[1].GetResponseRange().Count >= int64(d.n) {

@@ -42,11 +42,12 @@ type binding struct {
 	// cannot land in the opposite order.
 	writeMu sync.Mutex
 
-	mu     sync.Mutex // protects val, lease, rev, closed
-	val    []byte
-	lease  clientv3.LeaseID // the lease of our last successful write (0 before)
-	rev    int64            // create revision of our last successful write
-	closed bool
+	mu      sync.Mutex // protects val, lease, rev, closed, deleted
+	val     []byte
+	lease   clientv3.LeaseID // the lease of our last successful write (0 before)
+	rev     int64            // create revision of our last successful write
+	closed  bool             // re-registration stopped
+	deleted bool             // close deleted the key (or found it not ours)
 }
 
 // bind writes key on the keeper's current lease (waiting for one if the
@@ -193,30 +194,47 @@ func (b *binding) set(ctx context.Context, val []byte) error {
 	return nil
 }
 
-// close stops re-registration and deletes the key if it is still ours. It is
-// idempotent; a failed delete is reported, and the key then goes with its
-// lease.
+// close stops re-registration and deletes the key if it is still ours. It
+// deletes under a context detached from ctx's cancellation and bounded by the
+// lease TTL, retrying transient errors, so a canceled caller still
+// deregisters. It is idempotent once the delete succeeded; after a failure it
+// reports the error, and a later call tries the delete again (the key
+// otherwise stays on the keeper's live lease).
 func (b *binding) close(ctx context.Context) error {
 	b.mu.Lock()
-	if b.closed {
+	if b.deleted {
 		b.mu.Unlock()
 		return nil
 	}
+	first := !b.closed
 	b.closed = true
 	b.mu.Unlock()
-	b.stop()
-	b.wg.Wait()
+	if first {
+		b.stop()
+		b.wg.Wait()
+	}
 	b.writeMu.Lock()
 	defer b.writeMu.Unlock()
 	b.mu.Lock()
 	lease := b.lease
 	b.mu.Unlock()
-	_, err := b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(b.key), "=", lease), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)).
-		Then(clientv3.OpDelete(b.key)).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: delete %s: %w", b.key, err)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.k.TTL())
+	defer cancel()
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		_, err := b.cli.Txn(dctx).
+			If(clientv3.Compare(clientv3.LeaseValue(b.key), "=", lease), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)).
+			Then(clientv3.OpDelete(b.key)).
+			Commit()
+		if err == nil {
+			break
+		}
+		if !retry.Retriable(err) || bo.Wait(dctx) != nil {
+			return fmt.Errorf("discovery: delete %s: %w", b.key, err)
+		}
 	}
+	b.mu.Lock()
+	b.deleted = true
+	b.mu.Unlock()
 	return nil
 }

@@ -44,12 +44,30 @@ func (e *Election) Run(ctx context.Context, value string, fn func(ctx context.Co
 		// Read before resigning: Resign replaces no cause, but a loss must be
 		// told apart from fn failing on its own.
 		lost := errors.Is(t.Err(), ErrLost)
-		_ = t.Resign(ctx) // on failure the key goes with its lease; the next campaign removes it
+		resignUntilDone(ctx, t)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
 		if ferr != nil && !lost {
 			return fmt.Errorf("election: Run: %w", ferr)
+		}
+	}
+}
+
+// resignUntilDone resigns t, trying again until it succeeds, the term is lost
+// (its key then goes with the lease) or ctx ends. A term left standing would
+// keep this candidate leader with nothing running, and hold the Election's
+// slot so that it could not campaign again.
+func resignUntilDone(ctx context.Context, t *Term) {
+	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	for t.Resign(ctx) != nil {
+		select {
+		case <-t.Done():
+			return
+		default:
+		}
+		if bo.Wait(ctx) != nil {
+			return
 		}
 	}
 }

@@ -144,12 +144,22 @@ func (t *Term) Resign(ctx context.Context) error {
 	t.mu.Unlock()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.e.k.TTL())
 	defer cancel()
-	// Guarded by the create revision: never deletes a newer incarnation.
-	if _, err := t.e.cli.Txn(rctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit(); err != nil {
-		t.mu.Lock()
-		t.resigning = false
-		t.mu.Unlock()
-		return fmt.Errorf("election: resign %q: %w", t.e.name, err)
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		// Guarded by the create revision: never deletes a newer incarnation.
+		_, err := t.e.cli.Txn(rctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
+		if err == nil {
+			break
+		}
+		// A leader change or a member going away is worth waiting out: the
+		// key would otherwise stay on a live lease and keep this process
+		// leader without a term.
+		if !retry.Retriable(err) || bo.Wait(rctx) != nil {
+			t.mu.Lock()
+			t.resigning = false
+			t.mu.Unlock()
+			return fmt.Errorf("election: resign %q: %w", t.e.name, err)
+		}
 	}
 	t.mu.Lock()
 	t.resigned = true

@@ -2,6 +2,7 @@ package leasekeeper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -75,7 +76,20 @@ func (s *kaStream) close() {
 // needed) and waits for its answer until actx ends. It returns the TTL the
 // server granted, or rpctypes.ErrLeaseNotFound if the lease is gone. Only the
 // renewal goroutine in flight touches k.ka; run starts them one at a time.
+//
+// A stream refused for its auth token is reopened once within the attempt:
+// clientv3 authenticates through one member, and the stream may reach another
+// that has not applied the new token yet (clientv3 retries unary calls for
+// the same reason). A new stream authenticates again.
 func (k *Keeper) renew(ctx, actx context.Context, id clientv3.LeaseID) (int64, error) {
+	ttl, err := k.renewOnce(ctx, actx, id)
+	if errors.Is(err, rpctypes.ErrInvalidAuthToken) || errors.Is(err, rpctypes.ErrAuthOldRevision) {
+		ttl, err = k.renewOnce(ctx, actx, id)
+	}
+	return ttl, err
+}
+
+func (k *Keeper) renewOnce(ctx, actx context.Context, id clientv3.LeaseID) (int64, error) {
 	if k.ka == nil {
 		s, err := k.openStream(ctx, actx)
 		if err != nil {

@@ -136,6 +136,11 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *watchPool, lease 
 	if err == nil {
 		err = a.wait(ctx)
 	}
+	if err == nil && lease.Err() != nil {
+		// The wait can end (an event won the select) just as the lease was
+		// lost: never hand out a Hold on a lost lease.
+		err = lostErr(lease)
+	}
 	if err != nil {
 		pool.put(a.w)
 		switch {

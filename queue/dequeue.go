@@ -253,7 +253,16 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		// The previous attempt was the last and its claim was lost: the task
 		// goes to the dead letters rather than to a worker.
 		reason := fmt.Sprintf("claim lost on attempt %d of %d", attempt-1, meta.MaxAtt)
-		if err := t.Fail(ctx, reason); err != nil && !errors.Is(err, ErrLost) {
+		// Detached: the claim is already written, and a canceled caller
+		// must not leave the task claimed by a lease this process keeps.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
+			// Give the claim back rather than hide the task until the lease
+			// ends; the next claim dead-letters it.
+			_, _ = q.cli.Txn(fctx).If(t.held...).Then(clientv3.OpDelete(t.claimKey)).Commit()
+			ix.untrack(t)
+			t.cancel(fmt.Errorf("%w: task %s: dead-lettering failed: %w", ErrLost, t.ID, err))
 			return nil, err
 		}
 		return nil, nil

@@ -184,6 +184,14 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.ready, ix.delayed, ix.claimed, ix.workers = ready, delayed, claimed, workers
+	// A claim deleted while no watch was running (a restart after
+	// compaction, a lost leader) left no event: compare the tasks this
+	// process holds with the claims just read.
+	for id, t := range ix.tasks {
+		if claimed[id] != t.token && t.token <= readRev {
+			t.claimDeleted(readRev)
+		}
+	}
 	now := time.Now()
 	clear(ix.since)
 	for _, list := range [][]entry{ready, delayed} {

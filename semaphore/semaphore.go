@@ -157,6 +157,11 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 	if err == nil {
 		err = a.wait(ctx)
 	}
+	if err == nil && a.lease.Err() != nil {
+		// The wait can end just as the lease was lost: never hand out a
+		// Permit on a lost lease.
+		err = lostErr(a.lease)
+	}
 	if err != nil {
 		s.pool.put(a.w)
 		if errors.Is(err, errOwnGone) {

@@ -34,7 +34,7 @@ func Main(m *testing.M, c **Cluster, opts ...Option) {
 		code = 1
 	}
 	if code == 0 {
-		if err := findLeaks(10 * time.Second); err != nil {
+		if err := findLeaks(20 * time.Second); err != nil {
 			fmt.Fprintf(os.Stderr, "testcluster: goroutines left after the tests: %v\n", err)
 			code = 1
 		}
@@ -64,11 +64,11 @@ func LeakOptions() []goleak.Option {
 }
 
 // VerifyNone fails t if goroutines other than t's own are left, after
-// giving ending ones up to 10 s (see LeakOptions). Use it in a test that
+// giving ending ones up to 20 s (see LeakOptions). Use it in a test that
 // starts and closes its own clusters without Main.
 func VerifyNone(t testing.TB) {
 	t.Helper()
-	if err := findLeaks(10 * time.Second); err != nil {
+	if err := findLeaks(20 * time.Second); err != nil {
 		t.Errorf("goroutines left: %v", err)
 	}
 }
