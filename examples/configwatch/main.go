@@ -21,12 +21,13 @@ import (
 	"time"
 
 	"github.com/concordkit/concord/cache"
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 )
 
 func main() {
-	var o options
+	var o exampleenv.Options
 	fs := flag.NewFlagSet("configwatch", flag.ExitOnError)
-	o.register(fs)
+	o.Register(fs)
 	_ = fs.Parse(os.Args[1:])
 	if err := run(context.Background(), os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "configwatch:", err)
@@ -76,7 +77,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func run(ctx context.Context, out io.Writer, o options) error {
+func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 55*time.Second)
 	defer cancel()
 	out = &lockedWriter{w: out}
@@ -84,23 +85,23 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(out, "%6.2fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	e, err := setup(ctx, out, o)
+	e, err := exampleenv.Setup(ctx, out, o)
 	if err != nil {
 		return err
 	}
-	defer e.close()
-	if e.embedded() {
+	defer e.Close()
+	if e.Embedded() {
 		say("started an embedded 3-member etcd cluster")
 	}
-	if o.trace {
+	if o.Trace {
 		say("-trace: the cache waits on nothing, so it records no spans; its staleness is a metric (concord.cache.staleness)")
 	}
-	if _, err := e.admin.Delete(ctx, configKey); err != nil {
+	if _, err := e.Admin.Delete(ctx, configKey); err != nil {
 		return err
 	}
 
 	// The service: its own client, and a typed view of its config key.
-	cli, err := e.newClient()
+	cli, err := e.NewClient()
 	if err != nil {
 		return err
 	}
@@ -158,7 +159,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	}
 	for _, step := range steps {
 		say("operator %s: %s", step.what, step.value)
-		resp, err := e.admin.Put(ctx, configKey, step.value)
+		resp, err := e.Admin.Put(ctx, configKey, step.value)
 		if err != nil {
 			return err
 		}
@@ -173,7 +174,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	say("service ends with config revision %d: %v", final.Revision, final.Value)
 	stopService()
 	wg.Wait()
-	_, err = e.admin.Delete(ctx, configKey)
+	_, err = e.Admin.Delete(ctx, configKey)
 	return err
 }
 

@@ -8,13 +8,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/testcluster"
 )
 
 func TestConfigWatch(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, options{}))
+	require.NoError(t, run(context.Background(), &out, exampleenv.Options{}))
 	s := out.String()
 	t.Log("\n" + s)
 	order := []string{
@@ -55,7 +56,7 @@ func TestConfigWatchRealCluster(t *testing.T) {
 	ca, cert, key := c.CertFiles()
 	t.Setenv("CONCORD_PASSWORD", c.Root().Password)
 	var out bytes.Buffer
-	o := options{endpoints: strings.Join(c.Endpoints(), ","), cacert: ca, cert: cert, key: key, user: c.Root().Name}
+	o := exampleenv.Options{Endpoints: strings.Join(c.Endpoints(), ","), CACert: ca, Cert: cert, Key: key, User: c.Root().Name}
 	require.NoError(t, run(context.Background(), &out, o))
 	s := out.String()
 	t.Log("\n" + s)

@@ -26,13 +26,14 @@ import (
 
 	"github.com/concordkit/concord/cron"
 	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
 func main() {
-	var o options
+	var o exampleenv.Options
 	fs := flag.NewFlagSet("cron", flag.ExitOnError)
-	o.register(fs)
+	o.Register(fs)
 	_ = fs.Parse(os.Args[1:])
 	if err := run(context.Background(), os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "cron:", err)
@@ -78,7 +79,7 @@ type replica struct {
 	done chan error
 }
 
-func run(ctx context.Context, out io.Writer, o options) error {
+func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 55*time.Second)
 	defer cancel()
 	out = &lockedWriter{w: out}
@@ -86,19 +87,19 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(out, "%6.2fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	e, err := setup(ctx, out, o)
+	e, err := exampleenv.Setup(ctx, out, o)
 	if err != nil {
 		return err
 	}
-	defer e.close()
-	if e.embedded() {
+	defer e.Close()
+	if e.Embedded() {
 		say("started an embedded 3-member etcd cluster")
 	}
 	// Start from nothing: no ledger, no scheduler records from a past run.
-	if _, err := e.admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
+	if _, err := e.Admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
 		return err
 	}
-	if err := cron.Purge(ctx, e.admin, schedulerName); err != nil {
+	if err := cron.Purge(ctx, e.Admin, schedulerName); err != nil {
 		return err
 	}
 
@@ -114,7 +115,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 			if r.done != nil {
 				<-r.done
 			}
-			e.restore(r.cli)
+			e.Restore(r.cli)
 			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), leaseTTL)
 			r.k.Close(kctx)
 			kcancel()
@@ -122,7 +123,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	}()
 	for i := range rs {
 		r := &replica{name: fmt.Sprintf("replica-%d", i+1)}
-		if r.cli, err = e.newClient(); err != nil {
+		if r.cli, err = e.NewClient(); err != nil {
 			return err
 		}
 		if r.k, err = leasekeeper.New(ctx, r.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
@@ -162,7 +163,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	say("started %d replicas; each runs the scheduler, one leads and runs %q every second", replicas, jobName)
 
 	// Watch the leadership as an outside observer would.
-	ok, err := leasekeeper.New(ctx, e.admin)
+	ok, err := leasekeeper.New(ctx, e.Admin)
 	if err != nil {
 		return err
 	}
@@ -220,11 +221,11 @@ func run(ctx context.Context, out io.Writer, o options) error {
 				say("%s run by %s (token %d%s): ledger write REFUSED: %v", at, rep.replica, rep.run.Token, note, rep.err)
 			}
 			if first != nil && rep.replica == first.name && cutAt.IsZero() && len(times) >= runsBefore {
-				if err := e.cutOff(ctx, first.cli, first.k.Current().ID()); err != nil {
+				if err := e.CutOff(ctx, first.cli, first.k.Current().ID()); err != nil {
 					return err
 				}
 				cutAt = time.Now()
-				if e.embedded() {
+				if e.Embedded() {
 					say("CUT %s (the leader, token %d) off from etcd; it keeps running but cannot renew its lease", first.name, firstToken)
 				} else {
 					say("REVOKED the lease of %s (the leader, token %d) on the server", first.name, firstToken)
@@ -245,7 +246,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		keys = append(keys, at)
 	}
 	sort.Strings(keys)
-	ledger, err := e.admin.Get(ctx, ledgerPrefix, clientv3.WithPrefix())
+	ledger, err := e.Admin.Get(ctx, ledgerPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return err
 	}
@@ -267,7 +268,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	if len(keys) != span {
 		return fmt.Errorf("some scheduled times never ran: %d of %d", len(keys), span)
 	}
-	if _, err := e.admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
+	if _, err := e.Admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
 		return err
 	}
 	stopReplicas()
@@ -275,5 +276,5 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		<-r.done
 		r.done = nil
 	}
-	return cron.Purge(ctx, e.admin, schedulerName)
+	return cron.Purge(ctx, e.Admin, schedulerName)
 }

@@ -25,14 +25,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/lock"
 )
 
 func main() {
-	var o options
+	var o exampleenv.Options
 	fs := flag.NewFlagSet("locks", flag.ExitOnError)
-	o.register(fs)
+	o.Register(fs)
 	_ = fs.Parse(os.Args[1:])
 	if err := run(context.Background(), os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "locks:", err)
@@ -96,7 +97,7 @@ type participant struct {
 	m    *lock.Mutex
 }
 
-func run(ctx context.Context, out io.Writer, o options) error {
+func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 55*time.Second)
 	defer cancel()
 	out = &lockedWriter{w: out}
@@ -104,15 +105,15 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	say := func(format string, args ...any) {
 		fmt.Fprintf(out, "%6.2fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	e, err := setup(ctx, out, o)
+	e, err := exampleenv.Setup(ctx, out, o)
 	if err != nil {
 		return err
 	}
-	defer e.close()
-	if e.embedded() {
+	defer e.Close()
+	if e.Embedded() {
 		say("started an embedded 3-member etcd cluster")
 	}
-	if _, err := e.admin.Put(ctx, balanceKey, "0"); err != nil {
+	if _, err := e.Admin.Put(ctx, balanceKey, "0"); err != nil {
 		return err
 	}
 
@@ -120,7 +121,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	defer func() {
 		for _, p := range ps {
 			if p != nil {
-				e.restore(p.cli)
+				e.Restore(p.cli)
 				kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), leaseTTL)
 				p.k.Close(kctx)
 				kcancel()
@@ -129,7 +130,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	}()
 	for i := range ps {
 		p := &participant{name: fmt.Sprintf("worker-%d", i+1)}
-		if p.cli, err = e.newClient(); err != nil {
+		if p.cli, err = e.NewClient(); err != nil {
 			return err
 		}
 		if p.k, err = leasekeeper.New(ctx, p.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
@@ -176,17 +177,17 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	for i, p := range ps[1:] {
 		wg.Go(func() { errs <- p.work(ctx, acct, rounds, told, granted) })
 		// Wait until it is in the queue before starting the next.
-		if err := waitQueued(ctx, e.admin, i+1); err != nil {
+		if err := waitQueued(ctx, e.Admin, i+1); err != nil {
 			return err
 		}
 		say("%s asks for the lock and waits (place %d in the queue)", p.name, i+1)
 	}
 
 	// Cut worker-1 off in the middle of its update, before it writes.
-	if err := e.cutOff(ctx, first.cli, h1.Lease()); err != nil {
+	if err := e.CutOff(ctx, first.cli, h1.Lease()); err != nil {
 		return err
 	}
-	if e.embedded() {
+	if e.Embedded() {
 		say("%s is cut off from etcd before it writes (a long pause, a partition)", first.name)
 	} else {
 		say("%s's lease is revoked before it writes (on a real cluster; the embedded one cuts the client off)", first.name)
@@ -206,7 +207,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	} else {
 		return fmt.Errorf("the account accepted a write with the stale token %d", h1.Token())
 	}
-	e.restore(first.cli)
+	e.Restore(first.cli)
 	resp, err := first.cli.Txn(ctx).If(h1.Guard()...).Then(clientv3.OpPut(balanceKey, strconv.Itoa(staleBalance))).Commit()
 	switch {
 	case err != nil:
@@ -228,7 +229,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	mu.Lock()
 	say("holders in order (token): %s", strings.Join(order, " → "))
 	mu.Unlock()
-	got, err := e.admin.Get(ctx, balanceKey)
+	got, err := e.Admin.Get(ctx, balanceKey)
 	if err != nil {
 		return err
 	}
@@ -238,7 +239,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	if acct.read() != want || string(got.Kvs[0].Value) != strconv.Itoa(want) {
 		return fmt.Errorf("balance %d / %s, want %d", acct.read(), got.Kvs[0].Value, want)
 	}
-	_, err = e.admin.Delete(ctx, balanceKey)
+	_, err = e.Admin.Delete(ctx, balanceKey)
 	return err
 }
 

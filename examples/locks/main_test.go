@@ -11,13 +11,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/testcluster"
 )
 
 func TestLocks(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, options{}))
+	require.NoError(t, run(context.Background(), &out, exampleenv.Options{}))
 	s := out.String()
 	t.Log("\n" + s)
 

@@ -26,14 +26,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/queue"
 )
 
 func main() {
-	var o options
+	var o exampleenv.Options
 	fs := flag.NewFlagSet("taskqueue", flag.ExitOnError)
-	o.register(fs)
+	o.Register(fs)
 	_ = fs.Parse(os.Args[1:])
 	if err := run(context.Background(), os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "taskqueue:", err)
@@ -96,15 +97,15 @@ type worker struct {
 	done   chan struct{}
 }
 
-func run(ctx context.Context, out io.Writer, o options) error {
+func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 55*time.Second)
 	defer cancel()
 	shared := &lockedWriter{w: out}
-	e, err := setup(ctx, shared, o)
+	e, err := exampleenv.Setup(ctx, shared, o)
 	if err != nil {
 		return err
 	}
-	defer e.close()
+	defer e.Close()
 
 	producerTasks := [][]string{
 		{"resize-image-1", "resize-image-2", "resize-image-3", "resize-image-4", "resize-image-5"},
@@ -112,18 +113,18 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	}
 	total := 2 + len(producerTasks[0]) + len(producerTasks[1])
 	var d *display
-	if o.trace {
+	if o.Trace {
 		d = newDisplay(shared, total, true) // spans and bars do not mix
 	} else {
 		d = newDisplay(out, total, false)
 	}
 	defer d.close()
-	if e.embedded() {
+	if e.Embedded() {
 		d.say("started an embedded 3-member etcd cluster")
 	}
 
 	opts := []queue.Option{queue.WithMaxAttempts(maxAttempts), queue.WithRetryBackoff(50*time.Millisecond, 200*time.Millisecond), queue.WithRetention(0)}
-	admin, err := queue.New(e.admin, queueName, opts...)
+	admin, err := queue.New(e.Admin, queueName, opts...)
 	if err != nil {
 		return err
 	}
@@ -157,7 +158,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 			w.cancel()
 			<-w.done
 			w.q.Close()
-			e.restore(w.cli)
+			e.Restore(w.cli)
 			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			w.k.Close(kctx)
 			kcancel()
@@ -165,7 +166,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	}()
 	for i := range ws {
 		w := &worker{name: fmt.Sprintf("worker-%d", i+1), done: make(chan struct{})}
-		if w.cli, err = e.newClient(); err != nil {
+		if w.cli, err = e.NewClient(); err != nil {
 			return err
 		}
 		if w.k, err = leasekeeper.New(ctx, w.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
@@ -192,7 +193,7 @@ func run(ctx context.Context, out io.Writer, o options) error {
 	perr := make(chan error, len(producerTasks))
 	for i, names := range producerTasks {
 		producers.Go(func() {
-			cli, err := e.newClient()
+			cli, err := e.NewClient()
 			if err != nil {
 				perr <- err
 				return
@@ -220,12 +221,12 @@ func run(ctx context.Context, out io.Writer, o options) error {
 		case w := <-kill:
 			killed = w
 			lease := w.k.Current().ID()
-			if err := e.cutOff(ctx, w.cli, lease); err != nil {
+			if err := e.CutOff(ctx, w.cli, lease); err != nil {
 				return err
 			}
 			w.cancel() // the process is gone: it acks nothing, releases nothing
 			<-w.done
-			if e.embedded() {
+			if e.Embedded() {
 				d.say("KILLED %s midway through %s (step %d of %d): its claim lives on until its lease expires on the server", w.name, longTask, killAtStep, longSteps)
 			} else {
 				d.say("KILLED %s midway through %s (step %d of %d); its lease was revoked on the server", w.name, longTask, killAtStep, longSteps)

@@ -10,13 +10,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/concordkit/concord/examples/internal/exampleenv"
 	"github.com/concordkit/concord/testcluster"
 )
 
 func TestTaskQueue(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, options{trace: true}))
+	require.NoError(t, run(context.Background(), &out, exampleenv.Options{Trace: true}))
 	s := out.String()
 	var story []string
 	for _, l := range strings.Split(s, "\n") {

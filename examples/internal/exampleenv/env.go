@@ -1,9 +1,7 @@
-package main
-
-// Every example has a copy of this file (less what it does not use), so
-// that each stays one folder to read: it connects to an embedded 3-member
-// cluster (the default) or to the etcd given by -endpoints, and prints spans
-// with -trace.
+// Package exampleenv is where concord's examples run: an embedded 3-member
+// cluster by default, or the etcd given by -endpoints (with TLS and user
+// flags), with spans printed by -trace.
+package exampleenv
 
 import (
 	"context"
@@ -27,40 +25,44 @@ import (
 	"github.com/concordkit/concord/testcluster"
 )
 
-// options are the flags every example takes. The zero value runs on an
+// Options are the flags every example takes. The zero value runs on an
 // embedded cluster without tracing.
-type options struct {
-	endpoints string // empty: start an embedded 3-member cluster
-	cacert    string
-	cert      string
-	key       string
-	user      string // name:password, or name with the password in CONCORD_PASSWORD
-	trace     bool   // print spans to the output
+type Options struct {
+	Endpoints string // empty: start an embedded 3-member cluster
+	CACert    string
+	Cert      string
+	Key       string
+	User      string // name:password, or name with the password in CONCORD_PASSWORD
+	Trace     bool   // print spans to the output
 }
 
-func (o *options) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.endpoints, "endpoints", "", "comma-separated etcd client URLs (default: start an embedded 3-member cluster)")
-	fs.StringVar(&o.cacert, "cacert", "", "with -endpoints: PEM file of the members' CA")
-	fs.StringVar(&o.cert, "cert", "", "with -endpoints: PEM file of a client certificate")
-	fs.StringVar(&o.key, "key", "", "with -endpoints: PEM file of the client certificate's key")
-	fs.StringVar(&o.user, "user", "", "with -endpoints: etcd user as name:password, or name with CONCORD_PASSWORD")
-	fs.BoolVar(&o.trace, "trace", false, "print OpenTelemetry spans to stdout")
+// Register defines the flags on fs.
+func (o *Options) Register(fs *flag.FlagSet) {
+	fs.StringVar(&o.Endpoints, "endpoints", "", "comma-separated etcd client URLs (default: start an embedded 3-member cluster)")
+	fs.StringVar(&o.CACert, "cacert", "", "with -endpoints: PEM file of the members' CA")
+	fs.StringVar(&o.Cert, "cert", "", "with -endpoints: PEM file of a client certificate")
+	fs.StringVar(&o.Key, "key", "", "with -endpoints: PEM file of the client certificate's key")
+	fs.StringVar(&o.User, "user", "", "with -endpoints: etcd user as name:password, or name with CONCORD_PASSWORD")
+	fs.BoolVar(&o.Trace, "trace", false, "print OpenTelemetry spans to stdout")
 }
 
-// env is where an example runs.
-type env struct {
+// Env is where an example runs.
+type Env struct {
+	// Admin is a client no fault touches, for setting up and reading back.
+	Admin *clientv3.Client
+
 	tc      *testcluster.Cluster // nil with -endpoints
 	cfg     clientv3.Config      // with -endpoints
 	mu      sync.Mutex           // protects clients
 	clients []*clientv3.Client
-	admin   *clientv3.Client
 	tp      *sdktrace.TracerProvider
 	prevTP  trace.TracerProvider
 }
 
-func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
-	e := &env{}
-	if o.trace {
+// Setup connects as o says; the caller must Close the Env.
+func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
+	e := &Env{}
+	if o.Trace {
 		exp, err := stdouttrace.New(stdouttrace.WithWriter(out))
 		if err != nil {
 			return nil, err
@@ -70,47 +72,47 @@ func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
 		e.prevTP = otel.GetTracerProvider()
 		otel.SetTracerProvider(e.tp)
 	}
-	if o.endpoints == "" {
+	if o.Endpoints == "" {
 		c, err := testcluster.Start(ctx)
 		if err != nil {
-			e.close()
+			e.Close()
 			return nil, err
 		}
 		e.tc = c
-		e.admin = c.Admin()
+		e.Admin = c.Admin()
 		return e, nil
 	}
 	cfg := clientv3.Config{
-		Endpoints:   strings.Split(o.endpoints, ","),
+		Endpoints:   strings.Split(o.Endpoints, ","),
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	}
-	if o.cacert != "" || o.cert != "" || o.key != "" {
+	if o.CACert != "" || o.Cert != "" || o.Key != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if o.cacert != "" {
-			pem, err := os.ReadFile(o.cacert)
+		if o.CACert != "" {
+			pem, err := os.ReadFile(o.CACert)
 			if err != nil {
 				return nil, err
 			}
 			tc.RootCAs = x509.NewCertPool()
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("-cacert %s: no PEM certificate", o.cacert)
+				return nil, fmt.Errorf("-cacert %s: no PEM certificate", o.CACert)
 			}
 		}
-		if (o.cert == "") != (o.key == "") {
+		if (o.Cert == "") != (o.Key == "") {
 			return nil, fmt.Errorf("-cert and -key go together")
 		}
-		if o.cert != "" {
-			pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if o.Cert != "" {
+			pair, err := tls.LoadX509KeyPair(o.Cert, o.Key)
 			if err != nil {
-				return nil, fmt.Errorf("-cert %s / -key %s: %w", o.cert, o.key, err)
+				return nil, fmt.Errorf("-cert %s / -key %s: %w", o.Cert, o.Key, err)
 			}
 			tc.Certificates = []tls.Certificate{pair}
 		}
 		cfg.TLS = tc
 	}
-	if o.user != "" {
-		name, pw, ok := strings.Cut(o.user, ":")
+	if o.User != "" {
+		name, pw, ok := strings.Cut(o.User, ":")
 		if !ok {
 			pw = os.Getenv("CONCORD_PASSWORD")
 		}
@@ -120,24 +122,24 @@ func setup(ctx context.Context, out io.Writer, o options) (*env, error) {
 		cfg.Username, cfg.Password = name, pw
 	}
 	e.cfg = cfg
-	admin, err := e.newClient()
+	admin, err := e.NewClient()
 	if err != nil {
-		e.close()
+		e.Close()
 		return nil, err
 	}
 	// clientv3.New does not wait for a connection: check that one answers.
 	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := admin.Status(sctx, cfg.Endpoints[0]); err != nil {
-		e.close()
-		return nil, fmt.Errorf("etcd at %s did not answer: %w", o.endpoints, err)
+		e.Close()
+		return nil, fmt.Errorf("etcd at %s did not answer: %w", o.Endpoints, err)
 	}
-	e.admin = admin
+	e.Admin = admin
 	return e, nil
 }
 
-// newClient returns a client of its own, so that it can be cut off alone.
-func (e *env) newClient() (*clientv3.Client, error) {
+// NewClient returns a client of its own, so that it can be cut off alone.
+func (e *Env) NewClient() (*clientv3.Client, error) {
 	var cli *clientv3.Client
 	var err error
 	if e.tc != nil {
@@ -154,30 +156,31 @@ func (e *env) newClient() (*clientv3.Client, error) {
 	return cli, nil
 }
 
-// embedded reports whether the example runs on its own embedded cluster.
-func (e *env) embedded() bool { return e.tc != nil }
+// Embedded reports whether the example runs on its own embedded cluster.
+func (e *Env) Embedded() bool { return e.tc != nil }
 
-// cutOff makes the server expire lease as a network cut would: on the
+// CutOff makes the server expire lease as a network cut would: on the
 // embedded cluster, cli is cut off from every member (the process lives on
 // and learns of the loss from its keeper); on a real cluster, which cannot
 // be partitioned from here, the lease is revoked on the server instead.
-func (e *env) cutOff(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
+func (e *Env) CutOff(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
 	if e.tc != nil {
 		e.tc.CutClient(cli)
 		return nil
 	}
-	_, err := e.admin.Revoke(ctx, lease)
+	_, err := e.Admin.Revoke(ctx, lease)
 	return err
 }
 
-// restore undoes cutOff on the embedded cluster.
-func (e *env) restore(cli *clientv3.Client) {
+// Restore undoes CutOff on the embedded cluster.
+func (e *Env) Restore(cli *clientv3.Client) {
 	if e.tc != nil {
 		e.tc.RestoreClient(cli)
 	}
 }
 
-func (e *env) close() {
+// Close closes every client it made, the embedded cluster and the tracer.
+func (e *Env) Close() {
 	e.mu.Lock()
 	clients := e.clients
 	e.clients = nil
