@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -29,7 +30,7 @@ type Hold struct {
 	key    string
 	token  int64
 	parts  []*Hold // for a Multi: the holds it is made of, in lock order
-	pool   *watchPool
+	pool   *prefixwatch.Pool
 	tel    *telemetry
 	start  time.Time
 	expire time.Duration // bound of the detached unlock
@@ -229,7 +230,7 @@ func (h *Hold) unlockMulti(ctx context.Context) error {
 
 // newHold turns a granted acquisition into a hold and starts its monitor,
 // which owns the acquisition's watch from now on.
-func newHold(a *acquisition, pool *watchPool, tel *telemetry, free func(), onRevoke func()) *Hold {
+func newHold(a *acquisition, pool *prefixwatch.Pool, tel *telemetry, free func(), onRevoke func()) *Hold {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	mctx, stopMonitor := context.WithCancel(context.Background())
 	h := &Hold{
@@ -266,7 +267,7 @@ func newHold(a *acquisition, pool *watchPool, tel *telemetry, free func(), onRev
 // returns when the hold ends or Unlock stops it; Unlock joins it.
 func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	defer close(h.monitorDone)
-	defer func() { h.pool.put(a.w) }()
+	defer func() { h.pool.Put(a.w) }()
 	t := &a.t
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {
@@ -294,10 +295,10 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	}
 	// The release-request watch, started when Revoked is first called.
 	arm := h.arm
-	var rel *watcher
+	var rel *prefixwatch.Watch
 	defer func() {
 		if rel != nil {
-			rel.stop()
+			rel.Stop()
 		}
 	}()
 	var relCh clientv3.WatchChan
@@ -309,18 +310,16 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return
 		case <-arm:
 			arm = nil
-			rel = &watcher{cli: a.cli, prefix: releaseKey(t.prefix, t.rev)}
-			rel.startKey()
-			relCh = rel.ch
+			rel = prefixwatch.Start(a.cli, releaseKey(t.prefix, t.rev))
+			relCh = rel.Ch
 		case resp, ok := <-relCh:
 			switch {
 			case !ok || resp.Err() != nil || resp.Canceled:
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				rel.stop()
-				rel.startKey()
-				relCh = rel.ch
+				rel.Restart()
+				relCh = rel.Ch
 			case resp.Created:
 				// A request made before the watch started: read it once.
 				a.readRelease(ctx)
@@ -337,13 +336,13 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			if t.requested {
 				h.fireRevoked()
 			}
-		case resp, ok := <-a.w.ch:
+		case resp, ok := <-a.w.Ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
-				a.w.created = false
+				a.w.Created = false
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				a.w.restart()
+				a.w.Restart()
 				continue
 			}
 			if resp.Created {
@@ -357,7 +356,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 					if bo.Wait(ctx) != nil {
 						return
 					}
-					a.w.restart()
+					a.w.Restart()
 					continue
 				}
 			} else {
@@ -380,7 +379,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 // reading only the hold's key and release request: what goes on in the rest
 // of the queue no longer matters.
 func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
-	a.w.created = true
+	a.w.Created = true
 	t := &a.t
 	if rev <= t.seen {
 		return nil
@@ -390,7 +389,7 @@ func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
 		clientv3.OpGet(releaseKey(t.prefix, t.rev)),
 	).Commit()
 	if err != nil {
-		a.w.created = false
+		a.w.Created = false
 		return err
 	}
 	t.seen = resp.Header.Revision

@@ -8,6 +8,7 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -29,7 +30,7 @@ type Mutex struct {
 	value  string
 	delay  time.Duration
 	tel    *telemetry
-	pool   *watchPool
+	pool   *prefixwatch.Pool
 	err    error // invalid input, reported by every call
 
 	// slot is the local queue: a goroutine holds it from Lock until its Hold
@@ -57,7 +58,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 	m.key = m.prefix + "q/" + randomID()
 	m.err = validate(k, name, &o)
 	if m.err == nil {
-		m.pool = newWatchPool(k.Client(), m.prefix)
+		m.pool = prefixwatch.NewPool(k.Client(), m.prefix, watchOpts...)
 	}
 	return m
 }
@@ -123,12 +124,12 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 
 // acquire runs one acquisition from enqueue to hold. On failure own key is
 // gone, and the watch stopped.
-func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *watchPool, lease *leasekeeper.Lease, prefix, key, value string,
+func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *prefixwatch.Pool, lease *leasekeeper.Lease, prefix, key, value string,
 	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
 	a := newAcquisition(k.Client(), lease, prefix, key, yields, delay, k.TTL())
 	// A new watch goes out before the transaction, so that it is usually in
 	// place by the time the transaction's answer says there is a wait.
-	a.w = pool.get()
+	a.w = pool.Get()
 	err := a.enqueue(ctx, value, try)
 	if err == nil && try && len(a.t.preds) > 0 {
 		err = ErrLocked // cannot happen with the empty-queue compare; be safe
@@ -142,7 +143,7 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *watchPool, lease 
 		err = lostErr(lease)
 	}
 	if err != nil {
-		pool.put(a.w)
+		pool.Put(a.w)
 		switch {
 		case errors.Is(err, errOwnGone):
 			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, key)

@@ -6,15 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -51,119 +50,12 @@ func randomID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// watcher is one watch on a lock's whole prefix, with no start revision, so
-// that etcd syncs it at once instead of in its 100 ms unsynced-watcher loop.
-type watcher struct {
-	cli    *clientv3.Client
-	prefix string
-	cancel context.CancelFunc
-	ch     clientv3.WatchChan
-	// created is set once the watch reported its creation and any gap
-	// before it was closed by a read: from then on it delivers every change
-	// after the last read, in order.
-	created bool
-}
-
-func startWatch(cli *clientv3.Client, prefix string) *watcher {
-	w := &watcher{cli: cli, prefix: prefix}
-	w.start()
-	return w
-}
-
-func (w *watcher) start() {
-	// WithRequireLeader: a watcher on a member cut off from the leader fails
-	// instead of waiting forever for events that will never come.
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
-	w.cancel = cancel
-	w.created = false
-	// Deletions only: a new request is always younger than every waiter,
-	// so only deletions can change a waiter's turn, and filtering puts on
-	// the server halves the events sent to every waiter. (Release requests
-	// are puts; a holder watches for them separately, once asked to.)
-	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-}
-
-// startKey watches the single key w.prefix (puts included).
-func (w *watcher) startKey() {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
-	w.cancel = cancel
-	w.ch = w.cli.Watch(ctx, w.prefix, clientv3.WithCreatedNotify())
-}
-
-func (w *watcher) restart() {
-	w.cancel()
-	w.start()
-}
-
-func (w *watcher) stop() { w.cancel() }
-
-// idleWatch is how long a watch no acquisition uses stays open for the next.
-const idleWatch = 2 * time.Second
-
-// watchPool keeps the watches of finished acquisitions of one lock value for
-// the next ones: a busy lock keeps its watches open instead of opening and
-// canceling one per acquisition, which costs the server (and, under
-// contention, a read to close the gap before each new watch). A watch stays
-// continuous while idle, so a reused watch needs no read at all: events at or
-// below the acquire transaction's revision are skipped. Idle watches are
-// closed after idleWatch, so a dropped lock value leaves nothing open.
-type watchPool struct {
-	cli    *clientv3.Client
-	prefix string
-
-	mu   sync.Mutex // protects idle
-	idle []*pooled
-}
-
-type pooled struct {
-	w     *watcher
-	timer *time.Timer
-}
-
-const maxIdleWatches = 4
-
-func newWatchPool(cli *clientv3.Client, prefix string) *watchPool {
-	return &watchPool{cli: cli, prefix: prefix}
-}
-
-// get returns an idle watch, or a new one.
-func (p *watchPool) get() *watcher {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for n := len(p.idle); n > 0; n = len(p.idle) {
-		e := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		if e.timer.Stop() {
-			return e.w
-		}
-		// The idle timer fired and is closing this one.
-	}
-	return startWatch(p.cli, p.prefix)
-}
-
-// put gives a watch back for reuse, or closes it if it is not known good.
-func (p *watchPool) put(w *watcher) {
-	if !w.created {
-		w.stop()
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.idle) >= maxIdleWatches {
-		w.stop()
-		return
-	}
-	e := &pooled{w: w}
-	e.timer = time.AfterFunc(idleWatch, func() {
-		p.mu.Lock()
-		if i := slices.Index(p.idle, e); i >= 0 {
-			p.idle = slices.Delete(p.idle, i, i+1)
-		}
-		p.mu.Unlock()
-		w.stop()
-	})
-	p.idle = append(p.idle, e)
-}
+// watchOpts are those of a lock's prefix watch: the whole prefix, deletions
+// only. A new request is always younger than every waiter, so only deletions
+// can change a waiter's turn, and filtering puts on the server halves the
+// events sent to every waiter. (Release requests are puts; a holder watches
+// for them separately, once asked to.)
+var watchOpts = []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithFilterPut()}
 
 // pred is a key ahead of the waiter's own.
 type pred struct {
@@ -258,7 +150,7 @@ type acquisition struct {
 	cli     *clientv3.Client
 	lease   *leasekeeper.Lease
 	t       turn
-	w       *watcher
+	w       *prefixwatch.Watch
 	delay   time.Duration // lock-delay
 	timeout time.Duration // bound of detached cleanup
 }
@@ -387,15 +279,15 @@ func (a *acquisition) wait(ctx context.Context) error {
 			return context.Cause(ctx)
 		case <-a.lease.Done():
 			return lostErr(a.lease)
-		case resp, ok := <-a.w.ch:
+		case resp, ok := <-a.w.Ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
 				// The watch failed (leader lost, stream broken): start a
 				// new one; its creation triggers a fresh read.
-				a.w.created = false
+				a.w.Created = false
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
-				a.w.restart()
+				a.w.Restart()
 				continue
 			}
 			if resp.Created {
@@ -403,7 +295,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 					if errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() != nil {
 						return err
 					}
-					a.w.restart() // transient read failure: go round again
+					a.w.Restart() // transient read failure: go round again
 					if err := bo.Wait(ctx); err != nil {
 						return err
 					}
@@ -423,13 +315,13 @@ func (a *acquisition) wait(ctx context.Context) error {
 // onCreated closes the gap between the last read and a new watch's creation
 // revision by reading the prefix again, if the watch started later.
 func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
-	a.w.created = true
+	a.w.Created = true
 	if rev <= a.t.seen {
 		return nil
 	}
 	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
 	if err != nil {
-		a.w.created = false
+		a.w.Created = false
 		return err
 	}
 	return a.t.load(resp.Kvs, resp.Header.Revision)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -26,7 +27,7 @@ type RWMutex struct {
 	prefix string
 	value  string
 	tel    *telemetry
-	pool   *watchPool
+	pool   *prefixwatch.Pool
 	err    error
 }
 
@@ -50,7 +51,7 @@ func NewRWMutex(k *leasekeeper.Keeper, name string, opts ...Option) *RWMutex {
 		rw.err = errors.New("lock: lock-delay is offered by Mutex only")
 	}
 	if rw.err == nil {
-		rw.pool = newWatchPool(k.Client(), rw.prefix)
+		rw.pool = prefixwatch.NewPool(k.Client(), rw.prefix, watchOpts...)
 	}
 	return rw
 }

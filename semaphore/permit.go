@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -102,7 +103,7 @@ func (p *Permit) Release(ctx context.Context) error {
 	return nil
 }
 
-func newPermit(a *acquisition, pool *watchPool, tel *telemetry) *Permit {
+func newPermit(a *acquisition, pool *prefixwatch.Pool, tel *telemetry) *Permit {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	mctx, stopMonitor := context.WithCancel(context.Background())
 	p := &Permit{
@@ -127,9 +128,9 @@ func newPermit(a *acquisition, pool *watchPool, tel *telemetry) *Permit {
 
 // monitor follows the permit's key on the acquisition's watch: a deletion
 // by anyone but Release ends the permit. Release joins it.
-func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *watchPool) {
+func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.Pool) {
 	defer close(p.monitorDone)
-	defer func() { pool.put(a.w) }()
+	defer func() { pool.Put(a.w) }()
 	t := &a.t
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {
@@ -150,27 +151,27 @@ func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *watchPool) {
 			return
 		case <-p.ctx.Done():
 			return
-		case resp, ok := <-a.w.ch:
+		case resp, ok := <-a.w.Ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				a.w.restart()
+				a.w.Restart()
 				continue
 			}
 			if resp.Created {
-				a.w.created = true
+				a.w.Created = true
 				if resp.Header.Revision <= t.seen {
 					continue
 				}
 				gresp, err := a.cli.Get(ctx, t.key)
 				switch {
 				case err != nil:
-					a.w.created = false
+					a.w.Created = false
 					if bo.Wait(ctx) != nil {
 						return
 					}
-					a.w.restart()
+					a.w.Restart()
 				case len(gresp.Kvs) == 0 || gresp.Kvs[0].CreateRevision != t.rev:
 					ended(errOwnGone)
 					return

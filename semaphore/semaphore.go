@@ -14,6 +14,7 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -28,7 +29,7 @@ type Semaphore struct {
 	prefix string
 	value  string
 	tel    *telemetry
-	pool   *watchPool
+	pool   *prefixwatch.Pool
 	err    error        // invalid input, reported by every call
 	limit  atomic.Int64 // the limit this value expects to find stored
 }
@@ -62,7 +63,7 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		s.err = guard.CheckValueSize("semaphore", "value", len(o.value))
 	}
 	if s.err == nil {
-		s.pool = newWatchPool(k.Client(), s.prefix)
+		s.pool = prefixwatch.NewPool(k.Client(), s.prefix, clientv3.WithPrefix())
 	}
 	return s
 }
@@ -149,7 +150,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 			preds:    map[string]int{},
 		},
 	}
-	a.w = s.pool.get()
+	a.w = s.pool.Get()
 	err = a.enqueue(ctx, encodePermit(n, time.Now(), s.value), limit)
 	if err == nil && try && !a.t.granted() {
 		err = ErrNoPermits
@@ -163,7 +164,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 		err = lostErr(a.lease)
 	}
 	if err != nil {
-		s.pool.put(a.w)
+		s.pool.Put(a.w)
 		if errors.Is(err, errOwnGone) {
 			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, a.t.key)
 		}
@@ -258,7 +259,7 @@ type acquisition struct {
 	cli     *clientv3.Client
 	lease   *leasekeeper.Lease
 	t       turn
-	w       *watcher
+	w       *prefixwatch.Watch
 	timeout time.Duration // bound of detached cleanup
 }
 
@@ -367,12 +368,12 @@ func (a *acquisition) wait(ctx context.Context) error {
 			return context.Cause(ctx)
 		case <-a.lease.Done():
 			return lostErr(a.lease)
-		case resp, ok := <-a.w.ch:
+		case resp, ok := <-a.w.Ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
-				a.w.restart()
+				a.w.Restart()
 				continue
 			}
 			if resp.Created {
@@ -383,7 +384,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 					if err := bo.Wait(ctx); err != nil {
 						return err
 					}
-					a.w.restart()
+					a.w.Restart()
 				}
 				continue
 			}
@@ -401,13 +402,13 @@ func (a *acquisition) wait(ctx context.Context) error {
 // onCreated closes the gap between the last read and a new watch's creation
 // revision by reading the prefix again, if the watch started later.
 func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
-	a.w.created = true
+	a.w.Created = true
 	if rev <= a.t.seen {
 		return nil
 	}
 	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
 	if err != nil {
-		a.w.created = false
+		a.w.Created = false
 		return err
 	}
 	return a.t.load(resp.Kvs, resp.Header.Revision)
