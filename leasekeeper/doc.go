@@ -43,8 +43,9 @@
 // One Grant on New and after each loss; one LeaseKeepAlive round trip every
 // TTL/3 (handled by the etcd leader without a Raft write), on one long-lived
 // stream that is reopened only after a failure (a new stream costs a new
-// authentication when etcd auth is on); one Revoke on Close. The keeper runs one goroutine plus one per RPC in flight, all joined
-// by Close.
+// authentication when etcd auth is on); one Revoke on Close. The keeper runs
+// one goroutine, one per RPC in flight and one that receives on the
+// keep-alive stream, all joined by Close.
 //
 // # Keys
 //
