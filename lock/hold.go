@@ -178,7 +178,7 @@ func (h *Hold) Unlock(ctx context.Context) error {
 	h.stopMonitor()
 	<-h.monitorDone
 	h.free()
-	h.tel.held(time.Since(h.start))
+	h.tel.Held(time.Since(h.start))
 	return nil
 }
 
@@ -224,7 +224,7 @@ func (h *Hold) unlockMulti(ctx context.Context) error {
 	h.released = true
 	h.cancel(ErrUnlocked)
 	h.stopLease()
-	h.tel.held(time.Since(h.start))
+	h.tel.Held(time.Since(h.start))
 	return nil
 }
 

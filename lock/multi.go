@@ -65,9 +65,9 @@ func (mu *Multi) lock(ctx context.Context, try bool) (*Hold, error) {
 	if mu.err != nil {
 		return nil, mu.err
 	}
-	ctx, sp := mu.tel.startAcquire(ctx, try)
+	ctx, sp := mu.tel.StartAcquire(ctx, try)
 	h, err := mu.acquire(ctx, try)
-	sp.end(ctx, tokenOf(h), err)
+	sp.End(ctx, tokenOf(h), err)
 	return h, err
 }
 

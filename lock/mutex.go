@@ -92,9 +92,9 @@ func (m *Mutex) Lock(ctx context.Context) (*Hold, error) {
 	if m.err != nil {
 		return nil, m.err
 	}
-	ctx, sp := m.tel.startAcquire(ctx, false)
+	ctx, sp := m.tel.StartAcquire(ctx, false)
 	h, err := m.lock(ctx, false)
-	sp.end(ctx, tokenOf(h), err)
+	sp.End(ctx, tokenOf(h), err)
 	return h, err
 }
 
@@ -105,9 +105,9 @@ func (m *Mutex) TryLock(ctx context.Context) (*Hold, error) {
 	if m.err != nil {
 		return nil, m.err
 	}
-	ctx, sp := m.tel.startAcquire(ctx, true)
+	ctx, sp := m.tel.StartAcquire(ctx, true)
 	h, err := m.lock(ctx, true)
-	sp.end(ctx, tokenOf(h), err)
+	sp.End(ctx, tokenOf(h), err)
 	return h, err
 }
 

@@ -68,9 +68,9 @@ func (rw *RWMutex) lock(ctx context.Context, reader bool) (*Hold, error) {
 	if rw.err != nil {
 		return nil, rw.err
 	}
-	ctx, sp := rw.tel.startAcquire(ctx, false)
+	ctx, sp := rw.tel.StartAcquire(ctx, false)
 	h, err := rw.acquire(ctx, reader)
-	sp.end(ctx, tokenOf(h), err)
+	sp.End(ctx, tokenOf(h), err)
 	return h, err
 }
 

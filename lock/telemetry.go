@@ -1,94 +1,26 @@
 package lock
 
 import (
-	"context"
-	"errors"
-	"time"
-
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
+
+	"github.com/concordkit/concord/internal/acquiretel"
 )
 
-const instrumentation = "github.com/concordkit/concord/lock"
-
-// telemetry holds the instruments of one lock value. With no provider
-// installed the global ones are no-ops and cost a few nanoseconds.
-type telemetry struct {
-	tracer trace.Tracer
-	wait   metric.Float64Histogram
-	hold   metric.Float64Histogram
-	attrs  attribute.Set
-}
+// telemetry holds the instruments of one lock value: the lock.acquire span
+// and the concord.lock.wait.duration and concord.lock.hold.duration
+// histograms. Outcomes: "acquired", "locked" (TryLock found it held),
+// "canceled", "lost" or "error".
+type telemetry = acquiretel.Recorder
 
 func newTelemetry(o *options, name, kind string) *telemetry {
-	tp, mp := o.tracer, o.meter
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	m := mp.Meter(instrumentation)
-	// Errors from instrument creation only report invalid names; the
-	// returned instruments are usable no-ops either way.
-	wait, _ := m.Float64Histogram("concord.lock.wait.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from asking for a lock to holding it or giving up."))
-	hold, _ := m.Float64Histogram("concord.lock.hold.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time a lock was held, until unlocked or lost."))
-	return &telemetry{
-		tracer: tp.Tracer(instrumentation),
-		wait:   wait,
-		hold:   hold,
-		attrs:  attribute.NewSet(attribute.String("lock.name", name), attribute.String("lock.kind", kind)),
-	}
-}
-
-// span is one acquisition in progress.
-type span struct {
-	t     *telemetry
-	sp    trace.Span
-	start time.Time
-}
-
-func (t *telemetry) startAcquire(ctx context.Context, try bool) (context.Context, *span) {
-	ctx, sp := t.tracer.Start(ctx, "lock.acquire", trace.WithAttributes(t.attrs.ToSlice()...),
-		trace.WithAttributes(attribute.Bool("lock.try", try)))
-	return ctx, &span{t: t, sp: sp, start: time.Now()}
-}
-
-// end records the outcome of an acquisition: "acquired", "locked" (TryLock
-// found it held), "canceled", "lost" or "error".
-func (s *span) end(ctx context.Context, token int64, err error) {
-	waited := time.Since(s.start)
-	outcome := "acquired"
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrLocked):
-		outcome = "locked"
-	case errors.Is(err, ErrLost):
-		outcome = "lost"
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
-		outcome = "canceled"
-	default:
-		outcome = "error"
-	}
-	s.sp.SetAttributes(
-		attribute.Float64("lock.wait_ms", float64(waited)/float64(time.Millisecond)),
-		attribute.String("lock.outcome", outcome))
-	if err == nil {
-		s.sp.SetAttributes(attribute.Int64("lock.token", token))
-	} else if outcome == "error" || outcome == "lost" {
-		s.sp.RecordError(err)
-		s.sp.SetStatus(codes.Error, err.Error())
-	}
-	s.sp.End()
-	s.t.wait.Record(context.WithoutCancel(ctx), waited.Seconds(),
-		metric.WithAttributeSet(s.t.attrs), metric.WithAttributes(attribute.String("lock.outcome", outcome)))
-}
-
-func (t *telemetry) held(d time.Duration) {
-	t.hold.Record(context.Background(), d.Seconds(), metric.WithAttributeSet(t.attrs))
+	return acquiretel.New(acquiretel.Config{
+		Scope:       "github.com/concordkit/concord/lock",
+		Prefix:      "lock",
+		Attrs:       []attribute.KeyValue{attribute.String("lock.name", name), attribute.String("lock.kind", kind)},
+		Busy:        ErrLocked,
+		BusyOutcome: "locked",
+		Lost:        ErrLost,
+		WaitHelp:    "Time from asking for a lock to holding it or giving up.",
+		HoldHelp:    "Time a lock was held, until unlocked or lost.",
+	}, o.tracer, o.meter)
 }

@@ -99,7 +99,7 @@ func (p *Permit) Release(ctx context.Context) error {
 	p.stopLease()
 	p.stopMonitor()
 	<-p.monitorDone
-	p.tel.held(time.Since(p.start))
+	p.tel.Held(time.Since(p.start))
 	return nil
 }
 

@@ -122,13 +122,13 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 	if n > limit {
 		return nil, fmt.Errorf("semaphore: %d permits: more than the limit %d", n, limit)
 	}
-	ctx, sp := s.tel.startAcquire(ctx, try)
+	ctx, sp := s.tel.StartAcquire(ctx, try)
 	defer func() {
 		var tok int64
 		if p != nil {
 			tok = p.token
 		}
-		sp.end(ctx, tok, err)
+		sp.End(ctx, tok, err)
 	}()
 	lease, err := s.k.Lease(ctx)
 	if err != nil {
