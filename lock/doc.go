@@ -54,6 +54,10 @@
 //     resp, err := cli.Txn(ctx).If(h.Guard()...).Then(clientv3.OpPut(k, v)).Commit()
 //     if err == nil && !resp.Succeeded { /* the lock is no longer held: nothing was written */ }
 //
+//     (A guarded transaction with no operations is no check: etcd serves a
+//     read-only transaction from one member's state without a read barrier,
+//     so it can pass on a follower that has not applied the deletion yet.)
+//
 //   - writes elsewhere: pass h.Token() along, and have the resource refuse a
 //     token smaller than the largest it has seen.
 //

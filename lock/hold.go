@@ -95,6 +95,15 @@ func (h *Hold) Context() context.Context { return h.ctx }
 // Guard returns comparisons that hold only while the lock is held, for
 // fenced writes: cli.Txn(ctx).If(h.Guard()...).Then(ops...). A Multi's guard
 // covers every part.
+//
+// A guarded transaction that writes goes through Raft, so it is refused once
+// the hold's key is gone, whichever member serves it. A transaction with no
+// operations, or only serializable reads, does not: etcd answers such a
+// read-only transaction from the serving member's own state, with no read
+// barrier, and a follower that has not yet applied the key's deletion still
+// lets the guard pass. To ask etcd whether the lock is still held, put a
+// linearizable read in the transaction (any clientv3.OpGet without
+// WithSerializable), which makes etcd confirm the member is up to date.
 func (h *Hold) Guard() []clientv3.Cmp {
 	if h.parts == nil {
 		return guard.Held(h.key, h.token)

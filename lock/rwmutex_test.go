@@ -2,6 +2,7 @@ package lock_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -199,21 +200,26 @@ func TestMulti(t *testing.T) {
 	require.ErrorIs(t, err, lock.ErrLocked)
 	require.Equal(t, 0, queueLen(t, "/test/"+t.Name()+"_z"))
 
-	// A part forced away cancels the whole hold.
-	_, err = lock.ForceRelease(ctx, cluster.Client(), b)
-	require.NoError(t, err)
-	select {
-	case <-h.Context().Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("multi hold not canceled when a part was lost")
+	require.NoError(t, h.Unlock(ctx))
+
+	// Any part forced away cancels the whole hold, and from then on the
+	// guard refuses a write through every member.
+	for _, victim := range []string{a, b, c} {
+		h, err := m.Lock(ctx)
+		require.NoError(t, err)
+		_, err = lock.ForceRelease(ctx, cluster.Client(), victim)
+		require.NoError(t, err)
+		select {
+		case <-h.Context().Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("multi hold not canceled when part %s was lost", victim)
+		}
+		require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+		require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
+		requireFenced(t, ctx, h)
+		require.NoError(t, h.Unlock(ctx))
+		require.NoError(t, h.Unlock(ctx))
 	}
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
-	resp, err := cluster.Client().Txn(ctx).If(h.Guard()...).Then().Commit()
-	require.NoError(t, err)
-	require.False(t, resp.Succeeded)
-	require.NoError(t, h.Unlock(ctx))
-	require.NoError(t, h.Unlock(ctx))
 
 	// Deadlock-free: two Multis over the same names in opposite order.
 	var wg sync.WaitGroup
@@ -237,4 +243,23 @@ func TestMulti(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// requireFenced checks that a write guarded by h is refused through every
+// member. The check must be a write: a transaction with no operations (or
+// only serializable reads) is read-only, and etcd answers it from the
+// serving member's own state without a read barrier, so a follower that has
+// not yet applied the deletion would still let the guard pass.
+func requireFenced(t *testing.T, ctx context.Context, h *lock.Hold) {
+	t.Helper()
+	fenced := "/test/" + strings.ReplaceAll(t.Name(), "/", "_") + "_fenced"
+	t.Cleanup(func() { _, _ = cluster.Admin().Delete(context.Background(), fenced) })
+	for i := range cluster.Size() {
+		resp, err := cluster.ClientTo(i).Txn(ctx).If(h.Guard()...).Then(clientv3.OpPut(fenced, "written")).Commit()
+		require.NoError(t, err)
+		require.False(t, resp.Succeeded, "a write guarded by a lost hold succeeded through member %d", i)
+	}
+	resp, err := cluster.Admin().Get(ctx, fenced)
+	require.NoError(t, err)
+	require.Empty(t, resp.Kvs)
 }
