@@ -115,3 +115,48 @@ func TestPriorityEncodingOrders(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseClaimExact checks that the fast claim parser accepts only what
+// the full decoder accepts, with the same result, and that it accepts what
+// encodeClaim writes.
+func FuzzParseClaimExact(f *testing.F) {
+	f.Add(encodeClaim(claimRecord{Worker: "w-0123456789ab", Nonce: "0011223344556677", Lease: 7587, At: 1763800000000000000}))
+	f.Add(encodeClaim(claimRecord{Worker: "wörker <&>", Nonce: "n", Lease: -1, At: 0}))
+	f.Add([]byte(`{"w":"a","n":"b","l":01,"at":2}`))
+	f.Add([]byte(`{"w":"a\"b","n":"b","l":1,"at":2}`))
+	f.Add([]byte(`{"w":"","n":"b","l":1,"at":2}`))
+	f.Add([]byte(`{"w":"a","n":"b","l":99999999999999999999,"at":2}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := parseClaimExact(b)
+		if !ok {
+			return
+		}
+		var full claimRecord
+		if err := strictJSON(b, &full); err != nil || full != fast || full.Worker == "" || full.Nonce == "" {
+			t.Fatalf("%q: fast %+v, full %+v (%v)", b, fast, full, err)
+		}
+	})
+}
+
+func TestParseClaimExactRoundTrip(t *testing.T) {
+	for _, c := range []claimRecord{
+		{Worker: "w-0123456789ab", Nonce: "0011223344556677", Lease: 7587, At: 1763800000000000000},
+		{Worker: "wörker", Nonce: "n", Lease: -1},
+	} {
+		got, ok := parseClaimExact(encodeClaim(c))
+		if !ok || got != c {
+			t.Errorf("%+v: got %+v, %v", c, got, ok)
+		}
+	}
+	// Escaped strings (json.Marshal also escapes <, > and &) take the full
+	// decoder.
+	for _, w := range []string{"a\"b", "<&>"} {
+		c := claimRecord{Worker: w, Nonce: "n"}
+		if _, ok := parseClaimExact(encodeClaim(c)); ok {
+			t.Errorf("worker %q took the fast path", w)
+		}
+		if got, err := decodeClaim(encodeClaim(c)); err != nil || got != c {
+			t.Errorf("worker %q: got %+v, %v", w, got, err)
+		}
+	}
+}

@@ -299,7 +299,7 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 			}
 			ix.since[e.id] = time.Now()
 		} else if found {
-			*list = slices.Delete(*list, i, i+1)
+			*list = deleteEntry(*list, i)
 			delete(ix.since, e.id)
 		}
 	}
@@ -307,6 +307,21 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 		ix.rev = headerRev
 	}
 	ix.notifyLocked()
+}
+
+// deleteEntry removes list[i]. Consumers take tasks from the head of the
+// queue, so most deletions are near the front of a list that holds the whole
+// backlog: shifting the few entries before i, rather than every entry after
+// it, keeps an acknowledgement's cost independent of the backlog in every
+// consumer process that sees it. The vacated slot is zeroed so that its key
+// strings can be collected; later appends reallocate the array as usual.
+func deleteEntry(list []entry, i int) []entry {
+	if i >= len(list)/2 {
+		return slices.Delete(list, i, i+1)
+	}
+	copy(list[1:i+1], list[:i])
+	list[0] = entry{}
+	return list[1:]
 }
 
 // activeWindow is how long a worker counts as active after its last claim
