@@ -216,12 +216,13 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		attempt = int(kv.Version)
 	}
 	var prev statusRecord
-	if kv := get(4); kv != nil {
-		prev, _ = decodeStatus(kv.Value) // only its attempt count is used; zero if unreadable
+	statusKV, progressKV := get(4), get(5)
+	if statusKV != nil {
+		prev, _ = decodeStatus(statusKV.Value) // only its attempt count is used; zero if unreadable
 	}
 	var checkpoint []byte
-	if kv := get(5); kv != nil {
-		if _, cp, perr := decodeProgress(kv.Value); perr == nil {
+	if progressKV != nil {
+		if _, cp, perr := decodeProgress(progressKV.Value); perr == nil {
 			checkpoint = cp
 		}
 	}
@@ -242,6 +243,8 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		dedup:       meta.Dedup,
 		maxAttempts: meta.MaxAtt,
 		checkpoint:  checkpoint,
+		hasStatus:   statusKV != nil,
+		hasProgress: progressKV != nil,
 	}
 	t.bind(lease)
 	ix.track(t)

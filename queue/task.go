@@ -41,6 +41,11 @@ type Task struct {
 	dedup       string
 	maxAttempts int
 	checkpoint  []byte
+	// hasStatus and hasProgress say whether s/<id> and p/<id> may exist:
+	// the claim read them, and while the claim stands only this worker
+	// writes them, so Ack deletes only keys that are there.
+	hasStatus   bool
+	hasProgress bool // also set by Progress (under op)
 
 	ctx       context.Context
 	cancel    context.CancelCauseFunc
@@ -113,6 +118,8 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	if err := t.ended(""); err != nil {
 		return err
 	}
+	// Set before sending: a request whose answer is lost may have written it.
+	t.hasProgress = true
 	v := encodeProgress(progressRecord{Fraction: fraction, Message: message, Worker: t.q.worker, Attempt: t.Attempt, Token: t.token, At: time.Now().UnixNano()}, checkpoint)
 	resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
 	if err != nil {
@@ -176,15 +183,19 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.task(t.ID)),
 			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
-			clientv3.OpDelete(t.q.keys.progress(t.ID)),
-			clientv3.OpDelete(t.q.keys.status(t.ID)),
 		)
-		{
-			out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
-				State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
-				Dedup: t.dedup, Token: t.token, Worker: t.q.worker,
-			})), clientv3.WithLease(lease)))
+		// Deleting a key that is not there still costs every member an
+		// index lookup; most tasks never had a progress or status record.
+		if t.hasProgress {
+			out = append(out, clientv3.OpDelete(t.q.keys.progress(t.ID)))
 		}
+		if t.hasStatus {
+			out = append(out, clientv3.OpDelete(t.q.keys.status(t.ID)))
+		}
+		out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
+			State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
+			Dedup: t.dedup, Token: t.token, Worker: t.q.worker,
+		})), clientv3.WithLease(lease)))
 		out = append(out, t.dedupRelease()...)
 		return append(out, ops...)
 	}, true)
