@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/pubsub"
+	"github.com/concordkit/concord/testcluster"
 )
 
 // The pubsub.* figures: publish → delivery, against a raw etcd put → watch on
@@ -93,11 +94,25 @@ func rawReaders(ctx context.Context, cli *clientv3.Client, key string, n int) (*
 }
 
 func runPubsub(ctx context.Context, env *Env) ([]Result, error) {
-	clis, err := env.Clients(2)
+	pubCli, err := env.NewClient()
 	if err != nil {
 		return nil, err
 	}
-	pubCli, subCli := clis[0], clis[1]
+	// Both sides' watches are served by one member, a follower. The client
+	// balances round-robin per stream, so on a client of every member the
+	// pubsub watch and the raw watch, opened one after the other, land on
+	// different members; a watch on the leader sees a put about 0.07 ms
+	// (p50) sooner than one on a follower (measured here), so which member
+	// each side got, not pubsub, swung the figure from run to run. A
+	// follower is where two of three watchers are.
+	leader, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	subCli, err := env.newClient(testcluster.Direct(), testcluster.To((leader+1)%env.Cluster.Size()))
+	if err != nil {
+		return nil, err
+	}
 	pub := pubsub.NewHub(pubCli)
 	defer pub.Close()
 	// Enough samples that a p99 is not one scheduling hiccup of a shared
