@@ -108,6 +108,13 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 			if _, err := decodeClaim(kv.Value); err != nil {
 				return nil, fmt.Errorf("cron: status of %s: %w (key %s)", name, err, key)
 			}
+		case strings.HasPrefix(key, k.prefix+"done/"):
+			if _, _, _, ok := k.parseDone(key); !ok {
+				return nil, fmt.Errorf("cron: status of %s: %w: unexpected key %s", name, ErrCorrupt, key)
+			}
+			if _, err := decodeDone(kv.Value); err != nil {
+				return nil, fmt.Errorf("cron: status of %s: %w (key %s)", name, err, key)
+			}
 		case strings.HasPrefix(key, k.ctl()):
 			job, what, ok := k.parseCtl(key)
 			if !ok {
@@ -134,7 +141,7 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 }
 
 // Purge deletes every record of the scheduler called name: claims
-// (watermarks), statuses, pauses and triggers. Call it only when no replica
+// (watermarks and open runs), commit records, statuses, pauses and triggers. Call it only when no replica
 // runs: a running leader would claim times again from scratch. The leader
 // election's keys are the election's and go with their leases. Cost: one
 // delete.

@@ -16,13 +16,25 @@
 //
 // # Guarantees
 //
-//   - At most once: before running (job, time) the leader claims it with one
+//   - Each time is claimed once: before running (job, time) the leader claims it with one
 //     transaction guarded by its term (election.Term.Guard) and by the mod
 //     revision of the job's claim key, which holds the job's watermark (the
 //     latest scheduled time claimed). No time at or before the watermark is
 //     claimed again, and a replica that lost its term cannot claim: its
 //     transaction fails in etcd, however late it arrives. A new leader reads
-//     the watermarks only after it was elected.
+//     the watermarks only after it was elected. Without WithRerun a
+//     claimed time runs at most once.
+//   - Exactly-once effects, with WithRerun and Run.Commit: the claim record
+//     also lists the open runs (claimed, started, fn not yet returned); a
+//     run leaves the list when it finishes, in the fenced write of its
+//     final status. A new leader reruns each open run within the catch-up
+//     window with Attempt + 1 unless it committed: Run.Commit applies the
+//     run's writes in one transaction, guarded by the term, that creates
+//     the time's commit record only if absent, so of all attempts of a time
+//     at most one Commit applies. fn may start more than once for a time;
+//     what it commits lands once. A time is never lost to a failover
+//     either: times passed during it are caught up (CatchUpAll) and a time
+//     whose run the old leader could not finish is rerun.
 //   - A run's context is canceled when the term ends (with a cause that
 //     errors.Is election.ErrLost), before the server can elect another
 //     leader, barring process pauses. Run.Guard fences writes into etcd.
@@ -40,14 +52,18 @@
 //
 // # What is not guaranteed
 //
-//   - Exactly once: a claimed time whose leader dies before (or while) fn
-//     runs is not run again. Make effects idempotent, or fence them with
-//     Run.Guard and pair them with CatchUpAll, as the package's failover test
-//     does.
+//   - Exactly once for effects outside Run.Commit: a rerun starts fn again
+//     for a time whose earlier attempt may have done part of its work. Make
+//     such effects idempotent (Run.Time and Run.Attempt say which time and
+//     which try), or write them through Commit. Without WithRerun an
+//     interrupted time is not run again.
+//   - A failed run (fn returned an error) is not rerun by the next leader;
+//     WithRetries retries it while its leader lasts, and only while its time
+//     is the latest claimed.
 //   - A paused process can keep running fn after its term ended; only fenced
 //     effects are safe against that.
 //   - Status is best effort: the final status write of a run whose term was
-//     lost is dropped (it reads Running until the next run).
+//     lost is dropped (it reads Running until the next run or rerun).
 //   - Replicas must register the same jobs; a job only some replicas know
 //     runs only while one of those leads.
 //   - Times are computed from the leader's clock. A new leader whose clock is
@@ -61,7 +77,9 @@
 // they outlive replicas), and campaigns in the election named N (keys under
 // N + "/.election/", see package election):
 //
-//	N/.cron/claim/<job>          {"time","token","attempt","at"}: the watermark
+//	N/.cron/claim/<job>          {"time","token","attempt","at","open"}: the watermark and the open runs
+//	N/.cron/done/<job>/s<time>   {"token","attempt","at"}: a scheduled time's Commit (t<time>: a trigger's),
+//	                             deleted when the run finishes or when a new leader has decided on it
 //	N/.cron/status/<job>         JobStatus as JSON (last run, outcome, next)
 //	N/.cron/ctl/<job>/paused     {"at"}: present while the job is paused
 //	N/.cron/ctl/<job>/trigger    {"at"}: a pending Trigger
@@ -72,8 +90,9 @@
 // # Cost in etcd round trips
 //
 //   - Per scheduled run: one transaction (claim and status "running"), then
-//     one fenced status write when fn returns. The fire lag is the timer's
-//     lateness plus that one transaction.
+//     one fenced transaction when fn returns (status, and the run's removal
+//     from the open runs). Run.Commit is one more transaction, carrying the
+//     caller's writes. The fire lag is the timer's lateness plus the claim.
 //   - On becoming leader: one read of N/.cron/ and one watch on
 //     N/.cron/ctl/, on top of the election's Campaign.
 //   - Pause, Resume, Trigger: one write each. Status, Purge: one request.

@@ -2,11 +2,12 @@ package cron
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 )
 
 func FuzzDecodeClaim(f *testing.F) {
-	for _, seed := range []string{`{"time":1,"token":2,"attempt":1,"at":3}`, `{}`, `null`, `[]`, `{"time":-1}`, `{"time":1,"token":1,"attempt":0}`, `x`, ``} {
+	for _, seed := range []string{`{"time":1,"token":2,"attempt":1,"at":3}`, `{"time":5,"token":2,"attempt":1,"at":3,"open":[{"time":4,"attempt":2}]}`, `{"time":5,"token":2,"attempt":1,"open":[]}`, `{"time":5,"token":2,"attempt":1,"open":[{"time":6,"attempt":1}]}`, `{}`, `null`, `[]`, `{"time":-1}`, `{"time":1,"token":1,"attempt":0}`, `x`, ``} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -24,7 +25,7 @@ func FuzzDecodeClaim(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c2, err := decodeClaim([]byte(s)); err != nil || c2 != c {
+		if c2, err := decodeClaim([]byte(s)); err != nil || !reflect.DeepEqual(c2, c) {
 			t.Fatalf("round trip of %+v: %+v, %v", c, c2, err)
 		}
 	})

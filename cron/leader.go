@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,19 +24,28 @@ import (
 // maxDue bounds how many times of one job are enumerated at once.
 const maxDue = 10000
 
+// lateSlack is how late a time may be and still count as due now, with any
+// catch-up window (even zero).
+const lateSlack = time.Second
+
 // jobRun is a job's state during one term.
 type jobRun struct {
 	*job
-	w        time.Time // watermark: the latest scheduled time claimed
-	attempt  int       // attempt of the watermark's claim
-	claimRev int64     // mod revision of the claim key (0: absent)
-	cursor   time.Time // the latest time considered (claimed or passed over)
+	w        time.Time      // watermark: the latest scheduled time claimed
+	attempt  int            // attempt of the watermark's claim
+	claimRev int64          // mod revision of the claim key (0: absent)
+	cursor   time.Time      // the latest time considered (claimed or passed over)
+	dones    map[int64]bool // scheduled times with a commit record, as read on becoming leader
 	paused   bool
 	running  atomic.Int32
 
-	// wmu serializes status writes, each of which encodes the status as it
-	// is when sent: the last write to land carries the latest status.
-	wmu sync.Mutex
+	// wmu serializes status and claim writes, each of which encodes the
+	// status as it is when sent: the last write to land carries the latest
+	// status. It protects w, attempt, claimRev, open and stale once the term's
+	// loop started runs.
+	wmu   sync.Mutex
+	open  map[int64]int // claimed times (Unix nanoseconds) whose runs have not finished → attempt
+	stale []string      // commit records no rerun can need, deleted with the next claim
 
 	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
 	status JobStatus
@@ -113,6 +123,13 @@ func (l *leader) loop(ctx context.Context) error {
 			j.cursor = j.w
 		}
 	}
+	for _, j := range l.order {
+		for _, o := range j.takeOver(now) {
+			if err := l.dispatch(ctx, j, time.Unix(0, o.Time), o.Attempt+1, rerunRun); err != nil {
+				return err
+			}
+		}
+	}
 	for _, tr := range triggers {
 		if err := l.dispatchTrigger(ctx, tr); err != nil {
 			return err
@@ -152,7 +169,7 @@ func (l *leader) loop(ctx context.Context) error {
 			return context.Cause(ctx)
 		case <-timer.C:
 		case r := <-l.retries:
-			if err := l.dispatch(ctx, r.job, r.t, r.attempt); err != nil {
+			if err := l.dispatch(ctx, r.job, r.t, r.attempt, retryRun); err != nil {
 				return err
 			}
 		case <-rewatch:
@@ -226,6 +243,12 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 		return 0, nil, fmt.Errorf("cron: load: %w", err)
 	}
 	var triggers []trigger
+	type doneAt struct {
+		j   *jobRun
+		t   time.Time
+		key string
+	}
+	var dones []doneAt
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
 		switch {
@@ -238,7 +261,23 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			if err != nil {
 				return 0, nil, fmt.Errorf("%w (key %s)", err, key)
 			}
-			j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, kv.ModRevision
+			j.adopt(c, kv.ModRevision)
+		case strings.HasPrefix(key, l.s.keys.prefix+"done/"):
+			job, t, trig, ok := l.s.keys.parseDone(key)
+			if !ok {
+				return 0, nil, fmt.Errorf("%w: unexpected key %s", ErrCorrupt, key)
+			}
+			if _, err := decodeDone(kv.Value); err != nil {
+				return 0, nil, fmt.Errorf("%w (key %s)", err, key)
+			}
+			if j := l.jobs[job]; j != nil {
+				if trig {
+					// A trigger is never run again: its record is stale.
+					j.stale = append(j.stale, key)
+				} else {
+					dones = append(dones, doneAt{j, t, key})
+				}
+			}
 		case strings.HasPrefix(key, l.s.keys.prefix+"status/"):
 			j := l.jobs[strings.TrimPrefix(key, l.s.keys.prefix+"status/")]
 			if j == nil {
@@ -259,7 +298,46 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			}
 		}
 	}
+	// Commit records sort after the claims; match them once all are read.
+	for _, d := range dones {
+		if _, open := d.j.open[d.t.UnixNano()]; open {
+			if d.j.dones == nil {
+				d.j.dones = map[int64]bool{}
+			}
+			d.j.dones[d.t.UnixNano()] = true
+		}
+		// Either way the record has done its work once this term decided.
+		d.j.stale = append(d.j.stale, d.key)
+	}
 	return resp.Header.Revision, triggers, nil
+}
+
+// adopt takes the claim record c, read at mod revision rev, as j's state.
+func (j *jobRun) adopt(c claim, rev int64) {
+	j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, rev
+	j.open = make(map[int64]int, len(c.Open))
+	for _, o := range c.Open {
+		j.open[o.Time] = o.Attempt
+	}
+}
+
+// takeOver decides, on becoming leader, what becomes of the runs the
+// previous terms left open (claimed, and fn had not returned when the term
+// ended): with WithRerun, those within the catch-up window that did not
+// commit and have attempts left run again, oldest first; the others are
+// forgotten with the next claim.
+func (j *jobRun) takeOver(now time.Time) []openRun {
+	var rerun []openRun
+	for t, a := range j.open {
+		if j.opts.reruns == 0 || j.paused || j.dones[t] ||
+			a >= 1+j.opts.retries+j.opts.reruns || now.Sub(time.Unix(0, t)) > j.opts.window {
+			delete(j.open, t)
+			continue
+		}
+		rerun = append(rerun, openRun{t, a})
+	}
+	sort.Slice(rerun, func(a, b int) bool { return rerun[a].Time < rerun[b].Time })
+	return rerun
 }
 
 // loadCtl reads the controls afresh (after a lost watch).
@@ -353,7 +431,10 @@ func (l *leader) publishNext(ctx context.Context) {
 	}
 }
 
-// writeStatus writes j's current status, fenced by cmps.
+// writeStatus writes j's current status, fenced by cmps. The write is not
+// canceled with ctx but bounded by the TTL: a canceled write may still be
+// applied after the next one, and an older status would then replace a
+// newer one.
 func (l *leader) writeStatus(ctx context.Context, j *jobRun, cmps []clientv3.Cmp) {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
@@ -361,7 +442,9 @@ func (l *leader) writeStatus(ctx context.Context, j *jobRun, cmps []clientv3.Cmp
 	if err != nil {
 		return
 	}
-	_, _ = l.cli().Txn(ctx).If(cmps...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	defer cancel()
+	_, _ = l.cli().Txn(wctx).If(cmps...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
 }
 
 // fireAll fires the due times of every job. Jobs are independent (each has
@@ -399,7 +482,9 @@ func (j *jobRun) setNext(t time.Time) {
 func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 	var due []time.Time
 	from := j.cursor
-	lo := now.Add(-j.opts.window)
+	// The timer and the claim make a time a little late at best; within
+	// lateSlack it is due now, not missed, whatever the window.
+	lo := now.Add(-max(j.opts.window, lateSlack))
 	if from.Before(lo) {
 		// Only times within the window count; start just before it.
 		from = lo.Add(-time.Nanosecond)
@@ -420,24 +505,49 @@ func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 		due = due[len(due)-1:]
 	}
 	for _, t := range due {
-		if err := l.dispatch(ctx, j, t, 1); err != nil {
+		if err := l.dispatch(ctx, j, t, 1, freshRun); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// dispatch claims (j, t, attempt) and starts the run, or records a skip.
-func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int) error {
-	if attempt > 1 && (!j.w.Equal(t) || j.attempt != attempt-1) {
-		return nil // a later time was claimed meanwhile: the retry is moot
+// runKind says why a time is dispatched.
+type runKind int
+
+const (
+	freshRun runKind = iota // a scheduled time, first attempt
+	retryRun                // fn failed and WithRetries asks for another attempt
+	rerunRun                // the run was interrupted by the end of a term (WithRerun)
+)
+
+// claimable reports whether (t, attempt) of kind may be claimed given j's
+// claim state: a fresh time only after the watermark (never twice), a retry
+// only of the watermark's time and attempt (a later time makes it moot), a
+// rerun only of an open run's next attempt. Called with wmu held.
+func (j *jobRun) claimable(t time.Time, attempt int, kind runKind) bool {
+	switch kind {
+	case retryRun:
+		return j.w.Equal(t) && j.attempt == attempt-1
+	case rerunRun:
+		a, ok := j.open[t.UnixNano()]
+		return ok && a == attempt-1
 	}
-	if !j.w.IsZero() && (t.Before(j.w) || t.Equal(j.w) && attempt <= j.attempt) {
-		return nil // claimed before (by an earlier term): never twice
+	return j.w.IsZero() || t.After(j.w)
+}
+
+// dispatch claims (j, t, attempt) and starts the run, or records a skip.
+func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int, kind runKind) error {
+	j.wmu.Lock()
+	ok := j.claimable(t, attempt, kind)
+	j.wmu.Unlock()
+	if !ok {
+		return nil
 	}
 	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t}
-	ok, err := l.claim(ctx, j, r, skip)
+	r.commit = l.newCommit(j, r)
+	ok, err := l.claim(ctx, j, r, kind, skip)
 	if err != nil || !ok {
 		return err
 	}
@@ -449,6 +559,7 @@ func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
 	j := tr.job
 	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t}
+	r.commit = l.newCommit(j, r)
 	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip)
 	if err != nil || !ok {
 		return err
@@ -490,14 +601,13 @@ func (j *jobRun) statusValue() (string, error) {
 }
 
 // claim writes the claim of (j, r.Time, r.Attempt), fenced by the term and
-// by the claim key's mod revision, so that no time is claimed twice. An
-// unknown outcome is settled by reading the claim back. It reports false
-// when the time turned out to be claimed already.
-func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, error) {
-	rec, err := encode(claim{Time: r.Time.UnixNano(), Token: r.Token, Attempt: r.Attempt, At: time.Now().UnixNano()})
-	if err != nil {
-		return false, err
-	}
+// by the claim key's mod revision, so that no time is claimed twice: a
+// fresh time moves the watermark, a retry or rerun bumps the attempt of its
+// time; a run that starts is listed as open until it finishes. The same
+// transaction writes the status (running, or skipped) and deletes stale
+// commit records. An unknown outcome is settled by reading the claim back.
+// It reports false when the time turned out to be claimed already.
+func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip bool) (bool, error) {
 	j.startStatus(r, skip)
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
@@ -508,21 +618,33 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, 
 	key := l.s.keys.claim(j.name)
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
+		if !j.claimable(r.Time, r.Attempt, kind) {
+			return false, nil
+		}
+		c := j.claimWith(r, skip)
+		rec, err := encode(c)
+		if err != nil {
+			return false, err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)}
+		for _, k := range j.stale {
+			ops = append(ops, clientv3.OpDelete(k))
+		}
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
-		resp, err := l.cli().Txn(ctx).If(cmps...).
-			Then(clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)).
-			Else(clientv3.OpGet(key)).Commit()
+		resp, err := l.cli().Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		if err == nil && resp.Succeeded {
-			j.w, j.attempt, j.claimRev = r.Time, r.Attempt, resp.Header.Revision
+			j.adopt(c, resp.Header.Revision)
+			j.stale = nil
 			return true, nil
 		}
 		if err == nil {
 			if errors.Is(l.t.Err(), election.ErrLost) || !l.termHeld(ctx) {
 				return false, errTermGone
 			}
-			// The claim moved under us: adopt it. Only a leader writes
-			// claims, so this is a foreign writer; never claim at or before
-			// what it holds.
+			// The claim moved under us: adopt it (the loop checks again
+			// whether r may still be claimed). Only a leader writes claims,
+			// so this is a foreign writer or our own write whose reply was
+			// lost.
 			kvs := resp.Responses[0].GetResponseRange().Kvs
 			if len(kvs) == 0 {
 				j.claimRev = 0
@@ -532,11 +654,8 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, 
 			if derr != nil {
 				return false, fmt.Errorf("%w (key %s)", derr, key)
 			}
-			j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, kvs[0].ModRevision
-			if r.Time.After(j.w) {
-				continue
-			}
-			return false, nil
+			j.adopt(c, kvs[0].ModRevision)
+			continue
 		}
 		if ctx.Err() != nil {
 			return false, context.Cause(ctx)
@@ -553,10 +672,96 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, skip bool) (bool, 
 			continue
 		}
 		if len(g.Kvs) == 1 && string(g.Kvs[0].Value) == rec {
-			j.w, j.attempt, j.claimRev = r.Time, r.Attempt, g.Kvs[0].ModRevision
+			j.adopt(c, g.Kvs[0].ModRevision)
+			j.stale = nil
 			return true, nil
 		}
+		if len(g.Kvs) == 1 {
+			c, derr := decodeClaim(g.Kvs[0].Value)
+			if derr != nil {
+				return false, fmt.Errorf("%w (key %s)", derr, key)
+			}
+			j.adopt(c, g.Kvs[0].ModRevision)
+		} else {
+			j.claimRev = 0
+		}
 	}
+}
+
+// claimWith returns j's claim record with r claimed. Called with wmu held.
+func (j *jobRun) claimWith(r Run, skip bool) claim {
+	w, attempt := j.w, j.attempt
+	if w.IsZero() || r.Time.After(w) {
+		w, attempt = r.Time, r.Attempt
+	} else if r.Time.Equal(w) {
+		attempt = max(attempt, r.Attempt)
+	}
+	c := claim{Time: w.UnixNano(), Token: r.Token, Attempt: attempt, At: time.Now().UnixNano()}
+	for t, a := range j.open {
+		if t != r.Time.UnixNano() {
+			c.Open = append(c.Open, openRun{t, a})
+		}
+	}
+	if !skip {
+		c.Open = append(c.Open, openRun{r.Time.UnixNano(), r.Attempt})
+	}
+	sort.Slice(c.Open, func(a, b int) bool { return c.Open[a].Time < c.Open[b].Time })
+	if len(c.Open) > maxOpen {
+		c.Open = c.Open[len(c.Open)-maxOpen:]
+	}
+	return c
+}
+
+// record returns j's claim record as it stands. Called with wmu held.
+func (j *jobRun) record(token int64) claim {
+	c := claim{Time: j.w.UnixNano(), Token: token, Attempt: j.attempt, At: time.Now().UnixNano()}
+	for t, a := range j.open {
+		c.Open = append(c.Open, openRun{t, a})
+	}
+	sort.Slice(c.Open, func(a, b int) bool { return c.Open[a].Time < c.Open[b].Time })
+	return c
+}
+
+// finish records the end of run r: its status, its removal from the open
+// runs, and the deletion of its commit record (no rerun can need it now).
+// Fenced by the term, and best effort: if the term is gone the write is
+// dropped, the run stays open, and the next leader decides (WithRerun).
+// The write is not canceled with ctx but bounded by the TTL (see
+// writeStatus).
+func (l *leader) finish(ctx context.Context, j *jobRun, r Run) {
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	val, err := j.statusValue()
+	if err != nil {
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	defer cancel()
+	cmps := r.Guard()
+	ops := []clientv3.Op{clientv3.OpPut(l.s.keys.status(j.name), val)}
+	if r.commit != nil && r.commit.committed.Load() {
+		ops = append(ops, clientv3.OpDelete(r.commit.key))
+	}
+	var c claim
+	closing := false
+	if a, ok := j.open[r.Time.UnixNano()]; ok && !r.Trigger && a == r.Attempt && j.claimRev != 0 {
+		closing = true
+		delete(j.open, r.Time.UnixNano())
+		c = j.record(r.Token)
+		rec, err := encode(c)
+		if err != nil {
+			return
+		}
+		key := l.s.keys.claim(j.name)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+		ops = append(ops, clientv3.OpPut(key, rec))
+	}
+	resp, err := l.cli().Txn(wctx).If(cmps...).Then(ops...).Commit()
+	if closing && err == nil && resp.Succeeded {
+		j.claimRev = resp.Header.Revision
+	}
+	// Otherwise the next claim carries the closed run away (it writes the
+	// open runs as they stand here), or reads the claim back first.
 }
 
 // termHeld reads whether the term's key still stands.
@@ -655,12 +860,10 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 	}
 	j.status = st
 	j.mu.Unlock()
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
-	// Fenced and best effort: a status write of a lost term is dropped.
-	l.writeStatus(wctx, j, r.Guard())
-	cancel()
+	l.finish(ctx, j, r)
 
-	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries {
+	// A run that committed is not retried: its effects are in.
+	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries && !r.commit.committed.Load() {
 		t := time.NewTimer(j.opts.backoff)
 		defer t.Stop()
 		select {

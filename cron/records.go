@@ -15,11 +15,23 @@ var ErrCorrupt = errors.New("cron: corrupt record")
 // claimed for the job (the job's watermark: no time at or before it is ever
 // claimed again).
 type claim struct {
-	Time    int64 `json:"time"`    // scheduled time, Unix nanoseconds
-	Token   int64 `json:"token"`   // the claiming term's token
-	Attempt int   `json:"attempt"` // 1, or more for a retry of the same time
-	At      int64 `json:"at"`      // when it was claimed, Unix nanoseconds
+	Time    int64     `json:"time"`           // scheduled time, Unix nanoseconds
+	Token   int64     `json:"token"`          // the claiming term's token
+	Attempt int       `json:"attempt"`        // 1, or more for a retry of the same time
+	At      int64     `json:"at"`             // when it was claimed, Unix nanoseconds
+	Open    []openRun `json:"open,omitempty"` // claimed scheduled times whose runs have not finished, oldest first
 }
+
+// openRun is a claimed time whose run has not finished: if its leader's
+// term ends, the next leader reruns it (WithRerun).
+type openRun struct {
+	Time    int64 `json:"time"`
+	Attempt int   `json:"attempt"`
+}
+
+// maxOpen bounds the open runs a claim record lists; beyond it the oldest
+// are forgotten (they are then not rerun).
+const maxOpen = 256
 
 func decodeClaim(b []byte) (claim, error) {
 	var c claim
@@ -29,7 +41,37 @@ func decodeClaim(b []byte) (claim, error) {
 	if c.Time <= 0 || c.Token <= 0 || c.Attempt < 1 {
 		return claim{}, fmt.Errorf("%w: claim: time %d, token %d, attempt %d out of range", ErrCorrupt, c.Time, c.Token, c.Attempt)
 	}
+	if len(c.Open) > maxOpen {
+		return claim{}, fmt.Errorf("%w: claim: %d open runs, more than %d", ErrCorrupt, len(c.Open), maxOpen)
+	}
+	if len(c.Open) == 0 {
+		c.Open = nil // "open":[] and no open runs are the same record
+	}
+	for _, o := range c.Open {
+		if o.Time <= 0 || o.Time > c.Time || o.Attempt < 1 {
+			return claim{}, fmt.Errorf("%w: claim: open run (time %d, attempt %d) out of range", ErrCorrupt, o.Time, o.Attempt)
+		}
+	}
 	return c, nil
+}
+
+// doneRecord is the value of N/.cron/done/<job>/<kind><time>: which run
+// committed the effects of that time (Run.Commit).
+type doneRecord struct {
+	Token   int64 `json:"token"`
+	Attempt int   `json:"attempt"`
+	At      int64 `json:"at"` // when it committed, Unix nanoseconds
+}
+
+func decodeDone(b []byte) (doneRecord, error) {
+	var d doneRecord
+	if err := strictJSON(b, &d); err != nil {
+		return doneRecord{}, fmt.Errorf("%w: commit record: %w", ErrCorrupt, err)
+	}
+	if d.Token <= 0 || d.Attempt < 1 || d.At <= 0 {
+		return doneRecord{}, fmt.Errorf("%w: commit record: token %d, attempt %d, at %d out of range", ErrCorrupt, d.Token, d.Attempt, d.At)
+	}
+	return d, nil
 }
 
 // Outcome of a job's last run.

@@ -69,10 +69,11 @@ type Run struct {
 	Job     string
 	Time    time.Time // the scheduled time; for a Trigger, when it was requested
 	Token   int64     // the leader's term token: a fencing token for the run's effects
-	Attempt int       // 1, then 2, 3, … for retries of the same time (WithRetries)
+	Attempt int       // 1, then 2, 3, … for retries (WithRetries) and reruns (WithRerun) of the same time
 	Trigger bool      // started by Trigger rather than by the schedule
 
-	term *election.Term
+	term   *election.Term
+	commit *commitState
 }
 
 // Guard returns comparisons that hold only while the leadership under which
@@ -120,6 +121,7 @@ type jobOptions struct {
 	window  time.Duration
 	retries int
 	backoff time.Duration
+	reruns  int
 }
 
 // WithOverlap sets the overlap policy (default SkipIfRunning).
@@ -127,7 +129,7 @@ func WithOverlap(o Overlap) JobOption { return func(j *jobOptions) { j.overlap =
 
 // WithCatchUp sets which missed times run and how far back times are
 // considered at all (default CatchUpLatest within DefaultCatchUpWindow). A
-// window of zero runs only times that are due now.
+// window of zero runs only times that are due now: up to a second late.
 func WithCatchUp(c CatchUp, window time.Duration) JobOption {
 	return func(j *jobOptions) { j.catchUp, j.window = c, window }
 }
@@ -138,6 +140,16 @@ func WithCatchUp(c CatchUp, window time.Duration) JobOption {
 func WithRetries(n int, backoff time.Duration) JobOption {
 	return func(j *jobOptions) { j.retries, j.backoff = n, backoff }
 }
+
+// WithRerun runs a time again under the next leader, up to n times, when
+// its run was interrupted: its leader claimed it and then lost leadership
+// (or was stopped) before fn returned, and the run had not committed with
+// Run.Commit. The rerun has Attempt one more than the interrupted run. Only
+// the job's latest claimed time is rerun, and only within its catch-up
+// window. A job whose effects go through Run.Commit then has each scheduled
+// time's effects applied exactly once (see the package doc); fn itself may
+// start more than once for a time. Default: no rerun (at most once).
+func WithRerun(n int) JobOption { return func(j *jobOptions) { j.reruns = n } }
 
 type job struct {
 	name  string
@@ -244,6 +256,8 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 		return fmt.Errorf("cron: job %q: negative catch-up window %v", jobName, o.window)
 	case o.retries < 0 || o.backoff < 0:
 		return fmt.Errorf("cron: job %q: negative retries (%d) or backoff (%v)", jobName, o.retries, o.backoff)
+	case o.reruns < 0:
+		return fmt.Errorf("cron: job %q: negative reruns (%d)", jobName, o.reruns)
 	case o.overlap != SkipIfRunning && o.overlap != AllowOverlap:
 		return fmt.Errorf("cron: job %q: unknown overlap policy %d", jobName, o.overlap)
 	case o.catchUp != CatchUpLatest && o.catchUp != CatchUpAll:

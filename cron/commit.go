@@ -1,0 +1,113 @@
+package cron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/retry"
+)
+
+// ErrCommitted reports a Commit refused because the time's effects were
+// committed already: by an earlier attempt of the same time (whose leader
+// then lost its term before recording that fn returned), or by an earlier
+// Commit of the same run.
+var ErrCommitted = errors.New("cron: run already committed")
+
+// MaxCommitOps is the most operations one Commit takes: etcd's default limit
+// of 128 operations per transaction (--max-txn-ops) less the one that Commit
+// adds.
+const MaxCommitOps = 128 - 1
+
+// commitState is shared by the copies of one Run.
+type commitState struct {
+	cli  *clientv3.Client
+	key  string // the time's commit record
+	desc string // job and time, for errors
+
+	mu        sync.Mutex // serializes Commit calls of one run
+	committed atomic.Bool
+}
+
+func (l *leader) newCommit(j *jobRun, r Run) *commitState {
+	return &commitState{
+		cli:  l.cli(),
+		key:  l.s.keys.done(j.name, r.Time, r.Trigger),
+		desc: fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
+	}
+}
+
+// Commit applies ops in one transaction that also records that this
+// scheduled time's effects are done, if the run's leadership still stands
+// and no attempt of the same time committed before. Together with WithRerun
+// it makes effects in etcd exactly once per scheduled time: a time whose
+// run was interrupted runs again under the next leader, and the rerun's
+// Commit is refused if the interrupted run had committed.
+//
+// It returns nil once applied (also when an earlier try's reply was lost
+// and it turns out to have applied), an error wrapping ErrCommitted when
+// the time was committed already, an error wrapping election.ErrLost when
+// leadership is gone (nothing applied), or ctx's cause while the outcome is
+// unknown (a rerun's Commit then settles it). Transient errors are retried
+// until ctx ends. At most MaxCommitOps operations; none may touch the
+// scheduler's own keys. Cost: one transaction. The commit record it writes
+// is deleted when the run finishes.
+func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
+	c := r.commit
+	if c == nil || r.term == nil {
+		return errors.New("cron: Commit of a Run that no scheduler started")
+	}
+	if len(ops) > MaxCommitOps {
+		return fmt.Errorf("cron: commit of %s: %d operations, more than %d", c.desc, len(ops), MaxCommitOps)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.committed.Load() {
+		return fmt.Errorf("%w: %s committed by this run before", ErrCommitted, c.desc)
+	}
+	rec, err := encode(doneRecord{Token: r.Token, Attempt: r.Attempt, At: time.Now().UnixNano()})
+	if err != nil {
+		return err
+	}
+	cmps := append(r.term.Guard(), clientv3.Compare(clientv3.CreateRevision(c.key), "=", 0))
+	then := append(ops[:len(ops):len(ops)], clientv3.OpPut(c.key, rec))
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		resp, err := c.cli.Txn(ctx).If(cmps...).Then(then...).Else(clientv3.OpGet(c.key)).Commit()
+		if err == nil {
+			if resp.Succeeded {
+				c.committed.Store(true)
+				return nil
+			}
+			kvs := resp.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				return fmt.Errorf("cron: commit of %s refused: %w", c.desc, election.ErrLost)
+			}
+			d, derr := decodeDone(kvs[0].Value)
+			if derr != nil {
+				return fmt.Errorf("cron: commit of %s: %w (key %s)", c.desc, derr, c.key)
+			}
+			if d.Token == r.Token && d.Attempt == r.Attempt {
+				// An earlier try applied; its reply was lost.
+				c.committed.Store(true)
+				return nil
+			}
+			return fmt.Errorf("%w: %s by attempt %d of term %d", ErrCommitted, c.desc, d.Attempt, d.Token)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("cron: commit of %s, outcome unknown: %w", c.desc, context.Cause(ctx))
+		}
+		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("cron: commit of %s: %w", c.desc, err)
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return fmt.Errorf("cron: commit of %s, outcome unknown: %w", c.desc, werr)
+		}
+	}
+}
