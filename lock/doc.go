@@ -91,8 +91,10 @@
 //
 // # Cost, in etcd round trips
 //
-//   - Lock, lock free: one transaction (put own key + read the prefix, one
-//     Raft write). A watch on the prefix (deletions only, filtered on the
+//   - Lock, lock free: one transaction (put own key + read the queue's keys,
+//     one Raft write). Without WithLockDelay the read asks for keys only,
+//     which etcd serves from its in-memory index, with no backend read per
+//     key. A watch on the prefix (deletions only, filtered on the
 //     server) goes out alongside it on the client's existing stream, stays
 //     open while the lock is held to learn of a forced release or a lost
 //     key, and is then kept for the lock value's next acquisition (closed
