@@ -766,7 +766,10 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run) {
 
 // termHeld reads whether the term's key still stands.
 func (l *leader) termHeld(ctx context.Context) bool {
-	resp, err := l.cli().Txn(ctx).If(l.t.Guard()...).Commit()
+	// The Then op makes the transaction linearizable: etcd serves a
+	// transaction without operations as a serializable read, which a lagging
+	// member answers from its own, older state.
+	resp, err := l.cli().Txn(ctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
 	return err != nil || resp.Succeeded // on error, assume held and retry
 }
 
