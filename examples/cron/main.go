@@ -1,8 +1,8 @@
 // Command cron runs three replicas of a service with one scheduled job:
 // every second, the replica that leads the scheduler's election runs it,
-// and the others stand by. Each run appends to a ledger in etcd with a
-// write fenced by the leader's term, so a replica that lost its leadership
-// cannot write. Midway, the leader's client is cut off from etcd; its lease
+// and the others stand by. Each run appends to a ledger in etcd with
+// Run.Commit, fenced by the leader's term, so a replica that lost its
+// leadership cannot write, and once per scheduled time. Midway, the leader's client is cut off from etcd; its lease
 // expires, another replica takes over, catches up the times missed during
 // the failover, and every scheduled time is still run exactly once.
 //
@@ -131,27 +131,21 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		}
 		r.s = cron.New(r.k, schedulerName, cron.WithValue(r.name))
 		job := func(ctx context.Context, run cron.Run) error {
-			// The ledger entry is written only while this replica's term
-			// stands (Guard), and only once per scheduled time.
+			// Commit writes the ledger entry only while this replica's term
+			// stands, and only once per scheduled time, even when a run
+			// interrupted by the cut is run again by the next leader.
 			key := ledgerPrefix + run.Time.UTC().Format("15:04:05")
-			resp, err := r.cli.Txn(ctx).
-				If(append(run.Guard(), clientv3.Compare(clientv3.CreateRevision(key), "=", 0))...).
-				Then(clientv3.OpPut(key, fmt.Sprintf("%s token %d", r.name, run.Token))).Commit()
-			rep := runReport{replica: r.name, run: run, err: err}
-			if err == nil {
-				rep.written = resp.Succeeded
-				if !resp.Succeeded {
-					rep.err = errors.New("guard failed")
-				}
-			}
-			reports <- rep
-			return rep.err
+			err := run.Commit(ctx, clientv3.OpPut(key, fmt.Sprintf("%s token %d attempt %d", r.name, run.Token, run.Attempt)))
+			reports <- runReport{replica: r.name, run: run, written: err == nil, err: err}
+			return err
 		}
 		// Times missed while no replica led are run by the next leader, all
 		// of them: catch-up runs start together, and with the default
 		// overlap policy (SkipIfRunning) all but the first would be
-		// recorded as skipped.
-		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute), cron.WithOverlap(cron.AllowOverlap)); err != nil {
+		// recorded as skipped. A run that the cut leader claimed but could
+		// not commit is run again by the next leader (WithRerun).
+		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute),
+			cron.WithOverlap(cron.AllowOverlap), cron.WithRerun(3)); err != nil {
 			return err
 		}
 		rs[i] = r
@@ -208,11 +202,15 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			}
 		case rep := <-reports:
 			at := rep.run.Time.UTC().Format("15:04:05")
-			times[at] = append(times[at], rep.replica)
+			if rep.written {
+				times[at] = append(times[at], rep.replica)
+			}
 			tokens[rep.replica] = rep.run.Token
 			late := time.Since(rep.run.Time)
 			note := ""
-			if late > 500*time.Millisecond {
+			if rep.run.Attempt > 1 {
+				note = fmt.Sprintf(", attempt %d: rerun of a run the cut leader could not finish", rep.run.Attempt)
+			} else if late > 500*time.Millisecond {
 				note = fmt.Sprintf(", catching up %.1fs late", late.Seconds())
 			}
 			if rep.written {
@@ -239,8 +237,8 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		}
 	}
 
-	// Every scheduled time from the first to the last ran once, and the
-	// ledger holds exactly one entry for each.
+	// Every scheduled time from the first to the last has exactly one
+	// ledger entry.
 	var keys []string
 	for at := range times {
 		keys = append(keys, at)
