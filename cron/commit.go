@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,9 @@ type commitState struct {
 	cli  *clientv3.Client
 	key  string // the time's commit record
 	desc string // job and time, for errors
+	// prefix holds the scheduler's keys, which Commit's operations must not
+	// touch.
+	prefix string
 
 	mu        sync.Mutex // serializes Commit calls of one run
 	committed atomic.Bool
@@ -37,9 +41,10 @@ type commitState struct {
 
 func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 	return &commitState{
-		cli:  l.cli(),
-		key:  l.s.keys.done(j.name, r.Time, r.Trigger),
-		desc: fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
+		cli:    l.cli(),
+		key:    l.s.keys.done(j.name, r.Time, r.Trigger),
+		prefix: l.s.keys.prefix,
+		desc:   fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
 	}
 }
 
@@ -57,7 +62,7 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 // unknown (a rerun's Commit then settles it). Transient errors are retried
 // until ctx ends. At most MaxCommitOps operations; none may touch the
 // scheduler's own keys. Cost: one transaction. The commit record it writes
-// is deleted when the run finishes.
+// is deleted by a later claim of the job, once the time is no longer open.
 func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	c := r.commit
 	if c == nil || r.term == nil {
@@ -65,6 +70,11 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	}
 	if len(ops) > MaxCommitOps {
 		return fmt.Errorf("cron: commit of %s: %d operations, more than %d", c.desc, len(ops), MaxCommitOps)
+	}
+	for _, op := range ops {
+		if strings.HasPrefix(string(op.KeyBytes()), c.prefix) {
+			return fmt.Errorf("cron: commit of %s: operation on the scheduler's own key %q", c.desc, op.KeyBytes())
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

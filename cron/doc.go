@@ -27,14 +27,19 @@
 //   - Exactly-once effects, with WithRerun and Run.Commit: the claim record
 //     also lists the open runs (claimed, started, fn not yet returned); a
 //     run leaves the list when it finishes, in the fenced write of its
-//     final status. A new leader reruns each open run within the catch-up
-//     window with Attempt + 1 unless it committed: Run.Commit applies the
+//     final status, unless it was interrupted (its context ended first,
+//     also when its scheduler was stopped). A new leader reruns each open
+//     run within the catch-up window with Attempt + 1 unless it committed
+//     (see WithRerun for what is not rerun): Run.Commit applies the
 //     run's writes in one transaction, guarded by the term, that creates
 //     the time's commit record only if absent, so of all attempts of a time
 //     at most one Commit applies. fn may start more than once for a time;
 //     what it commits lands once. A time is never lost to a failover
 //     either: times passed during it are caught up (CatchUpAll) and a time
-//     whose run the old leader could not finish is rerun.
+//     whose run the old leader could not finish is rerun. This needs
+//     AllowOverlap (with SkipIfRunning, times that come while a rerun goes
+//     are skipped by design) and a job not paused at the failover. At most
+//     256 open runs are listed; beyond that the oldest are forgotten.
 //   - A run's context is canceled when the term ends (with a cause that
 //     errors.Is election.ErrLost), before the server can elect another
 //     leader, barring process pauses. Run.Guard fences writes into etcd.
@@ -79,7 +84,7 @@
 //
 //	N/.cron/claim/<job>          {"time","token","attempt","at","open"}: the watermark and the open runs
 //	N/.cron/done/<job>/s<time>   {"token","attempt","at"}: a scheduled time's Commit (t<time>: a trigger's),
-//	                             deleted when the run finishes or when a new leader has decided on it
+//	                             deleted by a later claim once the time is no longer open
 //	N/.cron/status/<job>         JobStatus as JSON (last run, outcome, next)
 //	N/.cron/ctl/<job>/paused     {"at"}: present while the job is paused
 //	N/.cron/ctl/<job>/trigger    {"at"}: a pending Trigger

@@ -47,6 +47,13 @@ func TestExactlyOnceAcrossFailover(t *testing.T) {
 		require.NoError(t, s.Add("tick", "@every 1s", func(ctx context.Context, r cron.Run) error {
 			at := time.Now()
 			key := fmt.Sprintf("%s%d/%d-%d-%d", ledger, r.Time.Unix(), i, r.Token, r.Attempt)
+			// Some work before the commit, so that the cut can land
+			// inside a run, which the next leader must then rerun.
+			select {
+			case <-time.After(400 * time.Millisecond):
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
 			if err := r.Commit(ctx, clientv3.OpPut(key, "")); err != nil {
 				t.Logf("replica %d: ledger write of %v (attempt %d): %v", i, r.Time.Format("15:04:05"), r.Attempt, err)
 				return err

@@ -24,6 +24,9 @@ import (
 // maxDue bounds how many times of one job are enumerated at once.
 const maxDue = 10000
 
+// maxStaleDeletes bounds the commit records one claim deletes.
+const maxStaleDeletes = 64
+
 // lateSlack is how late a time may be and still count as due now, with any
 // catch-up window (even zero).
 const lateSlack = time.Second
@@ -45,11 +48,21 @@ type jobRun struct {
 	// loop started runs.
 	wmu   sync.Mutex
 	open  map[int64]int // claimed times (Unix nanoseconds) whose runs have not finished → attempt
-	stale []string      // commit records no rerun can need, deleted with the next claim
+	stale []staleRecord // commit records to delete with a later claim
 
 	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
 	status JobStatus
 	next   time.Time
+}
+
+// staleRecord is a commit record that no rerun needs once its time is no
+// longer open. A claim deletes it in the same transaction that writes the
+// open runs without its time, never while the time may be open in etcd: a
+// rerun of an open time without its commit record would commit again.
+type staleRecord struct {
+	key     string
+	t       int64 // the time, Unix nanoseconds
+	trigger bool  // a trigger's record: triggers are never open
 }
 
 type trigger struct {
@@ -273,7 +286,7 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			if j := l.jobs[job]; j != nil {
 				if trig {
 					// A trigger is never run again: its record is stale.
-					j.stale = append(j.stale, key)
+					j.stale = append(j.stale, staleRecord{key, t.UnixNano(), true})
 				} else {
 					dones = append(dones, doneAt{j, t, key})
 				}
@@ -307,7 +320,7 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			d.j.dones[d.t.UnixNano()] = true
 		}
 		// Either way the record has done its work once this term decided.
-		d.j.stale = append(d.j.stale, d.key)
+		d.j.stale = append(d.j.stale, staleRecord{d.key, d.t.UnixNano(), false})
 	}
 	return resp.Header.Revision, triggers, nil
 }
@@ -616,25 +629,56 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		return false, err
 	}
 	key := l.s.keys.claim(j.name)
+	at := time.Now().UnixNano()
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	// adopted takes a claim record read back, reporting whether it is one
+	// of this call's own writes whose reply was lost: only this term writes
+	// its token, and it claims (r.Time, r.Attempt) once.
+	adopted := func(c claim, rev int64, deleted []staleRecord) bool {
+		j.adopt(c, rev)
+		ours := c.Token == r.Token
+		if skip {
+			ours = ours && c.Time == r.Time.UnixNano() && c.Attempt == r.Attempt
+		} else {
+			ours = ours && j.open[r.Time.UnixNano()] == r.Attempt
+		}
+		if ours {
+			j.dropStale(deleted)
+		}
+		return ours
+	}
 	for {
 		if !j.claimable(r.Time, r.Attempt, kind) {
 			return false, nil
 		}
-		c := j.claimWith(r, skip)
+		c := j.claimWith(r, skip, at)
 		rec, err := encode(c)
 		if err != nil {
 			return false, err
 		}
 		ops := []clientv3.Op{clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)}
-		for _, k := range j.stale {
-			ops = append(ops, clientv3.OpDelete(k))
+		// Stale commit records go a batch at a time, well within etcd's
+		// limit on operations per transaction, and only those whose time
+		// this write leaves out of the open runs.
+		open := make(map[int64]bool, len(c.Open))
+		for _, o := range c.Open {
+			open[o.Time] = true
+		}
+		var deleted []staleRecord
+		for _, sr := range j.stale {
+			if len(deleted) == maxStaleDeletes {
+				break
+			}
+			if sr.trigger || !open[sr.t] {
+				deleted = append(deleted, sr)
+				ops = append(ops, clientv3.OpDelete(sr.key))
+			}
 		}
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
 		resp, err := l.cli().Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		if err == nil && resp.Succeeded {
 			j.adopt(c, resp.Header.Revision)
-			j.stale = nil
+			j.dropStale(deleted)
 			return true, nil
 		}
 		if err == nil {
@@ -654,7 +698,9 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			if derr != nil {
 				return false, fmt.Errorf("%w (key %s)", derr, key)
 			}
-			j.adopt(c, kvs[0].ModRevision)
+			if adopted(c, kvs[0].ModRevision, deleted) {
+				return true, nil
+			}
 			continue
 		}
 		if ctx.Err() != nil {
@@ -671,32 +717,48 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if gerr != nil {
 			continue
 		}
-		if len(g.Kvs) == 1 && string(g.Kvs[0].Value) == rec {
-			j.adopt(c, g.Kvs[0].ModRevision)
-			j.stale = nil
-			return true, nil
-		}
-		if len(g.Kvs) == 1 {
-			c, derr := decodeClaim(g.Kvs[0].Value)
-			if derr != nil {
-				return false, fmt.Errorf("%w (key %s)", derr, key)
-			}
-			j.adopt(c, g.Kvs[0].ModRevision)
-		} else {
+		if len(g.Kvs) == 0 {
 			j.claimRev = 0
+			continue
+		}
+		c, derr := decodeClaim(g.Kvs[0].Value)
+		if derr != nil {
+			return false, fmt.Errorf("%w (key %s)", derr, key)
+		}
+		if adopted(c, g.Kvs[0].ModRevision, deleted) {
+			return true, nil
 		}
 	}
 }
 
-// claimWith returns j's claim record with r claimed. Called with wmu held.
-func (j *jobRun) claimWith(r Run, skip bool) claim {
+// dropStale forgets the stale records a claim deleted. Called with wmu held.
+func (j *jobRun) dropStale(deleted []staleRecord) {
+	if len(deleted) == 0 {
+		return
+	}
+	gone := make(map[string]bool, len(deleted))
+	for _, sr := range deleted {
+		gone[sr.key] = true
+	}
+	kept := j.stale[:0]
+	for _, sr := range j.stale {
+		if !gone[sr.key] {
+			kept = append(kept, sr)
+		}
+	}
+	j.stale = kept
+}
+
+// claimWith returns j's claim record with r claimed at at. Called with wmu
+// held.
+func (j *jobRun) claimWith(r Run, skip bool, at int64) claim {
 	w, attempt := j.w, j.attempt
 	if w.IsZero() || r.Time.After(w) {
 		w, attempt = r.Time, r.Attempt
 	} else if r.Time.Equal(w) {
 		attempt = max(attempt, r.Attempt)
 	}
-	c := claim{Time: w.UnixNano(), Token: r.Token, Attempt: attempt, At: time.Now().UnixNano()}
+	c := claim{Time: w.UnixNano(), Token: r.Token, Attempt: attempt, At: at}
 	for t, a := range j.open {
 		if t != r.Time.UnixNano() {
 			c.Open = append(c.Open, openRun{t, a})
@@ -712,56 +774,84 @@ func (j *jobRun) claimWith(r Run, skip bool) claim {
 	return c
 }
 
-// record returns j's claim record as it stands. Called with wmu held.
-func (j *jobRun) record(token int64) claim {
+// recordWithout returns j's claim record as it stands, less the open run at
+// time t. Called with wmu held.
+func (j *jobRun) recordWithout(t int64, token int64) claim {
 	c := claim{Time: j.w.UnixNano(), Token: token, Attempt: j.attempt, At: time.Now().UnixNano()}
-	for t, a := range j.open {
-		c.Open = append(c.Open, openRun{t, a})
+	for ot, a := range j.open {
+		if ot != t {
+			c.Open = append(c.Open, openRun{ot, a})
+		}
 	}
 	sort.Slice(c.Open, func(a, b int) bool { return c.Open[a].Time < c.Open[b].Time })
 	return c
 }
 
-// finish records the end of run r: its status, its removal from the open
-// runs, and the deletion of its commit record (no rerun can need it now).
-// Fenced by the term, and best effort: if the term is gone the write is
-// dropped, the run stays open, and the next leader decides (WithRerun).
-// The write is not canceled with ctx but bounded by the TTL (see
-// writeStatus).
-func (l *leader) finish(ctx context.Context, j *jobRun, r Run) {
+// finish records the end of run r: its status and, unless the run was
+// interrupted (its context ended before fn returned, and it did not
+// commit), its removal from the open runs, so that no later leader reruns
+// it. Fenced by the term, and best effort: if the term is gone the write is
+// dropped, the run stays open, and the next leader decides (WithRerun). The
+// write is not canceled with ctx but bounded by the TTL (see writeStatus).
+//
+// The run's commit record is not deleted here but with a later claim: a try
+// of Commit that etcd applies late must still find it.
+func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool) {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	val, err := j.statusValue()
 	if err != nil {
 		return
 	}
+	committed := r.commit != nil && r.commit.committed.Load()
+	if committed {
+		j.stale = append(j.stale, staleRecord{r.commit.key, r.Time.UnixNano(), r.Trigger})
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
 	defer cancel()
-	cmps := r.Guard()
-	ops := []clientv3.Op{clientv3.OpPut(l.s.keys.status(j.name), val)}
-	if r.commit != nil && r.commit.committed.Load() {
-		ops = append(ops, clientv3.OpDelete(r.commit.key))
-	}
-	var c claim
-	closing := false
-	if a, ok := j.open[r.Time.UnixNano()]; ok && !r.Trigger && a == r.Attempt && j.claimRev != 0 {
-		closing = true
-		delete(j.open, r.Time.UnixNano())
-		c = j.record(r.Token)
-		rec, err := encode(c)
+	t := r.Time.UnixNano()
+	key := l.s.keys.claim(j.name)
+	for range 3 {
+		cmps := r.Guard()
+		ops := []clientv3.Op{clientv3.OpPut(l.s.keys.status(j.name), val)}
+		a, open := j.open[t]
+		closing := open && !r.Trigger && a == r.Attempt && j.claimRev != 0 && (committed || !interrupted)
+		if closing {
+			rec, err := encode(j.recordWithout(t, r.Token))
+			if err != nil {
+				return
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+			ops = append(ops, clientv3.OpPut(key, rec))
+		}
+		resp, err := l.cli().Txn(wctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			// Unknown outcome: the next claim writes the open runs as they
+			// stand here, without this one.
+			if closing {
+				delete(j.open, t)
+			}
+			return
+		}
+		if resp.Succeeded {
+			if closing {
+				delete(j.open, t)
+				j.claimRev = resp.Header.Revision
+			}
+			return
+		}
+		// The term is gone, or the claim moved (an earlier write of ours
+		// whose reply was lost): read it back and try again.
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if !closing || len(kvs) == 0 || errors.Is(l.t.Err(), election.ErrLost) {
+			return
+		}
+		c, err := decodeClaim(kvs[0].Value)
 		if err != nil {
 			return
 		}
-		key := l.s.keys.claim(j.name)
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
-		ops = append(ops, clientv3.OpPut(key, rec))
+		j.adopt(c, kvs[0].ModRevision)
 	}
-	resp, err := l.cli().Txn(wctx).If(cmps...).Then(ops...).Commit()
-	if closing && err == nil && resp.Succeeded {
-		j.claimRev = resp.Header.Revision
-	}
-	// Otherwise the next claim carries the closed run away (it writes the
-	// open runs as they stand here), or reads the claim back first.
 }
 
 // termHeld reads whether the term's key still stands.
@@ -863,7 +953,7 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 	}
 	j.status = st
 	j.mu.Unlock()
-	l.finish(ctx, j, r)
+	l.finish(ctx, j, r, outcome == Lost)
 
 	// A run that committed is not retried: its effects are in.
 	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries && !r.commit.committed.Load() {

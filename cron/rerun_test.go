@@ -23,21 +23,23 @@ type replicaRun struct {
 	r       cron.Run
 }
 
-// TestRerunInterrupted: the leader's first run blocks, its lease is revoked
-// on the server, and the next leader must rerun exactly that time with the
-// next attempt, unless the interrupted run had committed, in which case the
-// time must not run again. Either way the time's effect (a ledger record
-// written by Run.Commit) lands exactly once, a Commit of the lost term is
-// refused, and no commit record is left behind.
+// TestRerunInterrupted: the leader's first run blocks, and its lease is
+// revoked on the server (or its scheduler is stopped). The next leader must
+// rerun exactly that time with the next attempt, unless the interrupted run
+// had committed, in which case the time must not run again. Either way the
+// time's effect (a ledger record written by Run.Commit) lands exactly once,
+// a Commit of the lost term is refused, and no commit record is left behind.
 func TestRerunInterrupted(t *testing.T) {
-	for _, committed := range []bool{false, true} {
-		t.Run(fmt.Sprintf("committed=%v", committed), func(t *testing.T) {
-			testRerun(t, committed)
+	for _, tc := range []struct {
+		committed, stopped bool
+	}{{false, false}, {true, false}, {false, true}} {
+		t.Run(fmt.Sprintf("committed=%v,stopped=%v", tc.committed, tc.stopped), func(t *testing.T) {
+			testRerun(t, tc.committed, tc.stopped)
 		})
 	}
 }
 
-func testRerun(t *testing.T, committed bool) {
+func testRerun(t *testing.T, committed, stopped bool) {
 	const ttl = 2 * time.Second
 	c := cluster
 	name := "/test/" + strings.ReplaceAll(t.Name(), "/", "_")
@@ -59,6 +61,12 @@ func testRerun(t *testing.T, committed bool) {
 					}
 				}
 				<-ctx.Done() // interrupted: the term ends while fn runs
+				if stopped {
+					// The term stands until fn returns: a Commit now
+					// would apply, and the run would count as done.
+					lateCommit <- nil
+					return ctx.Err()
+				}
 				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
 				err := r.Commit(cctx, put)
@@ -75,26 +83,31 @@ func testRerun(t *testing.T, committed bool) {
 			return nil
 		}
 	}
-	start := func(i int) *process {
+	start := func(i int) (*process, func() error) {
 		p := newProcess(t, c, ttl)
 		s := cron.New(p.k, name, cron.WithValue(strconv.Itoa(i)))
 		require.NoError(t, s.Add("tick", "* * * * * *", job(i, p.cli),
 			cron.WithRerun(2), cron.WithCatchUp(cron.CatchUpAll, time.Minute)))
-		runScheduler(t, s)
-		return p
+		return p, runScheduler(t, s)
 	}
 
-	a := start(0)
+	a, stopA := start(0)
 	first := recvT(t, runs, 10*time.Second, "first run")
 	require.Equal(t, 0, first.replica)
 	require.Equal(t, 1, first.r.Attempt)
 	start(1)
-	require.NoError(t, c.RevokeLease(ctx, a.k.Current().ID()))
+	if stopped {
+		_ = stopA() // returns once the blocked run ended
+	} else {
+		require.NoError(t, c.RevokeLease(ctx, a.k.Current().ID()))
+	}
 
 	// A's own Commit after the loss must be refused (or, when it had
 	// committed before, find the time committed).
 	err := recvT(t, lateCommit, 10*time.Second, "the interrupted run's late Commit")
-	if committed {
+	if stopped {
+		require.NoError(t, err)
+	} else if committed {
 		assert.ErrorIs(t, err, cron.ErrCommitted)
 	} else if !errors.Is(err, election.ErrLost) {
 		// The rerun may have committed first (on either replica).

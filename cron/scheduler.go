@@ -141,14 +141,19 @@ func WithRetries(n int, backoff time.Duration) JobOption {
 	return func(j *jobOptions) { j.retries, j.backoff = n, backoff }
 }
 
-// WithRerun runs a time again under the next leader, up to n times, when
-// its run was interrupted: its leader claimed it and then lost leadership
-// (or was stopped) before fn returned, and the run had not committed with
-// Run.Commit. The rerun has Attempt one more than the interrupted run. Only
-// the job's latest claimed time is rerun, and only within its catch-up
-// window. A job whose effects go through Run.Commit then has each scheduled
-// time's effects applied exactly once (see the package doc); fn itself may
-// start more than once for a time. Default: no rerun (at most once).
+// WithRerun runs a time again under the next leader when its run was
+// interrupted: its leader claimed it and then lost leadership, or its
+// scheduler was stopped, before fn returned, and the run had not committed
+// with Run.Commit. Every such time within the catch-up window (WithCatchUp)
+// is rerun, oldest first, with Attempt one more than the interrupted run,
+// as long as Attempt stays within 1 + n + the retries of WithRetries. A job
+// whose effects go through Run.Commit then has each scheduled time's effects
+// applied exactly once (see the package doc); fn itself may start more than
+// once for a time. Not rerun: triggers, runs that failed (fn returned an
+// error: see WithRetries), and runs of a job paused when the new leader
+// takes over. With SkipIfRunning, a rerun or a catch-up time that comes
+// while an earlier rerun still goes is skipped like any other time. Default:
+// no rerun (at most once).
 func WithRerun(n int) JobOption { return func(j *jobOptions) { j.reruns = n } }
 
 type job struct {
