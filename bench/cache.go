@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cache"
+	"github.com/concordkit/concord/testcluster"
 )
 
 // The cache.* figures: in-process reads, how far a cache lags a raw watch on
@@ -101,14 +102,29 @@ func benchCacheGet(ctx context.Context, env *Env) (Result, error) {
 
 // benchCacheStaleness: for each put by one client, the time until a cache on
 // a second client shows it and until a raw prefix watch on a third client
-// delivers it. Both observe the same puts, so they are measured side by side
-// under the same load.
+// delivers it, both clients connected to the same follower. Both observe the
+// same puts, so they are measured side by side under the same load.
 func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
-	clis, err := env.Clients(3)
+	writer, err := env.NewClient()
 	if err != nil {
 		return Result{}, err
 	}
-	writer, cacheCli, watchCli := clis[0], clis[1], clis[2]
+	// Both readers on one follower, as in the pubsub figures: a watch on the
+	// leader sees a put sooner than one on a follower, and the placement of
+	// each side, not the cache, would decide the ratio.
+	leader, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	follower := (leader + 1) % env.Cluster.Size()
+	cacheCli, err := env.newClient(testcluster.Direct(), testcluster.To(follower))
+	if err != nil {
+		return Result{}, err
+	}
+	watchCli, err := env.newClient(testcluster.Direct(), testcluster.To(follower))
+	if err != nil {
+		return Result{}, err
+	}
 	const prefix = "bench/cache/stale/"
 	defer writer.Delete(context.WithoutCancel(ctx), prefix, clientv3.WithPrefix())
 	if err := fillPrefix(ctx, writer, prefix, 1000, "v"); err != nil {
@@ -126,8 +142,60 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 	defer sub.Close()
 	<-sub.C() // the snapshot
 
-	// seen reports, for the value it waits for, when each side saw it.
-	type seen struct{ cache, watch time.Time }
+	// Each side is read by its own goroutine that stamps every value when
+	// it arrives: read after Put returns, both would show the Put's own
+	// latency whenever the event came first.
+	type arrival struct {
+		val string
+		at  time.Time
+	}
+	cacheGot, watchGot := make(chan arrival, 1024), make(chan arrival, 1024)
+	readers := make(chan error, 2)
+	go func() {
+		for b := range sub.C() {
+			at := time.Now()
+			for _, ev := range b.Events {
+				select {
+				case cacheGot <- arrival{string(ev.KV.Value), at}:
+				case <-wctx.Done():
+				}
+			}
+		}
+		readers <- errors.New("cache subscription closed")
+	}()
+	go func() {
+		for wr := range wch {
+			at := time.Now()
+			if wr.Err() != nil {
+				readers <- fmt.Errorf("raw watch ended: %v", wr.Err())
+				return
+			}
+			for _, ev := range wr.Events {
+				select {
+				case watchGot <- arrival{string(ev.Kv.Value), at}:
+				case <-wctx.Done():
+				}
+			}
+		}
+		readers <- errors.New("raw watch ended")
+	}()
+	// The readers end with the subscription and the watch, closed on return.
+	defer func() { sub.Close(); cancel(); <-readers; <-readers }()
+	awaitVal := func(ch <-chan arrival, val string, deadline <-chan time.Time) (time.Time, error) {
+		for {
+			select {
+			case a := <-ch:
+				if a.val == val {
+					return a.at, nil
+				}
+			case err := <-readers:
+				return time.Time{}, err
+			case <-deadline:
+				return time.Time{}, errors.New("a put was not seen within 10 s")
+			}
+		}
+	}
+
 	puts := env.Scale(300, 50)
 	var concord, raw []float64
 	err = Rounds(ctx, env, func(round int) error {
@@ -135,39 +203,21 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 		for i := range puts {
 			val := fmt.Sprintf("r%d-%d", round, i)
 			key := fmt.Sprintf("%s%07d", prefix, i%1000)
-			var s seen
 			t0 := time.Now()
 			if _, err := writer.Put(ctx, key, val); err != nil {
 				return err
 			}
-			deadline := time.NewTimer(10 * time.Second)
-			for s.cache.IsZero() || s.watch.IsZero() {
-				select {
-				case b, ok := <-sub.C():
-					if !ok {
-						return errors.New("cache subscription closed")
-					}
-					for _, ev := range b.Events {
-						if ev.KV.Key == key && string(ev.KV.Value) == val {
-							s.cache = time.Now()
-						}
-					}
-				case wr, ok := <-wch:
-					if !ok || wr.Err() != nil {
-						return fmt.Errorf("raw watch ended: %v", wr.Err())
-					}
-					for _, ev := range wr.Events {
-						if string(ev.Kv.Key) == key && string(ev.Kv.Value) == val {
-							s.watch = time.Now()
-						}
-					}
-				case <-deadline.C:
-					return errors.New("a put was not seen within 10 s")
-				}
+			deadline := time.After(10 * time.Second)
+			cAt, err := awaitVal(cacheGot, val, deadline)
+			if err != nil {
+				return err
 			}
-			deadline.Stop()
-			cd = append(cd, s.cache.Sub(t0))
-			wd = append(wd, s.watch.Sub(t0))
+			wAt, err := awaitVal(watchGot, val, deadline)
+			if err != nil {
+				return err
+			}
+			cd = append(cd, cAt.Sub(t0))
+			wd = append(wd, wAt.Sub(t0))
 		}
 		concord = append(concord, PercentileMs(cd, 99))
 		raw = append(raw, PercentileMs(wd, 99))
