@@ -39,6 +39,36 @@ type commitState struct {
 	committed atomic.Bool
 }
 
+// checkOps refuses operations that touch the scheduler's keys: a key or a
+// range that meets its prefix, also inside nested transactions.
+func (c *commitState) checkOps(ops []clientv3.Op) error {
+	end := clientv3.GetPrefixRangeEnd(c.prefix)
+	for _, op := range ops {
+		if op.IsTxn() {
+			_, thenOps, elseOps := op.Txn()
+			if err := c.checkOps(thenOps); err != nil {
+				return err
+			}
+			if err := c.checkOps(elseOps); err != nil {
+				return err
+			}
+			continue
+		}
+		k, r := string(op.KeyBytes()), string(op.RangeBytes())
+		meets := strings.HasPrefix(k, c.prefix)
+		switch {
+		case r == "\x00": // from k to the end of the key space
+			meets = meets || k < end
+		case r != "":
+			meets = meets || k < end && r > c.prefix
+		}
+		if meets {
+			return fmt.Errorf("cron: commit of %s: operation on the scheduler's own keys (%q)", c.desc, k)
+		}
+	}
+	return nil
+}
+
 func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 	return &commitState{
 		cli:    l.cli(),
@@ -71,10 +101,8 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	if len(ops) > MaxCommitOps {
 		return fmt.Errorf("cron: commit of %s: %d operations, more than %d", c.desc, len(ops), MaxCommitOps)
 	}
-	for _, op := range ops {
-		if strings.HasPrefix(string(op.KeyBytes()), c.prefix) {
-			return fmt.Errorf("cron: commit of %s: operation on the scheduler's own key %q", c.desc, op.KeyBytes())
-		}
+	if err := c.checkOps(ops); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

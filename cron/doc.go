@@ -84,7 +84,8 @@
 //
 //	N/.cron/claim/<job>          {"time","token","attempt","at","open"}: the watermark and the open runs
 //	N/.cron/done/<job>/s<time>   {"token","attempt","at"}: a scheduled time's Commit (t<time>: a trigger's),
-//	                             deleted by a later claim once the time is no longer open
+//	                             deleted by a later claim once the time is no longer open (a
+//	                             record of the claiming term itself no sooner than a minute later)
 //	N/.cron/status/<job>         JobStatus as JSON (last run, outcome, next)
 //	N/.cron/ctl/<job>/paused     {"at"}: present while the job is paused
 //	N/.cron/ctl/<job>/trigger    {"at"}: a pending Trigger

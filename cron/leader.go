@@ -46,9 +46,14 @@ type jobRun struct {
 	// status as it is when sent: the last write to land carries the latest
 	// status. It protects w, attempt, claimRev, open and stale once the term's
 	// loop started runs.
-	wmu   sync.Mutex
-	open  map[int64]int // claimed times (Unix nanoseconds) whose runs have not finished → attempt
-	stale []staleRecord // commit records to delete with a later claim
+	wmu  sync.Mutex
+	open map[int64]int // claimed times (Unix nanoseconds) whose runs have not finished → attempt
+	// closed holds the runs this term closed (time → attempt) whose removal
+	// from the record in etcd is not known to have landed: a record read
+	// back must not bring them back. Emptied by every write of the record,
+	// which is built without them.
+	closed map[int64]int
+	stale  []staleRecord // commit records to delete with a later claim
 
 	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
 	status JobStatus
@@ -61,9 +66,16 @@ type jobRun struct {
 // rerun of an open time without its commit record would commit again.
 type staleRecord struct {
 	key     string
-	t       int64 // the time, Unix nanoseconds
-	trigger bool  // a trigger's record: triggers are never open
+	t       int64     // the time, Unix nanoseconds
+	trigger bool      // a trigger's record: triggers are never open
+	since   time.Time // when this term committed it (zero: an earlier term's)
 }
+
+// commitHold is how long a commit record of this term is kept after its run
+// finished: a try of Commit that etcd applies late (its reply lost, the
+// next try refused because the first had applied) must still find it.
+// Records of earlier terms go at once: their Commits fail the term guard.
+const commitHold = time.Minute
 
 type trigger struct {
 	job *jobRun
@@ -286,7 +298,7 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			if j := l.jobs[job]; j != nil {
 				if trig {
 					// A trigger is never run again: its record is stale.
-					j.stale = append(j.stale, staleRecord{key, t.UnixNano(), true})
+					j.stale = append(j.stale, staleRecord{key: key, t: t.UnixNano(), trigger: true})
 				} else {
 					dones = append(dones, doneAt{j, t, key})
 				}
@@ -320,7 +332,7 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 			d.j.dones[d.t.UnixNano()] = true
 		}
 		// Either way the record has done its work once this term decided.
-		d.j.stale = append(d.j.stale, staleRecord{d.key, d.t.UnixNano(), false})
+		d.j.stale = append(d.j.stale, staleRecord{key: d.key, t: d.t.UnixNano()})
 	}
 	return resp.Header.Revision, triggers, nil
 }
@@ -330,8 +342,20 @@ func (j *jobRun) adopt(c claim, rev int64) {
 	j.w, j.attempt, j.claimRev = time.Unix(0, c.Time), c.Attempt, rev
 	j.open = make(map[int64]int, len(c.Open))
 	for _, o := range c.Open {
+		if a, ok := j.closed[o.Time]; ok && a >= o.Attempt {
+			continue // closed here; the write saying so may not have landed
+		}
 		j.open[o.Time] = o.Attempt
 	}
+}
+
+// close marks the open run (t, attempt) closed. Called with wmu held.
+func (j *jobRun) close(t int64, attempt int) {
+	delete(j.open, t)
+	if j.closed == nil {
+		j.closed = map[int64]int{}
+	}
+	j.closed[t] = max(j.closed[t], attempt)
 }
 
 // takeOver decides, on becoming leader, what becomes of the runs the
@@ -344,7 +368,7 @@ func (j *jobRun) takeOver(now time.Time) []openRun {
 	for t, a := range j.open {
 		if j.opts.reruns == 0 || j.paused || j.dones[t] ||
 			a >= 1+j.opts.retries+j.opts.reruns || now.Sub(time.Unix(0, t)) > j.opts.window {
-			delete(j.open, t)
+			j.close(t, a)
 			continue
 		}
 		rerun = append(rerun, openRun{t, a})
@@ -644,6 +668,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		}
 		if ours {
 			j.dropStale(deleted)
+			j.closed = nil
 		}
 		return ours
 	}
@@ -669,7 +694,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			if len(deleted) == maxStaleDeletes {
 				break
 			}
-			if sr.trigger || !open[sr.t] {
+			if (sr.trigger || !open[sr.t]) && (sr.since.IsZero() || time.Since(sr.since) >= commitHold) {
 				deleted = append(deleted, sr)
 				ops = append(ops, clientv3.OpDelete(sr.key))
 			}
@@ -679,6 +704,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if err == nil && resp.Succeeded {
 			j.adopt(c, resp.Header.Revision)
 			j.dropStale(deleted)
+			j.closed = nil // the record just written was built without them
 			return true, nil
 		}
 		if err == nil {
@@ -805,7 +831,7 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 	}
 	committed := r.commit != nil && r.commit.committed.Load()
 	if committed {
-		j.stale = append(j.stale, staleRecord{r.commit.key, r.Time.UnixNano(), r.Trigger})
+		j.stale = append(j.stale, staleRecord{key: r.commit.key, t: r.Time.UnixNano(), trigger: r.Trigger, since: time.Now()})
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
 	defer cancel()
@@ -829,7 +855,7 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 			// Unknown outcome: the next claim writes the open runs as they
 			// stand here, without this one.
 			if closing {
-				delete(j.open, t)
+				j.close(t, r.Attempt)
 			}
 			return
 		}
@@ -837,6 +863,7 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 			if closing {
 				delete(j.open, t)
 				j.claimRev = resp.Header.Revision
+				j.closed = nil // the record just written was built without them
 			}
 			return
 		}
@@ -847,8 +874,8 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 			return
 		}
 		c, err := decodeClaim(kvs[0].Value)
-		if err != nil {
-			return
+		if err != nil || c.Token != r.Token {
+			return // another term's record: ours is gone
 		}
 		j.adopt(c, kvs[0].ModRevision)
 	}
