@@ -44,8 +44,8 @@ type jobRun struct {
 
 	// wmu serializes status and claim writes, each of which encodes the
 	// status as it is when sent: the last write to land carries the latest
-	// status. It protects w, attempt, claimRev, open and stale once the term's
-	// loop started runs.
+	// status. It protects w, attempt, claimRev, open, closed and stale once
+	// the term's loop started runs.
 	wmu  sync.Mutex
 	open map[int64]int // claimed times (Unix nanoseconds) whose runs have not finished → attempt
 	// closed holds the runs this term closed (time → attempt) whose removal
