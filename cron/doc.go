@@ -1,12 +1,21 @@
 // Package cron is a leader-elected scheduler: every replica registers the
 // same jobs and calls Run; the replica that leads the election named like
 // the scheduler runs them, and each scheduled time of each job runs at most
-// once across all replicas and across failover.
+// once across all replicas and across failover. With WithRerun, a time whose
+// run a failover interrupted runs again, and the writes it makes through
+// Run.Commit land exactly once.
 //
 //	s := cron.New(k, "/ops/cron")
 //	err := s.Add("compact", "0 */6 * * *", func(ctx context.Context, r cron.Run) error {
 //		return compact(ctx, r.Token) // ctx ends if leadership is lost
 //	})
+//	err = s.Add("report", "@hourly", func(ctx context.Context, r cron.Run) error {
+//		report, err := build(ctx, r.Time)
+//		if err != nil {
+//			return err
+//		}
+//		return r.Commit(ctx, clientv3.OpPut("/reports/"+r.Time.Format(time.RFC3339), report))
+//	}, cron.WithRerun(3))
 //	err = s.Run(ctx)
 //
 // Specs are parsed by github.com/robfig/cron/v3: 5 fields, an optional
