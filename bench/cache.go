@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -150,8 +151,9 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 		at  time.Time
 	}
 	cacheGot, watchGot := make(chan arrival, 1024), make(chan arrival, 1024)
-	readers := make(chan error, 2)
-	go func() {
+	readers := make(chan error, 2) // why a reader stopped; each sends once
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		for b := range sub.C() {
 			at := time.Now()
 			for _, ev := range b.Events {
@@ -162,8 +164,8 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 			}
 		}
 		readers <- errors.New("cache subscription closed")
-	}()
-	go func() {
+	})
+	wg.Go(func() {
 		for wr := range wch {
 			at := time.Now()
 			if wr.Err() != nil {
@@ -178,9 +180,9 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 			}
 		}
 		readers <- errors.New("raw watch ended")
-	}()
+	})
 	// The readers end with the subscription and the watch, closed on return.
-	defer func() { sub.Close(); cancel(); <-readers; <-readers }()
+	defer func() { sub.Close(); cancel(); wg.Wait() }()
 	awaitVal := func(ch <-chan arrival, val string, deadline <-chan time.Time) (time.Time, error) {
 		for {
 			select {
