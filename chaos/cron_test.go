@@ -17,7 +17,6 @@ import (
 
 	"github.com/concordkit/concord/cron"
 	"github.com/concordkit/concord/election"
-	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/testcluster"
 )
 
@@ -49,21 +48,8 @@ func runCron(t *testing.T, c *testcluster.Cluster, seed int64, cfg cronRun) (*re
 	base := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
 	runsPrefix := base + "runs/"
 
-	var keepers []*leasekeeper.Keeper
-	cfg.nemesis.clients = nil
-	for range cfg.replicas {
-		cli, err := c.NewClient()
-		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
-		require.NoError(t, err)
-		keepers = append(keepers, k)
-		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
-	}
-	defer func() {
-		for _, k := range keepers {
-			_ = k.Close(context.Background())
-		}
-	}()
+	keepers, closeKeepers := workloadKeepers(ctx, t, c, &cfg.nemesis, cfg.replicas)
+	defer closeKeepers()
 	var leader atomic.Int64
 	leader.Store(-1)
 	cfg.nemesis.holder = func() int { return int(leader.Load()) }

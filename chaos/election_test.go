@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/concordkit/concord/election"
-	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/testcluster"
 )
 
@@ -36,21 +35,8 @@ func runElection(t *testing.T, c *testcluster.Cluster, seed int64, cfg electionR
 	base := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_")
 	name, logPrefix := base+"/election", base+"/log/"
 
-	var keepers []*leasekeeper.Keeper
-	cfg.nemesis.clients = nil
-	for range cfg.candidates {
-		cli, err := c.NewClient()
-		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
-		require.NoError(t, err)
-		keepers = append(keepers, k)
-		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
-	}
-	defer func() {
-		for _, k := range keepers {
-			_ = k.Close(context.Background())
-		}
-	}()
+	keepers, closeKeepers := workloadKeepers(ctx, t, c, &cfg.nemesis, cfg.candidates)
+	defer closeKeepers()
 
 	var terms, lost, refused atomic.Int64
 	var leader atomic.Int64

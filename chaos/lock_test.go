@@ -16,7 +16,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/lock"
 	"github.com/concordkit/concord/testcluster"
 )
@@ -100,21 +99,8 @@ func runLock(t *testing.T, c *testcluster.Cluster, seed int64, cfg lockRun) (*re
 	reg := &fencedRegister{r: r, checkTokens: !cfg.anyToken}
 	hist := newHistory()
 
-	var keepers []*leasekeeper.Keeper
-	cfg.nemesis.clients = nil
-	for range cfg.workers {
-		cli, err := c.NewClient()
-		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
-		require.NoError(t, err)
-		keepers = append(keepers, k)
-		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
-	}
-	defer func() {
-		for _, k := range keepers {
-			_ = k.Close(context.Background())
-		}
-	}()
+	keepers, closeKeepers := workloadKeepers(ctx, t, c, &cfg.nemesis, cfg.workers)
+	defer closeKeepers()
 	var holder atomic.Int64
 	holder.Store(-1)
 	cfg.nemesis.holder = func() int { return int(holder.Load()) }

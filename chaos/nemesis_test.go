@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/testcluster"
 )
 
@@ -51,6 +53,28 @@ type nemesisConfig struct {
 	// time, so that cuts hit holders, not only bystanders.
 	holder       func() int
 	holderAlways bool // cut the holder every time (the catches tests)
+}
+
+// workloadKeepers connects n workload clients, each with a keeper on a 1 s
+// lease, and makes them the clients the nemesis may cut. The returned
+// function closes the keepers.
+func workloadKeepers(ctx context.Context, t *testing.T, c *testcluster.Cluster, cfg *nemesisConfig, n int) ([]*leasekeeper.Keeper, func()) {
+	t.Helper()
+	var keepers []*leasekeeper.Keeper
+	cfg.clients = nil
+	for range n {
+		cli, err := c.NewClient()
+		require.NoError(t, err)
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+		require.NoError(t, err)
+		keepers = append(keepers, k)
+		cfg.clients = append(cfg.clients, cli)
+	}
+	return keepers, func() {
+		for _, k := range keepers {
+			_ = k.Close(context.Background())
+		}
+	}
 }
 
 func defaultNemesis() nemesisConfig {

@@ -16,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/queue"
 	"github.com/concordkit/concord/testcluster"
 )
@@ -184,24 +183,18 @@ func runQueue(t *testing.T, c *testcluster.Cluster, seed int64, cfg queueRun) (*
 		t.Fatal("observer watch not created")
 	}
 
-	var keepers []*leasekeeper.Keeper
+	keepers, closeKeepers := workloadKeepers(ctx, t, c, &cfg.nemesis, cfg.workers)
+	defer closeKeepers()
 	var queues []*queue.Queue
-	cfg.nemesis.clients = nil
-	for i := range cfg.workers {
-		cli, err := c.NewClient()
-		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
-		require.NoError(t, err)
-		q, err := queue.New(cli, name, queue.WithMaxAttempts(1000), queue.WithWorkerName(fmt.Sprint("w", i)),
+	for i, k := range keepers {
+		q, err := queue.New(k.Client(), name, queue.WithMaxAttempts(1000), queue.WithWorkerName(fmt.Sprint("w", i)),
 			queue.WithRetryBackoff(10*time.Millisecond, 100*time.Millisecond))
 		require.NoError(t, err)
-		keepers, queues = append(keepers, k), append(queues, q)
-		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
+		queues = append(queues, q)
 	}
 	defer func() {
-		for i := range keepers {
-			_ = queues[i].Close()
-			_ = keepers[i].Close(context.Background())
+		for _, q := range queues {
+			_ = q.Close()
 		}
 	}()
 	pcli, err := c.NewClient()

@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/semaphore"
 	"github.com/concordkit/concord/testcluster"
 )
@@ -41,21 +40,8 @@ func runSemaphore(t *testing.T, c *testcluster.Cluster, seed int64, cfg semaphor
 	base := "chaos/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
 	name, logPrefix := base+"sem", base+"log/"
 
-	var keepers []*leasekeeper.Keeper
-	cfg.nemesis.clients = nil
-	for range cfg.workers {
-		cli, err := c.NewClient()
-		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
-		require.NoError(t, err)
-		keepers = append(keepers, k)
-		cfg.nemesis.clients = append(cfg.nemesis.clients, cli)
-	}
-	defer func() {
-		for _, k := range keepers {
-			_ = k.Close(context.Background())
-		}
-	}()
+	keepers, closeKeepers := workloadKeepers(ctx, t, c, &cfg.nemesis, cfg.workers)
+	defer closeKeepers()
 	holding := make([]atomic.Bool, cfg.workers)
 	cfg.nemesis.holder = func() int {
 		for i := range holding {
