@@ -125,6 +125,40 @@ type firstErr struct {
 	err error
 }
 
+// produce runs one producer per enqueue function, n items in all (the first
+// takes the remainder), until finished closes or the run is canceled (the
+// first error cancels it); it then cancels the run, joins every goroutine
+// in wg, and returns the time from the first enqueue to finished.
+func produce(rctx context.Context, cancel context.CancelFunc, wg *sync.WaitGroup, fe *firstErr, n int, enqueue []func(context.Context) error, finished <-chan struct{}) time.Duration {
+	start := time.Now()
+	per := n / len(enqueue)
+	for i, enq := range enqueue {
+		cnt := per
+		if i == 0 {
+			cnt += n - per*len(enqueue)
+		}
+		wg.Go(func() {
+			for range cnt {
+				if err := enq(rctx); err != nil {
+					if rctx.Err() == nil {
+						fe.set(err)
+						cancel()
+					}
+					return
+				}
+			}
+		})
+	}
+	select {
+	case <-finished:
+	case <-rctx.Done():
+	}
+	elapsed := time.Since(start)
+	cancel()
+	wg.Wait()
+	return elapsed
+}
+
 func (f *firstErr) set(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -183,38 +217,20 @@ func concordThroughput(ctx context.Context, name string, producers []*clientv3.C
 			}
 		}()
 	}
-	start := time.Now()
-	per := n / len(producers)
+	enqueue := make([]func(context.Context) error, len(producers))
 	for i, p := range producers {
 		q, err := queue.New(p, name, queue.WithRetention(0))
 		if err != nil {
+			cancel()
+			wg.Wait()
 			return 0, 0, err
 		}
-		cnt := per
-		if i == 0 {
-			cnt += n - per*len(producers)
+		enqueue[i] = func(ctx context.Context) error {
+			_, err := q.Enqueue(ctx, []byte("payload"))
+			return err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range cnt {
-				if _, err := q.Enqueue(rctx, []byte("payload")); err != nil {
-					if rctx.Err() == nil {
-						fe.set(err)
-						cancel()
-					}
-					return
-				}
-			}
-		}()
 	}
-	select {
-	case <-finished:
-	case <-rctx.Done():
-	}
-	elapsed := time.Since(start)
-	cancel()
-	wg.Wait()
+	elapsed := produce(rctx, cancel, &wg, &fe, n, enqueue, finished)
 	if fe.err != nil {
 		return 0, 0, fe.err
 	}
@@ -305,34 +321,11 @@ func naiveThroughput(ctx context.Context, prefix string, producers, consumers []
 			}
 		}()
 	}
-	start := time.Now()
-	per := n / len(producers)
+	enqueue := make([]func(context.Context) error, len(producers))
 	for i, cli := range producers {
-		cnt := per
-		if i == 0 {
-			cnt += n - per*len(producers)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range cnt {
-				if err := naiveEnqueue(rctx, cli, prefix); err != nil {
-					if rctx.Err() == nil {
-						fe.set(err)
-						cancel()
-					}
-					return
-				}
-			}
-		}()
+		enqueue[i] = func(ctx context.Context) error { return naiveEnqueue(ctx, cli, prefix) }
 	}
-	select {
-	case <-finished:
-	case <-rctx.Done():
-	}
-	elapsed := time.Since(start)
-	cancel()
-	wg.Wait()
+	elapsed := produce(rctx, cancel, &wg, &fe, n, enqueue, finished)
 	if fe.err != nil {
 		return 0, 0, fe.err
 	}
