@@ -15,10 +15,11 @@
 // # What a lock guarantees
 //
 // Requests are granted in the order etcd received them (by the create
-// revision of their keys), and a release wakes only the next waiter: the
-// others receive the deletion on their watch and update a map, but send no
-// request to etcd (there is no herd of reads after each release). A holding
-// is bound to the keeper's lease and offers:
+// revision of their keys), and a release wakes only the next waiter: each
+// waiter watches the key just ahead of it (and the one ahead of that), not
+// the whole queue, so etcd sends a deletion to at most two waiters, and only
+// the next one is granted; there is no herd of events or reads after each
+// release. A holding is bound to the keeper's lease and offers:
 //
 //   - Token: the create revision of its key, which strictly increases across
 //     successive holders of a lock;
@@ -94,28 +95,39 @@
 //   - Lock, lock free: one transaction (put own key + read the queue's keys,
 //     one Raft write). Without WithLockDelay the read asks for keys only,
 //     which etcd serves from its in-memory index, with no backend read per
-//     key. A watch on the prefix (deletions only, filtered on the
-//     server) goes out alongside it on the client's existing stream, stays
-//     open while the lock is held to learn of a forced release or a lost
-//     key, and is then kept for the lock value's next acquisition (closed
-//     after 2 s unused), so a busy lock opens no watch per acquisition.
+//     key. A watch on own key (deletions only, filtered on the server) goes
+//     out alongside it on the client's existing stream, stays open while
+//     the lock is held to learn of a forced release or a lost key, and is
+//     then kept for the Mutex value's next acquisition (closed after 2 s
+//     unused), so a busy Mutex opens no watch per acquisition.
 //     Hold.Revoked, when first called, adds one watch on the hold's release
 //     request key.
-//   - Lock, lock busy: the same transaction, then no request at all while
-//     waiting: each deletion ahead arrives on the watch (plus one read if the
-//     watch was registered later than the transaction's revision, to close
-//     that gap). The holder's release reaches the next waiter as one watch
-//     event; the others only update a map. Why it is correct: the
-//     transaction's read shows every key ahead of own key at its revision,
-//     and the watch delivers every change after it, in order; events at or
-//     below the read's revision (replays from a lagging member) are ignored.
-//     A waiter is granted when none of the keys it yields to remains.
-//     Because the watch has no start revision, etcd syncs it at once, instead
-//     of in the 100 ms loop that serves watches starting in the past.
+//   - Lock, lock busy: the same transaction, then watches on the nearest
+//     and second nearest keys ahead (deletions only), pooled like the one on
+//     own key: under steady contention the keys ahead of a Mutex value are
+//     the same from one acquisition to the next, so they are reused. When
+//     the second nearest goes, one read of the queue's keys up to own tells
+//     what is left ahead; usually only the nearest, which is then the
+//     holder, so its release grants own on that one event, with no request
+//     on the way. Why it is correct: the transaction's read shows every key
+//     ahead of own key at its revision; keys older than own can only go,
+//     never come, so what a waiter knows is always a superset of what is
+//     still ahead, and each watch delivers every deletion of its key after
+//     the last read (events at or below it are ignored; a watch created
+//     later than the read costs one more read to close the gap). When a
+//     watched key goes and more than one other key was known ahead, the
+//     waiter reads again rather than guess which of them went too. That
+//     read needs no read barrier: any member's answer at or past the
+//     deletion's revision lists a superset of what remains, and a member
+//     that lags is asked again with a linearizable read. Because the
+//     watches have no start revision, etcd syncs them at once, instead of
+//     in the 100 ms loop that serves watches starting in the past.
 //   - TryLock: one transaction (put only if the queue is empty).
 //   - Unlock: one transaction (delete own key and any release request).
 //   - RequestRelease, ForceRelease: one read and one transaction.
 //   - Inspect: one read.
-//   - Lock-delay: one LeaseTimeToLive read when the holder ahead goes, and one
-//     read after the delay.
+//   - Lock-delay: one LeaseTimeToLive read per lease of the keys that were
+//     ahead at the last read when the queue ahead empties (a delay follows
+//     if any of them is gone: the holder's, or that of a waiter that lost
+//     its lease, which is the safe reading), and one read after the delay.
 package lock

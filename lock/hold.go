@@ -30,7 +30,6 @@ type Hold struct {
 	key    string
 	token  int64
 	parts  []*Hold // for a Multi: the holds it is made of, in lock order
-	pool   *prefixwatch.Pool
 	tel    *telemetry
 	start  time.Time
 	expire time.Duration // bound of the detached unlock
@@ -239,14 +238,13 @@ func (h *Hold) unlockMulti(ctx context.Context) error {
 
 // newHold turns a granted acquisition into a hold and starts its monitor,
 // which owns the acquisition's watch from now on.
-func newHold(a *acquisition, pool *prefixwatch.Pool, tel *telemetry, free func(), onRevoke func()) *Hold {
+func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	mctx, stopMonitor := context.WithCancel(context.Background())
 	h := &Hold{
 		cli:         a.cli,
 		lease:       a.lease,
 		prefix:      a.t.prefix,
-		pool:        pool,
 		key:         a.t.key,
 		token:       a.t.rev,
 		tel:         tel,
@@ -276,7 +274,7 @@ func newHold(a *acquisition, pool *prefixwatch.Pool, tel *telemetry, free func()
 // returns when the hold ends or Unlock stops it; Unlock joins it.
 func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	defer close(h.monitorDone)
-	defer func() { h.pool.Put(a.w) }()
+	defer a.putOwn()
 	t := &a.t
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {

@@ -138,7 +138,7 @@ func (m *Mutex) lockPart(ctx context.Context, try bool, onRevoke func()) (*Hold,
 		}
 		return nil, err
 	}
-	h, err := acquire(ctx, m.k, m.pool, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, onRevoke)
+	h, err := acquire(ctx, m.k, &m.w, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, onRevoke)
 	if err != nil {
 		free()
 		return nil, err

@@ -30,7 +30,7 @@ type Mutex struct {
 	value  string
 	delay  time.Duration
 	tel    *telemetry
-	pool   *prefixwatch.Pool
+	w      watches
 	err    error // invalid input, reported by every call
 
 	// slot is the local queue: a goroutine holds it from Lock until its Hold
@@ -58,7 +58,10 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 	m.key = m.prefix + "q/" + randomID()
 	m.err = validate(k, name, &o)
 	if m.err == nil {
-		m.pool = prefixwatch.NewPool(k.Client(), m.prefix, watchOpts...)
+		m.w = watches{
+			own:   prefixwatch.NewPool(k.Client(), m.key, watchOpts...),
+			ahead: prefixwatch.NewPool(k.Client(), "", watchOpts...),
+		}
 	}
 	return m
 }
@@ -124,12 +127,11 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 
 // acquire runs one acquisition from enqueue to hold. On failure own key is
 // gone, and the watch stopped.
-func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *prefixwatch.Pool, lease *leasekeeper.Lease, prefix, key, value string,
+func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leasekeeper.Lease, prefix, key, value string,
 	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
-	a := newAcquisition(k.Client(), lease, prefix, key, yields, delay, k.TTL())
-	// A new watch goes out before the transaction, so that it is usually in
-	// place by the time the transaction's answer says there is a wait.
-	a.w = pool.Get()
+	// The watch on own key goes out before the transaction, so that it is
+	// usually in place by the time the transaction's answer arrives.
+	a := newAcquisition(k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
 	err := a.enqueue(ctx, value, try)
 	if err == nil && try && len(a.t.preds) > 0 {
 		err = ErrLocked // cannot happen with the empty-queue compare; be safe
@@ -143,9 +145,13 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *prefixwatch.Pool,
 		err = lostErr(lease)
 	}
 	if err != nil {
-		pool.Put(a.w)
+		a.putOwn()
 		switch {
 		case errors.Is(err, errOwnGone):
+			if !a.t.forced {
+				// A forced release leaves its marker next to the key.
+				a.readRelease(ctx)
+			}
 			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, key)
 			if a.t.forced {
 				err = fmt.Errorf("%w: %w", ErrRevoked, err)
@@ -156,5 +162,5 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, pool *prefixwatch.Pool,
 		a.cleanup(ctx)
 		return nil, err
 	}
-	return newHold(a, pool, tel, free, onRevoke), nil
+	return newHold(a, tel, free, onRevoke), nil
 }

@@ -29,8 +29,11 @@ func WithValue(v string) Option { return func(o *options) { o.value = v } }
 // every involuntary handoff takes d longer, and it is only a delay: a pause
 // longer than d still overlaps. Fencing is the real protection.
 //
-// The delay applies when a waiter sees the holder's key go and the holder's
-// lease is gone with it (one LeaseTimeToLive read tells). A request made
+// The delay applies when the last keys ahead of a waiter go and the lease of
+// any of them is gone with them (a LeaseTimeToLive read per lease tells), so
+// a waiter ahead that lost its lease delays the grant too: the waiter cannot
+// tell which of the keys that went was the holder's, and delaying is the
+// safe reading. A request made
 // after the key had already vanished is not delayed: etcd keeps no record of
 // why a key went once it is gone. Default 0.
 func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,16 +27,23 @@ import (
 // A request is granted when no key it must yield to (every older key for a
 // Mutex; older writers for a reader of an RWMutex) remains.
 //
-// Each acquisition opens one watch on the lock's whole prefix with no start
-// revision, sent before the acquire transaction so that both travel
-// together. The acquire transaction puts the key and reads the queue's keys
-// in the same revision, so the waiter knows every key ahead of it. Once the
-// watch reports its creation revision, every event after that revision
-// arrives on it; if the creation revision is past the transaction's, the
-// prefix is read once more to close the gap. From then on the waiter learns
-// of each deletion ahead of it from the watch alone, with no request to etcd:
-// the release of the holder reaches the next waiter as one watch event, and
-// the others only update a map.
+// The acquire transaction puts own key and reads the queue's keys in the same
+// revision, so the waiter knows every key ahead of it. It then watches two
+// single keys, deletions only: its own (sent before the transaction, so both
+// travel together; it learns of a lost or forced request and, once granted,
+// of a forced release) and the nearest key ahead of it. When the key ahead
+// goes, one read of the keys older than own tells whether any remain; if
+// some do, the waiter watches the nearest of them next. A release thus
+// reaches only the next waiter, as one event, and the others hear nothing:
+// etcd sends each deletion to one waiter instead of to every waiter, which
+// under contention is most of the work the cluster does per handoff.
+//
+// Both watches have no start revision, so etcd syncs them at once, and they
+// are pooled: under steady contention the key ahead of a Mutex value is
+// the same from one acquisition to the next, so its watch is reused, and a
+// reused watch needs no read to close a gap (events at or below the last
+// read are skipped). A watch created after the last read costs one read to
+// close the gap.
 
 // replyGrace is how long an acquire transaction in flight may still answer
 // after the caller's context ended: long enough for a healthy cluster, short
@@ -50,12 +59,12 @@ func randomID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// watchOpts are those of a lock's prefix watch: the whole prefix, deletions
+// watchOpts are those of the watches a request keeps: one key, deletions
 // only. A new request is always younger than every waiter, so only deletions
-// can change a waiter's turn, and filtering puts on the server halves the
-// events sent to every waiter. (Release requests are puts; a holder watches
-// for them separately, once asked to.)
-var watchOpts = []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithFilterPut()}
+// can change a waiter's turn, and a request's own key is never put by anyone
+// else. (Release requests are puts; a holder watches for them separately,
+// once asked to.)
+var watchOpts = []clientv3.OpOption{clientv3.WithFilterPut()}
 
 // pred is a key ahead of the waiter's own.
 type pred struct {
@@ -64,9 +73,9 @@ type pred struct {
 }
 
 // turn follows which keys ahead of own must still go before own is granted,
-// from one read of the prefix plus the watch events after it.
+// from the reads of the queue and the deletions seen on the watches.
 type turn struct {
-	prefix string // the lock's prefix, watched whole
+	prefix string // the lock's prefix
 	queue  string // prefix + "q/"
 	key    string // own key
 	rev    int64  // own create revision, the token
@@ -75,16 +84,18 @@ type turn struct {
 
 	seen  int64 // revision of the last read; events at or below it are in it
 	preds map[string]pred
-	last  pred // the last key ahead removed (by an event), for lock-delay
-	// emptied is set when the last key ahead went by a watch event.
+	// gone are the keys that were still ahead at the last read before the
+	// queue emptied, for lock-delay: one of them was the last holder.
+	gone []pred
+	// emptied is set when the last key ahead went while own waited.
 	emptied bool
 
 	requested bool // a release was requested for own token
 	forced    bool // ForceRelease deleted own key
 }
 
-// load replaces what turn knows with a read at rev: of the whole prefix, or,
-// from the acquire transaction, of the queue's keys alone.
+// load replaces what turn knows with a read at rev: of the whole prefix, or
+// of the queue's keys. Own key must be in it.
 func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 	t.seen = rev
 	clear(t.preds)
@@ -116,32 +127,31 @@ func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 	return nil
 }
 
-// apply updates turn with one watch event. It returns errOwnGone when own
-// key is deleted or replaced.
+// nearest2 returns the keys ahead with the highest and second highest
+// create revisions ("" if none): own is granted right after the first,
+// unless it leaves the queue first.
+func (t *turn) nearest2() (first, second string) {
+	var r1, r2 int64
+	for k, p := range t.preds {
+		switch {
+		case p.rev > r1:
+			second, r2 = first, r1
+			first, r1 = k, p.rev
+		case p.rev > r2:
+			second, r2 = k, p.rev
+		}
+	}
+	return first, second
+}
+
+// apply updates turn with one event of the watch on own key. It returns
+// errOwnGone when own key is deleted or replaced.
 func (t *turn) apply(ev *clientv3.Event) error {
-	if ev.Kv.ModRevision <= t.seen {
+	if ev.Kv.ModRevision <= t.seen || string(ev.Kv.Key) != t.key {
 		return nil // already part of the last read (or an older incarnation)
 	}
-	k := string(ev.Kv.Key)
-	switch {
-	case k == t.key:
-		if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != t.rev {
-			return errOwnGone
-		}
-	case ev.Type == clientv3.EventTypePut && k == releaseKey(t.prefix, t.rev):
-		force, err := decodeRelease(ev.Kv.Value)
-		if err != nil {
-			return err
-		}
-		t.requested = true
-		t.forced = t.forced || force
-	case ev.Type == clientv3.EventTypeDelete:
-		if p, ok := t.preds[k]; ok {
-			delete(t.preds, k)
-			if len(t.preds) == 0 {
-				t.last, t.emptied = p, true
-			}
-		}
+	if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != t.rev {
+		return errOwnGone
 	}
 	return nil
 }
@@ -164,16 +174,23 @@ func (a *acquisition) enqueueRead() clientv3.Op {
 
 // acquisition is one request in a lock's queue, from enqueue to grant.
 type acquisition struct {
-	cli     *clientv3.Client
-	lease   *leasekeeper.Lease
-	t       turn
+	cli   *clientv3.Client
+	lease *leasekeeper.Lease
+	t     turn
+	// w watches own key; it is taken before the enqueue transaction and
+	// passed on to the Hold. From ownPool, or (nil ownPool) started for this
+	// request alone.
 	w       *prefixwatch.Watch
-	delay   time.Duration // lock-delay
-	timeout time.Duration // bound of detached cleanup
+	ownPool *prefixwatch.Pool
+	// ahead watch the nearest and second nearest keys ahead while waiting.
+	ahead     [2]*prefixwatch.Watch
+	aheadPool *prefixwatch.Pool
+	delay     time.Duration // lock-delay
+	timeout   time.Duration // bound of detached cleanup
 }
 
-func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
-	return &acquisition{
+func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
+	a := &acquisition{
 		cli:   cli,
 		lease: lease,
 		t: turn{
@@ -183,8 +200,31 @@ func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, prefix, key 
 			yields: yields,
 			preds:  map[string]pred{},
 		},
-		delay:   delay,
-		timeout: timeout,
+		ownPool:   w.own,
+		aheadPool: w.ahead,
+		delay:     delay,
+		timeout:   timeout,
+	}
+	if a.ownPool != nil {
+		a.w = a.ownPool.Get()
+	} else {
+		a.w = prefixwatch.Start(cli, key, watchOpts...)
+	}
+	return a
+}
+
+// watches are the watch pools of one Mutex or RWMutex value.
+type watches struct {
+	own   *prefixwatch.Pool // on the value's own key; nil if it has none
+	ahead *prefixwatch.Pool // on the keys ahead
+}
+
+// putOwn gives the watch on own key back, or stops it.
+func (a *acquisition) putOwn() {
+	if a.ownPool != nil {
+		a.ownPool.Put(a.w)
+	} else {
+		a.w.Stop()
 	}
 }
 
@@ -275,8 +315,16 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 
 // wait blocks until nothing own yields to remains, own key is gone
 // (errOwnGone), the lease is lost (ErrLost) or ctx ends (its cause).
+//
+// It watches the two nearest keys ahead. The nearest is the one whose
+// release grants own; the second is there to learn, off the critical path,
+// when the nearest has become the holder: its deletion prompts a read of
+// what is left ahead, so that by the time the nearest goes, the waiter
+// usually knows it was the last key ahead and is granted on that one event.
 func (a *acquisition) wait(ctx context.Context) error {
 	t := &a.t
+	defer a.putAhead(0)
+	defer a.putAhead(1)
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		if len(t.preds) == 0 {
@@ -291,16 +339,30 @@ func (a *acquisition) wait(ctx context.Context) error {
 			}
 			continue
 		}
+		if stale, err := a.follow(ctx); err != nil || stale {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		var ch1 clientv3.WatchChan
+		if a.ahead[1] != nil {
+			ch1 = a.ahead[1].Ch
+		}
+		var (
+			resp clientv3.WatchResponse
+			ok   bool
+			i    int
+		)
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-a.lease.Done():
 			return lostErr(a.lease)
-		case resp, ok := <-a.w.Ch:
+		case resp, ok = <-a.w.Ch:
 			if !ok || resp.Err() != nil || resp.Canceled {
 				// The watch failed (leader lost, stream broken): start a
 				// new one; its creation triggers a fresh read.
-				a.w.Created = false
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
@@ -308,12 +370,9 @@ func (a *acquisition) wait(ctx context.Context) error {
 				continue
 			}
 			if resp.Created {
-				if err := a.onCreated(ctx, resp.Header.Revision); err != nil {
-					if errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() != nil {
-						return err
-					}
-					a.w.Restart() // transient read failure: go round again
-					if err := bo.Wait(ctx); err != nil {
+				a.w.Created = true
+				if resp.Header.Revision > t.seen {
+					if err := a.refresh(ctx, resp.Header.Revision); err != nil {
 						return err
 					}
 				}
@@ -325,38 +384,167 @@ func (a *acquisition) wait(ctx context.Context) error {
 					return err
 				}
 			}
+			continue
+		case resp, ok = <-a.ahead[0].Ch:
+			i = 0
+		case resp, ok = <-ch1:
+			i = 1
+		}
+		w := a.ahead[i]
+		if !ok || resp.Err() != nil || resp.Canceled {
+			if err := bo.Wait(ctx); err != nil {
+				return err
+			}
+			w.Restart()
+			continue
+		}
+		if resp.Created {
+			w.Created = true
+			w.Rev = max(w.Rev, resp.Header.Revision)
+			if resp.Header.Revision > t.seen {
+				if err := a.refresh(ctx, resp.Header.Revision); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		bo.Reset()
+		var goneAt int64
+		for _, ev := range resp.Events {
+			w.Rev = max(w.Rev, ev.Kv.ModRevision)
+			if ev.Type == clientv3.EventTypeDelete && string(ev.Kv.Key) == w.Key() && ev.Kv.ModRevision > t.seen {
+				goneAt = ev.Kv.ModRevision
+			}
+		}
+		if goneAt == 0 {
+			continue
+		}
+		if len(t.preds) <= 2 {
+			// What is left ahead is known without a read: the map holds
+			// every key that can still be ahead.
+			gone := t.preds[w.Key()]
+			delete(t.preds, w.Key())
+			if len(t.preds) == 0 {
+				t.gone, t.emptied = []pred{gone}, true
+			}
+			continue
+		}
+		// Keys further ahead may have gone without a word to this waiter:
+		// ask which remain.
+		if err := a.refresh(ctx, goneAt); err != nil {
+			return err
 		}
 	}
 }
 
-// onCreated closes the gap between the last read and a new watch's creation
-// revision by reading the prefix again, if the watch started later.
-func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
-	a.w.Created = true
-	if rev <= a.t.seen {
-		return nil
+// follow points the two ahead watches at the nearest and second nearest
+// keys ahead, reusing pooled watches. It reports stale when a pooled watch
+// had passed events this request did not see, after reading again.
+func (a *acquisition) follow(ctx context.Context) (stale bool, err error) {
+	t := &a.t
+	near, second := t.nearest2()
+	want := [2]string{near, second}
+	// Keep a watch already on a wanted key, in its new place.
+	if a.ahead[0] != nil && a.ahead[0].Key() == second || a.ahead[1] != nil && a.ahead[1].Key() == near {
+		a.ahead[0], a.ahead[1] = a.ahead[1], a.ahead[0]
 	}
-	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
-	if err != nil {
-		a.w.Created = false
-		return err
+	for i, k := range want {
+		if a.ahead[i] != nil && a.ahead[i].Key() != k {
+			a.putAhead(i)
+		}
+		if a.ahead[i] == nil && k != "" {
+			a.ahead[i] = a.aheadPool.GetKey(k)
+			if a.ahead[i].Created && a.ahead[i].Rev > t.seen {
+				// Another request of this value took events of this watch
+				// after own read: read again before trusting it.
+				return true, a.refresh(ctx, a.ahead[i].Rev)
+			}
+		}
 	}
-	return a.t.load(resp.Kvs, resp.Header.Revision)
+	return false, nil
 }
 
-// lockDelay runs when the last key ahead has gone. If its lease is gone
-// too, the holder lost the lock involuntarily, and the grant waits out the
-// delay, then confirms own key is still there.
+// putAhead gives the i-th ahead watch back to the pool.
+func (a *acquisition) putAhead(i int) {
+	if a.ahead[i] != nil {
+		a.aheadPool.Put(a.ahead[i])
+		a.ahead[i] = nil
+	}
+}
+
+// refresh reads the keys of the queue up to own, at revision minRev or
+// later, and replaces what turn knows with them. It asks the member the
+// client reaches first, without a read barrier: keys older than own can only
+// go, never come, so a read at any revision at or past minRev lists a
+// superset of those still there, and is exact about own key at its
+// revision. Only a member that lags behind minRev sends the read on to a
+// linearizable one. Transient errors are retried until ctx ends.
+func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
+	t := &a.t
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMaxCreateRev(t.rev)}
+	if a.delay <= 0 {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	serial := true
+	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	for {
+		o := opts
+		if serial {
+			o = append(slices.Clip(opts), clientv3.WithSerializable())
+		}
+		resp, err := a.cli.Get(ctx, t.queue, o...)
+		switch {
+		case err == nil && resp.Header.Revision >= minRev:
+			before := slices.Collect(maps.Values(t.preds))
+			if err := t.load(resp.Kvs, resp.Header.Revision); err != nil {
+				return err
+			}
+			if len(before) > 0 && len(t.preds) == 0 {
+				t.gone, t.emptied = before, true
+			}
+			return nil
+		case err == nil:
+			serial = false // a lagging member
+		case ctx.Err() != nil:
+			return context.Cause(ctx)
+		case !retry.Retriable(err):
+			return fmt.Errorf("lock: read queue: %w", err)
+		default:
+			serial = false
+			if werr := bo.Wait(ctx); werr != nil {
+				return werr
+			}
+		}
+	}
+}
+
+// lockDelay runs when the last key ahead has gone. If the lease of any key
+// that was still ahead at the last read is gone too, the holder may have
+// lost the lock involuntarily, and the grant waits out the delay, then
+// confirms own key is still there.
 func (a *acquisition) lockDelay(ctx context.Context) error {
 	a.t.emptied = false
-	ttl, err := a.cli.TimeToLive(ctx, a.t.last.lease)
-	if err != nil {
-		if ctx.Err() != nil {
+	involuntary := false
+	checked := map[clientv3.LeaseID]bool{}
+	for _, p := range a.t.gone {
+		if checked[p.lease] {
+			continue
+		}
+		checked[p.lease] = true
+		ttl, err := a.cli.TimeToLive(ctx, p.lease)
+		if err != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		// Cannot tell: delay, the safe choice for a resource without fencing.
-	} else if ttl.TTL > 0 {
-		return nil // the holder released while alive: no delay
+		if err != nil || ttl.TTL <= 0 {
+			// Gone, or cannot tell: delay, the safe choice for a resource
+			// without fencing.
+			involuntary = true
+			break
+		}
+	}
+	a.t.gone = nil
+	if !involuntary {
+		return nil // the keys ahead went while their leases lived: no delay
 	}
 	timer := time.NewTimer(a.delay)
 	defer timer.Stop()
@@ -367,12 +555,8 @@ func (a *acquisition) lockDelay(ctx context.Context) error {
 		return lostErr(a.lease)
 	case <-timer.C:
 	}
-	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
-	if err != nil {
+	if err := a.refresh(ctx, a.t.seen); err != nil {
 		return fmt.Errorf("lock: re-read after lock-delay: %w", err)
-	}
-	if err := a.t.load(resp.Kvs, resp.Header.Revision); err != nil {
-		return err
 	}
 	a.t.emptied = false
 	return nil

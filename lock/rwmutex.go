@@ -27,7 +27,7 @@ type RWMutex struct {
 	prefix string
 	value  string
 	tel    *telemetry
-	pool   *prefixwatch.Pool
+	w      watches
 	err    error
 }
 
@@ -51,7 +51,9 @@ func NewRWMutex(k *leasekeeper.Keeper, name string, opts ...Option) *RWMutex {
 		rw.err = errors.New("lock: lock-delay is offered by Mutex only")
 	}
 	if rw.err == nil {
-		rw.pool = prefixwatch.NewPool(k.Client(), rw.prefix, watchOpts...)
+		// Each request has a key of its own, watched for that request
+		// alone; the keys ahead are watched from a pool.
+		rw.w = watches{ahead: prefixwatch.NewPool(k.Client(), "", watchOpts...)}
 	}
 	return rw
 }
@@ -89,5 +91,5 @@ func (rw *RWMutex) acquire(ctx context.Context, reader bool) (*Hold, error) {
 		key = queue + "r" + randomID()
 		yields = func(k string) bool { return strings.HasPrefix(k, queue+"w") }
 	}
-	return acquire(ctx, rw.k, rw.pool, lease, rw.prefix, key, encodeValue(time.Now(), rw.value), yields, false, 0, rw.tel, func() {}, nil)
+	return acquire(ctx, rw.k, &rw.w, lease, rw.prefix, key, encodeValue(time.Now(), rw.value), yields, false, 0, rw.tel, func() {}, nil)
 }

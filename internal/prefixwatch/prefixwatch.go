@@ -33,7 +33,15 @@ type Watch struct {
 	// delivers every change after the last read, in order. Start and
 	// Restart clear it.
 	Created bool
+	// Rev is for the caller to raise to the revision of each event it takes
+	// from Ch. A pooled watch may pass between callers that read at
+	// different times: one whose last read is older than Rev has missed
+	// events another took, and must read again before trusting the watch.
+	Rev int64
 }
+
+// Key returns the key (or start of the range) the watch is on.
+func (w *Watch) Key() string { return w.key }
 
 // Start watches key with opts (WithPrefix for a prefix, WithFilterPut to
 // receive deletions only, ...).
@@ -72,15 +80,20 @@ const maxIdle = 4
 // contention, a read to close the gap before each new watch). A watch stays
 // continuous while idle, so a reused watch needs no read at all: its user
 // skips events at or below its own read's revision. Idle watches are closed
-// after IdleTimeout, so a dropped recipe value leaves nothing open. A Pool is
-// safe for concurrent use.
+// after IdleTimeout, so a dropped recipe value leaves nothing open; when the
+// pool is full, the watch idle longest is closed. A Pool is safe for
+// concurrent use.
+//
+// A pool serves one key (Get) or any key with the same options (GetKey), for
+// recipes that watch a different key each time, such as the key just ahead
+// of a waiter.
 type Pool struct {
 	cli  *clientv3.Client
 	key  string
 	opts []clientv3.OpOption
 
 	mu   sync.Mutex // protects idle
-	idle []*pooled
+	idle []*pooled  // longest idle first
 }
 
 type pooled struct {
@@ -93,23 +106,30 @@ func NewPool(cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Pool 
 	return &Pool{cli: cli, key: key, opts: opts}
 }
 
-// Get returns an idle watch, or a new one.
-func (p *Pool) Get() *Watch {
+// Get returns an idle watch on the pool's key, or a new one.
+func (p *Pool) Get() *Watch { return p.GetKey(p.key) }
+
+// GetKey returns an idle watch on key, or a new one. The most recently
+// returned idle watch is taken first.
+func (p *Pool) GetKey(key string) *Watch {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for n := len(p.idle); n > 0; n = len(p.idle) {
-		e := p.idle[n-1]
-		p.idle = p.idle[:n-1]
+	for i := len(p.idle) - 1; i >= 0; i-- {
+		e := p.idle[i]
+		if e.w.key != key {
+			continue
+		}
+		p.idle = slices.Delete(p.idle, i, i+1)
 		if e.timer.Stop() {
 			return e.w
 		}
 		// The idle timer fired and is closing this one.
 	}
-	return Start(p.cli, p.key, p.opts...)
+	return Start(p.cli, key, p.opts...)
 }
 
 // Put gives a watch back for reuse, or stops it if it is not known good
-// (Created unset) or the pool is full.
+// (Created unset).
 func (p *Pool) Put(w *Watch) {
 	if !w.Created {
 		w.Stop()
@@ -118,8 +138,12 @@ func (p *Pool) Put(w *Watch) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle) >= maxIdle {
-		w.Stop()
-		return
+		// The newest watch is the likeliest to be wanted next.
+		old := p.idle[0]
+		if old.timer.Stop() {
+			old.w.Stop()
+		}
+		p.idle = slices.Delete(p.idle, 0, 1)
 	}
 	e := &pooled{w: w}
 	e.timer = time.AfterFunc(IdleTimeout, func() {

@@ -1,0 +1,88 @@
+package lock_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/lock"
+)
+
+// A waiter watches only the keys just ahead of it, so the waiters that leave
+// from the middle of the queue — canceled, or their lease lost — must not
+// let anyone behind them through while the holder holds: each departure is
+// checked against what remains ahead. Every waiter has its own keeper, so
+// a lease can be revoked under one alone. Any grant while another hold is
+// out is counted, whenever it happens.
+func TestWaitersAheadLeave(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	var out atomic.Int32 // holds granted and not yet released
+	var overlaps atomic.Int32
+	grant := func(h *lock.Hold) {
+		if out.Add(1) != 1 {
+			overlaps.Add(1)
+		}
+	}
+	release := func(h *lock.Hold) {
+		out.Add(-1)
+		require.NoError(t, h.Unlock(ctx))
+	}
+
+	holderK := newKeeper(t, newClient(t), 2*time.Second)
+	h, err := lock.New(holderK, name).Lock(ctx)
+	require.NoError(t, err)
+	grant(h)
+
+	const n = 7
+	type waiter struct {
+		ch     chan lockResult
+		cancel context.CancelFunc
+		k      *leasekeeper.Keeper
+	}
+	ws := make([]waiter, n)
+	for i := range ws {
+		k := newKeeper(t, newClient(t), 2*time.Second)
+		wctx, cancel := context.WithCancel(ctx)
+		ch := make(chan lockResult, 1)
+		m := lock.New(k, name)
+		go func() {
+			h, err := m.Lock(wctx)
+			if err == nil {
+				grant(h)
+			}
+			ch <- lockResult{h, err}
+		}()
+		ws[i] = waiter{ch: ch, cancel: cancel, k: k}
+		waitQueue(t, name, i+2)
+	}
+
+	// Leave from the back and the middle: the last waiter's nearest (5) and
+	// then its next nearest (4, by lease), then 1 and 2 with a holder and
+	// others still ahead, so the waiters behind them must read what is left.
+	ws[5].cancel()
+	require.ErrorIs(t, recv(t, ws[5].ch, 5*time.Second).err, context.Canceled)
+	require.NoError(t, cluster.RevokeLease(ctx, ws[4].k.Current().ID()))
+	require.ErrorIs(t, recv(t, ws[4].ch, 5*time.Second).err, lock.ErrLost)
+	ws[1].cancel()
+	require.ErrorIs(t, recv(t, ws[1].ch, 5*time.Second).err, context.Canceled)
+	require.NoError(t, cluster.RevokeLease(ctx, ws[2].k.Current().ID()))
+	require.ErrorIs(t, recv(t, ws[2].ch, 5*time.Second).err, lock.ErrLost)
+	waitQueue(t, name, 4) // the holder, 0, 3 and 6
+
+	// The rest are granted one at a time, in order.
+	release(h)
+	for _, i := range []int{0, 3, 6} {
+		r := recv(t, ws[i].ch, 5*time.Second)
+		require.NoError(t, r.err, "waiter %d", i)
+		release(r.h)
+	}
+	require.Zero(t, overlaps.Load(), "a waiter was granted while another held the lock")
+	for _, w := range ws {
+		w.cancel()
+	}
+}
