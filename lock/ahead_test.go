@@ -2,11 +2,13 @@ package lock_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/lock"
@@ -28,6 +30,8 @@ func TestWaitersAheadLeave(t *testing.T) {
 			overlaps.Add(1)
 		}
 	}
+	// The count drops as Unlock is called: the next waiter may be granted
+	// before Unlock's answer arrives.
 	release := func(h *lock.Hold) {
 		out.Add(-1)
 		require.NoError(t, h.Unlock(ctx))
@@ -73,6 +77,13 @@ func TestWaitersAheadLeave(t *testing.T) {
 	require.NoError(t, cluster.RevokeLease(ctx, ws[2].k.Current().ID()))
 	require.ErrorIs(t, recv(t, ws[2].ch, 5*time.Second).err, lock.ErrLost)
 	waitQueue(t, name, 4) // the holder, 0, 3 and 6
+	for _, i := range []int{0, 3, 6} {
+		select {
+		case r := <-ws[i].ch:
+			t.Fatalf("waiter %d got %v while the holder held the lock", i, r.err)
+		default:
+		}
+	}
 
 	// The rest are granted one at a time, in order.
 	release(h)
@@ -84,5 +95,46 @@ func TestWaitersAheadLeave(t *testing.T) {
 	require.Zero(t, overlaps.Load(), "a waiter was granted while another held the lock")
 	for _, w := range ws {
 		w.cancel()
+	}
+}
+
+// A waiter whose own key goes before, or together with, the last key ahead
+// of it gets ErrLost, never a Hold: its own key and the keys ahead are on
+// separate watches, whose events may reach it in either order. The key goes
+// by a revoke of the waiter's lease behind its keeper's back (the keeper
+// has a long TTL, so it does not notice first), or in one transaction with
+// the holder's key.
+func TestOwnKeyGoneWithLastAhead(t *testing.T) {
+	for i := range 16 {
+		revoke := i%2 == 0
+		t.Run(fmt.Sprintf("%d_revoke_%v", i, revoke), func(t *testing.T) {
+			name := lockName(t)
+			ctx := ctxT(t, 20*time.Second)
+			holderK := newKeeper(t, newClient(t), 5*time.Second)
+			waiterK := newKeeper(t, newClient(t), 60*time.Second)
+			h, err := lock.New(holderK, name).Lock(ctx)
+			require.NoError(t, err)
+			ch := lockAsync(ctx, lock.New(waiterK, name))
+			waitQueue(t, name, 2)
+			if revoke {
+				require.NoError(t, cluster.RevokeLease(ctx, waiterK.Current().ID()))
+				require.NoError(t, h.Unlock(ctx))
+			} else {
+				resp, err := cluster.Admin().Get(ctx, name+"/.lock/q/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+				require.NoError(t, err)
+				require.Len(t, resp.Kvs, 2)
+				_, err = cluster.Admin().Txn(ctx).Then(
+					clientv3.OpDelete(string(resp.Kvs[0].Key)),
+					clientv3.OpDelete(string(resp.Kvs[1].Key))).Commit()
+				require.NoError(t, err)
+				require.NoError(t, h.Unlock(ctx))
+			}
+			r := recv(t, ch, 5*time.Second)
+			if r.err == nil {
+				_ = r.h.Unlock(ctx)
+			}
+			require.ErrorIs(t, r.err, lock.ErrLost, "a waiter whose key was gone got a Hold")
+			require.Nil(t, r.h)
+		})
 	}
 }

@@ -16,9 +16,11 @@
 //
 // Requests are granted in the order etcd received them (by the create
 // revision of their keys), and a release wakes only the next waiter: each
-// waiter watches the key just ahead of it (and the one ahead of that), not
-// the whole queue, so etcd sends a deletion to at most two waiters, and only
-// the next one is granted; there is no herd of events or reads after each
+// waiter watches the two keys just ahead of it, not the whole queue, so etcd
+// sends a deletion to the two Mutex waiters behind it (the next is granted,
+// the one after reads the queue once), and to no one else; there is no herd
+// of events or reads after each release. (The readers of an RWMutex that
+// wait for the same writer all watch it, and are all granted when it goes.)
 // release. A holding is bound to the keeper's lease and offers:
 //
 //   - Token: the create revision of its key, which strictly increases across
@@ -96,10 +98,12 @@
 //     one Raft write). Without WithLockDelay the read asks for keys only,
 //     which etcd serves from its in-memory index, with no backend read per
 //     key. A watch on own key (deletions only, filtered on the server) goes
-//     out alongside it on the client's existing stream, stays open while
-//     the lock is held to learn of a forced release or a lost key, and is
-//     then kept for the Mutex value's next acquisition (closed after 2 s
-//     unused), so a busy Mutex opens no watch per acquisition.
+//     out alongside it, stays open while the lock is held to learn of a
+//     forced release or a lost key, and is then kept for the Mutex value's
+//     next acquisition (closed after 2 s unused), so a busy Mutex opens no
+//     watch per acquisition. A lock value's watches share one gRPC watch
+//     stream of their own on the client's connection, which the client
+//     closes with the last of them.
 //     Hold.Revoked, when first called, adds one watch on the hold's release
 //     request key.
 //   - Lock, lock busy: the same transaction, then watches on the nearest
@@ -107,21 +111,28 @@
 //     own key: under steady contention the keys ahead of a Mutex value are
 //     the same from one acquisition to the next, so they are reused. When
 //     the second nearest goes, one read of the queue's keys up to own tells
-//     what is left ahead; usually only the nearest, which is then the
-//     holder, so its release grants own on that one event, with no request
-//     on the way. Why it is correct: the transaction's read shows every key
-//     ahead of own key at its revision; keys older than own can only go,
-//     never come, so what a waiter knows is always a superset of what is
-//     still ahead, and each watch delivers every deletion of its key after
-//     the last read (events at or below it are ignored; a watch created
-//     later than the read costs one more read to close the gap). When a
-//     watched key goes and more than one other key was known ahead, the
-//     waiter reads again rather than guess which of them went too. That
-//     read needs no read barrier: any member's answer at or past the
-//     deletion's revision lists a superset of what remains, and a member
-//     that lags is asked again with a linearizable read. Because the
-//     watches have no start revision, etcd syncs them at once, instead of
-//     in the 100 ms loop that serves watches starting in the past.
+//     what is left ahead: usually only the nearest, which is then the
+//     holder, so its release grants own on that one event plus one progress
+//     request on the open watch stream (below), with no read on the way.
+//     Why it is correct: the transaction's read shows every key ahead of own
+//     key at its revision; keys older than own can only go, never come, so
+//     what a waiter knows is always a superset of what is still ahead, and
+//     each watch delivers every deletion of its key after the last read
+//     (events at or below it are ignored; a watch created later than the
+//     read costs one more read to close the gap). When a watched key goes
+//     and more than one other key was known ahead, the waiter reads again
+//     rather than guess which of them went too. That read needs no read
+//     barrier: any member's answer at or past the deletion's revision lists
+//     a superset of what remains, and a member that lags is asked again
+//     with a linearizable read. Before a grant that follows an event rather
+//     than a read, the waiter makes sure its own key was not deleted first
+//     (by a revoke of its lease from outside its keeper, or by hand): own
+//     key and the keys ahead are watched on one gRPC stream of the lock
+//     value's own, on which etcd sends events in revision order, and a
+//     progress request makes etcd answer on every watch of the stream after
+//     all events up to its revision. Because the watches have no start
+//     revision, etcd syncs them at once, instead of in the 100 ms loop that
+//     serves watches starting in the past.
 //   - TryLock: one transaction (put only if the queue is empty).
 //   - Unlock: one transaction (delete own key and any release request).
 //   - RequestRelease, ForceRelease: one read and one transaction.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -58,10 +57,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 	m.key = m.prefix + "q/" + randomID()
 	m.err = validate(k, name, &o)
 	if m.err == nil {
-		m.w = watches{
-			own:   prefixwatch.NewPool(k.Client(), m.key, watchOpts...),
-			ahead: prefixwatch.NewPool(k.Client(), "", watchOpts...),
-		}
+		m.w = newWatches(k.Client(), m.key, m.key)
 	}
 	return m
 }

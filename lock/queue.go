@@ -28,22 +28,29 @@ import (
 // Mutex; older writers for a reader of an RWMutex) remains.
 //
 // The acquire transaction puts own key and reads the queue's keys in the same
-// revision, so the waiter knows every key ahead of it. It then watches two
+// revision, so the waiter knows every key ahead of it. It then watches three
 // single keys, deletions only: its own (sent before the transaction, so both
 // travel together; it learns of a lost or forced request and, once granted,
-// of a forced release) and the nearest key ahead of it. When the key ahead
-// goes, one read of the keys older than own tells whether any remain; if
-// some do, the waiter watches the nearest of them next. A release thus
-// reaches only the next waiter, as one event, and the others hear nothing:
-// etcd sends each deletion to one waiter instead of to every waiter, which
-// under contention is most of the work the cluster does per handoff.
+// of a forced release), and the nearest and second nearest keys ahead. What
+// the waiter knows ahead of it is always a superset of what is there: keys
+// older than own can only go. When a watched key goes and more than one
+// other key is known ahead, one read of the keys up to own tells which
+// remain; with one other, that one is next. So when the second nearest goes
+// (usually the holder's release), the waiter reads once, off the critical
+// path, and learns that only the nearest is left; the nearest's release
+// then grants it on that one event, after confirming that own key was still
+// there (confirm: one progress request on the watches' stream, no read).
+// etcd sends each deletion to the two waiters behind the key instead of to
+// every waiter, which under contention was most of the work the cluster did
+// per handoff.
 //
-// Both watches have no start revision, so etcd syncs them at once, and they
-// are pooled: under steady contention the key ahead of a Mutex value is
-// the same from one acquisition to the next, so its watch is reused, and a
-// reused watch needs no read to close a gap (events at or below the last
-// read are skipped). A watch created after the last read costs one read to
-// close the gap.
+// The watches have no start revision, so etcd syncs them at once, and they
+// are pooled per lock value: under steady contention the keys ahead of a
+// Mutex value are the same from one acquisition to the next, so their
+// watches are reused, and a reused watch needs no read to close a gap
+// (events at or below the last read are skipped) unless another request of
+// the same value took events from it after this request's read (Watch.Rev).
+// A watch created after the last read costs one read to close the gap.
 
 // replyGrace is how long an acquire transaction in flight may still answer
 // after the caller's context ended: long enough for a healthy cluster, short
@@ -82,8 +89,11 @@ type turn struct {
 	// yields reports whether own must wait for the older key k.
 	yields func(k string) bool
 
-	seen  int64 // revision of the last read; events at or below it are in it
-	preds map[string]pred
+	seen int64 // revision of the last read; events at or below it are in it
+	// applied is the revision of the latest deletion ahead taken from a
+	// watch without a read after it: a later read must be at least as new.
+	applied int64
+	preds   map[string]pred
 	// gone are the keys that were still ahead at the last read before the
 	// queue emptied, for lock-delay: one of them was the last holder.
 	gone []pred
@@ -185,8 +195,10 @@ type acquisition struct {
 	// ahead watch the nearest and second nearest keys ahead while waiting.
 	ahead     [2]*prefixwatch.Watch
 	aheadPool *prefixwatch.Pool
-	delay     time.Duration // lock-delay
-	timeout   time.Duration // bound of detached cleanup
+	stream    prefixwatch.Stream // the stream all of them travel on
+	reuseKeys bool               // keys come back (Mutex): pool watches on gone keys
+	delay     time.Duration      // lock-delay
+	timeout   time.Duration      // bound of detached cleanup
 }
 
 func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
@@ -202,21 +214,37 @@ func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, 
 		},
 		ownPool:   w.own,
 		aheadPool: w.ahead,
+		stream:    w.stream,
+		reuseKeys: w.own != nil,
 		delay:     delay,
 		timeout:   timeout,
 	}
 	if a.ownPool != nil {
 		a.w = a.ownPool.Get()
 	} else {
-		a.w = prefixwatch.Start(cli, key, watchOpts...)
+		a.w = prefixwatch.StartOn(w.stream, cli, key, watchOpts...)
 	}
 	return a
 }
 
-// watches are the watch pools of one Mutex or RWMutex value.
+// watches are the watch pools of one Mutex or RWMutex value, on a watch
+// stream of the value's own (see confirm).
 type watches struct {
-	own   *prefixwatch.Pool // on the value's own key; nil if it has none
-	ahead *prefixwatch.Pool // on the keys ahead
+	own    *prefixwatch.Pool // on the value's own key; nil if it has none
+	ahead  *prefixwatch.Pool // on the keys ahead
+	stream prefixwatch.Stream
+}
+
+func newWatches(cli *clientv3.Client, stream, ownKey string) watches {
+	w := watches{stream: prefixwatch.NewStream(stream)}
+	// The keys ahead go on the same stream, so that one member serves all of
+	// a request's watches: its answer to confirm's progress request is then
+	// at least as new as the deletion confirm waits for.
+	w.ahead = prefixwatch.NewPoolOn(w.stream, cli, "", watchOpts...)
+	if ownKey != "" {
+		w.own = prefixwatch.NewPoolOn(w.stream, cli, ownKey, watchOpts...)
+	}
+	return w
 }
 
 // putOwn gives the watch on own key back, or stops it.
@@ -363,6 +391,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 			if !ok || resp.Err() != nil || resp.Canceled {
 				// The watch failed (leader lost, stream broken): start a
 				// new one; its creation triggers a fresh read.
+				a.w.Created = false
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
@@ -392,6 +421,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 		}
 		w := a.ahead[i]
 		if !ok || resp.Err() != nil || resp.Canceled {
+			w.Created = false
 			if err := bo.Wait(ctx); err != nil {
 				return err
 			}
@@ -419,20 +449,27 @@ func (a *acquisition) wait(ctx context.Context) error {
 		if goneAt == 0 {
 			continue
 		}
-		if len(t.preds) <= 2 {
-			// What is left ahead is known without a read: the map holds
-			// every key that can still be ahead.
-			gone := t.preds[w.Key()]
-			delete(t.preds, w.Key())
-			if len(t.preds) == 0 {
-				t.gone, t.emptied = []pred{gone}, true
+		if !a.reuseKeys {
+			w.Created = false // its key never comes back: do not pool it
+		}
+		t.applied = max(t.applied, goneAt)
+		if len(t.preds) > 2 {
+			// Keys further ahead may have gone without a word to this
+			// waiter: ask which remain.
+			if err := a.refresh(ctx, goneAt); err != nil {
+				return err
 			}
 			continue
 		}
-		// Keys further ahead may have gone without a word to this waiter:
-		// ask which remain.
-		if err := a.refresh(ctx, goneAt); err != nil {
-			return err
+		// What is left ahead is known without a read: the map holds every
+		// key that can still be ahead.
+		gone := t.preds[w.Key()]
+		delete(t.preds, w.Key())
+		if len(t.preds) == 0 {
+			t.gone, t.emptied = []pred{gone}, true
+			if err := a.confirm(ctx, goneAt); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -472,6 +509,79 @@ func (a *acquisition) putAhead(i int) {
 	}
 }
 
+// progressWait bounds the wait for etcd's answer to a progress request,
+// after which confirm reads instead. etcd does not answer while a watch on
+// the stream lags behind (it then has events still to send), which on a
+// stream of one lock value's own watches is rare.
+const progressWait = 50 * time.Millisecond
+
+// confirm makes sure own key was still there at minRev, the revision at
+// which the last key ahead went, before the waiter is granted. Own key and
+// the keys ahead are on separate watches, whose events reach this goroutine
+// in no particular order; a deletion of own key (its lease revoked from
+// outside the keeper, or the key deleted by hand) may be on its way still.
+// The watches share one gRPC stream, on which etcd sends everything in
+// revision order, and a progress request makes etcd answer on every watch
+// of the stream after all events up to the current revision: once the
+// answer arrives on own watch, any deletion of own key up to minRev has
+// arrived before it. That costs one message each way on the open stream,
+// no request to the key-value store.
+func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
+	t := &a.t
+	if minRev <= t.seen {
+		return nil // a read at or past it showed own key
+	}
+	if err := a.cli.RequestProgress(a.stream.Context()); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return a.refresh(ctx, minRev)
+	}
+	timer := time.NewTimer(progressWait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-a.lease.Done():
+			return lostErr(a.lease)
+		case <-timer.C:
+			return a.refresh(ctx, minRev)
+		case resp, ok := <-a.w.Ch:
+			switch {
+			case !ok || resp.Err() != nil || resp.Canceled:
+				// Start it again (its creation is seen by the wait loop
+				// or the Hold's monitor), and read instead.
+				a.w.Created = false
+				a.w.Restart()
+				return a.refresh(ctx, minRev)
+			case resp.Created:
+				a.w.Created = true
+				if resp.Header.Revision > t.seen {
+					return a.refresh(ctx, max(minRev, resp.Header.Revision))
+				}
+				continue
+			}
+			for _, ev := range resp.Events {
+				if err := t.apply(ev); err != nil {
+					return err
+				}
+			}
+			if !resp.IsProgressNotify() {
+				continue
+			}
+			if resp.Header.Revision >= minRev {
+				return nil
+			}
+			// The member serving own watch has not applied minRev yet (the
+			// watches ahead may be served by another): ask again.
+			if err := a.cli.RequestProgress(a.stream.Context()); err != nil {
+				return a.refresh(ctx, minRev)
+			}
+		}
+	}
+}
+
 // refresh reads the keys of the queue up to own, at revision minRev or
 // later, and replaces what turn knows with them. It asks the member the
 // client reaches first, without a read barrier: keys older than own can only
@@ -480,12 +590,17 @@ func (a *acquisition) putAhead(i int) {
 // revision. Only a member that lags behind minRev sends the read on to a
 // linearizable one. Transient errors are retried until ctx ends.
 func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
+	return a.read(ctx, max(minRev, a.t.applied), true)
+}
+
+// read is refresh, asking the serving member first if serial is set, and
+// for a linearizable read otherwise.
+func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error {
 	t := &a.t
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMaxCreateRev(t.rev)}
 	if a.delay <= 0 {
 		opts = append(opts, clientv3.WithKeysOnly())
 	}
-	serial := true
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		o := opts
@@ -496,11 +611,16 @@ func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
 		switch {
 		case err == nil && resp.Header.Revision >= minRev:
 			before := slices.Collect(maps.Values(t.preds))
+			gone, emptied := t.gone, t.emptied
 			if err := t.load(resp.Kvs, resp.Header.Revision); err != nil {
 				return err
 			}
-			if len(before) > 0 && len(t.preds) == 0 {
-				t.gone, t.emptied = before, true
+			switch {
+			case len(t.preds) > 0:
+			case len(before) > 0:
+				t.gone, t.emptied = before, true // the rest went unseen
+			default:
+				t.gone, t.emptied = gone, emptied // as the watch told
 			}
 			return nil
 		case err == nil:
@@ -555,7 +675,9 @@ func (a *acquisition) lockDelay(ctx context.Context) error {
 		return lostErr(a.lease)
 	case <-timer.C:
 	}
-	if err := a.refresh(ctx, a.t.seen); err != nil {
+	// Linearizable: own key must still be there now, not on a member that
+	// lags behind the delay.
+	if err := a.read(ctx, max(a.t.seen, a.t.applied), false); err != nil {
 		return fmt.Errorf("lock: re-read after lock-delay: %w", err)
 	}
 	a.t.emptied = false

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/concordkit/concord/internal/names"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -53,7 +52,7 @@ func NewRWMutex(k *leasekeeper.Keeper, name string, opts ...Option) *RWMutex {
 	if rw.err == nil {
 		// Each request has a key of its own, watched for that request
 		// alone; the keys ahead are watched from a pool.
-		rw.w = watches{ahead: prefixwatch.NewPool(k.Client(), "", watchOpts...)}
+		rw.w = newWatches(k.Client(), rw.prefix+randomID(), "")
 	}
 	return rw
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
 
 // Watch is one watch with no start revision, so that etcd syncs it at once
@@ -21,9 +22,10 @@ import (
 // (the creation revision tells the caller whether a read must close the gap
 // since its last one).
 type Watch struct {
-	cli  *clientv3.Client
-	key  string
-	opts []clientv3.OpOption
+	cli    *clientv3.Client
+	key    string
+	opts   []clientv3.OpOption
+	stream Stream
 
 	cancel context.CancelFunc
 	// Ch delivers the watch's responses.
@@ -46,13 +48,40 @@ func (w *Watch) Key() string { return w.key }
 // Start watches key with opts (WithPrefix for a prefix, WithFilterPut to
 // receive deletions only, ...).
 func Start(cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
-	w := &Watch{cli: cli, key: key, opts: opts}
+	return StartOn(Stream{}, cli, key, opts...)
+}
+
+// Stream names the gRPC watch stream a watch travels on. The etcd client
+// multiplexes all watches whose contexts carry the same metadata onto one
+// stream; Stream{} is the client's shared stream. A recipe that asks etcd
+// for progress on its watches (RequestProgress) keeps them on a stream of
+// their own: etcd answers such a request only when every watch on the
+// stream is in step, and it answers on each watch of the stream after
+// every event up to its revision.
+type Stream struct{ name string }
+
+// NewStream returns a stream of its own, named name.
+func NewStream(name string) Stream { return Stream{name: name} }
+
+// Context returns the context that puts a watch or a progress request on
+// the stream. It carries WithRequireLeader.
+func (s Stream) Context() context.Context {
+	ctx := context.Background()
+	if s.name != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "concord-watch-stream", s.name)
+	}
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// StartOn is Start on the given stream.
+func StartOn(st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
+	w := &Watch{cli: cli, key: key, opts: opts, stream: st}
 	w.start()
 	return w
 }
 
 func (w *Watch) start() {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	ctx, cancel := context.WithCancel(w.stream.Context())
 	w.cancel = cancel
 	w.Created = false
 	w.Ch = w.cli.Watch(ctx, w.key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, w.opts...)...)
@@ -78,8 +107,9 @@ const maxIdle = 4
 // next ones: a busy lock keeps its watches open instead of opening and
 // canceling one per acquisition, which costs the server (and, under
 // contention, a read to close the gap before each new watch). A watch stays
-// continuous while idle, so a reused watch needs no read at all: its user
-// skips events at or below its own read's revision. Idle watches are closed
+// continuous while idle, so a reused watch needs no read: its user skips
+// events at or below its own read's revision, unless Rev shows that another
+// user took events after that read. Idle watches are closed
 // after IdleTimeout, so a dropped recipe value leaves nothing open; when the
 // pool is full, the watch idle longest is closed. A Pool is safe for
 // concurrent use.
@@ -88,9 +118,10 @@ const maxIdle = 4
 // recipes that watch a different key each time, such as the key just ahead
 // of a waiter.
 type Pool struct {
-	cli  *clientv3.Client
-	key  string
-	opts []clientv3.OpOption
+	cli    *clientv3.Client
+	key    string
+	opts   []clientv3.OpOption
+	stream Stream
 
 	mu   sync.Mutex // protects idle
 	idle []*pooled  // longest idle first
@@ -106,11 +137,17 @@ func NewPool(cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Pool 
 	return &Pool{cli: cli, key: key, opts: opts}
 }
 
+// NewPoolOn returns a pool whose watches travel on stream st.
+func NewPoolOn(st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Pool {
+	return &Pool{cli: cli, key: key, opts: opts, stream: st}
+}
+
 // Get returns an idle watch on the pool's key, or a new one.
 func (p *Pool) Get() *Watch { return p.GetKey(p.key) }
 
 // GetKey returns an idle watch on key, or a new one. The most recently
-// returned idle watch is taken first.
+// returned idle watch is taken first. (A pool made for any key, with key
+// "", must be used through GetKey.)
 func (p *Pool) GetKey(key string) *Watch {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -125,7 +162,7 @@ func (p *Pool) GetKey(key string) *Watch {
 		}
 		// The idle timer fired and is closing this one.
 	}
-	return Start(p.cli, key, p.opts...)
+	return StartOn(p.stream, p.cli, key, p.opts...)
 }
 
 // Put gives a watch back for reuse, or stops it if it is not known good
