@@ -138,3 +138,23 @@ func TestOwnKeyGoneWithLastAhead(t *testing.T) {
 		})
 	}
 }
+
+// A lock name may be any UTF-8: nothing derived from it goes where only
+// ASCII is allowed (such as gRPC metadata).
+func TestUnicodeName(t *testing.T) {
+	name := lockName(t, "naïve", "日本")
+	ctx := ctxT(t, 10*time.Second)
+	k := newKeeper(t, newClient(t), 2*time.Second)
+	h, err := lock.New(k, name).Lock(ctx)
+	require.NoError(t, err)
+	ch := lockAsync(ctx, lock.New(k, name))
+	waitQueue(t, name, 2)
+	require.NoError(t, h.Unlock(ctx))
+	r := recv(t, ch, 5*time.Second)
+	require.NoError(t, r.err)
+	require.NoError(t, r.h.Unlock(ctx))
+	rw := lock.NewRWMutex(k, name)
+	rh, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	require.NoError(t, rh.Unlock(ctx))
+}

@@ -21,7 +21,7 @@
 // the one after reads the queue once), and to no one else; there is no herd
 // of events or reads after each release. (The readers of an RWMutex that
 // wait for the same writer all watch it, and are all granted when it goes.)
-// release. A holding is bound to the keeper's lease and offers:
+// A holding is bound to the keeper's lease and offers:
 //
 //   - Token: the create revision of its key, which strictly increases across
 //     successive holders of a lock;
@@ -97,12 +97,14 @@
 //   - Lock, lock free: one transaction (put own key + read the queue's keys,
 //     one Raft write). Without WithLockDelay the read asks for keys only,
 //     which etcd serves from its in-memory index, with no backend read per
-//     key. A watch on own key (deletions only, filtered on the server) goes
-//     out alongside it, stays open while the lock is held to learn of a
+//     key. A watch on own key (deletions only, filtered on the server) is
+//     opened before it, stays open while the lock is held to learn of a
 //     forced release or a lost key, and is then kept for the Mutex value's
 //     next acquisition (closed after 2 s unused), so a busy Mutex opens no
-//     watch per acquisition. A lock value's watches share one gRPC watch
-//     stream of their own on the client's connection, which the client
+//     watch per acquisition (an RWMutex opens one per request). A Mutex
+//     value's watches share one gRPC watch stream of their own on the
+//     client's connection (a few goroutines on the client and on the
+//     serving member while the value has watches open), which the client
 //     closes with the last of them.
 //     Hold.Revoked, when first called, adds one watch on the hold's release
 //     request key.
@@ -126,11 +128,13 @@
 //     a superset of what remains, and a member that lags is asked again
 //     with a linearizable read. Before a grant that follows an event rather
 //     than a read, the waiter makes sure its own key was not deleted first
-//     (by a revoke of its lease from outside its keeper, or by hand): own
-//     key and the keys ahead are watched on one gRPC stream of the lock
+//     (by a revoke of its lease from outside its keeper, or by hand): a
+//     Mutex's own key and keys ahead are watched on one gRPC stream of the
 //     value's own, on which etcd sends events in revision order, and a
 //     progress request makes etcd answer on every watch of the stream after
-//     all events up to its revision. Because the watches have no start
+//     all events up to its revision; an RWMutex request reads the queue
+//     instead (its readers are granted together, and a progress request
+//     per reader would be answered on every reader's watches). Because the watches have no start
 //     revision, etcd syncs them at once, instead of in the 100 ms loop that
 //     serves watches starting in the past.
 //   - TryLock: one transaction (put only if the queue is empty).

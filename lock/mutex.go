@@ -57,7 +57,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 	m.key = m.prefix + "q/" + randomID()
 	m.err = validate(k, name, &o)
 	if m.err == nil {
-		m.w = newWatches(k.Client(), m.key, m.key)
+		m.w = newWatches(k.Client(), true, m.key)
 	}
 	return m
 }
@@ -125,8 +125,8 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 // gone, and the watch stopped.
 func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leasekeeper.Lease, prefix, key, value string,
 	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
-	// The watch on own key goes out before the transaction, so that it is
-	// usually in place by the time the transaction's answer arrives.
+	// The watch on own key is opened before the transaction, so that its
+	// creation revision is normally at or below the transaction's.
 	a := newAcquisition(k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
 	err := a.enqueue(ctx, value, try)
 	if err == nil && try && len(a.t.preds) > 0 {

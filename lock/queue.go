@@ -29,9 +29,11 @@ import (
 //
 // The acquire transaction puts own key and reads the queue's keys in the same
 // revision, so the waiter knows every key ahead of it. It then watches three
-// single keys, deletions only: its own (sent before the transaction, so both
-// travel together; it learns of a lost or forced request and, once granted,
-// of a forced release), and the nearest and second nearest keys ahead. What
+// single keys, deletions only: its own (opened before the transaction, so
+// that its creation revision is normally at or below the transaction's and
+// no read is needed to close the gap; it learns of a lost or forced request
+// and, once granted, of a forced release), and the nearest and second
+// nearest keys ahead. What
 // the waiter knows ahead of it is always a superset of what is there: keys
 // older than own can only go. When a watched key goes and more than one
 // other key is known ahead, one read of the keys up to own tells which
@@ -39,7 +41,8 @@ import (
 // (usually the holder's release), the waiter reads once, off the critical
 // path, and learns that only the nearest is left; the nearest's release
 // then grants it on that one event, after confirming that own key was still
-// there (confirm: one progress request on the watches' stream, no read).
+// there (confirm: for a Mutex one progress request on the watches' stream,
+// no read).
 // etcd sends each deletion to the two waiters behind the key instead of to
 // every waiter, which under contention was most of the work the cluster did
 // per handoff.
@@ -196,6 +199,7 @@ type acquisition struct {
 	ahead     [2]*prefixwatch.Watch
 	aheadPool *prefixwatch.Pool
 	stream    prefixwatch.Stream // the stream all of them travel on
+	progress  bool               // confirm may ask for progress on stream
 	reuseKeys bool               // keys come back (Mutex): pool watches on gone keys
 	delay     time.Duration      // lock-delay
 	timeout   time.Duration      // bound of detached cleanup
@@ -215,6 +219,7 @@ func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, 
 		ownPool:   w.own,
 		aheadPool: w.ahead,
 		stream:    w.stream,
+		progress:  w.progress,
 		reuseKeys: w.own != nil,
 		delay:     delay,
 		timeout:   timeout,
@@ -230,13 +235,22 @@ func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, 
 // watches are the watch pools of one Mutex or RWMutex value, on a watch
 // stream of the value's own (see confirm).
 type watches struct {
-	own    *prefixwatch.Pool // on the value's own key; nil if it has none
-	ahead  *prefixwatch.Pool // on the keys ahead
-	stream prefixwatch.Stream
+	own      *prefixwatch.Pool // on the value's own key; nil if it has none
+	ahead    *prefixwatch.Pool // on the keys ahead
+	stream   prefixwatch.Stream
+	progress bool // confirm asks for progress on stream (else it reads)
 }
 
-func newWatches(cli *clientv3.Client, stream, ownKey string) watches {
-	w := watches{stream: prefixwatch.NewStream(stream)}
+// newWatches returns the pools of a lock value. With progress (a Mutex) they
+// travel on a stream of the value's own, for confirm; otherwise on the
+// client's shared stream.
+func newWatches(cli *clientv3.Client, progress bool, ownKey string) watches {
+	w := watches{progress: progress}
+	if progress {
+		// Named by a random ID: gRPC metadata takes printable ASCII only,
+		// and a lock name may be any UTF-8.
+		w.stream = prefixwatch.NewStream(randomID())
+	}
 	// The keys ahead go on the same stream, so that one member serves all of
 	// a request's watches: its answer to confirm's progress request is then
 	// at least as new as the deletion confirm waits for.
@@ -449,9 +463,6 @@ func (a *acquisition) wait(ctx context.Context) error {
 		if goneAt == 0 {
 			continue
 		}
-		if !a.reuseKeys {
-			w.Created = false // its key never comes back: do not pool it
-		}
 		t.applied = max(t.applied, goneAt)
 		if len(t.preds) > 2 {
 			// Keys further ahead may have gone without a word to this
@@ -504,6 +515,9 @@ func (a *acquisition) follow(ctx context.Context) (stale bool, err error) {
 // putAhead gives the i-th ahead watch back to the pool.
 func (a *acquisition) putAhead(i int) {
 	if a.ahead[i] != nil {
+		if _, ahead := a.t.preds[a.ahead[i].Key()]; !ahead && !a.reuseKeys {
+			a.ahead[i].Created = false // its key never comes back: do not pool it
+		}
 		a.aheadPool.Put(a.ahead[i])
 		a.ahead[i] = nil
 	}
@@ -531,14 +545,23 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 	if minRev <= t.seen {
 		return nil // a read at or past it showed own key
 	}
-	if err := a.cli.RequestProgress(a.stream.Context()); err != nil {
+	if !a.progress {
+		return a.refresh(ctx, minRev)
+	}
+	timer := time.NewTimer(progressWait)
+	defer timer.Stop()
+	// The request waits for the client's watch stream, which may be
+	// reconnecting: bound it like the answer, and by ctx.
+	rctx, cancel := context.WithTimeout(a.stream.Context(), progressWait)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	if err := a.cli.RequestProgress(rctx); err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
 		return a.refresh(ctx, minRev)
 	}
-	timer := time.NewTimer(progressWait)
-	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -573,9 +596,9 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 			if resp.Header.Revision >= minRev {
 				return nil
 			}
-			// The member serving own watch has not applied minRev yet (the
-			// watches ahead may be served by another): ask again.
-			if err := a.cli.RequestProgress(a.stream.Context()); err != nil {
+			// The member serving own watch has not applied minRev yet
+			// (after a watch moved to another member): ask again.
+			if err := a.cli.RequestProgress(rctx); err != nil {
 				return a.refresh(ctx, minRev)
 			}
 		}

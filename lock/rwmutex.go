@@ -52,7 +52,7 @@ func NewRWMutex(k *leasekeeper.Keeper, name string, opts ...Option) *RWMutex {
 	if rw.err == nil {
 		// Each request has a key of its own, watched for that request
 		// alone; the keys ahead are watched from a pool.
-		rw.w = newWatches(k.Client(), rw.prefix+randomID(), "")
+		rw.w = newWatches(k.Client(), false, "")
 	}
 	return rw
 }

@@ -1,0 +1,108 @@
+package prefixwatch_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/prefixwatch"
+	"github.com/concordkit/concord/testcluster"
+)
+
+var cluster *testcluster.Cluster
+
+func TestMain(m *testing.M) { testcluster.Main(m, &cluster) }
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// next returns the watch's next response, failing the test after d.
+func next(t *testing.T, w *prefixwatch.Watch, d time.Duration) clientv3.WatchResponse {
+	t.Helper()
+	select {
+	case r, ok := <-w.Ch:
+		require.True(t, ok, "watch closed")
+		return r
+	case <-time.After(d):
+		t.Fatalf("no watch response within %v", d)
+		return clientv3.WatchResponse{}
+	}
+}
+
+// A pool hands a watch given back to the next caller for the same key, and
+// a new watch for another key; when full it closes the watch idle longest.
+func TestPoolReuseByKey(t *testing.T) {
+	cli := cluster.Client()
+	p := prefixwatch.NewPool(cli, "", clientv3.WithFilterPut())
+	a := p.GetKey("/test/prefixwatch/a")
+	require.True(t, next(t, a, 5*time.Second).Created)
+	a.Created = true
+	p.Put(a)
+	require.Same(t, a, p.GetKey("/test/prefixwatch/a"), "the idle watch on the key is reused")
+	b := p.GetKey("/test/prefixwatch/b")
+	require.NotSame(t, a, b, "another key gets its own watch")
+	b.Stop()
+
+	// A watch not known good is stopped, not kept.
+	p.Put(b)
+	require.NotSame(t, b, p.GetKey("/test/prefixwatch/b"))
+
+	// Fill the pool past its bound: the first watch given back is closed.
+	ws := []*prefixwatch.Watch{a}
+	for _, k := range []string{"c", "d", "e", "f"} {
+		w := p.GetKey("/test/prefixwatch/" + k)
+		require.True(t, next(t, w, 5*time.Second).Created)
+		ws = append(ws, w)
+	}
+	for _, w := range ws {
+		w.Created = true
+		p.Put(w)
+	}
+	for {
+		r, ok := <-a.Ch
+		if !ok || r.Canceled || r.Err() != nil {
+			break // closed by the pool
+		}
+	}
+	require.NotSame(t, a, p.GetKey("/test/prefixwatch/a"), "the evicted watch is not handed out")
+}
+
+// A progress request on a stream of its own is answered on each of its
+// watches after the events up to the answer's revision.
+func TestStreamProgress(t *testing.T) {
+	ctx := ctxT(t, 10*time.Second)
+	cli := cluster.Client()
+	st := prefixwatch.NewStream("test-progress")
+	key := "/test/prefixwatch/progress"
+	w := prefixwatch.StartOn(st, cli, key)
+	t.Cleanup(w.Stop)
+	require.True(t, next(t, w, 5*time.Second).Created)
+
+	resp, err := cli.Put(ctx, key, "v")
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = cli.Delete(context.Background(), key) })
+	// The member serving the watch may not have applied the put yet: ask
+	// until an answer covers it, which must come after the put's event.
+	sawPut := false
+	for {
+		require.NoError(t, cli.RequestProgress(st.Context()))
+		r := next(t, w, 5*time.Second)
+		for !r.IsProgressNotify() {
+			require.Len(t, r.Events, 1)
+			require.Equal(t, resp.Header.Revision, r.Events[0].Kv.ModRevision)
+			sawPut = true
+			r = next(t, w, 5*time.Second)
+		}
+		if r.Header.Revision >= resp.Header.Revision {
+			require.True(t, sawPut, "a progress answer at or past the put came before its event")
+			return
+		}
+	}
+}
