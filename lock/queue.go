@@ -33,19 +33,17 @@ import (
 // that its creation revision is normally at or below the transaction's and
 // no read is needed to close the gap; it learns of a lost or forced request
 // and, once granted, of a forced release), and the nearest and second
-// nearest keys ahead. What
-// the waiter knows ahead of it is always a superset of what is there: keys
-// older than own can only go. When a watched key goes and more than one
-// other key is known ahead, one read of the keys up to own tells which
-// remain; with one other, that one is next. So when the second nearest goes
-// (usually the holder's release), the waiter reads once, off the critical
-// path, and learns that only the nearest is left; the nearest's release
-// then grants it on that one event, after confirming that own key was still
-// there (confirm: for a Mutex one progress request on the watches' stream,
-// no read).
-// etcd sends each deletion to the two waiters behind the key instead of to
-// every waiter, which under contention was most of the work the cluster did
-// per handoff.
+// nearest keys ahead. What the waiter knows ahead of it is always a superset
+// of what is there: keys older than own can only go. When a watched key goes
+// and more than one other key is known ahead, one read of the keys up to own
+// tells which remain; with one other, that one is next. So when the second
+// nearest goes (usually the holder's release), the waiter reads once, off
+// the critical path, and learns that only the nearest is left; the nearest's
+// release then grants it on that one event, after confirming that own key
+// was still there (confirm: for a Mutex one progress request on the watches'
+// stream, no read). etcd sends each deletion to the two waiters behind the
+// key instead of to every waiter, which under contention was most of the
+// work the cluster did per handoff.
 //
 // The watches have no start revision, so etcd syncs them at once, and they
 // are pooled per lock value: under steady contention the keys ahead of a
