@@ -95,8 +95,9 @@ type turn struct {
 	// watch without a read after it: a later read must be at least as new.
 	applied int64
 	preds   map[string]pred
-	// gone are the keys that were still ahead at the last read before the
-	// queue emptied, for lock-delay: one of them was the last holder.
+	// gone are the keys seen to go, or found gone by a read, since the last
+	// read that still showed keys ahead, for lock-delay: one of them was the
+	// last holder.
 	gone []pred
 	// emptied is set when the last key ahead went while own waited.
 	emptied bool
@@ -472,10 +473,10 @@ func (a *acquisition) wait(ctx context.Context) error {
 		}
 		// What is left ahead is known without a read: the map holds every
 		// key that can still be ahead.
-		gone := t.preds[w.Key()]
+		t.gone = append(t.gone, t.preds[w.Key()])
 		delete(t.preds, w.Key())
 		if len(t.preds) == 0 {
-			t.gone, t.emptied = []pred{gone}, true
+			t.emptied = true
 			if err := a.confirm(ctx, goneAt); err != nil {
 				return err
 			}
@@ -638,10 +639,11 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 			}
 			switch {
 			case len(t.preds) > 0:
+				t.gone = nil // the last holder is still ahead
 			case len(before) > 0:
-				t.gone, t.emptied = before, true // the rest went unseen
+				t.gone, t.emptied = append(gone, before...), true // the rest went unseen
 			default:
-				t.gone, t.emptied = gone, emptied // as the watch told
+				t.gone, t.emptied = gone, emptied // as the watches told
 			}
 			return nil
 		case err == nil:
