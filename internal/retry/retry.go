@@ -38,10 +38,19 @@ func Retriable(err error) bool {
 		switch s.Code() {
 		case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
 			return true
+		case codes.Unknown:
+			// A member being stopped fails the proposals it was still
+			// holding with Raft's own error, which etcd does not translate;
+			// like a timeout, the outcome is unknown and another member
+			// can serve the retry.
+			return s.Message() == raftStopped
 		}
 	}
 	return false
 }
+
+// raftStopped is the text of go.etcd.io/raft/v3's ErrStopped.
+const raftStopped = "raft: stopped"
 
 // Backoff doubles a delay from Min up to Max.
 type Backoff struct {

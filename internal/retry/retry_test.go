@@ -23,6 +23,8 @@ func TestRetriable(t *testing.T) {
 		{rpctypes.ErrNoLeader, true},
 		{fmt.Errorf("wrapped: %w", rpctypes.ErrTimeoutDueToLeaderFail), true},
 		{status.Error(codes.Unavailable, "connection refused"), true},
+		{status.Error(codes.Unknown, "raft: stopped"), true},
+		{status.Error(codes.Unknown, "something else"), false},
 		{rpctypes.ErrPermissionDenied, false},
 		{rpctypes.ErrTooManyOps, false},
 		{errors.New("something else"), false},
