@@ -140,7 +140,7 @@
 //   - TryLock: one transaction (put only if the queue is empty).
 //   - Unlock: one transaction (delete own key and any release request).
 //   - RequestRelease, ForceRelease: one read and one transaction.
-//   - Inspect: one read.
+//   - Inspect, InspectRWMutex: one read.
 //   - Lock-delay: one LeaseTimeToLive read per lease of the keys that were
 //     ahead at the last read when the queue ahead empties (a delay follows
 //     if any of them is gone: the holder's, or that of a waiter that lost

@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -26,8 +27,11 @@ type Entry struct {
 
 // Info is a snapshot of a lock's queue.
 type Info struct {
-	Holder   *Entry  // nil when the lock is free
-	Waiters  []Entry // in the order they will be granted
+	Holder *Entry // nil when the lock is free; the first of Holders
+	// Holders are all who hold the lock: one for a Mutex; for an RWMutex
+	// its writer, or the readers that asked before the first writer.
+	Holders  []Entry
+	Waiters  []Entry // in the order they asked
 	Revision int64   // etcd revision of the snapshot
 }
 
@@ -48,12 +52,58 @@ func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, err
 			return nil, err
 		}
 		if i == 0 {
-			info.Holder = &e
+			info.Holders = []Entry{e}
 		} else {
 			info.Waiters = append(info.Waiters, e)
 		}
 	}
+	info.setHolder()
 	return info, nil
+}
+
+// InspectRWMutex reads the queue of the RWMutex named name in one
+// linearizable read: its holders (the writer, or the readers that asked
+// before the first writer) and the waiters in the order they asked. It
+// writes nothing.
+func InspectRWMutex(ctx context.Context, cli *clientv3.Client, name string) (*Info, error) {
+	if err := names.Validate("lock", name); err != nil {
+		return nil, err
+	}
+	queue := names.Prefix(name, "rwlock") + "q/"
+	kvs, rev, err := readQueue(ctx, cli, queue)
+	if err != nil {
+		return nil, err
+	}
+	info := &Info{Revision: rev}
+	writerAhead := false
+	for i, kv := range kvs {
+		e, err := entryOf(kv)
+		if err != nil {
+			return nil, err
+		}
+		switch rest := strings.TrimPrefix(e.Key, queue); {
+		case strings.HasPrefix(rest, "r"):
+			e.Reader = true
+		case strings.HasPrefix(rest, "w"):
+		default:
+			return nil, fmt.Errorf("%w: key %s is no request of an RWMutex", ErrCorrupt, e.Key)
+		}
+		switch {
+		case e.Reader && !writerAhead, i == 0:
+			info.Holders = append(info.Holders, e)
+		default:
+			info.Waiters = append(info.Waiters, e)
+		}
+		writerAhead = writerAhead || !e.Reader
+	}
+	info.setHolder()
+	return info, nil
+}
+
+func (info *Info) setHolder() {
+	if len(info.Holders) > 0 {
+		info.Holder = &info.Holders[0]
+	}
 }
 
 func readQueue(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvccpb.KeyValue, int64, error) {

@@ -612,6 +612,8 @@ func TestInspect(t *testing.T) {
 	info, err = lock.Inspect(ctx, cluster.Client(), name)
 	require.NoError(t, err)
 	require.Equal(t, "a", info.Holder.Value)
+	require.Len(t, info.Holders, 1)
+	require.False(t, info.Holder.Reader)
 	var vals []string
 	var toks []int64
 	for _, w := range info.Waiters {

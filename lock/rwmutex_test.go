@@ -263,3 +263,60 @@ func requireFenced(t *testing.T, ctx context.Context, h *lock.Hold) {
 	require.NoError(t, err)
 	require.Empty(t, resp.Kvs)
 }
+
+// InspectRWMutex shows the readers sharing the lock as holders, and the
+// writer and later reader waiting behind them in order.
+func TestInspectRWMutex(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 20*time.Second)
+	k := newKeeper(t, cluster.Client(), 2*time.Second)
+	rw := lock.NewRWMutex(k, name, lock.WithValue("v"))
+	info, err := lock.InspectRWMutex(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Nil(t, info.Holder)
+	require.Empty(t, info.Holders)
+
+	r1, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	r2, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	w := rlockAsync(ctx, rw, false)
+	waitRW(t, name, 3)
+	r3 := rlockAsync(ctx, rw, true)
+	waitRW(t, name, 4)
+
+	info, err = lock.InspectRWMutex(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Len(t, info.Holders, 2)
+	require.Equal(t, r1.Token(), info.Holder.Token)
+	require.Equal(t, []int64{r1.Token(), r2.Token()}, []int64{info.Holders[0].Token, info.Holders[1].Token})
+	require.True(t, info.Holders[0].Reader && info.Holders[1].Reader)
+	require.Len(t, info.Waiters, 2)
+	require.False(t, info.Waiters[0].Reader, "the writer waits first")
+	require.True(t, info.Waiters[1].Reader)
+	require.Equal(t, "v", info.Waiters[0].Value)
+
+	require.NoError(t, r1.Unlock(ctx))
+	require.NoError(t, r2.Unlock(ctx))
+	rw1 := recv(t, w, 5*time.Second)
+	require.NoError(t, rw1.err)
+	info, err = lock.InspectRWMutex(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Len(t, info.Holders, 1, "a writer holds alone")
+	require.False(t, info.Holder.Reader)
+	require.Equal(t, rw1.h.Token(), info.Holder.Token)
+	require.Len(t, info.Waiters, 1)
+	require.NoError(t, rw1.h.Unlock(ctx))
+	rr := recv(t, r3, 5*time.Second)
+	require.NoError(t, rr.err)
+	require.NoError(t, rr.h.Unlock(ctx))
+
+	// A key of another shape under the queue is an error, not a panic.
+	foreign := name + "/.rwlock/q/"
+	_, err = cluster.Admin().Put(ctx, foreign, "c1:1:x")
+	require.NoError(t, err)
+	_, err = lock.InspectRWMutex(ctx, cluster.Client(), name)
+	require.ErrorIs(t, err, lock.ErrCorrupt)
+	_, err = cluster.Admin().Delete(ctx, foreign)
+	require.NoError(t, err)
+}
