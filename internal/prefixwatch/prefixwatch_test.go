@@ -65,10 +65,13 @@ func TestPoolReuseByKey(t *testing.T) {
 		w.Created = true
 		p.Put(w)
 	}
-	for {
-		r, ok := <-a.Ch
-		if !ok || r.Canceled || r.Err() != nil {
-			break // closed by the pool
+	deadline := time.After(5 * time.Second)
+	for closed := false; !closed; {
+		select {
+		case r, ok := <-a.Ch:
+			closed = !ok || r.Canceled || r.Err() != nil // closed by the pool
+		case <-deadline:
+			t.Fatal("the pool did not close the watch idle longest")
 		}
 	}
 	require.NotSame(t, a, p.GetKey("/test/prefixwatch/a"), "the evicted watch is not handed out")
