@@ -86,6 +86,7 @@
 //	N/.lock/release/<token>    a release request ("request" or "force"),
 //	                           attached to the holder's lease
 //	N/.rwlock/q/r<id>, w<id>   one per RLock / Lock of an RWMutex
+//	N/.rwlock/release/<token>  as for a Mutex, one per holder asked
 //
 // A Mutex value reuses its <id> key for every acquisition: each put after a
 // delete gets a new create revision, so tokens stay unique, while the queue
@@ -140,6 +141,8 @@
 //   - TryLock: one transaction (put only if the queue is empty).
 //   - Unlock: one transaction (delete own key and any release request).
 //   - RequestRelease, ForceRelease: one read and one transaction.
+//     RequestReleaseRWMutex, ForceReleaseRWMutex: one read of the queue and
+//     one transaction per 32 holders (an RWMutex may have many readers).
 //   - Inspect, InspectRWMutex: one read.
 //   - Lock-delay: one LeaseTimeToLive read per lease of the keys that were
 //     ahead at the last read when the queue ahead empties (a delay follows

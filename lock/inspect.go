@@ -3,7 +3,6 @@ package lock
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -81,12 +80,8 @@ func InspectRWMutex(ctx context.Context, cli *clientv3.Client, name string) (*In
 		if err != nil {
 			return nil, err
 		}
-		switch rest := strings.TrimPrefix(e.Key, queue); {
-		case strings.HasPrefix(rest, "r"):
-			e.Reader = true
-		case strings.HasPrefix(rest, "w"):
-		default:
-			return nil, fmt.Errorf("%w: key %s is no request of an RWMutex", ErrCorrupt, e.Key)
+		if e.Reader, err = rwReader(queue, e.Key); err != nil {
+			return nil, err
 		}
 		switch {
 		case e.Reader && !writerAhead, i == 0:

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -20,7 +22,11 @@ import (
 //
 // Cost: one read and one transaction.
 func RequestRelease(ctx context.Context, cli *clientv3.Client, name string) (int64, error) {
-	return release(ctx, cli, name, false)
+	toks, err := release(ctx, cli, name, "lock", mutexHolder, false)
+	if err != nil {
+		return 0, err
+	}
+	return toks[0], nil
 }
 
 // ForceRelease takes the Mutex named name away from its current holder: it
@@ -32,46 +38,162 @@ func RequestRelease(ctx context.Context, cli *clientv3.Client, name string) (int
 // go on believing it holds until its lease is lost; only fenced writes
 // (Guard, tokens) are safe from it. Cost: one read and one transaction.
 func ForceRelease(ctx context.Context, cli *clientv3.Client, name string) (int64, error) {
-	return release(ctx, cli, name, true)
-}
-
-func release(ctx context.Context, cli *clientv3.Client, name string, force bool) (int64, error) {
-	if err := names.Validate("lock", name); err != nil {
+	toks, err := release(ctx, cli, name, "lock", mutexHolder, true)
+	if err != nil {
 		return 0, err
 	}
-	prefix := names.Prefix(name, "lock")
-	for {
-		resp, err := cli.Get(ctx, prefix+"q/", clientv3.WithPrefix(),
-			clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
+	return toks[0], nil
+}
+
+// RequestReleaseRWMutex asks every current holder of the RWMutex named name
+// (its writer, or the readers that asked before the first writer) to
+// release it, as RequestRelease does for a Mutex. It returns the holders'
+// tokens in queue order, or ErrNotHeld.
+//
+// Cost: one read of the queue, and one transaction per 32 holders.
+func RequestReleaseRWMutex(ctx context.Context, cli *clientv3.Client, name string) ([]int64, error) {
+	return release(ctx, cli, name, "rwlock", rwHolders, false)
+}
+
+// ForceReleaseRWMutex takes the RWMutex named name away from every current
+// holder, as ForceRelease does for a Mutex: their keys are deleted, their
+// contexts canceled with ErrRevoked, and the requests behind them are
+// granted in turn. Only those that held at the read are taken: a writer that
+// was waiting behind forced readers is granted, not forced too. It returns
+// the tokens taken, in queue order, or ErrNotHeld.
+//
+// Cost: one read of the queue, and one transaction per 32 holders.
+func ForceReleaseRWMutex(ctx context.Context, cli *clientv3.Client, name string) ([]int64, error) {
+	return release(ctx, cli, name, "rwlock", rwHolders, true)
+}
+
+// releaseBatch bounds the holders released in one transaction: each costs
+// one comparison and up to two operations, within etcd's default limit of
+// 128 operations per transaction.
+const releaseBatch = 32
+
+// mutexHolder reads a Mutex's holder: the oldest key of its queue.
+func mutexHolder(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvccpb.KeyValue, error) {
+	resp, err := cli.Get(ctx, queue, clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
+	if err != nil {
+		return nil, fmt.Errorf("lock: read holder: %w", err)
+	}
+	return resp.Kvs, nil
+}
+
+// rwHolders reads an RWMutex's holders: its oldest request if that is a
+// writer's, else the readers before the first writer.
+func rwHolders(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvccpb.KeyValue, error) {
+	kvs, _, err := readQueue(ctx, cli, queue)
+	if err != nil {
+		return nil, err
+	}
+	for i, kv := range kvs {
+		reader, err := rwReader(queue, string(kv.Key))
 		if err != nil {
-			return 0, fmt.Errorf("lock: read holder: %w", err)
+			return nil, err
 		}
-		if len(resp.Kvs) == 0 {
-			return 0, ErrNotHeld
+		if !reader {
+			return kvs[:max(i, 1)], nil
 		}
-		holder := resp.Kvs[0]
-		key, token := string(holder.Key), holder.CreateRevision
-		value := releaseRequest
-		ops := []clientv3.Op{}
-		if force {
-			value = releaseForce
+	}
+	return kvs, nil
+}
+
+// rwReader tells a reader's request from a writer's by its key.
+func rwReader(queue, key string) (bool, error) {
+	rest := key[len(queue):]
+	switch {
+	case len(rest) > 1 && rest[0] == 'r':
+		return true, nil
+	case len(rest) > 1 && rest[0] == 'w':
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: key %s is no request of an RWMutex", ErrCorrupt, key)
+}
+
+// release writes a release request for each holder that holders reads, and
+// with force deletes their keys in the same transaction. The holders are
+// fixed by the first read that finds any: a transaction that fails because
+// one of them went is retried for those still there, and only if none of
+// them is left and none was released does it look for new holders.
+func release(ctx context.Context, cli *clientv3.Client, name, kind string,
+	holders func(context.Context, *clientv3.Client, string) ([]*mvccpb.KeyValue, error), force bool) ([]int64, error) {
+	if err := names.Validate("lock", name); err != nil {
+		return nil, err
+	}
+	prefix := names.Prefix(name, kind)
+	var targets map[int64]bool // tokens of the holders at the first read
+	var done []int64
+	for {
+		kvs, err := holders(ctx, cli, prefix+"q/")
+		if err != nil {
+			return nil, err
 		}
+		if targets != nil {
+			kvs = slices.DeleteFunc(kvs, func(kv *mvccpb.KeyValue) bool {
+				return !targets[kv.CreateRevision] || slices.Contains(done, kv.CreateRevision)
+			})
+			if len(kvs) == 0 && len(done) > 0 {
+				slices.Sort(done)
+				return done, nil
+			}
+		}
+		if len(kvs) == 0 {
+			if targets != nil {
+				targets = nil // every holder went on its own: look afresh
+				continue
+			}
+			return nil, ErrNotHeld
+		}
+		if targets == nil {
+			targets = make(map[int64]bool, len(kvs))
+			for _, kv := range kvs {
+				targets[kv.CreateRevision] = true
+			}
+		}
+		batch := kvs[:min(len(kvs), releaseBatch)]
+		ok, err := releaseHolders(ctx, cli, prefix, batch, force)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			for _, kv := range batch {
+				done = append(done, kv.CreateRevision)
+			}
+		}
+		// Read again: for the rest of the holders, or because one of the
+		// batch went between the read and the write.
+	}
+}
+
+// releaseHolders writes the release requests of one batch of holders, and
+// deletes their keys with force, only if all of them still hold. A holder's
+// lease that just went reports as a failed comparison: its keys went with it.
+func releaseHolders(ctx context.Context, cli *clientv3.Client, prefix string, batch []*mvccpb.KeyValue, force bool) (bool, error) {
+	value := releaseRequest
+	if force {
+		value = releaseForce
+	}
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for _, kv := range batch {
+		cmps = append(cmps, guard.Held(string(kv.Key), kv.CreateRevision)...)
 		// The request lives on the holder's lease, so it never outlives
 		// the holder; a forced release writes it in the same revision as
 		// the delete, which tells the holder why its key went.
-		ops = append(ops, clientv3.OpPut(releaseKey(prefix, token), value, clientv3.WithLease(clientv3.LeaseID(holder.Lease))))
+		ops = append(ops, clientv3.OpPut(releaseKey(prefix, kv.CreateRevision), value, clientv3.WithLease(clientv3.LeaseID(kv.Lease))))
 		if force {
-			ops = append(ops, clientv3.OpDelete(key))
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)))
 		}
-		tresp, err := cli.Txn(ctx).If(guard.Held(key, token)...).Then(ops...).Commit()
-		switch {
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			continue // the holder's lease just went; look again
-		case err != nil:
-			return 0, fmt.Errorf("lock: release request: %w", err)
-		case !tresp.Succeeded:
-			continue // the holder changed between the read and the write
-		}
-		return token, nil
 	}
+	resp, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("lock: release request: %w", err)
+	}
+	return resp.Succeeded, nil
 }

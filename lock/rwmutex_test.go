@@ -320,3 +320,126 @@ func TestInspectRWMutex(t *testing.T) {
 	_, err = cluster.Admin().Delete(ctx, foreign)
 	require.NoError(t, err)
 }
+
+func revokedSoon(t testing.TB, h *lock.Hold) {
+	t.Helper()
+	select {
+	case <-h.Revoked():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Revoked did not fire for token %d", h.Token())
+	}
+}
+
+func lostSoon(t testing.TB, h *lock.Hold) {
+	t.Helper()
+	select {
+	case <-h.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the forced holder %d's context was not canceled", h.Token())
+	}
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+}
+
+// Release requests and forced releases reach every holder of an RWMutex:
+// all readers that share it, or its writer. A writer that waited behind
+// forced readers is granted, not forced along with them.
+func TestRWMutexRevocation(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	cli := cluster.Client()
+	_, err := lock.RequestReleaseRWMutex(ctx, cli, name)
+	require.ErrorIs(t, err, lock.ErrNotHeld)
+	_, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+	require.ErrorIs(t, err, lock.ErrNotHeld)
+	_, err = lock.ForceReleaseRWMutex(ctx, cli, "")
+	require.ErrorContains(t, err, "lock:")
+
+	k1 := newKeeper(t, newClient(t), 2*time.Second)
+	k2 := newKeeper(t, newClient(t), 2*time.Second)
+	rw1, rw2 := lock.NewRWMutex(k1, name), lock.NewRWMutex(k2, name)
+	r1, err := rw1.RLock(ctx)
+	require.NoError(t, err)
+	r2, err := rw2.RLock(ctx)
+	require.NoError(t, err)
+	w := rlockAsync(ctx, rw2, false)
+	waitRW(t, name, 3)
+
+	toks, err := lock.RequestReleaseRWMutex(ctx, cli, name)
+	require.NoError(t, err)
+	require.Equal(t, []int64{r1.Token(), r2.Token()}, toks)
+	revokedSoon(t, r1)
+	revokedSoon(t, r2)
+	require.NoError(t, r1.Context().Err(), "a request alone does not end the hold")
+	notYet(t, w)
+
+	toks, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+	require.NoError(t, err)
+	require.Equal(t, []int64{r1.Token(), r2.Token()}, toks)
+	wr := recv(t, w, 5*time.Second)
+	require.NoError(t, wr.err)
+	lostSoon(t, r1)
+	lostSoon(t, r2)
+	resp, err := cli.Txn(ctx).If(r1.Guard()...).Then(clientv3.OpPut(name+"/data", "x")).Commit()
+	require.NoError(t, err)
+	require.False(t, resp.Succeeded, "a forced reader's guarded write succeeded")
+	require.NoError(t, wr.h.Context().Err(), "the writer behind the readers was forced too")
+	select {
+	case <-wr.h.Revoked():
+		t.Fatal("the writer behind the readers got their release request")
+	default:
+	}
+
+	// A reader that comes after the writer waits; forcing the writer
+	// takes the writer alone and grants that reader.
+	r3 := rlockAsync(ctx, rw1, true)
+	waitRW(t, name, 2)
+	toks, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+	require.NoError(t, err)
+	require.Equal(t, []int64{wr.h.Token()}, toks)
+	lostSoon(t, wr.h)
+	rr := recv(t, r3, 5*time.Second)
+	require.NoError(t, rr.err)
+	require.NoError(t, rr.h.Context().Err())
+
+	for _, h := range []*lock.Hold{r1, r2, wr.h, rr.h} {
+		require.NoError(t, h.Unlock(ctx)) // tidies the force markers
+	}
+	requireNoKeys(t, name)
+
+	// A key of another shape under the queue is reported, and nothing is
+	// written.
+	foreign := name + "/.rwlock/q/x"
+	_, err = cluster.Admin().Put(ctx, foreign, "c1:1:x")
+	require.NoError(t, err)
+	_, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+	require.ErrorIs(t, err, lock.ErrCorrupt)
+	_, err = cluster.Admin().Delete(ctx, foreign)
+	require.NoError(t, err)
+	requireNoKeys(t, name)
+}
+
+// A forced release of more readers than fit one transaction takes them all,
+// in batches.
+func TestRWMutexForceManyReaders(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	k := newKeeper(t, newClient(t), 2*time.Second)
+	rw := lock.NewRWMutex(k, name)
+	var holds []*lock.Hold
+	var want []int64
+	for range 70 {
+		h, err := rw.RLock(ctx)
+		require.NoError(t, err)
+		holds = append(holds, h)
+		want = append(want, h.Token())
+	}
+	toks, err := lock.ForceReleaseRWMutex(ctx, cluster.Client(), name)
+	require.NoError(t, err)
+	require.Equal(t, want, toks)
+	for _, h := range holds {
+		lostSoon(t, h)
+		require.NoError(t, h.Unlock(ctx))
+	}
+	requireNoKeys(t, name)
+}
