@@ -158,3 +158,71 @@ func TestUnicodeName(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, rh.Unlock(ctx))
 }
+
+// An unlock touches the key of the next waiter, as the holder's last read
+// saw it, in the same revision as its delete: the waiter takes the touch as
+// proof its key stood. A touch never writes a key that went in between.
+func TestUnlockTouchesNext(t *testing.T) {
+	for _, nextLeaves := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nextLeaves=%v", nextLeaves), func(t *testing.T) {
+			name := lockName(t)
+			ctx := ctxT(t, 30*time.Second)
+			mutex := func() *lock.Mutex { return lock.New(newKeeper(t, newClient(t), 2*time.Second), name) }
+			hA, err := mutex().Lock(ctx)
+			require.NoError(t, err)
+			// Queue: A (holder), P, Q, B, C. B watches Q and P and knows A
+			// too, so a departure ahead makes it read the queue, and learn
+			// C behind it.
+			var chs []<-chan lockResult
+			cctx, cancelC := context.WithCancel(ctx)
+			defer cancelC()
+			for i := range 4 {
+				lctx := ctx
+				if i == 3 {
+					lctx = cctx
+				}
+				chs = append(chs, lockAsync(lctx, mutex()))
+				waitQueue(t, name, i+2)
+			}
+			info, err := lock.Inspect(ctx, cluster.Client(), name)
+			require.NoError(t, err)
+			keyC := info.Waiters[3].Key
+			require.NoError(t, hA.Unlock(ctx))
+			var hB *lock.Hold
+			for i := range 3 {
+				r := recv(t, chs[i], 5*time.Second)
+				require.NoError(t, r.err)
+				if i == 2 {
+					hB = r.h
+				} else {
+					require.NoError(t, r.h.Unlock(ctx))
+				}
+			}
+			version := func() int64 {
+				resp, err := cluster.Admin().Get(ctx, keyC)
+				require.NoError(t, err)
+				if len(resp.Kvs) == 0 {
+					return 0
+				}
+				return resp.Kvs[0].Version
+			}
+			require.EqualValues(t, 1, version(), "C was written before B unlocked")
+			if nextLeaves {
+				cancelC()
+				r := recv(t, chs[3], 5*time.Second)
+				require.Error(t, r.err)
+				waitQueue(t, name, 1)
+				require.NoError(t, hB.Unlock(ctx), "an unlock whose next went in between")
+				require.Zero(t, version(), "the touch brought a gone key back")
+				requireNoKeys(t, name)
+				return
+			}
+			require.NoError(t, hB.Unlock(ctx))
+			r := recv(t, chs[3], 5*time.Second)
+			require.NoError(t, r.err)
+			require.EqualValues(t, 2, version(), "B's unlock did not touch C")
+			require.NoError(t, r.h.Unlock(ctx))
+			requireNoKeys(t, name)
+		})
+	}
+}

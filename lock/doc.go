@@ -88,6 +88,10 @@
 //	N/.rwlock/q/r<id>, w<id>   one per RLock / Lock of an RWMutex
 //	N/.rwlock/release/<token>  as for a Mutex, one per holder asked
 //
+// The unlock of the key ahead may put a waiting Mutex key again, value and
+// lease unchanged (a touch, see below), so its version and mod revision
+// move; its create revision, the token, does not.
+//
 // A Mutex value reuses its <id> key for every acquisition: each put after a
 // delete gets a new create revision, so tokens stay unique, while the queue
 // does not accumulate one tombstone per acquisition (every range over the
@@ -113,10 +117,11 @@
 //     and second nearest keys ahead (deletions only), pooled like the one on
 //     own key: under steady contention the keys ahead of a Mutex value are
 //     the same from one acquisition to the next, so they are reused. When
-//     the second nearest goes, one read of the queue's keys up to own tells
-//     what is left ahead: usually only the nearest, which is then the
-//     holder, so its release grants own on that one event plus one progress
-//     request on the open watch stream (below), with no read on the way.
+//     the second nearest goes, one read of the queue's keys tells what is
+//     left ahead: usually only the nearest, which is then the holder, so its
+//     release grants own on that one event, with no read on the way. (A
+//     Mutex's read takes the keys behind own too, to learn the next waiter,
+//     whose key its unlock will touch: see below.)
 //     Why it is correct: the transaction's read shows every key ahead of own
 //     key at its revision; keys older than own can only go, never come, so
 //     what a waiter knows is always a superset of what is still ahead, and
@@ -129,17 +134,26 @@
 //     a superset of what remains, and a member that lags is asked again
 //     with a linearizable read. Before a grant that follows an event rather
 //     than a read, the waiter makes sure its own key was not deleted first
-//     (by a revoke of its lease from outside its keeper, or by hand): a
-//     Mutex's own key and keys ahead are watched on one gRPC stream of the
-//     value's own, on which etcd sends events in revision order, and a
-//     progress request makes etcd answer on every watch of the stream after
-//     all events up to its revision; an RWMutex request reads the queue
-//     instead (its readers are granted together, and a progress request
-//     per reader would be answered on every reader's watches). Because the watches have no start
-//     revision, etcd syncs them at once, instead of in the 100 ms loop that
-//     serves watches starting in the past.
+//     (by a revoke of its lease from outside its keeper, or by hand). A
+//     Mutex's unlock touches the key of the next waiter, as its last read
+//     saw it: in the same transaction as its delete, and only if that key
+//     is still the same incarnation, it puts the key again with its value
+//     and lease unchanged. That put reaches the next waiter on the watch of
+//     its own key and proves the key stood at the revision that grants it,
+//     so under steady contention a grant costs no round trip at all.
+//     Without a touch (the key ahead was lost or forced, or had not read
+//     the queue behind it), a progress request settles it: a Mutex's own
+//     key and keys ahead are watched on one gRPC stream of the value's own,
+//     on which etcd sends events in revision order, and a progress request
+//     makes etcd answer on every watch of the stream after all events up to
+//     its revision. An RWMutex request reads the queue instead (its readers
+//     are granted together, and a progress request per reader would be
+//     answered on every reader's watches). Because the watches have no
+//     start revision, etcd syncs them at once, instead of in the 100 ms
+//     loop that serves watches starting in the past.
 //   - TryLock: one transaction (put only if the queue is empty).
-//   - Unlock: one transaction (delete own key and any release request).
+//   - Unlock: one transaction (delete own key and any release request, and
+//     touch the next waiter's key).
 //   - RequestRelease, ForceRelease: one read and one transaction.
 //     RequestReleaseRWMutex, ForceReleaseRWMutex: one read of the queue and
 //     one transaction per 32 holders (an RWMutex may have many readers).

@@ -33,6 +33,10 @@ type Hold struct {
 	tel    *telemetry
 	start  time.Time
 	expire time.Duration // bound of the detached unlock
+	// next is the key behind this one as the last read while waiting saw
+	// it, with its create revision; Unlock touches it (touchNext).
+	next    string
+	nextRev int64
 
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
@@ -199,9 +203,13 @@ func (h *Hold) deleteKey(ctx context.Context) error {
 		// The release request, if any, goes in the same transaction; when
 		// the key is no longer ours (lost, forced) only the request is left
 		// to tidy.
+		then := []clientv3.Op{clientv3.OpDelete(h.key), clientv3.OpDelete(rel)}
+		if h.next != "" {
+			then = append(then, touchNext(h.next, h.nextRev))
+		}
 		_, err := h.cli.Txn(cctx).
 			If(guard.Held(h.key, h.token)...).
-			Then(clientv3.OpDelete(h.key), clientv3.OpDelete(rel)).
+			Then(then...).
 			Else(clientv3.OpDelete(rel)).
 			Commit()
 		if err == nil {
@@ -214,6 +222,22 @@ func (h *Hold) deleteKey(ctx context.Context) error {
 			return fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, werr, err)
 		}
 	}
+}
+
+// touchNext is the part of an unlock that serves the key behind (as the
+// holder's last read while waiting saw it): if that key is still the same
+// incarnation, it is put again, value and lease unchanged, in the same
+// revision as the delete. The put reaches its waiter on the watch of its own
+// key and proves the key stood at the revision that grants it, which spares
+// the waiter the progress request that would confirm it (see confirm). A
+// touch proves only that the key stood; so a touch of a key that is not the
+// next after all, or of one that went (the comparison fails, and nothing is
+// written), costs nothing but the waiter's usual confirm.
+func touchNext(key string, rev int64) clientv3.Op {
+	return clientv3.OpTxn(
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)},
+		[]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithIgnoreValue(), clientv3.WithIgnoreLease())},
+		nil)
 }
 
 func (h *Hold) unlockMulti(ctx context.Context) error {
@@ -250,6 +274,8 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 		tel:         tel,
 		start:       time.Now(),
 		expire:      a.timeout,
+		next:        a.t.next,
+		nextRev:     a.t.nextRev,
 		ctx:         ctx,
 		cancel:      cancel,
 		stopMonitor: stopMonitor,

@@ -29,21 +29,22 @@ import (
 //
 // The acquire transaction puts own key and reads the queue's keys in the same
 // revision, so the waiter knows every key ahead of it. It then watches three
-// single keys, deletions only: its own (opened before the transaction, so
-// that its creation revision is normally at or below the transaction's and
-// no read is needed to close the gap; it learns of a lost or forced request
-// and, once granted, of a forced release), and the nearest and second
-// nearest keys ahead. What the waiter knows ahead of it is always a superset
-// of what is there: keys older than own can only go. When a watched key goes
-// and more than one other key is known ahead, one read of the keys up to own
-// tells which remain; with one other, that one is next. So when the second
-// nearest goes (usually the holder's release), the waiter reads once, off
-// the critical path, and learns that only the nearest is left; the nearest's
-// release then grants it on that one event, after confirming that own key
-// was still there (confirm: for a Mutex one progress request on the watches'
-// stream, no read). etcd sends each deletion to the two waiters behind the
-// key instead of to every waiter, which under contention was most of the
-// work the cluster did per handoff.
+// single keys: its own (deletions, and for a Mutex puts too; opened before
+// the transaction, so that its creation revision is normally at or below the
+// transaction's and no read is needed to close the gap; it learns of a lost
+// or forced request and, once granted, of a forced release), and the
+// nearest and second nearest keys ahead (deletions only). What the waiter
+// knows ahead of it is always a superset of what is there: keys older than
+// own can only go. When a watched key goes and more than one other key is
+// known ahead, one read of the queue tells which remain; with one other,
+// that one is next. So when the second nearest goes (usually the holder's
+// release), the waiter reads once, off the critical path, and learns that
+// only the nearest is left; the nearest's release then grants it on that one
+// event, after confirming that own key was still there (confirm: for a Mutex
+// usually the touch of own key by that very release, else one progress
+// request on the watches' stream; no read). etcd sends each deletion to the
+// two waiters behind the key instead of to every waiter, which under
+// contention was most of the work the cluster did per handoff.
 //
 // The watches have no start revision, so etcd syncs them at once, and they
 // are pooled per lock value: under steady contention the keys ahead of a
@@ -67,11 +68,12 @@ func randomID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// watchOpts are those of the watches a request keeps: one key, deletions
-// only. A new request is always younger than every waiter, so only deletions
-// can change a waiter's turn, and a request's own key is never put by anyone
-// else. (Release requests are puts; a holder watches for them separately,
-// once asked to.)
+// watchOpts are those of the watches on keys ahead, and on an RWMutex
+// request's own key: one key, deletions only. A new request is always
+// younger than every waiter, so only deletions can change a waiter's turn.
+// (A Mutex's own key is watched for puts too: the touch of the unlock ahead.
+// Release requests are puts; a holder watches for them separately, once
+// asked to.)
 var watchOpts = []clientv3.OpOption{clientv3.WithFilterPut()}
 
 // pred is a key ahead of the waiter's own.
@@ -91,6 +93,13 @@ type turn struct {
 	yields func(k string) bool
 
 	seen int64 // revision of the last read; events at or below it are in it
+	// alive is the highest revision at which own key was seen to stand by
+	// an event on its watch: a touch by the unlock of the key ahead.
+	alive int64
+	// next is the key just behind own, with its create revision, as of the
+	// last read (Mutex only): own unlock touches it (touchNext).
+	next    string
+	nextRev int64
 	// applied is the revision of the latest deletion ahead taken from a
 	// watch without a read after it: a later read must be at least as new.
 	applied int64
@@ -111,6 +120,7 @@ type turn struct {
 func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 	t.seen = rev
 	clear(t.preds)
+	t.next, t.nextRev = "", 0
 	t.emptied = false
 	found := false
 	rel := releaseKey(t.prefix, t.rev)
@@ -131,6 +141,8 @@ func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 			t.forced = t.forced || force
 		case strings.HasPrefix(k, t.queue) && kv.CreateRevision < t.rev && (t.yields == nil || t.yields(k)):
 			t.preds[k] = pred{rev: kv.CreateRevision, lease: clientv3.LeaseID(kv.Lease)}
+		case strings.HasPrefix(k, t.queue) && kv.CreateRevision > t.rev && (t.next == "" || kv.CreateRevision < t.nextRev):
+			t.next, t.nextRev = k, kv.CreateRevision
 		}
 	}
 	if !found {
@@ -165,6 +177,9 @@ func (t *turn) apply(ev *clientv3.Event) error {
 	if ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != t.rev {
 		return errOwnGone
 	}
+	// A put of the same incarnation (the unlock ahead touched it, see
+	// touchNext): own key stood at that revision.
+	t.alive = max(t.alive, ev.Kv.ModRevision)
 	return nil
 }
 
@@ -255,7 +270,8 @@ func newWatches(cli *clientv3.Client, progress bool, ownKey string) watches {
 	// at least as new as the deletion confirm waits for.
 	w.ahead = prefixwatch.NewPoolOn(w.stream, cli, "", watchOpts...)
 	if ownKey != "" {
-		w.own = prefixwatch.NewPoolOn(w.stream, cli, ownKey, watchOpts...)
+		// Puts too: the unlock ahead touches own key (touchNext).
+		w.own = prefixwatch.NewPoolOn(w.stream, cli, ownKey)
 	}
 	return w
 }
@@ -533,20 +549,68 @@ const progressWait = 50 * time.Millisecond
 // the keys ahead are on separate watches, whose events reach this goroutine
 // in no particular order; a deletion of own key (its lease revoked from
 // outside the keeper, or the key deleted by hand) may be on its way still.
-// The watches share one gRPC stream, on which etcd sends everything in
-// revision order, and a progress request makes etcd answer on every watch
-// of the stream after all events up to the current revision: once the
-// answer arrives on own watch, any deletion of own key up to minRev has
-// arrived before it. That costs one message each way on the open stream,
-// no request to the key-value store.
+//
+// Usually the unlock that let own through touched own key in the same
+// transaction (touchNext): a put of own key's incarnation at minRev or later
+// shows it stood then, whatever the order of arrival, and it is on own
+// watch already or close behind. Otherwise (the key ahead was lost, forced,
+// or did not know own as its successor) a progress request settles it: the
+// watches share one gRPC stream, on which etcd sends everything in revision
+// order, and a progress request makes etcd answer on every watch of the
+// stream after all events up to the current revision: once the answer
+// arrives on own watch, any deletion of own key up to minRev has arrived
+// before it. That costs one message each way on the open stream, no
+// request to the key-value store.
 func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 	t := &a.t
-	if minRev <= t.seen {
-		return nil // a read at or past it showed own key
+	if minRev <= t.seen || minRev <= t.alive {
+		return nil // a read at or past it showed own key, or a touch did
 	}
 	if !a.progress {
 		return a.refresh(ctx, minRev)
 	}
+	// What own watch has delivered already, without waiting.
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-a.w.Ch:
+		default:
+			return a.confirmByProgress(ctx, minRev)
+		}
+		if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
+			return a.ownWatchTurned(ctx, minRev, resp, ok)
+		}
+		for _, ev := range resp.Events {
+			if err := t.apply(ev); err != nil {
+				return err
+			}
+		}
+		if t.alive >= minRev {
+			return nil
+		}
+	}
+}
+
+// ownWatchTurned handles, within confirm, own watch failing or (after a
+// restart) being created: the watch is started again, or its creation
+// marked, and own key is read instead.
+func (a *acquisition) ownWatchTurned(ctx context.Context, minRev int64, resp clientv3.WatchResponse, ok bool) error {
+	if !ok || resp.Err() != nil || resp.Canceled {
+		// Start it again (its creation is seen by the wait loop or the
+		// Hold's monitor), and read instead.
+		a.w.Created = false
+		a.w.Restart()
+		return a.refresh(ctx, minRev)
+	}
+	a.w.Created = true
+	return a.refresh(ctx, max(minRev, resp.Header.Revision))
+}
+
+// confirmByProgress is confirm by a progress request on the stream; a touch
+// of own key that arrives first settles it too.
+func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error {
+	t := &a.t
 	timer := time.NewTimer(progressWait)
 	defer timer.Stop()
 	// The request waits for the client's watch stream, which may be
@@ -570,24 +634,16 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 		case <-timer.C:
 			return a.refresh(ctx, minRev)
 		case resp, ok := <-a.w.Ch:
-			switch {
-			case !ok || resp.Err() != nil || resp.Canceled:
-				// Start it again (its creation is seen by the wait loop
-				// or the Hold's monitor), and read instead.
-				a.w.Created = false
-				a.w.Restart()
-				return a.refresh(ctx, minRev)
-			case resp.Created:
-				a.w.Created = true
-				if resp.Header.Revision > t.seen {
-					return a.refresh(ctx, max(minRev, resp.Header.Revision))
-				}
-				continue
+			if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
+				return a.ownWatchTurned(ctx, minRev, resp, ok)
 			}
 			for _, ev := range resp.Events {
 				if err := t.apply(ev); err != nil {
 					return err
 				}
+			}
+			if t.alive >= minRev {
+				return nil
 			}
 			if !resp.IsProgressNotify() {
 				continue
@@ -604,8 +660,9 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 	}
 }
 
-// refresh reads the keys of the queue up to own, at revision minRev or
-// later, and replaces what turn knows with them. It asks the member the
+// refresh reads the keys of the queue (up to own for an RWMutex; a Mutex
+// takes those behind too, for the next), at revision minRev or later, and
+// replaces what turn knows with them. It asks the member the
 // client reaches first, without a read barrier: keys older than own can only
 // go, never come, so a read at any revision at or past minRev lists a
 // superset of those still there, and is exact about own key at its
@@ -619,7 +676,14 @@ func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
 // for a linearizable read otherwise.
 func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error {
 	t := &a.t
-	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMaxCreateRev(t.rev)}
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if !a.progress {
+		// Only the keys ahead. A Mutex reads the keys behind own too, to
+		// learn the next, whose key its unlock touches (touchNext): with
+		// keys only, etcd answers from its index, and a second range with
+		// a filter or a sort would cost more than the few keys behind.
+		opts = append(opts, clientv3.WithMaxCreateRev(t.rev))
+	}
 	if a.delay <= 0 {
 		opts = append(opts, clientv3.WithKeysOnly())
 	}
