@@ -3,6 +3,7 @@ package lock_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,12 +177,13 @@ func TestUnlockTouchesNext(t *testing.T) {
 			var chs []<-chan lockResult
 			cctx, cancelC := context.WithCancel(ctx)
 			defer cancelC()
+			mutexC := mutex()
 			for i := range 4 {
-				lctx := ctx
+				lctx, m := ctx, mutex()
 				if i == 3 {
-					lctx = cctx
+					lctx, m = cctx, mutexC
 				}
-				chs = append(chs, lockAsync(lctx, mutex()))
+				chs = append(chs, lockAsync(lctx, m))
 				waitQueue(t, name, i+2)
 			}
 			info, err := lock.Inspect(ctx, cluster.Client(), name)
@@ -212,8 +214,16 @@ func TestUnlockTouchesNext(t *testing.T) {
 				r := recv(t, chs[3], 5*time.Second)
 				require.Error(t, r.err)
 				waitQueue(t, name, 1)
+				require.Zero(t, version())
+				// C asks again: its key comes back as a new incarnation,
+				// which B's unlock must not touch.
+				ch := lockAsync(ctx, mutexC)
+				waitQueue(t, name, 2)
 				require.NoError(t, hB.Unlock(ctx), "an unlock whose next went in between")
-				require.Zero(t, version(), "the touch brought a gone key back")
+				r = recv(t, ch, 5*time.Second)
+				require.NoError(t, r.err)
+				require.EqualValues(t, 1, version(), "the touch wrote onto a newer incarnation")
+				require.NoError(t, r.h.Unlock(ctx))
 				requireNoKeys(t, name)
 				return
 			}
@@ -225,4 +235,45 @@ func TestUnlockTouchesNext(t *testing.T) {
 			requireNoKeys(t, name)
 		})
 	}
+}
+
+// Under contention deep enough for holders to know who is next, grants are
+// confirmed by the touch of the unlock ahead, not by a progress request.
+func TestTouchSparesProgress(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 60*time.Second)
+	const n, cycles = 6, 15
+	ms := make([]*lock.Mutex, n)
+	for i := range ms {
+		ms[i] = lock.New(newKeeper(t, newClient(t), 2*time.Second), name)
+	}
+	touch0, progress0 := lock.ConfirmsBy()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for _, m := range ms {
+		wg.Go(func() {
+			for range cycles {
+				h, err := m.Lock(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if err := h.Unlock(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	touch, progress := lock.ConfirmsBy()
+	touch, progress = touch-touch0, progress-progress0
+	t.Logf("%d grants: %d confirmed by a touch, %d by a progress request", n*cycles, touch, progress)
+	require.Positive(t, touch, "no grant was confirmed by a touch")
+	require.LessOrEqual(t, touch+progress, int64(n*cycles))
+	requireNoKeys(t, name)
 }

@@ -120,8 +120,9 @@
 //     the second nearest goes, one read of the queue's keys tells what is
 //     left ahead: usually only the nearest, which is then the holder, so its
 //     release grants own on that one event, with no read on the way. (A
-//     Mutex's read takes the keys behind own too, to learn the next waiter,
-//     whose key its unlock will touch: see below.)
+//     Mutex's read also takes the key just behind own, in the same
+//     revision, to learn the next waiter, whose key its unlock will touch:
+//     see below.)
 //     Why it is correct: the transaction's read shows every key ahead of own
 //     key at its revision; keys older than own can only go, never come, so
 //     what a waiter knows is always a superset of what is still ahead, and
@@ -140,14 +141,17 @@
 //     is still the same incarnation, it puts the key again with its value
 //     and lease unchanged. That put reaches the next waiter on the watch of
 //     its own key and proves the key stood at the revision that grants it,
-//     so under steady contention a grant costs no round trip at all.
-//     Without a touch (the key ahead was lost or forced, or had not read
-//     the queue behind it), a progress request settles it: a Mutex's own
-//     key and keys ahead are watched on one gRPC stream of the value's own,
-//     on which etcd sends events in revision order, and a progress request
-//     makes etcd answer on every watch of the stream after all events up to
-//     its revision. An RWMutex request reads the queue instead (its readers
-//     are granted together, and a progress request per reader would be
+//     with no round trip. A holder knows the next waiter only if it read
+//     the queue while it waited, which happens when more than two keys were
+//     ahead of it when it asked: under deep contention, not with two or
+//     three contenders. Without a touch, or when the deletion ahead is
+//     handled before the touch arrives, a progress request settles it: a
+//     Mutex's own key and keys ahead are watched on one gRPC stream of the
+//     value's own, on which etcd sends events in revision order, and a
+//     progress request makes etcd answer on every watch of the stream after
+//     all events up to its revision (a touch that arrives first ends the
+//     wait). An RWMutex request reads the queue instead (its readers are
+//     granted together, and a progress request per reader would be
 //     answered on every reader's watches). Because the watches have no
 //     start revision, etcd syncs them at once, instead of in the 100 ms
 //     loop that serves watches starting in the past.

@@ -230,9 +230,9 @@ func (h *Hold) deleteKey(ctx context.Context) error {
 // revision as the delete. The put reaches its waiter on the watch of its own
 // key and proves the key stood at the revision that grants it, which spares
 // the waiter the progress request that would confirm it (see confirm). A
-// touch proves only that the key stood; so a touch of a key that is not the
-// next after all, or of one that went (the comparison fails, and nothing is
-// written), costs nothing but the waiter's usual confirm.
+// touch proves only that the key stood, which holds whoever wrote it; a key
+// behind that went, or was replaced, is not written (the comparison fails),
+// and its waiter confirms by a progress request as without a touch.
 func touchNext(key string, rev int64) clientv3.Op {
 	return clientv3.OpTxn(
 		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)},
@@ -310,8 +310,8 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 		default:
 		}
 		if errors.Is(err, errOwnGone) && !t.forced {
-			// The watch carries deletions only; a forced release left its
-			// marker next to the key, which tells why the key went.
+			// A deletion event does not say who deleted; a forced release
+			// left its marker next to the key, which tells why the key went.
 			a.readRelease(ctx)
 		}
 		if t.requested {

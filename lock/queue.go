@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -41,8 +42,8 @@ import (
 // release), the waiter reads once, off the critical path, and learns that
 // only the nearest is left; the nearest's release then grants it on that one
 // event, after confirming that own key was still there (confirm: for a Mutex
-// usually the touch of own key by that very release, else one progress
-// request on the watches' stream; no read). etcd sends each deletion to the
+// under deep contention the touch of own key by that very release, else one
+// progress request on the watches' stream; no read). etcd sends each deletion to the
 // two waiters behind the key instead of to every waiter, which under
 // contention was most of the work the cluster did per handoff.
 //
@@ -538,6 +539,10 @@ func (a *acquisition) putAhead(i int) {
 	}
 }
 
+// confirmsBy counts how Mutex confirms ended: by a touch of own key, or by
+// the answer to a progress request. (Read by the package's tests.)
+var confirmsBy struct{ touch, progress atomic.Int64 }
+
 // progressWait bounds the wait for etcd's answer to a progress request,
 // after which confirm reads instead. etcd does not answer while a watch on
 // the stream lags behind (it then has events still to send), which on a
@@ -581,15 +586,24 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 		if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
 			return a.ownWatchTurned(ctx, minRev, resp, ok)
 		}
-		for _, ev := range resp.Events {
-			if err := t.apply(ev); err != nil {
-				return err
+		if stood, err := a.applyOwn(resp, minRev); stood || err != nil {
+			if stood {
+				confirmsBy.touch.Add(1)
 			}
-		}
-		if t.alive >= minRev {
-			return nil
+			return err
 		}
 	}
+}
+
+// applyOwn applies an answer of own watch that carries events (or progress):
+// it reports whether own key is now known to have stood at minRev.
+func (a *acquisition) applyOwn(resp clientv3.WatchResponse, minRev int64) (bool, error) {
+	for _, ev := range resp.Events {
+		if err := a.t.apply(ev); err != nil {
+			return false, err
+		}
+	}
+	return a.t.alive >= minRev, nil
 }
 
 // ownWatchTurned handles, within confirm, own watch failing or (after a
@@ -610,7 +624,6 @@ func (a *acquisition) ownWatchTurned(ctx context.Context, minRev int64, resp cli
 // confirmByProgress is confirm by a progress request on the stream; a touch
 // of own key that arrives first settles it too.
 func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error {
-	t := &a.t
 	timer := time.NewTimer(progressWait)
 	defer timer.Stop()
 	// The request waits for the client's watch stream, which may be
@@ -637,18 +650,17 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 			if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
 				return a.ownWatchTurned(ctx, minRev, resp, ok)
 			}
-			for _, ev := range resp.Events {
-				if err := t.apply(ev); err != nil {
-					return err
+			if stood, err := a.applyOwn(resp, minRev); stood || err != nil {
+				if stood {
+					confirmsBy.touch.Add(1)
 				}
-			}
-			if t.alive >= minRev {
-				return nil
+				return err
 			}
 			if !resp.IsProgressNotify() {
 				continue
 			}
 			if resp.Header.Revision >= minRev {
+				confirmsBy.progress.Add(1)
 				return nil
 			}
 			// The member serving own watch has not applied minRev yet
@@ -660,9 +672,9 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 	}
 }
 
-// refresh reads the keys of the queue (up to own for an RWMutex; a Mutex
-// takes those behind too, for the next), at revision minRev or later, and
-// replaces what turn knows with them. It asks the member the
+// refresh reads the keys of the queue up to own (a Mutex also the key just
+// behind, the next), at revision minRev or later, and replaces what turn
+// knows with them. It asks the member the
 // client reaches first, without a read barrier: keys older than own can only
 // go, never come, so a read at any revision at or past minRev lists a
 // superset of those still there, and is exact about own key at its
@@ -676,29 +688,43 @@ func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
 // for a linearizable read otherwise.
 func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error {
 	t := &a.t
-	opts := []clientv3.OpOption{clientv3.WithPrefix()}
-	if !a.progress {
-		// Only the keys ahead. A Mutex reads the keys behind own too, to
-		// learn the next, whose key its unlock touches (touchNext): with
-		// keys only, etcd answers from its index, and a second range with
-		// a filter or a sort would cost more than the few keys behind.
-		opts = append(opts, clientv3.WithMaxCreateRev(t.rev))
-	}
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMaxCreateRev(t.rev)}
 	if a.delay <= 0 {
 		opts = append(opts, clientv3.WithKeysOnly())
 	}
+	// A Mutex reads the key just behind own too, in the same revision, to
+	// learn the next waiter, whose key its unlock touches (touchNext).
+	nextOpts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMinCreateRev(t.rev + 1),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1), clientv3.WithKeysOnly()}
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
-		o := opts
+		o, no := opts, nextOpts
 		if serial {
 			o = append(slices.Clip(opts), clientv3.WithSerializable())
+			no = append(slices.Clip(nextOpts), clientv3.WithSerializable())
 		}
-		resp, err := a.cli.Get(ctx, t.queue, o...)
+		var (
+			kvs, next []*mvccpb.KeyValue
+			rev       int64
+			err       error
+		)
+		if a.progress {
+			var resp *clientv3.TxnResponse
+			if resp, err = a.cli.Txn(ctx).Then(clientv3.OpGet(t.queue, o...), clientv3.OpGet(t.queue, no...)).Commit(); err == nil {
+				kvs, rev = resp.Responses[0].GetResponseRange().Kvs, resp.Header.Revision
+				next = resp.Responses[1].GetResponseRange().Kvs
+			}
+		} else {
+			var resp *clientv3.GetResponse
+			if resp, err = a.cli.Get(ctx, t.queue, o...); err == nil {
+				kvs, rev = resp.Kvs, resp.Header.Revision
+			}
+		}
 		switch {
-		case err == nil && resp.Header.Revision >= minRev:
+		case err == nil && rev >= minRev:
 			before := slices.Collect(maps.Values(t.preds))
 			gone, emptied := t.gone, t.emptied
-			if err := t.load(resp.Kvs, resp.Header.Revision); err != nil {
+			if err := t.load(append(kvs, next...), rev); err != nil {
 				return err
 			}
 			switch {

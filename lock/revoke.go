@@ -48,9 +48,11 @@ func ForceRelease(ctx context.Context, cli *clientv3.Client, name string) (int64
 // RequestReleaseRWMutex asks every current holder of the RWMutex named name
 // (its writer, or the readers that asked before the first writer) to
 // release it, as RequestRelease does for a Mutex. It returns the holders'
-// tokens in queue order, or ErrNotHeld.
+// tokens in queue order, or ErrNotHeld; on an error part-way through, the
+// tokens already asked are returned with it.
 //
-// Cost: one read of the queue, and one transaction per 32 holders.
+// Cost: one read of the queue, and one transaction per 32 holders; one
+// more read each time a holder leaves between the read and the write.
 func RequestReleaseRWMutex(ctx context.Context, cli *clientv3.Client, name string) ([]int64, error) {
 	return release(ctx, cli, name, "rwlock", rwHolders, false)
 }
@@ -59,10 +61,15 @@ func RequestReleaseRWMutex(ctx context.Context, cli *clientv3.Client, name strin
 // holder, as ForceRelease does for a Mutex: their keys are deleted, their
 // contexts canceled with ErrRevoked, and the requests behind them are
 // granted in turn. Only those that held at the read are taken: a writer that
-// was waiting behind forced readers is granted, not forced too. It returns
-// the tokens taken, in queue order, or ErrNotHeld.
+// was waiting behind forced readers is granted, not forced too. (If every
+// one of them leaves by itself before it is reached, the queue is read
+// afresh and whoever holds then is taken, as ForceRelease does when the
+// holder of a Mutex changes under it.) It returns the tokens taken, in
+// queue order, or ErrNotHeld. On an error part-way through, the tokens
+// already taken are returned with it.
 //
-// Cost: one read of the queue, and one transaction per 32 holders.
+// Cost: one read of the queue, and one transaction per 32 holders; one
+// more read each time a holder leaves between the read and the write.
 func ForceReleaseRWMutex(ctx context.Context, cli *clientv3.Client, name string) ([]int64, error) {
 	return release(ctx, cli, name, "rwlock", rwHolders, true)
 }
@@ -83,22 +90,24 @@ func mutexHolder(ctx context.Context, cli *clientv3.Client, queue string) ([]*mv
 }
 
 // rwHolders reads an RWMutex's holders: its oldest request if that is a
-// writer's, else the readers before the first writer.
+// writer's, else the readers before the first writer. A key of another
+// shape anywhere in the queue is reported, as by InspectRWMutex.
 func rwHolders(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvccpb.KeyValue, error) {
 	kvs, _, err := readQueue(ctx, cli, queue)
 	if err != nil {
 		return nil, err
 	}
+	n := len(kvs)
 	for i, kv := range kvs {
 		reader, err := rwReader(queue, string(kv.Key))
 		if err != nil {
 			return nil, err
 		}
-		if !reader {
-			return kvs[:max(i, 1)], nil
+		if !reader && n == len(kvs) {
+			n = max(i, 1)
 		}
 	}
-	return kvs, nil
+	return kvs[:n], nil
 }
 
 // rwReader tells a reader's request from a writer's by its key.
@@ -125,19 +134,23 @@ func release(ctx context.Context, cli *clientv3.Client, name, kind string,
 	}
 	prefix := names.Prefix(name, kind)
 	var targets map[int64]bool // tokens of the holders at the first read
-	var done []int64
+	done := map[int64]bool{}
+	var toks []int64
+	finish := func(err error) ([]int64, error) {
+		slices.Sort(toks)
+		return toks, err
+	}
 	for {
 		kvs, err := holders(ctx, cli, prefix+"q/")
 		if err != nil {
-			return nil, err
+			return finish(err)
 		}
 		if targets != nil {
 			kvs = slices.DeleteFunc(kvs, func(kv *mvccpb.KeyValue) bool {
-				return !targets[kv.CreateRevision] || slices.Contains(done, kv.CreateRevision)
+				return !targets[kv.CreateRevision] || done[kv.CreateRevision]
 			})
-			if len(kvs) == 0 && len(done) > 0 {
-				slices.Sort(done)
-				return done, nil
+			if len(kvs) == 0 && len(toks) > 0 {
+				return finish(nil)
 			}
 		}
 		if len(kvs) == 0 {
@@ -153,18 +166,24 @@ func release(ctx context.Context, cli *clientv3.Client, name, kind string,
 				targets[kv.CreateRevision] = true
 			}
 		}
-		batch := kvs[:min(len(kvs), releaseBatch)]
-		ok, err := releaseHolders(ctx, cli, prefix, batch, force)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			for _, kv := range batch {
-				done = append(done, kv.CreateRevision)
+		for len(kvs) > 0 {
+			batch := kvs[:min(len(kvs), releaseBatch)]
+			ok, err := releaseHolders(ctx, cli, prefix, batch, force)
+			if err != nil {
+				return finish(err)
 			}
+			if !ok {
+				break // one of the batch went: read again
+			}
+			for _, kv := range batch {
+				done[kv.CreateRevision] = true
+				toks = append(toks, kv.CreateRevision)
+			}
+			kvs = kvs[len(batch):]
 		}
-		// Read again: for the rest of the holders, or because one of the
-		// batch went between the read and the write.
+		if len(kvs) == 0 {
+			return finish(nil)
+		}
 	}
 }
 

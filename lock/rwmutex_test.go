@@ -407,39 +407,61 @@ func TestRWMutexRevocation(t *testing.T) {
 	}
 	requireNoKeys(t, name)
 
-	// A key of another shape under the queue is reported, and nothing is
-	// written.
+	// A key of another shape anywhere in the queue, even behind the
+	// holders, is reported, and nothing is written.
+	h, err := rw1.RLock(ctx)
+	require.NoError(t, err)
+	w2 := rlockAsync(ctx, rw2, false)
+	waitRW(t, name, 2)
 	foreign := name + "/.rwlock/q/x"
 	_, err = cluster.Admin().Put(ctx, foreign, "c1:1:x")
 	require.NoError(t, err)
 	_, err = lock.ForceReleaseRWMutex(ctx, cli, name)
 	require.ErrorIs(t, err, lock.ErrCorrupt)
+	_, err = lock.RequestReleaseRWMutex(ctx, cli, name)
+	require.ErrorIs(t, err, lock.ErrCorrupt)
+	rel, err := cluster.Admin().Get(ctx, name+"/.rwlock/release/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	require.Zero(t, rel.Count, "a release request was written before the error")
+	require.NoError(t, h.Context().Err())
 	_, err = cluster.Admin().Delete(ctx, foreign)
 	require.NoError(t, err)
+	require.NoError(t, h.Unlock(ctx))
+	wr2 := recv(t, w2, 5*time.Second)
+	require.NoError(t, wr2.err)
+	require.NoError(t, wr2.h.Unlock(ctx))
 	requireNoKeys(t, name)
 }
 
 // A forced release of more readers than fit one transaction takes them all,
-// in batches.
+// in batches, and not the writer waiting behind them, which is granted.
 func TestRWMutexForceManyReaders(t *testing.T) {
 	name := lockName(t)
 	ctx := ctxT(t, 30*time.Second)
-	k := newKeeper(t, newClient(t), 2*time.Second)
-	rw := lock.NewRWMutex(k, name)
+	rws := []*lock.RWMutex{
+		lock.NewRWMutex(newKeeper(t, newClient(t), 2*time.Second), name),
+		lock.NewRWMutex(newKeeper(t, newClient(t), 2*time.Second), name),
+	}
 	var holds []*lock.Hold
 	var want []int64
-	for range 70 {
-		h, err := rw.RLock(ctx)
+	for i := range 70 {
+		h, err := rws[i%2].RLock(ctx)
 		require.NoError(t, err)
 		holds = append(holds, h)
 		want = append(want, h.Token())
 	}
+	w := rlockAsync(ctx, rws[0], false)
+	waitRW(t, name, 71)
 	toks, err := lock.ForceReleaseRWMutex(ctx, cluster.Client(), name)
 	require.NoError(t, err)
 	require.Equal(t, want, toks)
+	wr := recv(t, w, 5*time.Second)
+	require.NoError(t, wr.err)
 	for _, h := range holds {
 		lostSoon(t, h)
 		require.NoError(t, h.Unlock(ctx))
 	}
+	require.NoError(t, wr.h.Context().Err(), "the writer behind the readers was forced too")
+	require.NoError(t, wr.h.Unlock(ctx))
 	requireNoKeys(t, name)
 }

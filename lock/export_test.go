@@ -1,0 +1,7 @@
+package lock
+
+// ConfirmsBy returns how many Mutex confirms so far ended by a touch of own
+// key, and by the answer to a progress request.
+func ConfirmsBy() (touch, progress int64) {
+	return confirmsBy.touch.Load(), confirmsBy.progress.Load()
+}
