@@ -36,6 +36,7 @@ type options struct {
 	count int   // watch, --watch
 	rev   int64 // watch
 	limit int   // queue ls, queue dead
+	rw    bool  // lock, lock release: an RWMutex
 }
 
 const defaultEndpoints = "127.0.0.1:2379"
@@ -58,6 +59,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.count, "count", 0, "watch, --watch: exit after this many lines (0: until interrupted)")
 	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
 	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
+	fs.BoolVar(&o.rw, "rw", false, "lock, lock release: the RWMutex of that name (its readers or writer)")
 	return fs
 }
 
@@ -95,8 +97,8 @@ type command struct {
 // (e.g. "lock" and "lock release") is resolved by matching the longest.
 func commands() []command {
 	return []command{
-		{"lock", "<name>", 1, "show a lock's holder, token, since when, and its waiters", lockShow},
-		{"lock release", "<name>", 1, "force a lock's release: delete its holder's key (the holder loses it)", lockRelease},
+		{"lock", "<name>", 1, "show a lock's holder, token, since when, and its waiters (--rw: an RWMutex)", lockShow},
+		{"lock release", "<name>", 1, "force a lock's release: delete its holder's key (the holder loses it; --rw: every holder of an RWMutex)", lockRelease},
 		{"leader", "<name>", 1, "show an election's leader (--watch: and every change, --count)", leaderShow},
 		{"semaphore", "<name>", 1, "show a semaphore's permits: holders and waiters", semaphoreShow},
 		{"queue stats", "<name>", 1, "show a queue's depth: ready, delayed, running, done, dead", queueStats},

@@ -23,7 +23,7 @@ func lockEntryOf(e lock.Entry) lockEntryJSON {
 	return lockEntryJSON{e.Value, e.Token, e.Since, e.Key, fmt.Sprintf("%x", int64(e.Lease)), e.Reader}
 }
 
-// lockShow prints a lock's holder and its waiters in the order they will
+// lockShow prints a lock's holders and its waiters in the order they will
 // be granted.
 func lockShow(ctx context.Context, s *session, args []string) error {
 	name := args[0]
@@ -31,7 +31,11 @@ func lockShow(ctx context.Context, s *session, args []string) error {
 	if err != nil {
 		return err
 	}
-	info, err := lock.Inspect(ctx, cli, name)
+	inspect := lock.Inspect
+	if s.opts.rw {
+		inspect = lock.InspectRWMutex
+	}
+	info, err := inspect(ctx, cli, name)
 	if err != nil {
 		return err
 	}
@@ -39,12 +43,16 @@ func lockShow(ctx context.Context, s *session, args []string) error {
 		j := struct {
 			Lock     string          `json:"lock"`
 			Holder   *lockEntryJSON  `json:"holder"`
+			Holders  []lockEntryJSON `json:"holders"`
 			Waiters  []lockEntryJSON `json:"waiters"`
 			Revision int64           `json:"revision"`
-		}{Lock: name, Waiters: []lockEntryJSON{}, Revision: info.Revision}
+		}{Lock: name, Holders: []lockEntryJSON{}, Waiters: []lockEntryJSON{}, Revision: info.Revision}
 		if info.Holder != nil {
 			h := lockEntryOf(*info.Holder)
 			j.Holder = &h
+		}
+		for _, h := range info.Holders {
+			j.Holders = append(j.Holders, lockEntryOf(h))
 		}
 		for _, w := range info.Waiters {
 			j.Waiters = append(j.Waiters, lockEntryOf(w))
@@ -65,34 +73,59 @@ func lockShow(ctx context.Context, s *session, args []string) error {
 		}
 		return []string{role, printable(v, 60), strconv.FormatInt(e.Token, 10), when(e.Since), fmt.Sprintf("%x", int64(e.Lease))}
 	}
-	rows := [][]string{row("holder", *info.Holder)}
+	var rows [][]string
+	for _, h := range info.Holders {
+		rows = append(rows, row("holder", h))
+	}
 	for i, w := range info.Waiters {
 		rows = append(rows, row(fmt.Sprintf("waiter %d", i+1), w))
 	}
-	if _, err := fmt.Fprintf(s.stdout, "lock %s: held, %d waiting (revision %d)\n", name, len(info.Waiters), info.Revision); err != nil {
+	held := "held"
+	if len(info.Holders) > 1 {
+		held = fmt.Sprintf("held by %d readers", len(info.Holders))
+	}
+	if _, err := fmt.Fprintf(s.stdout, "lock %s: %s, %d waiting (revision %d)\n", name, held, len(info.Waiters), info.Revision); err != nil {
 		return err
 	}
 	return s.table([]string{"ROLE", "VALUE", "TOKEN", "SINCE", "LEASE"}, rows)
 }
 
-// lockRelease forces a lock's release: the holder's key is deleted, the
-// next waiter is granted, and the holder's context is canceled.
+// lockRelease forces a lock's release: the holders' keys are deleted, the
+// next waiters are granted, and the holders' contexts are canceled.
 func lockRelease(ctx context.Context, s *session, args []string) error {
 	name := args[0]
 	cli, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
-	token, err := lock.ForceRelease(ctx, cli, name)
+	var tokens []int64
+	if s.opts.rw {
+		tokens, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+	} else {
+		var token int64
+		if token, err = lock.ForceRelease(ctx, cli, name); err == nil {
+			tokens = []int64{token}
+		}
+	}
 	if errors.Is(err, lock.ErrNotHeld) {
 		return fmt.Errorf("lock %s: nobody holds it", name)
 	}
 	if err != nil {
+		if len(tokens) > 0 {
+			return fmt.Errorf("lock %s: released the holders with tokens %v, then: %w", name, tokens, err)
+		}
 		return err
 	}
 	if s.opts.json {
-		return s.printJSON(map[string]any{"lock": name, "released_token": token})
+		if !s.opts.rw {
+			return s.printJSON(map[string]any{"lock": name, "released_token": tokens[0]})
+		}
+		return s.printJSON(map[string]any{"lock": name, "released_tokens": tokens})
 	}
-	_, err = fmt.Fprintf(s.stdout, "lock %s: released the holder with token %d; the next waiter is granted\n", name, token)
+	if len(tokens) == 1 {
+		_, err = fmt.Fprintf(s.stdout, "lock %s: released the holder with token %d; the next waiter is granted\n", name, tokens[0])
+		return err
+	}
+	_, err = fmt.Fprintf(s.stdout, "lock %s: released %d holders with tokens %v; the next waiter is granted\n", name, len(tokens), tokens)
 	return err
 }

@@ -95,3 +95,73 @@ func TestLock(t *testing.T) {
 	assert.Equal(t, 1, r.code)
 	assert.Equal(t, "concord: lock "+name+": nobody holds it\n", r.stderr)
 }
+
+// With --rw, lock shows an RWMutex's sharing readers as holders, and lock
+// release forces them all; the writer waiting behind them is granted.
+func TestLockRW(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := uniq("cli-rwlock")
+	rw := lock.NewRWMutex(newKeeper(t), name, lock.WithValue("reader"))
+	r1, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	r2, err := rw.RLock(ctx)
+	require.NoError(t, err)
+	type result struct {
+		h   *lock.Hold
+		err error
+	}
+	wch := make(chan result, 1)
+	go func() {
+		h, err := lock.NewRWMutex(newKeeper(t), name, lock.WithValue("writer")).Lock(ctx)
+		wch <- result{h, err}
+	}()
+	waitKeys(t, name+"/.rwlock/q/", 3)
+
+	r := concord(t, "lock", "--rw", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	t.Log("\n" + r.stdout)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Len(t, lines, 5)
+	assert.Regexp(t, `^lock `+name+`: held by 2 readers, 1 waiting \(revision \d+\)$`, lines[0])
+	assert.Regexp(t, `^holder \(reader\) +reader +`+itoa(r1.Token())+` `, lines[2])
+	assert.Regexp(t, `^holder \(reader\) +reader +`+itoa(r2.Token())+` `, lines[3])
+	assert.Regexp(t, `^waiter 1 +writer `, lines[4])
+
+	r = concord(t, "--json", "lock", "--rw", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	var j struct {
+		Holders []lockEntryJSON
+		Waiters []lockEntryJSON
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &j))
+	require.Len(t, j.Holders, 2)
+	assert.True(t, j.Holders[1].Reader)
+	require.Len(t, j.Waiters, 1)
+
+	r = concord(t, "lock", "release", "--rw", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "lock "+name+": released 2 holders with tokens ["+itoa(r1.Token())+" "+itoa(r2.Token())+"]; the next waiter is granted\n", r.stdout)
+	var w result
+	select {
+	case w = <-wch:
+		require.NoError(t, w.err)
+	case <-ctx.Done():
+		t.Fatal("the writer was not granted")
+	}
+	for _, h := range []*lock.Hold{r1, r2} {
+		select {
+		case <-h.Context().Done():
+			assert.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
+		case <-ctx.Done():
+			t.Fatal("a reader was not told")
+		}
+		require.NoError(t, h.Unlock(ctx))
+	}
+	r = concord(t, "lock", "release", "--rw", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "lock "+name+": released the holder with token "+itoa(w.h.Token())+"; the next waiter is granted\n", r.stdout)
+	r = concord(t, "lock", "--rw", name)
+	assert.Regexp(t, `^lock `+name+`: free`, r.stdout)
+	require.NoError(t, w.h.Unlock(ctx))
+}

@@ -6,7 +6,7 @@
 //
 // Inspection:
 //
-//	concord lock <name>                 holder, fencing token, since, waiters
+//	concord lock <name> [--rw]          holders, fencing tokens, since, waiters
 //	concord leader <name> [--watch]     the current leader (and each change)
 //	concord semaphore <name>            permits held and waiting
 //	concord queue stats <name>          depth: ready, delayed, running, done, dead
@@ -18,7 +18,7 @@
 //
 // Administration:
 //
-//	concord lock release <name>         force: delete the holder's key
+//	concord lock release <name> [--rw]  force: delete the holders' keys
 //	concord queue requeue <name> [id…]  move dead letters (all, or those) back to ready
 //	concord queue purge <name> [id…]    delete dead letters (all, or those) for good
 //	concord cron pause|resume|trigger <name> <job>
