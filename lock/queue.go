@@ -43,9 +43,9 @@ import (
 // only the nearest is left; the nearest's release then grants it on that one
 // event, after confirming that own key was still there (confirm: for a Mutex
 // under deep contention the touch of own key by that very release, else one
-// progress request on the watches' stream; no read). etcd sends each deletion to the
-// two waiters behind the key instead of to every waiter, which under
-// contention was most of the work the cluster did per handoff.
+// progress request on the watches' stream; no read). etcd sends each
+// deletion to the two waiters behind the key instead of to every waiter,
+// which under contention was most of the work the cluster did per handoff.
 //
 // The watches have no start revision, so etcd syncs them at once, and they
 // are pooled per lock value: under steady contention the keys ahead of a
@@ -555,10 +555,10 @@ const progressWait = 50 * time.Millisecond
 // in no particular order; a deletion of own key (its lease revoked from
 // outside the keeper, or the key deleted by hand) may be on its way still.
 //
-// Usually the unlock that let own through touched own key in the same
-// transaction (touchNext): a put of own key's incarnation at minRev or later
-// shows it stood then, whatever the order of arrival, and it is on own
-// watch already or close behind. Otherwise (the key ahead was lost, forced,
+// Under deep contention the unlock that let own through touched own key in
+// the same transaction (touchNext): a put of own key's incarnation at minRev
+// or later shows it stood then, whatever the order of arrival, and it is on
+// own watch already or close behind. Otherwise (the key ahead was lost, forced,
 // or did not know own as its successor) a progress request settles it: the
 // watches share one gRPC stream, on which etcd sends everything in revision
 // order, and a progress request makes etcd answer on every watch of the
@@ -674,12 +674,12 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 
 // refresh reads the keys of the queue up to own (a Mutex also the key just
 // behind, the next), at revision minRev or later, and replaces what turn
-// knows with them. It asks the member the
-// client reaches first, without a read barrier: keys older than own can only
-// go, never come, so a read at any revision at or past minRev lists a
-// superset of those still there, and is exact about own key at its
-// revision. Only a member that lags behind minRev sends the read on to a
-// linearizable one. Transient errors are retried until ctx ends.
+// knows with them. It asks the member the client reaches first, without a
+// read barrier: keys older than own can only go, never come, so a read at
+// any revision at or past minRev lists a superset of those still there, and
+// is exact about own key at its revision. Only a member that lags behind
+// minRev sends the read on to a linearizable one. Transient errors are
+// retried until ctx ends.
 func (a *acquisition) refresh(ctx context.Context, minRev int64) error {
 	return a.read(ctx, max(minRev, a.t.applied), true)
 }
