@@ -28,6 +28,7 @@ import (
 
 type semaphoreRun struct {
 	workers, limit int
+	maxWant        int  // each acquire asks for 1 to maxWant permits
 	protected      bool // false: writes without Guard, the permit's context ignored
 	tenure         span // how long a holder works (when it ignores its context)
 	nemesis        nemesisConfig
@@ -62,7 +63,7 @@ func runSemaphore(t *testing.T, c *testcluster.Cluster, seed int64, cfg semaphor
 			s := semaphore.New(k, name, cfg.limit)
 			cli := k.Client()
 			for wctx.Err() == nil {
-				want := 1 + rng.IntN(2)
+				want := 1 + rng.IntN(cfg.maxWant)
 				p, err := s.Acquire(wctx, want)
 				if err != nil {
 					if wctx.Err() == nil {
@@ -182,7 +183,7 @@ func TestChaosSemaphore(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
 	r, n := runSemaphore(t, c, s, semaphoreRun{
-		workers: 5, limit: 3, protected: true, tenure: span{20 * time.Millisecond, 400 * time.Millisecond},
+		workers: 5, limit: 3, maxWant: 2, protected: true, tenure: span{20 * time.Millisecond, 400 * time.Millisecond},
 		nemesis: defaultNemesis(), duration: chaosDuration(6 * time.Second),
 	})
 	r.expectNone(t, n)
@@ -190,7 +191,10 @@ func TestChaosSemaphore(t *testing.T) {
 
 // TestChaosSemaphoreCheckerCatchesUnfencedHolders runs holders that ignore
 // their permit's context and write without Guard: a holder cut off past its
-// lease's expiry keeps writing after its permits went to someone else.
+// lease's expiry keeps writing after its permits went to someone else. Each
+// asks for one permit, so the worker waiting behind two holders takes the
+// cut one's permit as soon as it expires (a request for two would wait for
+// the other holder too, and the overlap would depend on the draw).
 func TestChaosSemaphoreCheckerCatchesUnfencedHolders(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
@@ -199,7 +203,7 @@ func TestChaosSemaphoreCheckerCatchesUnfencedHolders(t *testing.T) {
 	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
 	cfg.holderAlways = true
 	r, n := runSemaphore(t, c, s, semaphoreRun{
-		workers: 3, limit: 2, protected: false, tenure: span{3 * time.Second, 3500 * time.Millisecond},
+		workers: 3, limit: 2, maxWant: 1, protected: false, tenure: span{3 * time.Second, 3500 * time.Millisecond},
 		nemesis: cfg, duration: 4500 * time.Millisecond,
 	})
 	r.expectSome(t, n)

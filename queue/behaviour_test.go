@@ -574,3 +574,51 @@ func TestIdleWorkersDoNotHerd(t *testing.T) {
 	t.Logf("%d tasks to 4 idle workers: %d claim attempts, %d failed", n, claims, conflicts)
 	assert.LessOrEqual(t, conflicts, int64(n/3), "idle workers raced for new tasks")
 }
+
+// Tasks a batch claimed, whose give-back failed while the worker was cut
+// off from etcd, go back once it is reachable again, not when its lease
+// ends (which, for a worker that lives on, is never).
+func TestGiveBackRetriedAfterCut(t *testing.T) {
+	ctx := ctxT(t, 60*time.Second)
+	name := qname(t)
+	cutCli, err := cluster.NewClient()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cutCli.Close() })
+	producer := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
+	_, err = producer.EnqueueBatch(ctx, []queue.Item{{}, {}, {}})
+	require.NoError(t, err)
+	q1 := newQueue(t, cutCli, name, queue.WithRetention(0))
+	k1 := newKeeper(t, cutCli, 30*time.Second)
+	first, err := q1.Dequeue(ctx, k1)
+	require.NoError(t, err)
+	st, err := producer.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 3, st.Running, "one claim transaction took all three")
+
+	cluster.CutClient(cutCli)
+	defer cluster.RestoreClient(cutCli)
+	deadline := time.Now().Add(20 * time.Second)
+	for queue.PendingGiveBacks(q1) < 2 {
+		require.True(t, time.Now().Before(deadline), "the give-back never failed while cut off")
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cluster.RestoreClient(cutCli)
+
+	q2 := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
+	k2 := newKeeper(t, cluster.Client(), 5*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for range 2 {
+		task, err := q2.Dequeue(dctx, k2)
+		require.NoError(t, err, "the buffered tasks did not come back while the worker's 30 s lease lived")
+		assert.NotEqual(t, first.ID, task.ID)
+		require.NoError(t, task.Ack(ctx))
+	}
+	require.NoError(t, first.Ack(ctx))
+	assert.Zero(t, queue.PendingGiveBacks(q1))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}

@@ -135,14 +135,13 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 	if err != nil {
 		// The claims may have been applied without our hearing of it. Bound
 		// to a lease this process keeps alive, they would hide the tasks
-		// until the process exits, so take back those that are ours.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		// until the process exits, so take back those that are ours; what
+		// cannot be taken back now, the index goroutine retries.
 		for i, e := range es {
 			ck := q.keys.claim(e.id)
-			_, _ = q.cli.Txn(cctx).If(clientv3.Compare(clientv3.Value(ck), "=", vals[i])).Then(clientv3.OpDelete(ck)).Commit()
+			ix.giveBackClaim(ctx, ck, clientv3.Compare(clientv3.Value(ck), "=", vals[i]), lease)
 			ix.release(e.id, 0)
 		}
-		cancel()
 		return nil, err
 	}
 	var first *Task
@@ -205,9 +204,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 	if err != nil {
 		// Give the claim back and hide the entry from this Queue: the
 		// error is reported once, not on every Dequeue.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_, _ = q.cli.Txn(cctx).If(held...).Then(clientv3.OpDelete(ck)).Commit()
-		cancel()
+		ix.giveBackClaim(ctx, ck, held[0], lease)
 		ix.release(id, math.MaxInt64)
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)
 	}
@@ -263,7 +260,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
 			// Give the claim back rather than hide the task until the lease
 			// ends; the next claim dead-letters it.
-			_, _ = q.cli.Txn(fctx).If(t.held...).Then(clientv3.OpDelete(t.claimKey)).Commit()
+			ix.giveBackClaim(fctx, t.claimKey, t.held[0], lease)
 			ix.untrack(t)
 			t.cancel(fmt.Errorf("%w: task %s: dead-lettering failed: %w", ErrLost, t.ID, err))
 			return nil, err

@@ -85,7 +85,10 @@
 // nested transaction each); the extra ones wait in the Queue for its next
 // Dequeue calls, bound to the same lease (if it is lost they are dropped and
 // go to other workers); those not handed out within half a second, or by
-// Close, are given back. A task that arrives meanwhile with a higher
+// Close, are given back. A give-back that fails (etcd unreachable), and a
+// claim transaction whose answer never came, are retried in the background
+// until etcd confirms or the lease ends, so a worker that lives on does not
+// sit on tasks it never got. A task that arrives meanwhile with a higher
 // priority waits for at most those three. Ready-index keys are never ranged
 // over on the claim path, so deleted keys (tombstones) of consumed tasks do
 // not slow claims down as the queue ages (measured by TestNoDecay, run with

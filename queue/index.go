@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -44,6 +45,83 @@ type index struct {
 	conflict int64         // failed claim transactions
 	claimRTT time.Duration // running average of claim round trips
 	claims   int64         // claim transactions
+	// giveBacks are claims of this Queue that it could not give back: the
+	// transaction failed, or a claim's outcome was unknown. Bound to a lease
+	// this process keeps alive, they would hide their tasks until the
+	// process exits, so the index goroutine tries again on every tick.
+	giveBacks   []giveBack
+	giveBackSeq int
+}
+
+// giveBack is a claim to give back: a buffered task to release, or a claim
+// whose transaction did not answer, to delete if it is there with the value
+// this Queue wrote.
+type giveBack struct {
+	seq   int                // identifies it in index.giveBacks
+	task  *Task              // a buffered task; or:
+	key   string             // a claim key,
+	held  clientv3.Cmp       // true while the claim is the one to give back,
+	lease *leasekeeper.Lease // and the claim's lease
+}
+
+// gone reports whether the claim went by itself: its lease or its task's
+// claim was lost.
+func (g giveBack) gone() bool {
+	if g.task != nil {
+		return g.task.ctx.Err() != nil
+	}
+	return g.lease.Err() != nil
+}
+
+// addGiveBack records a claim that could not be given back.
+func (ix *index) addGiveBack(g giveBack) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.giveBackSeq++
+	g.seq = ix.giveBackSeq
+	ix.giveBacks = append(ix.giveBacks, g)
+}
+
+// giveBackClaim gives back the claim key, if held holds, within 2 s; if that
+// fails, the index goroutine retries it until the claim's lease ends.
+func (ix *index) giveBackClaim(ctx context.Context, key string, held clientv3.Cmp, lease *leasekeeper.Lease) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, err := ix.q.cli.Txn(cctx).If(held).Then(clientv3.OpDelete(key)).Commit(); err != nil {
+		ix.addGiveBack(giveBack{key: key, held: held, lease: lease})
+	}
+}
+
+// retryGiveBacks tries once more to give back each claim that could not be;
+// those that fail again stay for the next tick. A claim whose lease is gone
+// went with it.
+func (ix *index) retryGiveBacks(ctx context.Context) {
+	ix.mu.Lock()
+	gs := slices.Clone(ix.giveBacks)
+	ix.mu.Unlock()
+	settled := map[int]bool{}
+	for _, g := range gs {
+		if g.gone() {
+			settled[g.seq] = true
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var err error
+		if g.task != nil {
+			if err = g.task.release(rctx); errors.Is(err, ErrLost) {
+				err = nil // the claim is gone already
+			}
+		} else {
+			_, err = ix.q.cli.Txn(rctx).If(g.held).Then(clientv3.OpDelete(g.key)).Commit()
+		}
+		cancel()
+		if err == nil {
+			settled[g.seq] = true
+		}
+	}
+	ix.mu.Lock()
+	ix.giveBacks = slices.DeleteFunc(ix.giveBacks, func(g giveBack) bool { return settled[g.seq] })
+	ix.mu.Unlock()
 }
 
 func startIndex(q *Queue) *index {
@@ -137,6 +215,7 @@ func (ix *index) session(ctx context.Context) (bool, error) {
 		case resp, ok = <-wch:
 		case <-tick.C:
 			ix.releaseStale(ctx)
+			ix.retryGiveBacks(ctx)
 			continue
 		case <-ctx.Done():
 			return true, nil
@@ -670,7 +749,9 @@ func (ix *index) releaseStale(ctx context.Context) {
 	ix.mu.Unlock()
 	for _, t := range stale {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_ = t.release(rctx) // if it fails, the claim ends with the lease
+		if err := t.release(rctx); err != nil && !errors.Is(err, ErrLost) && t.ctx.Err() == nil {
+			ix.addGiveBack(giveBack{task: t})
+		}
 		cancel()
 	}
 }

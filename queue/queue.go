@@ -242,6 +242,9 @@ func (q *Queue) Close() error {
 				err = errors.Join(err, rerr)
 			}
 		}
+		// And the claims the index goroutine was still trying to give back;
+		// those it cannot reach now end with their lease.
+		ix.retryGiveBacks(ctx)
 		cancel()
 	}
 	q.tel.close()
