@@ -63,7 +63,7 @@ func runSemaphore(t *testing.T, c *testcluster.Cluster, seed int64, cfg semaphor
 			s := semaphore.New(k, name, cfg.limit)
 			cli := k.Client()
 			for wctx.Err() == nil {
-				want := 1 + rng.IntN(cfg.maxWant)
+				want := 1 + rng.IntN(max(cfg.maxWant, 1))
 				p, err := s.Acquire(wctx, want)
 				if err != nil {
 					if wctx.Err() == nil {

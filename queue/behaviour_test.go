@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -621,4 +622,47 @@ func TestGiveBackRetriedAfterCut(t *testing.T) {
 	require.NoError(t, first.Ack(ctx))
 	assert.Zero(t, queue.PendingGiveBacks(q1))
 	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// Dequeue calls whose context ends while their claim is in flight leave no
+// claim behind: a claim applied after the give-back looked for it is given
+// back when the watch shows it, not kept until the worker's lease ends.
+func TestCanceledClaimsGivenBack(t *testing.T) {
+	ctx := ctxT(t, 120*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	producer := newQueue(t, cli, name, queue.WithRetention(0))
+	_, err := producer.EnqueueBatch(ctx, make([]queue.Item, 400))
+	require.NoError(t, err)
+	q1 := newQueue(t, cli, name, queue.WithRetention(0))
+	k1 := newKeeper(t, cli, 60*time.Second)
+	rng := rand.New(rand.NewPCG(1, 2))
+	acked := 0
+	for range 1000 {
+		dctx, cancel := context.WithTimeout(ctx, time.Duration(rng.IntN(5000))*time.Microsecond)
+		task, err := q1.Dequeue(dctx, k1)
+		cancel()
+		if err == nil {
+			require.NoError(t, task.Ack(ctx))
+			acked++
+		}
+	}
+	// Every claim left is one no Task holds; each must go well within the
+	// worker's 60 s lease.
+	var left int64
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := cli.Get(ctx, name+"/.queue/i/c/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		require.NoError(t, err)
+		if left = resp.Count; left == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Logf("%d of 1000 Dequeues handed out a task", acked)
+	require.Zero(t, left, "claims held by no task stayed under a live lease")
 }

@@ -136,10 +136,21 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 		// The claims may have been applied without our hearing of it. Bound
 		// to a lease this process keeps alive, they would hide the tasks
 		// until the process exits, so take back those that are ours; what
-		// cannot be taken back now, the index goroutine retries.
-		for i, e := range es {
-			ck := q.keys.claim(e.id)
-			ix.giveBackClaim(ctx, ck, clientv3.Compare(clientv3.Value(ck), "=", vals[i]), lease)
+		// cannot be taken back now, the index goroutine retries, and a claim
+		// still on its way is given back when the watch shows it land.
+		if outcomeUnknown(err) {
+			refs := make([]claimRef, len(es))
+			keys := make([]string, len(es))
+			for i, e := range es {
+				keys[i] = q.keys.claim(e.id)
+				refs[i] = claimRef{keys[i], clientv3.Compare(clientv3.Value(keys[i]), "=", vals[i])}
+			}
+			ix.watchUnsure(keys, vals, lease)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			ix.giveBackClaims(cctx, refs, lease)
+			cancel()
+		}
+		for _, e := range es {
 			ix.release(e.id, 0)
 		}
 		return nil, err
@@ -204,7 +215,9 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 	if err != nil {
 		// Give the claim back and hide the entry from this Queue: the
 		// error is reported once, not on every Dequeue.
-		ix.giveBackClaim(ctx, ck, held[0], lease)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		ix.giveBackClaims(cctx, []claimRef{{ck, held[0]}}, lease)
+		cancel()
 		ix.release(id, math.MaxInt64)
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)
 	}
@@ -260,7 +273,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
 			// Give the claim back rather than hide the task until the lease
 			// ends; the next claim dead-letters it.
-			ix.giveBackClaim(fctx, t.claimKey, t.held[0], lease)
+			ix.giveBackClaims(fctx, []claimRef{{t.claimKey, t.held[0]}}, lease)
 			ix.untrack(t)
 			t.cancel(fmt.Errorf("%w: task %s: dead-lettering failed: %w", ErrLost, t.ID, err))
 			return nil, err

@@ -87,8 +87,10 @@
 // go to other workers); those not handed out within half a second, or by
 // Close, are given back. A give-back that fails (etcd unreachable), and a
 // claim transaction whose answer never came, are retried in the background
-// until etcd confirms or the lease ends, so a worker that lives on does not
-// sit on tasks it never got. A task that arrives meanwhile with a higher
+// until etcd confirms or the lease ends; a claim that is applied only after
+// its give-back looked for it (a Dequeue whose context ended mid-claim) is
+// given back when the index watch shows it land. So a worker that lives on
+// does not sit on tasks it never got. A task that arrives meanwhile with a higher
 // priority waits for at most those three. Ready-index keys are never ranged
 // over on the claim path, so deleted keys (tombstones) of consumed tasks do
 // not slow claims down as the queue ages (measured by TestNoDecay, run with

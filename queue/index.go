@@ -51,7 +51,25 @@ type index struct {
 	// process exits, so the index goroutine tries again on every tick.
 	giveBacks   []giveBack
 	giveBackSeq int
+	// unsure are claims whose transaction never answered, by claim key and
+	// the value written (a task may have several on their way), with until
+	// when to look out for them: such a claim may still be applied after the
+	// give-back found nothing, and is given back when the watch shows it
+	// land.
+	unsure map[unsureKey]unsureClaim
 }
+
+type unsureKey struct{ key, value string }
+
+// unsureClaim is a claim whose transaction never answered.
+type unsureClaim struct {
+	lease *leasekeeper.Lease
+	until time.Time
+}
+
+// unsureFor is how long a claim whose transaction never answered is looked
+// out for: longer than etcd takes to apply or drop a proposal it accepted.
+const unsureFor = time.Minute
 
 // giveBack is a claim to give back: a buffered task to release, or a claim
 // whose transaction did not answer, to delete if it is there with the value
@@ -77,46 +95,105 @@ func (g giveBack) gone() bool {
 func (ix *index) addGiveBack(g giveBack) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.addGiveBackLocked(g)
+}
+
+func (ix *index) addGiveBackLocked(g giveBack) {
 	ix.giveBackSeq++
 	g.seq = ix.giveBackSeq
 	ix.giveBacks = append(ix.giveBacks, g)
 }
 
-// giveBackClaim gives back the claim key, if held holds, within 2 s; if that
-// fails, the index goroutine retries it until the claim's lease ends.
-func (ix *index) giveBackClaim(ctx context.Context, key string, held clientv3.Cmp, lease *leasekeeper.Lease) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if _, err := ix.q.cli.Txn(cctx).If(held).Then(clientv3.OpDelete(key)).Commit(); err != nil {
-		ix.addGiveBack(giveBack{key: key, held: held, lease: lease})
+// claimRef is a claim key with the comparison that holds while it is the
+// claim to give back.
+type claimRef struct {
+	key  string
+	held clientv3.Cmp
+}
+
+// giveBackClaims gives back the claims that are still there, in one
+// transaction under ctx (which callers bound). If the outcome is unknown,
+// the index goroutine retries them until their lease ends; an error that
+// says nothing was done (permission, a bad request) is not retried.
+func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *leasekeeper.Lease) {
+	ops := make([]clientv3.Op, len(cs))
+	for i, c := range cs {
+		ops[i] = clientv3.OpTxn([]clientv3.Cmp{c.held}, []clientv3.Op{clientv3.OpDelete(c.key)}, nil)
+	}
+	_, err := ix.q.cli.Txn(ctx).Then(ops...).Commit()
+	if err == nil || !outcomeUnknown(err) {
+		return
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for _, c := range cs {
+		ix.addGiveBackLocked(giveBack{key: c.key, held: c.held, lease: lease})
 	}
 }
 
-// retryGiveBacks tries once more to give back each claim that could not be;
-// those that fail again stay for the next tick. A claim whose lease is gone
-// went with it.
+// outcomeUnknown reports whether a failed request may have been applied, or
+// may succeed when tried again.
+func outcomeUnknown(err error) bool {
+	return retry.Retriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// watchUnsure records claims whose transaction never answered, to be given
+// back if the watch shows them land later.
+func (ix *index) watchUnsure(keys, values []string, lease *leasekeeper.Lease) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.unsure == nil {
+		ix.unsure = map[unsureKey]unsureClaim{}
+	}
+	until := time.Now().Add(unsureFor)
+	for i, k := range keys {
+		ix.unsure[unsureKey{k, values[i]}] = unsureClaim{lease: lease, until: until}
+	}
+}
+
+// retryGiveBacks tries once more, within one 2 s budget, to give back the
+// claims that could not be; those that fail again stay for the next tick. A
+// claim whose lease is gone went with it.
 func (ix *index) retryGiveBacks(ctx context.Context) {
 	ix.mu.Lock()
 	gs := slices.Clone(ix.giveBacks)
+	now := time.Now()
+	for k, u := range ix.unsure {
+		if now.After(u.until) || u.lease.Err() != nil {
+			delete(ix.unsure, k)
+		}
+	}
 	ix.mu.Unlock()
+	if len(gs) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	settled := map[int]bool{}
+	var claims []giveBack
 	for _, g := range gs {
-		if g.gone() {
+		switch {
+		case g.gone():
 			settled[g.seq] = true
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		var err error
-		if g.task != nil {
-			if err = g.task.release(rctx); errors.Is(err, ErrLost) {
-				err = nil // the claim is gone already
+		case g.task != nil:
+			if err := g.task.release(rctx); err == nil || errors.Is(err, ErrLost) || !outcomeUnknown(err) {
+				settled[g.seq] = true
 			}
-		} else {
-			_, err = ix.q.cli.Txn(rctx).If(g.held).Then(clientv3.OpDelete(g.key)).Commit()
+		default:
+			claims = append(claims, g)
 		}
-		cancel()
-		if err == nil {
-			settled[g.seq] = true
+	}
+	// One transaction per chunk of claims, each a nested transaction, within
+	// the cluster's limit of operations per transaction.
+	for chunk := range slices.Chunk(claims, max(1, ix.q.o.maxTxnOps)) {
+		ops := make([]clientv3.Op, len(chunk))
+		for i, g := range chunk {
+			ops[i] = clientv3.OpTxn([]clientv3.Cmp{g.held}, []clientv3.Op{clientv3.OpDelete(g.key)}, nil)
+		}
+		if _, err := ix.q.cli.Txn(rctx).Then(ops...).Commit(); err == nil || !outcomeUnknown(err) {
+			for _, g := range chunk {
+				settled[g.seq] = true
+			}
 		}
 	}
 	ix.mu.Lock()
@@ -235,6 +312,8 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var ready, delayed []entry
 	claimed := map[string]int64{}
+	claimValues := map[string]string{} // claim key → value, for ix.unsure
+	claimPrefix := prefix + "c/"
 	workers := map[string]time.Time{}
 	key := prefix
 	readRev := int64(0)
@@ -252,6 +331,9 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 		}
 		for _, kv := range resp.Kvs {
 			ix.q.classify(kv, &ready, &delayed, claimed, workers)
+			if strings.HasPrefix(string(kv.Key), claimPrefix) {
+				claimValues[string(kv.Key)] = string(kv.Value)
+			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
@@ -263,6 +345,14 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.ready, ix.delayed, ix.claimed, ix.workers = ready, delayed, claimed, workers
+	// A claim whose transaction never answered may have landed while no
+	// watch was running: give it back, as apply does.
+	for uk, u := range ix.unsure {
+		if v, ok := claimValues[uk.key]; ok && v == uk.value {
+			delete(ix.unsure, uk)
+			ix.addGiveBackLocked(giveBack{key: uk.key, held: clientv3.Compare(clientv3.Value(uk.key), "=", uk.value), lease: u.lease})
+		}
+	}
 	// A claim deleted while no watch was running (a restart after
 	// compaction, a lost leader) left no event: compare the tasks this
 	// process holds with the claims just read.
@@ -348,6 +438,12 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 				ix.claimed[id] = ev.Kv.CreateRevision
 				if c, err := decodeClaim(ev.Kv.Value); err == nil {
 					ix.workers[c.Worker] = time.Now()
+				}
+				if uk := (unsureKey{key, string(ev.Kv.Value)}); ix.unsure[uk].lease != nil {
+					// A claim whose transaction never answered landed after
+					// all, held by no Task: give it back.
+					ix.addGiveBackLocked(giveBack{key: key, held: clientv3.Compare(clientv3.Value(key), "=", uk.value), lease: ix.unsure[uk].lease})
+					delete(ix.unsure, uk)
 				}
 			} else {
 				delete(ix.claimed, id)
@@ -749,7 +845,7 @@ func (ix *index) releaseStale(ctx context.Context) {
 	ix.mu.Unlock()
 	for _, t := range stale {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if err := t.release(rctx); err != nil && !errors.Is(err, ErrLost) && t.ctx.Err() == nil {
+		if err := t.release(rctx); err != nil && outcomeUnknown(err) && t.ctx.Err() == nil {
 			ix.addGiveBack(giveBack{task: t})
 		}
 		cancel()
