@@ -505,6 +505,29 @@ func TestLossOrder(t *testing.T) {
 	}
 }
 
+// revokedSoon fails the test unless h.Revoked fires within 5 s.
+func revokedSoon(t testing.TB, h *lock.Hold) {
+	t.Helper()
+	select {
+	case <-h.Revoked():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Revoked did not fire for token %d", h.Token())
+	}
+}
+
+// lostSoon fails the test unless h is canceled within 5 s by a forced
+// release.
+func lostSoon(t testing.TB, h *lock.Hold) {
+	t.Helper()
+	select {
+	case <-h.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the forced holder %d's context was not canceled", h.Token())
+	}
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+}
+
 // Revocation: RequestRelease fires Revoked; ForceRelease deletes the key,
 // cancels the holder with ErrRevoked and grants the next waiter.
 func TestRevocation(t *testing.T) {
@@ -521,11 +544,7 @@ func TestRevocation(t *testing.T) {
 	tok, err := lock.RequestRelease(ctx, cli, name)
 	require.NoError(t, err)
 	require.Equal(t, h.Token(), tok)
-	select {
-	case <-h.Revoked():
-	case <-time.After(5 * time.Second):
-		t.Fatal("Revoked did not fire")
-	}
+	revokedSoon(t, h)
 	require.NoError(t, h.Context().Err(), "a request alone does not end the hold")
 	require.NoError(t, h.Unlock(ctx))
 	requireNoKeys(t, name) // the request went with the unlock
@@ -539,13 +558,7 @@ func TestRevocation(t *testing.T) {
 	require.Equal(t, h.Token(), tok)
 	r := recv(t, ch, 5*time.Second)
 	require.NoError(t, r.err)
-	select {
-	case <-h.Context().Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the forced holder's context was not canceled")
-	}
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+	lostSoon(t, h)
 	select {
 	case <-h.Revoked():
 	default:

@@ -321,26 +321,6 @@ func TestInspectRWMutex(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func revokedSoon(t testing.TB, h *lock.Hold) {
-	t.Helper()
-	select {
-	case <-h.Revoked():
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Revoked did not fire for token %d", h.Token())
-	}
-}
-
-func lostSoon(t testing.TB, h *lock.Hold) {
-	t.Helper()
-	select {
-	case <-h.Context().Done():
-	case <-time.After(5 * time.Second):
-		t.Fatalf("the forced holder %d's context was not canceled", h.Token())
-	}
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrRevoked)
-	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
-}
-
 // Release requests and forced releases reach every holder of an RWMutex:
 // all readers that share it, or its writer. A writer that waited behind
 // forced readers is granted, not forced along with them.

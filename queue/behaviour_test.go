@@ -598,15 +598,8 @@ func TestGiveBackRetriedAfterCut(t *testing.T) {
 
 	cluster.CutClient(cutCli)
 	defer cluster.RestoreClient(cutCli)
-	deadline := time.Now().Add(20 * time.Second)
-	for queue.PendingGiveBacks(q1) < 2 {
-		require.True(t, time.Now().Before(deadline), "the give-back never failed while cut off")
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	waitUntil(t, ctx, 20*time.Second, "the give-back failing while cut off",
+		func() bool { return queue.PendingGiveBacks(q1) >= 2 })
 	cluster.RestoreClient(cutCli)
 
 	q2 := newQueue(t, cluster.Client(), name, queue.WithRetention(0))
@@ -649,20 +642,10 @@ func TestCanceledClaimsGivenBack(t *testing.T) {
 	}
 	// Every claim left is one no Task holds; each must go well within the
 	// worker's 60 s lease.
-	var left int64
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	t.Logf("%d of 1000 Dequeues handed out a task", acked)
+	waitUntil(t, ctx, 15*time.Second, "claims held by no task gone under a live lease", func() bool {
 		resp, err := cli.Get(ctx, name+"/.queue/i/c/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 		require.NoError(t, err)
-		if left = resp.Count; left == 0 || time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Logf("%d of 1000 Dequeues handed out a task", acked)
-	require.Zero(t, left, "claims held by no task stayed under a live lease")
+		return resp.Count == 0
+	})
 }

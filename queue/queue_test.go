@@ -54,6 +54,23 @@ func assertOnlyFinished(t *testing.T, cli *clientv3.Client, name string) {
 	}
 }
 
+// waitUntil polls cond every 20 ms until it holds, failing the test after d
+// with what.
+func waitUntil(t *testing.T, ctx context.Context, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func newKeeper(t *testing.T, cli *clientv3.Client, ttl time.Duration) *leasekeeper.Keeper {
 	t.Helper()
 	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
