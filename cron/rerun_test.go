@@ -49,6 +49,9 @@ func testRerun(t *testing.T, committed, stopped bool) {
 
 	runs := make(chan replicaRun, 64)
 	lateCommit := make(chan error, 1)
+	// earlyCommit carries the result of the blocked run's Commit before the
+	// interruption: the interruption must come after it, not race it.
+	earlyCommit := make(chan error, 1)
 	var blocked atomic.Bool
 	job := func(i int, cli *clientv3.Client) cron.Func {
 		return func(ctx context.Context, r cron.Run) error {
@@ -56,7 +59,9 @@ func testRerun(t *testing.T, committed, stopped bool) {
 			put := clientv3.OpPut(fmt.Sprintf("%s%d/%d-%d", ledger, r.Time.Unix(), r.Token, r.Attempt), "")
 			if blocked.CompareAndSwap(false, true) {
 				if committed {
-					if err := r.Commit(ctx, put); err != nil {
+					err := r.Commit(ctx, put)
+					earlyCommit <- err
+					if err != nil {
 						return err
 					}
 				}
@@ -96,6 +101,9 @@ func testRerun(t *testing.T, committed, stopped bool) {
 	require.Equal(t, 0, first.replica)
 	require.Equal(t, 1, first.r.Attempt)
 	start(1)
+	if committed {
+		require.NoError(t, recvT(t, earlyCommit, 10*time.Second, "the first run's Commit"))
+	}
 	if stopped {
 		_ = stopA() // returns once the blocked run ended
 	} else {
