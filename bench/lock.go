@@ -51,18 +51,26 @@ func runLock(ctx context.Context, env *Env) ([]Result, error) {
 
 // benchLockUncontended alternates, cycle by cycle, a concord Mutex, etcd's
 // Mutex and the raw floor (a put-if-absent transaction with the lease, then
-// a delete transaction) on one client.
+// a delete transaction).
+//
+// Each of the three has a client of its own. A client sends its requests to
+// the members in turn, and a cycle of each is two requests: on one shared
+// client the three would make six requests per round, so each would always
+// send its lock to one member and its unlock to the next, the same two
+// every cycle, and whichever of the three never reached the leader (its
+// requests forwarded by a follower) would lose by that alone. On a client of
+// its own, each goes round all three members alike.
 func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
-	cli, err := env.NewClient()
+	clis, err := env.Clients(3)
 	if err != nil {
 		return nil, err
 	}
-	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(benchTTL))
+	k, err := leasekeeper.New(ctx, clis[0], leasekeeper.WithTTL(benchTTL))
 	if err != nil {
 		return nil, err
 	}
 	defer k.Close(context.WithoutCancel(ctx))
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(benchTTL/time.Second)))
+	sess, err := concurrency.NewSession(clis[1], concurrency.WithTTL(int(benchTTL/time.Second)))
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +78,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 	const name = "bench/lock/uncontended"
 	m := lock.New(k, name)
 	em := concurrency.NewMutex(sess, "bench/etcdlock/uncontended")
-	floorKey := "bench/lock/floor"
+	floorKey, floorCli := "bench/lock/floor", clis[2]
 	cycles := env.Scale(400, 60)
 
 	var ours, theirs, floor []float64
@@ -97,7 +105,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 			dTheirs = append(dTheirs, time.Since(start))
 
 			start = time.Now()
-			resp, err := cli.Txn(ctx).
+			resp, err := floorCli.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(floorKey), "=", 0)).
 				Then(clientv3.OpPut(floorKey, "", clientv3.WithLease(sess.Lease()))).Commit()
 			if err != nil {
@@ -106,7 +114,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 			if !resp.Succeeded {
 				return fmt.Errorf("floor key %s exists", floorKey)
 			}
-			if _, err := cli.Txn(ctx).Then(clientv3.OpDelete(floorKey)).Commit(); err != nil {
+			if _, err := floorCli.Txn(ctx).Then(clientv3.OpDelete(floorKey)).Commit(); err != nil {
 				return err
 			}
 			dFloor = append(dFloor, time.Since(start))
