@@ -37,7 +37,10 @@
 // gets ErrLost, never a Hold. A Lock that is canceled or times out withdraws
 // its request: the acquire transaction is given a short grace to answer, so
 // that a put already on its way is not missed, and then the request's key,
-// whose name is unique to it, is deleted whatever the answer was.
+// whose name is unique to it, is deleted whatever the answer was. That delete
+// can keep Lock past its context while etcd cannot be reached, until etcd
+// confirms it or the lease is lost (at most the TTL); a request that was
+// never sent, and a watch that etcd has not confirmed yet, do not.
 //
 // Two Mutex values exclude each other exactly like two processes, also when
 // they share a keeper, and goroutines sharing one Mutex value exclude each

@@ -172,3 +172,48 @@ func incrementTry(ctx context.Context, cli *clientv3.Client, counter string, g [
 	}
 	return true, nil
 }
+
+// A Lock on a client cut off from etcd returns when its context ends. The
+// etcd client holds the start of a watch until etcd confirms it, and a
+// request that was never sent needs no withdrawal: neither may keep Lock
+// past its context. After the client is restored the same Mutex value
+// works.
+func TestLockCutOffReturnsOnTime(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	cli := newClient(t)
+	k := newKeeper(t, cli, 5*time.Second)
+	h, err := lock.New(newKeeper(t, newClient(t), 5*time.Second), name).Lock(ctx)
+	require.NoError(t, err)
+	m := lock.New(k, name)
+
+	cluster.CutClient(cli)
+	restored := false
+	defer func() {
+		if !restored {
+			cluster.RestoreClient(cli)
+		}
+	}()
+	lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Lock(lctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(3 * time.Second):
+		t.Fatal("Lock on a cut-off client did not return when its context ended")
+	}
+
+	cluster.RestoreClient(cli)
+	restored = true
+	ch := lockAsync(ctx, m)
+	waitQueue(t, name, 2)
+	require.NoError(t, h.Unlock(ctx))
+	r := recv(t, ch, 10*time.Second)
+	require.NoError(t, r.err)
+	require.NoError(t, r.h.Unlock(ctx))
+}

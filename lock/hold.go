@@ -264,7 +264,9 @@ func (h *Hold) unlockMulti(ctx context.Context) error {
 // which owns the acquisition's watch from now on.
 func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	mctx, stopMonitor := context.WithCancel(context.Background())
+	// The monitor ends with the hold, also when it is blocked restarting a
+	// watch while etcd cannot be reached.
+	mctx, stopMonitor := context.WithCancel(ctx)
 	h := &Hold{
 		cli:         a.cli,
 		lease:       a.lease,
@@ -343,7 +345,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return
 		case <-arm:
 			arm = nil
-			rel = prefixwatch.Start(a.cli, releaseKey(t.prefix, t.rev))
+			rel = prefixwatch.Start(ctx, a.cli, releaseKey(t.prefix, t.rev))
 			relCh = rel.Ch
 		case resp, ok := <-relCh:
 			switch {
@@ -351,7 +353,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				rel.Restart()
+				rel.Restart(ctx)
 				relCh = rel.Ch
 			case resp.Created:
 				// A request made before the watch started: read it once.
@@ -375,7 +377,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				a.w.Restart()
+				a.w.Restart(ctx)
 				continue
 			}
 			if resp.Created {
@@ -389,7 +391,7 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 					if bo.Wait(ctx) != nil {
 						return
 					}
-					a.w.Restart()
+					a.w.Restart(ctx)
 					continue
 				}
 			} else {

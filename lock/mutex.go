@@ -127,7 +127,7 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leas
 	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
 	// The watch on own key is opened before the transaction, so that its
 	// creation revision is normally at or below the transaction's.
-	a := newAcquisition(k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
+	a := newAcquisition(ctx, k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
 	err := a.enqueue(ctx, value, try)
 	if err == nil && try && len(a.t.preds) > 0 {
 		err = ErrLocked // cannot happen with the empty-queue compare; be safe
@@ -152,7 +152,7 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leas
 			if a.t.forced {
 				err = fmt.Errorf("%w: %w", ErrRevoked, err)
 			}
-		case errors.Is(err, ErrLocked) && a.t.rev == 0:
+		case !a.sent || errors.Is(err, ErrLocked) && a.t.rev == 0:
 			return nil, err // nothing was written
 		}
 		a.cleanup(ctx)

@@ -218,9 +218,10 @@ type acquisition struct {
 	reuseKeys bool               // keys come back (Mutex): pool watches on gone keys
 	delay     time.Duration      // lock-delay
 	timeout   time.Duration      // bound of detached cleanup
+	sent      bool               // an enqueue transaction was sent: own key may exist
 }
 
-func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
+func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
 	a := &acquisition{
 		cli:   cli,
 		lease: lease,
@@ -240,9 +241,9 @@ func newAcquisition(cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, 
 		timeout:   timeout,
 	}
 	if a.ownPool != nil {
-		a.w = a.ownPool.Get()
+		a.w = a.ownPool.Get(ctx)
 	} else {
-		a.w = prefixwatch.StartOn(w.stream, cli, key, watchOpts...)
+		a.w = prefixwatch.StartOn(ctx, w.stream, cli, key, watchOpts...)
 	}
 	return a
 }
@@ -311,6 +312,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 		// If ctx ends first, give the answer a short grace to arrive.
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
+		a.sent = true
 		put := clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID()))
 		var txn clientv3.Txn
 		if try {
@@ -425,7 +427,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
-				a.w.Restart()
+				a.w.Restart(ctx)
 				continue
 			}
 			if resp.Created {
@@ -455,7 +457,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 			if err := bo.Wait(ctx); err != nil {
 				return err
 			}
-			w.Restart()
+			w.Restart(ctx)
 			continue
 		}
 		if resp.Created {
@@ -517,7 +519,7 @@ func (a *acquisition) follow(ctx context.Context) (stale bool, err error) {
 			a.putAhead(i)
 		}
 		if a.ahead[i] == nil && k != "" {
-			a.ahead[i] = a.aheadPool.GetKey(k)
+			a.ahead[i] = a.aheadPool.GetKey(ctx, k)
 			if a.ahead[i].Created && a.ahead[i].Rev > t.seen {
 				// Another request of this value took events of this watch
 				// after own read: read again before trusting it.
@@ -614,7 +616,7 @@ func (a *acquisition) ownWatchTurned(ctx context.Context, minRev int64, resp cli
 		// Start it again (its creation is seen by the wait loop or the
 		// Hold's monitor), and read instead.
 		a.w.Created = false
-		a.w.Restart()
+		a.w.Restart(ctx)
 		return a.refresh(ctx, minRev)
 	}
 	a.w.Created = true
@@ -806,6 +808,8 @@ func (a *acquisition) cleanup(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 	defer cancel()
+	// Nor once the lease is lost meanwhile (etcd unreachable for long).
+	defer context.AfterFunc(a.lease.Context(), cancel)()
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {
 		// Unconditional: the key name is unique to this request (or to this

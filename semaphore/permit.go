@@ -105,7 +105,9 @@ func (p *Permit) Release(ctx context.Context) error {
 
 func newPermit(a *acquisition, pool *prefixwatch.Pool, tel *telemetry) *Permit {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	mctx, stopMonitor := context.WithCancel(context.Background())
+	// The monitor ends with the permit, also when it is blocked restarting
+	// a watch while etcd cannot be reached.
+	mctx, stopMonitor := context.WithCancel(ctx)
 	p := &Permit{
 		cli:         a.cli,
 		lease:       a.lease,
@@ -156,7 +158,7 @@ func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.
 				if bo.Wait(ctx) != nil {
 					return
 				}
-				a.w.Restart()
+				a.w.Restart(ctx)
 				continue
 			}
 			if resp.Created {
@@ -171,7 +173,7 @@ func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.
 					if bo.Wait(ctx) != nil {
 						return
 					}
-					a.w.Restart()
+					a.w.Restart(ctx)
 				case len(gresp.Kvs) == 0 || gresp.Kvs[0].CreateRevision != t.rev:
 					ended(errOwnGone)
 					return

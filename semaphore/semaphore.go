@@ -100,7 +100,9 @@ func (s *Semaphore) SetLimit(ctx context.Context, limit int) error {
 // large request is never overtaken by later small ones. On failure it
 // returns ctx's cause, an error wrapping ErrLost, ErrLimitMismatch or an
 // etcd error, and the request has been withdrawn (its key deleted, or gone
-// with the lost lease).
+// with the lost lease). While etcd cannot be reached, withdrawing a request
+// that was sent can keep Acquire past ctx's end, until etcd confirms the
+// delete or the lease is lost (at most the TTL).
 func (s *Semaphore) Acquire(ctx context.Context, n int) (*Permit, error) {
 	return s.acquire(ctx, n, false)
 }
@@ -150,7 +152,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 			preds:    map[string]int{},
 		},
 	}
-	a.w = s.pool.Get()
+	a.w = s.pool.Get(ctx)
 	err = a.enqueue(ctx, encodePermit(n, time.Now(), s.value), limit)
 	if err == nil && try && !a.t.granted() {
 		err = ErrNoPermits
@@ -168,7 +170,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 		if errors.Is(err, errOwnGone) {
 			err = fmt.Errorf("%w: request %s deleted while waiting", ErrLost, a.t.key)
 		}
-		if a.t.rev != 0 || !errors.Is(err, ErrLimitMismatch) {
+		if a.sent && (a.t.rev != 0 || !errors.Is(err, ErrLimitMismatch)) {
 			a.cleanup(ctx)
 		}
 		return nil, err
@@ -261,6 +263,7 @@ type acquisition struct {
 	t       turn
 	w       *prefixwatch.Watch
 	timeout time.Duration // bound of detached cleanup
+	sent    bool          // an enqueue transaction was sent: own key may exist
 }
 
 func lostErr(l *leasekeeper.Lease) error {
@@ -290,6 +293,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		// races a put still on its way.
 		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
+		a.sent = true
 		resp, err := a.cli.Txn(tctx).
 			If(clientv3.Compare(clientv3.Value(t.limitKey), "=", want),
 				clientv3.Compare(clientv3.CreateRevision(t.key), "=", 0)).
@@ -373,7 +377,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 				if err := bo.Wait(ctx); err != nil {
 					return err
 				}
-				a.w.Restart()
+				a.w.Restart(ctx)
 				continue
 			}
 			if resp.Created {
@@ -384,7 +388,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 					if err := bo.Wait(ctx); err != nil {
 						return err
 					}
-					a.w.Restart()
+					a.w.Restart(ctx)
 				}
 				continue
 			}
@@ -423,6 +427,8 @@ func (a *acquisition) cleanup(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
 	defer cancel()
+	// Nor once the lease is lost meanwhile (etcd unreachable for long).
+	defer context.AfterFunc(a.lease.Context(), cancel)()
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {
 		// Unconditional: the key name is unique to this request.

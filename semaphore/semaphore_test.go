@@ -386,3 +386,41 @@ func TestNeverOverLimit(t *testing.T) {
 	require.Positive(t, granted.Load())
 	t.Logf("granted %d, peak %d of %d", granted.Load(), peak.Load(), limit)
 }
+
+// An Acquire on a client cut off from etcd returns when its context ends:
+// neither the start of its watch nor the withdrawal of a request that was
+// never sent keeps it waiting. After the client is restored the same
+// Semaphore value works.
+func TestAcquireCutOffReturnsOnTime(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 30*time.Second)
+	cli := newClient(t)
+	s := semaphore.New(newKeeper(t, cli, 5*time.Second), name, 1)
+	p, err := semaphore.New(newKeeper(t, newClient(t), 5*time.Second), name, 1).Acquire(ctx, 1)
+	require.NoError(t, err)
+
+	cluster.CutClient(cli)
+	restored := false
+	defer func() {
+		if !restored {
+			cluster.RestoreClient(cli)
+		}
+	}()
+	actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	select {
+	case r := <-acquireAsync(actx, s, 1):
+		require.ErrorIs(t, r.err, context.DeadlineExceeded)
+	case <-time.After(3 * time.Second):
+		t.Fatal("Acquire on a cut-off client did not return when its context ended")
+	}
+
+	cluster.RestoreClient(cli)
+	restored = true
+	ch := acquireAsync(ctx, s, 1)
+	waitRequests(t, name, 2)
+	require.NoError(t, p.Release(ctx))
+	r := recv(t, ch, 10*time.Second)
+	require.NoError(t, r.err)
+	require.NoError(t, r.p.Release(ctx))
+}

@@ -47,8 +47,14 @@ func (w *Watch) Key() string { return w.key }
 
 // Start watches key with opts (WithPrefix for a prefix, WithFilterPut to
 // receive deletions only, ...).
-func Start(cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
-	return StartOn(Stream{}, cli, key, opts...)
+//
+// The etcd client's Watch returns only once etcd has confirmed the watch,
+// and a client that cannot reach any member (cut off, every member down)
+// waits for that until it reconnects. ctx bounds this wait alone: if it
+// ends first, the watch is canceled and Ch closes, as for any failed watch.
+// Once started, the watch lives until Stop whatever becomes of ctx.
+func Start(ctx context.Context, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
+	return StartOn(ctx, Stream{}, cli, key, opts...)
 }
 
 // Stream names the gRPC watch stream a watch travels on. The etcd client
@@ -74,23 +80,26 @@ func (s Stream) Context() context.Context {
 }
 
 // StartOn is Start on the given stream.
-func StartOn(st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
+func StartOn(ctx context.Context, st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Watch {
 	w := &Watch{cli: cli, key: key, opts: opts, stream: st}
-	w.start()
+	w.start(ctx)
 	return w
 }
 
-func (w *Watch) start() {
-	ctx, cancel := context.WithCancel(w.stream.Context())
+func (w *Watch) start(ctx context.Context) {
+	wctx, cancel := context.WithCancel(w.stream.Context())
 	w.cancel = cancel
 	w.Created = false
-	w.Ch = w.cli.Watch(ctx, w.key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, w.opts...)...)
+	stop := context.AfterFunc(ctx, cancel)
+	w.Ch = w.cli.Watch(wctx, w.key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, w.opts...)...)
+	stop()
 }
 
-// Restart replaces a failed watch with a new one on the same keys.
-func (w *Watch) Restart() {
+// Restart replaces a failed watch with a new one on the same keys; ctx
+// bounds the wait for etcd's confirmation, as for Start.
+func (w *Watch) Restart(ctx context.Context) {
 	w.cancel()
-	w.start()
+	w.start(ctx)
 }
 
 // Stop ends the watch.
@@ -142,13 +151,22 @@ func NewPoolOn(st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpO
 	return &Pool{cli: cli, key: key, opts: opts, stream: st}
 }
 
-// Get returns an idle watch on the pool's key, or a new one.
-func (p *Pool) Get() *Watch { return p.GetKey(p.key) }
+// Get returns an idle watch on the pool's key, or a new one (ctx bounds its
+// start, as for Start).
+func (p *Pool) Get(ctx context.Context) *Watch { return p.GetKey(ctx, p.key) }
 
 // GetKey returns an idle watch on key, or a new one. The most recently
 // returned idle watch is taken first. (A pool made for any key, with key
 // "", must be used through GetKey.)
-func (p *Pool) GetKey(key string) *Watch {
+func (p *Pool) GetKey(ctx context.Context, key string) *Watch {
+	if w := p.takeIdle(key); w != nil {
+		return w
+	}
+	// Not under mu: the start waits for etcd.
+	return StartOn(ctx, p.stream, p.cli, key, p.opts...)
+}
+
+func (p *Pool) takeIdle(key string) *Watch {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := len(p.idle) - 1; i >= 0; i-- {
@@ -162,7 +180,7 @@ func (p *Pool) GetKey(key string) *Watch {
 		}
 		// The idle timer fired and is closing this one.
 	}
-	return StartOn(p.stream, p.cli, key, p.opts...)
+	return nil
 }
 
 // Put gives a watch back for reuse, or stops it if it is not known good

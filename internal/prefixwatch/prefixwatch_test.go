@@ -39,25 +39,26 @@ func next(t *testing.T, w *prefixwatch.Watch, d time.Duration) clientv3.WatchRes
 // A pool hands a watch given back to the next caller for the same key, and
 // a new watch for another key; when full it closes the watch idle longest.
 func TestPoolReuseByKey(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
 	cli := cluster.Client()
 	p := prefixwatch.NewPool(cli, "", clientv3.WithFilterPut())
-	a := p.GetKey("/test/prefixwatch/a")
+	a := p.GetKey(ctx, "/test/prefixwatch/a")
 	require.True(t, next(t, a, 5*time.Second).Created)
 	a.Created = true
 	p.Put(a)
-	require.Same(t, a, p.GetKey("/test/prefixwatch/a"), "the idle watch on the key is reused")
-	b := p.GetKey("/test/prefixwatch/b")
+	require.Same(t, a, p.GetKey(ctx, "/test/prefixwatch/a"), "the idle watch on the key is reused")
+	b := p.GetKey(ctx, "/test/prefixwatch/b")
 	require.NotSame(t, a, b, "another key gets its own watch")
 	b.Stop()
 
 	// A watch not known good is stopped, not kept.
 	p.Put(b)
-	require.NotSame(t, b, p.GetKey("/test/prefixwatch/b"))
+	require.NotSame(t, b, p.GetKey(ctx, "/test/prefixwatch/b"))
 
 	// Fill the pool past its bound: the first watch given back is closed.
 	ws := []*prefixwatch.Watch{a}
 	for _, k := range []string{"c", "d", "e", "f"} {
-		w := p.GetKey("/test/prefixwatch/" + k)
+		w := p.GetKey(ctx, "/test/prefixwatch/"+k)
 		require.True(t, next(t, w, 5*time.Second).Created)
 		ws = append(ws, w)
 	}
@@ -74,7 +75,7 @@ func TestPoolReuseByKey(t *testing.T) {
 			t.Fatal("the pool did not close the watch idle longest")
 		}
 	}
-	require.NotSame(t, a, p.GetKey("/test/prefixwatch/a"), "the evicted watch is not handed out")
+	require.NotSame(t, a, p.GetKey(ctx, "/test/prefixwatch/a"), "the evicted watch is not handed out")
 }
 
 // A progress request on a stream of its own is answered on each of its
@@ -84,7 +85,7 @@ func TestStreamProgress(t *testing.T) {
 	cli := cluster.Client()
 	st := prefixwatch.NewStream("test-progress")
 	key := "/test/prefixwatch/progress"
-	w := prefixwatch.StartOn(st, cli, key)
+	w := prefixwatch.StartOn(ctx, st, cli, key)
 	t.Cleanup(w.Stop)
 	require.True(t, next(t, w, 5*time.Second).Created)
 
@@ -108,4 +109,47 @@ func TestStreamProgress(t *testing.T) {
 			return
 		}
 	}
+}
+
+// Starting a watch on a client cut off from etcd returns once ctx ends, with
+// Ch closed, instead of waiting for etcd to confirm the watch; the next
+// start after the client is restored works.
+func TestStartBoundedByContext(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	cli, err := cluster.NewClient()
+	require.NoError(t, err)
+	st := prefixwatch.NewStream("test-cut")
+	first := prefixwatch.StartOn(ctx, st, cli, "/test/prefixwatch/cut/first")
+	t.Cleanup(first.Stop)
+	require.True(t, next(t, first, 5*time.Second).Created)
+
+	cluster.CutClient(cli)
+	restored := false
+	defer func() {
+		if !restored {
+			cluster.RestoreClient(cli)
+		}
+	}()
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	started := make(chan *prefixwatch.Watch, 1)
+	go func() { started <- prefixwatch.StartOn(sctx, st, cli, "/test/prefixwatch/cut/second") }()
+	var w *prefixwatch.Watch
+	select {
+	case w = <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Start did not return when its context ended")
+	}
+	select {
+	case r, ok := <-w.Ch:
+		require.False(t, ok, "a watch canceled before creation delivers nothing: %+v", r)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch canceled at start did not close")
+	}
+
+	cluster.RestoreClient(cli)
+	restored = true
+	w.Restart(ctx)
+	t.Cleanup(w.Stop)
+	require.True(t, next(t, w, 10*time.Second).Created)
 }
