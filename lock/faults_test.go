@@ -173,19 +173,25 @@ func incrementTry(ctx context.Context, cli *clientv3.Client, counter string, g [
 	return true, nil
 }
 
-// A Lock on a client cut off from etcd returns when its context ends. The
-// etcd client holds the start of a watch until etcd confirms it, and a
-// request that was never sent needs no withdrawal: neither may keep Lock
-// past its context. After the client is restored the same Mutex value
-// works.
+// A Lock on a client cut off from etcd returns when its context ends, with
+// its cause. The etcd client holds the start of a watch until etcd confirms
+// it, and a request that was never sent needs no withdrawal: neither may
+// keep a fresh Mutex value's Lock past its context. A value used before
+// (its watch pooled) sends its request, which stalls: that Lock withdraws it
+// until the lease is lost. After the client is restored the same values
+// work.
 func TestLockCutOffReturnsOnTime(t *testing.T) {
 	name := lockName(t)
 	ctx := ctxT(t, 30*time.Second)
 	cli := newClient(t)
-	k := newKeeper(t, cli, 5*time.Second)
+	k := newKeeper(t, cli, 2*time.Second)
 	h, err := lock.New(newKeeper(t, newClient(t), 5*time.Second), name).Lock(ctx)
 	require.NoError(t, err)
-	m := lock.New(k, name)
+	fresh := lock.New(k, name)
+	used := lock.New(k, lockName(t, "used"))
+	uh, err := used.Lock(ctx)
+	require.NoError(t, err)
+	require.NoError(t, uh.Unlock(ctx))
 
 	cluster.CutClient(cli)
 	restored := false
@@ -194,26 +200,31 @@ func TestLockCutOffReturnsOnTime(t *testing.T) {
 			cluster.RestoreClient(cli)
 		}
 	}()
-	lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := m.Lock(lctx)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		require.ErrorIs(t, err, context.DeadlineExceeded)
-	case <-time.After(3 * time.Second):
-		t.Fatal("Lock on a cut-off client did not return when its context ended")
+	for _, m := range []*lock.Mutex{fresh, used} {
+		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		done := make(chan error, 1)
+		go func() {
+			_, err := m.Lock(lctx)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+		case <-time.After(3 * time.Second):
+			t.Fatalf("Lock of %s on a cut-off client did not return in time", m.Name())
+		}
+		cancel()
 	}
 
 	cluster.RestoreClient(cli)
 	restored = true
-	ch := lockAsync(ctx, m)
+	ch := lockAsync(ctx, fresh)
 	waitQueue(t, name, 2)
 	require.NoError(t, h.Unlock(ctx))
 	r := recv(t, ch, 10*time.Second)
 	require.NoError(t, r.err)
 	require.NoError(t, r.h.Unlock(ctx))
+	uh, err = used.Lock(ctx)
+	require.NoError(t, err)
+	require.NoError(t, uh.Unlock(ctx))
 }

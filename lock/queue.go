@@ -342,6 +342,9 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 				return werr
 			}
 			continue
+		case ctx.Err() != nil:
+			// The answer's grace after ctx ended ran out.
+			return context.Cause(ctx)
 		default:
 			return fmt.Errorf("lock: enqueue: %w", err)
 		}

@@ -312,6 +312,9 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 				return werr
 			}
 			continue
+		case ctx.Err() != nil:
+			// The answer's grace after ctx ended ran out.
+			return context.Cause(ctx)
 		default:
 			return fmt.Errorf("semaphore: enqueue: %w", err)
 		}

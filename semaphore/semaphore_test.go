@@ -387,17 +387,29 @@ func TestNeverOverLimit(t *testing.T) {
 	t.Logf("granted %d, peak %d of %d", granted.Load(), peak.Load(), limit)
 }
 
-// An Acquire on a client cut off from etcd returns when its context ends:
-// neither the start of its watch nor the withdrawal of a request that was
-// never sent keeps it waiting. After the client is restored the same
-// Semaphore value works.
+// An Acquire on a client cut off from etcd returns when its context ends,
+// with its cause: neither the start of its watch nor the withdrawal of a
+// request that was never sent keeps a fresh Semaphore value waiting, and a
+// value used before (its request sent, and stalled) withdraws it until the
+// lease is lost. After the client is restored the same values work.
 func TestAcquireCutOffReturnsOnTime(t *testing.T) {
 	name := semName(t)
+	usedName := semName(t) + "_used"
 	ctx := ctxT(t, 30*time.Second)
 	cli := newClient(t)
-	s := semaphore.New(newKeeper(t, cli, 5*time.Second), name, 1)
+	k := newKeeper(t, cli, 2*time.Second)
+	fresh := semaphore.New(k, name, 1)
+	used := semaphore.New(k, usedName, 1)
+	t.Cleanup(func() {
+		cctx := ctxT(t, 5*time.Second)
+		require.NoError(t, semaphore.Remove(cctx, cluster.Admin(), usedName))
+		requireNoKeys(t, usedName)
+	})
 	p, err := semaphore.New(newKeeper(t, newClient(t), 5*time.Second), name, 1).Acquire(ctx, 1)
 	require.NoError(t, err)
+	up, err := used.Acquire(ctx, 1)
+	require.NoError(t, err)
+	require.NoError(t, up.Release(ctx))
 
 	cluster.CutClient(cli)
 	restored := false
@@ -406,21 +418,26 @@ func TestAcquireCutOffReturnsOnTime(t *testing.T) {
 			cluster.RestoreClient(cli)
 		}
 	}()
-	actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	select {
-	case r := <-acquireAsync(actx, s, 1):
-		require.ErrorIs(t, r.err, context.DeadlineExceeded)
-	case <-time.After(3 * time.Second):
-		t.Fatal("Acquire on a cut-off client did not return when its context ended")
+	for _, s := range []*semaphore.Semaphore{fresh, used} {
+		actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		select {
+		case r := <-acquireAsync(actx, s, 1):
+			require.ErrorIs(t, r.err, context.DeadlineExceeded)
+		case <-time.After(3 * time.Second):
+			t.Fatal("Acquire on a cut-off client did not return in time")
+		}
+		cancel()
 	}
 
 	cluster.RestoreClient(cli)
 	restored = true
-	ch := acquireAsync(ctx, s, 1)
+	ch := acquireAsync(ctx, fresh, 1)
 	waitRequests(t, name, 2)
 	require.NoError(t, p.Release(ctx))
 	r := recv(t, ch, 10*time.Second)
 	require.NoError(t, r.err)
 	require.NoError(t, r.p.Release(ctx))
+	up, err = used.Acquire(ctx, 1)
+	require.NoError(t, err)
+	require.NoError(t, up.Release(ctx))
 }
