@@ -126,7 +126,9 @@ func (e *Election) Key() string { return e.key }
 // value is what Leader and Observe report for this candidate.
 //
 // On any failure no key of this candidate is left behind: the key is deleted
-// with a detached, bounded context.
+// with a detached context bounded by the TTL. While etcd cannot be reached
+// that delete can keep Campaign past ctx's end, until etcd confirms it or
+// the lease is lost.
 //
 // Cost: one transaction that writes the candidate key and reads its
 // predecessor; while waiting, one watch on the candidate's own key and one on
@@ -248,7 +250,7 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 		Commit()
 	if err != nil {
 		// The put may have been applied: remove it if it is ours.
-		e.cleanup(ctx, l.ID(), 0)
+		e.cleanup(ctx, l, 0)
 		if wctx.Err() != nil {
 			return nil, context.Cause(wctx)
 		}
@@ -260,7 +262,7 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 		// key is unique to this Election and we hold its slot): delete that
 		// incarnation and start over.
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
-			e.cleanup(ctx, 0, kvs[0].CreateRevision)
+			e.cleanup(ctx, l, kvs[0].CreateRevision)
 		}
 		return nil, errStaleKey
 	}
@@ -272,7 +274,7 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 	if pred != nil {
 		err = wait.ForPredecessors(wctx, e.cli, e.prefix, wait.Own{Key: e.key, Rev: rev}, pred)
 		if err != nil {
-			e.cleanup(ctx, 0, rev)
+			e.cleanup(ctx, l, rev)
 			switch {
 			case errors.Is(err, wait.ErrOwnKeyGone):
 				return nil, fmt.Errorf("%w: candidate key %s deleted while waiting (lease expired or revoked): %w", ErrLost, e.key, err)
@@ -286,7 +288,7 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 	// must also still be trusted locally, or the server may expire it any
 	// moment now.
 	if l.Context().Err() != nil {
-		e.cleanup(ctx, 0, rev)
+		e.cleanup(ctx, l, rev)
 		return nil, fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context()))
 	}
 	return newTerm(e, l, rev, value), nil
@@ -294,13 +296,19 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 
 // cleanup deletes this candidate's key with a detached, bounded context: the
 // incarnation created at rev if rev > 0, otherwise whatever incarnation is
-// attached to lease (the outcome of the create is unknown).
-func (e *Election) cleanup(ctx context.Context, lease clientv3.LeaseID, rev int64) {
+// attached to lease l (the outcome of the create is unknown). A key on a lost
+// lease goes with it: then, or once l is lost meanwhile (etcd unreachable),
+// there is nothing to wait for.
+func (e *Election) cleanup(ctx context.Context, l *leasekeeper.Lease, rev int64) {
+	if l.Err() != nil {
+		return
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.k.TTL())
 	defer cancel()
+	defer context.AfterFunc(l.Context(), cancel)()
 	cmp := clientv3.Compare(clientv3.CreateRevision(e.key), "=", rev)
 	if rev == 0 {
-		cmp = clientv3.Compare(clientv3.LeaseValue(e.key), "=", lease)
+		cmp = clientv3.Compare(clientv3.LeaseValue(e.key), "=", l.ID())
 	}
 	// Best effort: if this fails, the key goes with its lease.
 	_, _ = e.cli.Txn(cctx).If(cmp).Then(clientv3.OpDelete(e.key)).Commit()

@@ -107,3 +107,59 @@ func TestLeaderPartitioned(t *testing.T) {
 	assert.Greater(t, r2.v.Token(), r.v.Token())
 	require.NoError(t, r2.v.Resign(ctx))
 }
+
+// A Proclaim or Resign with a deadline returns on time on a client cut off
+// from etcd, also while another Proclaim, with a context that never ends,
+// is stalled on it: Proclaim returns its context's cause, and Resign returns
+// once the lease is lost (its key goes with the lease) instead of after the
+// whole TTL.
+func TestCutOffTermCallsReturnOnTime(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := "/test/" + t.Name()
+	assertNoKeys(t, cluster, name)
+	p := newProcess(t, cluster, 3*time.Second)
+	term, err := election.New(p.k, name).Campaign(ctx, "a")
+	require.NoError(t, err)
+
+	cluster.CutClient(p.cli)
+	stalled := make(chan error, 1)
+	go func() { stalled <- term.Proclaim(context.Background(), "stalled") }()
+	require.Eventually(t, term.Proclaiming, 5*time.Second, time.Millisecond)
+
+	returns := func(what string, d time.Duration, call func() error) error {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(d):
+			t.Fatalf("%s on a cut-off client did not return within %v", what, d)
+			return nil
+		}
+	}
+	err = returns("Proclaim", 3*time.Second, func() error {
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		return term.Proclaim(pctx, "b")
+	})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	// The lease is lost at its safe deadline, under 3 s after the cut.
+	start := time.Now()
+	err = returns("Resign", 5*time.Second, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		return term.Resign(rctx)
+	})
+	require.NoError(t, err)
+	require.Less(t, time.Since(start), 3*time.Second, "Resign waited past the lease's loss")
+	require.ErrorIs(t, term.Err(), election.ErrLost)
+
+	cluster.RestoreClient(p.cli)
+	select {
+	case <-stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled Proclaim did not end after the client was restored")
+	}
+}

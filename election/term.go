@@ -31,7 +31,11 @@ type Term struct {
 
 	endOnce sync.Once // releases the Election's slot and records the hold time
 
-	mu        sync.Mutex // protects value, resigned, resigning
+	// proclaiming serialises Proclaims; a channel, so that a Proclaim
+	// waiting behind one stalled on etcd still returns when its ctx ends.
+	proclaiming chan struct{}
+
+	mu        sync.Mutex // protects value, resigned, resigning; never held across a request
 	value     string
 	resigned  bool
 	resigning bool // a Resign is deleting the key: its deletion is not a loss
@@ -39,7 +43,8 @@ type Term struct {
 
 func newTerm(e *Election, l *leasekeeper.Lease, rev int64, value string) *Term {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	t := &Term{e: e, lease: l, rev: rev, won: time.Now(), ctx: ctx, cancel: cancel, value: value}
+	t := &Term{e: e, lease: l, rev: rev, won: time.Now(), ctx: ctx, cancel: cancel, value: value,
+		proclaiming: make(chan struct{}, 1)}
 	t.stop = context.AfterFunc(l.Context(), func() {
 		t.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
 	})
@@ -113,17 +118,31 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 		return fmt.Errorf("election: proclaim: %w", context.Cause(t.ctx))
 	}
 	// Serialize with other Proclaims so Value matches what etcd holds last.
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	select {
+	case t.proclaiming <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("election: proclaim: %w", context.Cause(ctx))
+	}
+	defer func() { <-t.proclaiming }()
 	_, err := guard.Do(ctx, t.e.cli, t.Guard(), ErrLost, clientv3.OpPut(t.e.key, value, clientv3.WithLease(t.lease.ID())))
 	if errors.Is(err, ErrLost) {
+		t.mu.Lock()
+		resigning := t.resigning || t.resigned
+		t.mu.Unlock()
+		if resigning {
+			// A Resign running beside this Proclaim deleted the key first:
+			// the term ends as resigned, not lost.
+			return ErrNotLeader
+		}
 		t.cancel(fmt.Errorf("%w: candidate key %s is gone", ErrLost, t.e.key))
 		return fmt.Errorf("election: proclaim: %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("election: proclaim: %w", err)
 	}
+	t.mu.Lock()
 	t.value = value
+	t.mu.Unlock()
 	return nil
 }
 
@@ -132,7 +151,9 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 // idempotent, and also safe after the term was lost. It cleans up with a
 // detached context bounded by the lease TTL, so a canceled ctx still
 // resigns; the term's context is canceled only once etcd confirmed (or the
-// key was already gone). It waits for the term's watch goroutine to end.
+// key was already gone). A key on a lost lease goes with the lease: once the
+// lease is lost, before or during Resign, it deletes nothing and returns
+// nil. It waits for the term's watch goroutine to end.
 // Cost: one transaction.
 func (t *Term) Resign(ctx context.Context) error {
 	t.mu.Lock()
@@ -144,17 +165,23 @@ func (t *Term) Resign(ctx context.Context) error {
 	t.mu.Unlock()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.e.k.TTL())
 	defer cancel()
+	// A key on a lost lease goes with it: nothing to delete then, nor to wait
+	// for once the lease is lost meanwhile (etcd unreachable).
+	defer context.AfterFunc(t.lease.Context(), cancel)()
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
-	for {
+	for t.lease.Err() == nil {
 		// Guarded by the create revision: never deletes a newer incarnation.
 		_, err := t.e.cli.Txn(rctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
-		if err == nil {
+		if err == nil || t.lease.Err() != nil {
 			break
 		}
 		// A leader change or a member going away is worth waiting out: the
 		// key would otherwise stay on a live lease and keep this process
 		// leader without a term.
 		if !retry.Retriable(err) || bo.Wait(rctx) != nil {
+			if t.lease.Err() != nil {
+				break
+			}
 			t.mu.Lock()
 			t.resigning = false
 			t.mu.Unlock()
