@@ -261,6 +261,77 @@ func TestCutOffWorkerLosesBeforeRedelivery(t *testing.T) {
 	assertOnlyFinished(t, cluster.Admin(), name)
 }
 
+// A call waiting for another that is stuck on a client cut off from etcd
+// returns when its own context ends: an Ack behind a Progress of the same
+// task, and an Ack behind another task's Ack that is granting the retention
+// lease. Both stuck calls use context.Background and finish once the client
+// is restored.
+func TestWaitBehindStuckCallReturnsOnTime(t *testing.T) {
+	ctx := ctxT(t, 60*time.Second)
+	name := qname(t)
+	cutCli, err := cluster.NewClient()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cutCli.Close() })
+	q := newQueue(t, cutCli, name)
+	k := newKeeper(t, cutCli, 30*time.Second)
+	_, err = q.EnqueueBatch(ctx, []queue.Item{{}, {}, {}})
+	require.NoError(t, err)
+	var tasks []*queue.Task
+	for range 3 {
+		task, err := q.Dequeue(ctx, k)
+		require.NoError(t, err)
+		tasks = append(tasks, task)
+	}
+
+	cluster.CutClient(cutCli)
+	defer cluster.RestoreClient(cutCli)
+	// Buffered: after a failure the stuck calls still end, once restored,
+	// without a receiver.
+	progressed, acked := make(chan error, 1), make(chan error, 1)
+	go func() { progressed <- tasks[0].Progress(context.Background(), 0.5, "stuck", nil) }()
+	waitUntil(t, ctx, 10*time.Second, "the Progress holding its task",
+		func() bool { return queue.OpHeld(tasks[0]) })
+	go func() { acked <- tasks[1].Ack(context.Background()) }()
+	waitUntil(t, ctx, 10*time.Second, "the Ack granting the retention lease",
+		func() bool { return queue.RetentionGrantHeld(q) })
+
+	for _, c := range []struct {
+		what string
+		task *queue.Task
+	}{
+		{"Ack behind a Progress of its task", tasks[0]},
+		{"Ack behind another task's retention lease grant", tasks[2]},
+	} {
+		actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		done := make(chan error, 1)
+		go func() { done <- c.task.Ack(actx) }()
+		select {
+		case err := <-done:
+			assert.ErrorIs(t, err, context.DeadlineExceeded, c.what)
+		case <-time.After(3 * time.Second):
+			cancel()
+			t.Fatalf("%s did not return when its context ended", c.what)
+		}
+		cancel()
+	}
+
+	cluster.RestoreClient(cutCli)
+	for _, c := range []struct {
+		what string
+		ch   chan error
+	}{{"the stuck Progress", progressed}, {"the stuck Ack", acked}} {
+		select {
+		case err := <-c.ch:
+			require.NoError(t, err, c.what)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s did not finish once the client was restored", c.what)
+		}
+	}
+	require.NoError(t, tasks[0].Ack(ctx))
+	require.NoError(t, tasks[2].Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
 func TestWatchStatus(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	name := qname(t)

@@ -255,6 +255,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		checkpoint:  checkpoint,
 		hasStatus:   statusKV != nil,
 		hasProgress: progressKV != nil,
+		op:          make(chan struct{}, 1),
 	}
 	t.bind(lease)
 	ix.track(t)

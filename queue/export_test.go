@@ -10,3 +10,11 @@ func PendingGiveBacks(q *Queue) int {
 	defer ix.mu.Unlock()
 	return len(ix.giveBacks)
 }
+
+// OpHeld reports whether one of t's Ack, Nack, Fail or Progress calls holds
+// the lock that serializes them.
+func OpHeld(t *Task) bool { return len(t.op) > 0 }
+
+// RetentionGrantHeld reports whether an Ack of q holds the lock that
+// serializes retention lease grants.
+func RetentionGrantHeld(q *Queue) bool { return len(q.retainG) > 0 }

@@ -61,11 +61,16 @@ type Queue struct {
 	ids    idGen
 	tel    *telemetry
 
-	mu      sync.Mutex // protects ix, closed, retain
-	ix      *index
-	closed  bool
-	retain  retentionLease
-	retainG sync.Mutex // serializes retention lease grants
+	mu     sync.Mutex // protects ix, closed, retain
+	ix     *index
+	closed bool
+	retain retentionLease
+	// retainG serializes retention lease grants, so that concurrent Acks
+	// share one lease. A 1-slot channel rather than a sync.Mutex: it is held
+	// across the Grant, which waits as long as the granting Ack's ctx lets
+	// it, and every other Ack of the Queue waiting behind it must still
+	// return when its own ctx ends.
+	retainG chan struct{}
 }
 
 type options struct {
@@ -201,11 +206,12 @@ func New(cli *clientv3.Client, name string, opts ...Option) (*Queue, error) {
 		o.mp = otel.GetMeterProvider()
 	}
 	q := &Queue{
-		cli:    cli,
-		name:   name,
-		keys:   layout{prefix: names.Prefix(name, "queue")},
-		o:      o,
-		worker: o.worker,
+		cli:     cli,
+		name:    name,
+		keys:    layout{prefix: names.Prefix(name, "queue")},
+		o:       o,
+		worker:  o.worker,
+		retainG: make(chan struct{}, 1),
 	}
 	q.tel = newTelemetry(q)
 	return q, nil
@@ -298,14 +304,23 @@ func (q *Queue) retentionTTL() int64 {
 	return max(secs, 1)
 }
 
+// retentionLeaseID returns the current retention lease, granting a new one
+// if it is due or renew is set (the last one was not found). A grant that
+// fails leaves the current lease as it was, for the next caller to retry.
 func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.LeaseID, error) {
-	q.retainG.Lock()
-	defer q.retainG.Unlock()
-	q.mu.Lock()
-	r := q.retain
-	q.mu.Unlock()
-	if !renew && r.id != 0 && time.Since(r.granted) < max(q.retentionPeriod()/4, time.Second/2) {
-		return r.id, nil
+	// A fresh lease needs no turn behind a grant in flight.
+	if id, ok := q.freshRetentionLease(); ok && !renew {
+		return id, nil
+	}
+	select {
+	case q.retainG <- struct{}{}:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("queue: grant retention lease: %w", context.Cause(ctx))
+	}
+	defer func() { <-q.retainG }()
+	// Again: the grant we waited for may have made one.
+	if id, ok := q.freshRetentionLease(); ok && !renew {
+		return id, nil
 	}
 	resp, err := q.cli.Grant(ctx, q.retentionTTL())
 	if err != nil {
@@ -315,6 +330,15 @@ func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.Leas
 	q.retain = retentionLease{id: resp.ID, granted: time.Now()}
 	q.mu.Unlock()
 	return resp.ID, nil
+}
+
+// freshRetentionLease returns the retention lease if it was granted less
+// than retention/4 (at least 0.5 s) ago.
+func (q *Queue) freshRetentionLease() (clientv3.LeaseID, bool) {
+	q.mu.Lock()
+	r := q.retain
+	q.mu.Unlock()
+	return r.id, r.id != 0 && time.Since(r.granted) < max(q.retentionPeriod()/4, time.Second/2)
 }
 
 func (q *Queue) backoffFor(attempt int) time.Duration {
