@@ -395,3 +395,37 @@ func TestDoubleBarrierDeathBeforeOpening(t *testing.T) {
 		require.NoError(t, recvErr(t, ch, 5*time.Second, "leave"))
 	}
 }
+
+// A Leave behind another Leave of the same seat, which waits for the other
+// participants, returns when its own ctx ends; the first returns once the
+// others left.
+func TestDoubleLeaveBehindLeaveReturnsOnTime(t *testing.T) {
+	name := t.Name()
+	assertNoKeys(t, name)
+	ctx := ctxT(t, 30*time.Second)
+	var entered []<-chan error
+	seats := make([]*barrier.Seat, 2)
+	for i := range seats {
+		d := barrier.NewDouble(newProcess(t, 2*time.Second).k, name, 2)
+		entered = append(entered, async(func() error {
+			s, err := d.Enter(ctx)
+			seats[i] = s
+			return err
+		}))
+	}
+	for _, ch := range entered {
+		require.NoError(t, recvErr(t, ch, 5*time.Second, "enter"))
+	}
+	first := async(func() error { return seats[0].Leave(ctx) })
+	// The first Leave has deleted its seat and waits for the other.
+	waitCount(t, names.Prefix(name, "double")+"seats/", 1, 5*time.Second)
+	second := async(func() error {
+		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		return seats[0].Leave(lctx)
+	})
+	require.ErrorIs(t, recvErr(t, second, 3*time.Second, "a Leave behind a Leave"), context.DeadlineExceeded)
+	blocked(t, first, "leave before everyone left")
+	require.NoError(t, seats[1].Leave(ctx))
+	require.NoError(t, recvErr(t, first, 5*time.Second, "the first Leave"))
+}

@@ -66,15 +66,20 @@ type Seat struct {
 
 	leaving atomic.Bool // Leave is deleting the seat: its deletion is no loss
 
-	mu   sync.Mutex // serializes Leave; protects gone, left
-	gone bool       // the seat key was deleted by Leave
-	left bool       // Leave completed
+	// leave serializes Leave and protects gone and left. A 1-slot channel,
+	// not a sync.Mutex: it is held while Leave waits for the others, so a
+	// second Leave behind it must still return when its own ctx ends.
+	leave chan struct{}
+	gone  bool // the seat key was deleted by Leave, or went with the lease
+	left  bool // Leave completed
 }
 
 // Enter takes a seat and blocks until n participants hold seats (or the
 // barrier is already open), ctx ends (ctx's cause), or the seat's lease is
 // lost (an error that errors.Is ErrLost). On failure no key of this
-// participant is left: the seat is deleted with a detached, bounded context.
+// participant is left: the seat is deleted with a detached context bounded
+// by the TTL, which can keep Enter past ctx's end while etcd cannot be
+// reached, until etcd confirms the delete or the lease is lost.
 //
 // Cost: one transaction (write the seat, count the seats, read the ready
 // key); the n-th participant writes the ready key (one more transaction);
@@ -113,7 +118,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 			clientv3.OpGet(d.ready, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
-		d.deleteSeat(ctx, key, 0)
+		d.deleteSeat(ctx, l, key, 0)
 		if wctx.Err() != nil {
 			return nil, context.Cause(wctx)
 		}
@@ -165,7 +170,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		err = fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context()))
 	}
 	if err != nil {
-		d.deleteSeat(ctx, key, rev)
+		d.deleteSeat(ctx, l, key, rev)
 		if wctx.Err() != nil {
 			return nil, context.Cause(wctx)
 		}
@@ -177,11 +182,17 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 	return newSeat(d, key, rev, l), nil
 }
 
-// deleteSeat removes a seat with a detached, bounded context: the
-// incarnation created at rev, or any if rev is 0 (outcome unknown).
-func (d *DoubleBarrier) deleteSeat(ctx context.Context, key string, rev int64) {
+// deleteSeat removes a seat with a detached context bounded by the TTL: the
+// incarnation created at rev, or any if rev is 0 (outcome unknown). A key on
+// a lost lease goes with it: nothing is deleted once l is lost, before or
+// meanwhile (etcd unreachable).
+func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, key string, rev int64) {
+	if l.Err() != nil {
+		return
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
 	defer cancel()
+	defer context.AfterFunc(l.Context(), cancel)()
 	if rev == 0 {
 		_, _ = d.cli.Delete(cctx, key)
 		return
@@ -191,7 +202,7 @@ func (d *DoubleBarrier) deleteSeat(ctx context.Context, key string, rev int64) {
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel}
+	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel, leave: make(chan struct{}, 1)}
 	s.stop = context.AfterFunc(l.Context(), func() {
 		cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
 	})
@@ -218,16 +229,28 @@ var ErrLeft = errors.New("barrier: left the double barrier")
 
 // Leave gives up the seat and blocks until no participant holds a seat —
 // participants whose leases expire count as having left — or ctx ends. The
-// seat is deleted first, with a detached, bounded context, so a ctx that ends
-// inside Leave leaves no key of this participant; calling Leave again waits
-// again. After everyone left, the ready key is deleted so the barrier can be
-// used for another round. It is idempotent once it returned nil.
+// seat is deleted first, with a detached context bounded by the TTL, so a
+// ctx that ends inside Leave leaves no key of this participant (while etcd
+// cannot be reached, that delete can keep Leave past ctx's end, until etcd
+// confirms it or the lease is lost: a seat on a lost lease goes with it).
+// Calling Leave again waits again; a Leave waiting for another to return
+// returns when its own ctx ends. After everyone left, the ready key is
+// deleted so the barrier can be used for another round. It is idempotent
+// once it returned nil.
 //
 // Cost: one transaction (delete the seat, count the seats); while others
 // remain, one watch on the seats' prefix and one count per change.
 func (s *Seat) Leave(ctx context.Context) (err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	select {
+	case s.leave <- struct{}{}:
+	default:
+		select {
+		case s.leave <- struct{}{}:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	defer func() { <-s.leave }()
 	if s.left {
 		return nil
 	}
@@ -236,10 +259,7 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	defer func() { end(s.rev, err) }()
 	if !s.gone {
 		s.leaving.Store(true)
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
-		_, err := d.cli.Txn(cctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
-		cancel()
-		if err != nil {
+		if err := s.deleteSeat(ctx); err != nil {
 			s.leaving.Store(false)
 			return fmt.Errorf("barrier: leave %q: %w", d.name, err)
 		}
@@ -273,6 +293,23 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	}
 	s.left = true
 	return nil
+}
+
+// deleteSeat deletes the seat's key under a detached context bounded by the
+// TTL. A key on a lost lease goes with it: nothing is deleted once the lease
+// is lost, before or meanwhile (etcd unreachable).
+func (s *Seat) deleteSeat(ctx context.Context) error {
+	if s.lease.Err() != nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.k.TTL())
+	defer cancel()
+	defer context.AfterFunc(s.lease.Context(), cancel)()
+	_, err := s.d.cli.Txn(cctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
+	if err != nil && s.lease.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // watchKey cancels the seat with ErrLost if its key is deleted by anyone but
