@@ -37,10 +37,14 @@ type binding struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup // joins keep
 
-	// writeMu serialises writes of the key, so that the value last written
+	// writing serialises writes of the key, so that the value last written
 	// in etcd is the value last set: an Update and a re-registration
-	// cannot land in the opposite order.
-	writeMu sync.Mutex
+	// cannot land in the opposite order. It is a one-slot channel, not a
+	// sync.Mutex, because it is held across round trips to etcd: on a client
+	// cut off from etcd a holder waits as long as its own context lets it
+	// (forever for context.Background()), and every other caller must still
+	// be able to give up when its ctx ends. See lockWrites.
+	writing chan struct{}
 
 	mu      sync.Mutex // protects val, lease, rev, closed, deleted
 	val     []byte
@@ -54,7 +58,7 @@ type binding struct {
 // keeper is between generations) and keeps it there. On failure nothing is
 // left behind.
 func bind(ctx context.Context, k *leasekeeper.Keeper, key string, val []byte) (*binding, error) {
-	b := &binding{k: k, cli: k.Client(), key: key, val: val, log: slog.Default()}
+	b := &binding{k: k, cli: k.Client(), key: key, val: val, log: slog.Default(), writing: make(chan struct{}, 1)}
 	l, err := k.Lease(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: %s: %w", key, err)
@@ -73,8 +77,10 @@ func bind(ctx context.Context, k *leasekeeper.Keeper, key string, val []byte) (*
 // one or an earlier generation whose key the server has not expired yet) is
 // taken over; a key held by any other lease is ErrExists.
 func (b *binding) write(ctx context.Context, l *leasekeeper.Lease) error {
-	b.writeMu.Lock()
-	defer b.writeMu.Unlock()
+	if err := b.lockWrites(ctx); err != nil {
+		return fmt.Errorf("discovery: write %s: %w", b.key, err)
+	}
+	defer b.unlockWrites()
 	b.mu.Lock()
 	val, ours := b.val, b.lease
 	b.mu.Unlock()
@@ -118,6 +124,19 @@ func (b *binding) write(ctx context.Context, l *leasekeeper.Lease) error {
 		}
 	}
 }
+
+// lockWrites takes the write lock, or returns ctx's cause once ctx ends
+// first, holding nothing.
+func (b *binding) lockWrites(ctx context.Context) error {
+	select {
+	case b.writing <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (b *binding) unlockWrites() { <-b.writing }
 
 func (b *binding) wrote(id clientv3.LeaseID, rev int64) {
 	b.mu.Lock()
@@ -167,8 +186,12 @@ func (b *binding) keep(ctx context.Context, l *leasekeeper.Lease) {
 // lease generations), the value is kept for the re-registration and ErrLost
 // is returned.
 func (b *binding) set(ctx context.Context, val []byte) error {
-	b.writeMu.Lock()
-	defer b.writeMu.Unlock()
+	// Waiting for a write in progress (another Update, a re-registration) is
+	// bounded by ctx like the transaction itself.
+	if err := b.lockWrites(ctx); err != nil {
+		return fmt.Errorf("discovery: update %s: %w", b.key, err)
+	}
+	defer b.unlockWrites()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -195,9 +218,12 @@ func (b *binding) set(ctx context.Context, val []byte) error {
 }
 
 // close stops re-registration and deletes the key if it is still ours. It
-// deletes under a context detached from ctx's cancellation and bounded by the
-// lease TTL, retrying transient errors, so a canceled caller still
-// deregisters. It is idempotent once the delete succeeded; after a failure it
+// waits for a write in progress only until ctx ends. It deletes under a
+// context detached from ctx's cancellation, retrying transient errors, so a
+// canceled caller still deregisters; the delete stops at the lease TTL or as
+// soon as the lease is lost, whichever is first. A lost lease takes the key
+// with it, so close does not delete then and reports success. It is
+// idempotent once the key is deleted or its lease lost; after a failure it
 // reports the error, and a later call tries the delete again (the key
 // otherwise stays on the keeper's live lease).
 func (b *binding) close(ctx context.Context) error {
@@ -213,13 +239,27 @@ func (b *binding) close(ctx context.Context) error {
 		b.stop()
 		b.wg.Wait()
 	}
-	b.writeMu.Lock()
-	defer b.writeMu.Unlock()
+	if err := b.lockWrites(ctx); err != nil {
+		return fmt.Errorf("discovery: delete %s: %w", b.key, err)
+	}
+	defer b.unlockWrites()
 	b.mu.Lock()
 	lease := b.lease
 	b.mu.Unlock()
+	// The key is on the lease of our last write. If that is not the keeper's
+	// live lease any more, etcd deletes the key with it (or has already):
+	// nothing to wait for on a client that may be cut off.
+	l := b.k.Current()
+	if l.ID() != lease || l.Err() != nil {
+		b.markDeleted()
+		return nil
+	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.k.TTL())
 	defer cancel()
+	// Stop as soon as the lease is lost meanwhile (etcd unreachable for
+	// long): the key goes with the lease, and waiting on would only hold the
+	// caller for the rest of the TTL.
+	defer context.AfterFunc(l.Context(), cancel)()
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		_, err := b.cli.Txn(dctx).
@@ -229,12 +269,19 @@ func (b *binding) close(ctx context.Context) error {
 		if err == nil {
 			break
 		}
+		if l.Err() != nil {
+			break // the key goes with the lease
+		}
 		if !retry.Retriable(err) || bo.Wait(dctx) != nil {
 			return fmt.Errorf("discovery: delete %s: %w", b.key, err)
 		}
 	}
-	b.mu.Lock()
-	b.deleted = true
-	b.mu.Unlock()
+	b.markDeleted()
 	return nil
+}
+
+func (b *binding) markDeleted() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.deleted = true
 }

@@ -58,5 +58,8 @@ func (m *Membership) Update(ctx context.Context, payload []byte) error {
 }
 
 // Leave stops re-joining and deletes the member's key if it is still this
-// membership's. It is idempotent.
+// membership's. It is idempotent. Like Registration.Deregister, it may
+// outlive ctx while etcd cannot be reached, until the delete is confirmed or
+// the keeper's lease is lost (at most the lease TTL), and returns nil without
+// a round trip once the lease is lost.
 func (m *Membership) Leave(ctx context.Context) error { return m.b.close(ctx) }

@@ -45,7 +45,9 @@ func (r *Registration) Key() string { return r.b.key }
 // Update replaces the instance's metadata. It writes only over the
 // registration's own record (a guarded transaction, one round trip). Between
 // lease generations the new metadata is kept and written on re-registration,
-// and Update returns ErrLost.
+// and Update returns ErrLost. Writes of one record are serialised: Update
+// waits for one in progress (another Update, a re-registration) until ctx
+// ends, and then returns ctx's cause with the metadata unchanged.
 func (r *Registration) Update(ctx context.Context, metadata map[string]string) error {
 	val, err := encodeInstance(r.service, r.id, r.addr, maps.Clone(metadata))
 	if err != nil {
@@ -57,4 +59,12 @@ func (r *Registration) Update(ctx context.Context, metadata map[string]string) e
 // Deregister stops re-registration and deletes the record if it is still
 // this registration's (one guarded transaction). It is idempotent. If the
 // delete fails the record still goes with its lease.
+//
+// Waiting for a write in progress (an Update, a re-registration) ends with
+// ctx. The delete itself does not: so that a canceled caller still
+// deregisters, it is retried while etcd cannot be reached, and Deregister may
+// outlive ctx until the delete is confirmed or the keeper's lease is lost,
+// at most the lease TTL. Once the lease is lost there is nothing to delete
+// (the record goes with the lease, when etcd expires it): Deregister then
+// returns nil without a round trip.
 func (r *Registration) Deregister(ctx context.Context) error { return r.b.close(ctx) }
