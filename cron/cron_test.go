@@ -15,6 +15,7 @@ import (
 	"github.com/concordkit/concord/cron"
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/leasekeeper"
 )
 
 const everySecond = "* * * * * *"
@@ -271,4 +272,49 @@ func TestRunContextEndsWithLeadership(t *testing.T) {
 	next := recvT(t, started, 10*time.Second, "run on the other replica")
 	assert.Greater(t, next.Token, first.Token)
 	cluster.RestoreClient(pa.cli)
+}
+
+// A scheduler stopped while its client is cut off from etcd returns once
+// its term is lost, not after waiting out the TTL for the status write of
+// each run that ended, then again for its resignation.
+func TestRunStopsWhenTermLostWhileCutOff(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	const ttl = 3 * time.Second
+	cli, err := cluster.NewClient()
+	require.NoError(t, err)
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl), leasekeeper.WithMargin(ttl/3))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		cluster.RestoreClient(cli)
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = k.Close(cctx)
+		_ = cli.Close()
+	})
+	started := make(chan cron.Run, 16)
+	s := cron.New(k, name)
+	require.NoError(t, s.Add("long", everySecond, func(ctx context.Context, r cron.Run) error {
+		started <- r
+		<-ctx.Done()
+		return context.Cause(ctx)
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	recvT(t, started, 5*time.Second, "run")
+
+	cluster.CutClient(cli)
+	cut := time.Now()
+	cancel()
+	// The lease is lost at the latest ttl-ttl/3 after the cut; without
+	// stopping there, the run's status write alone takes ttl after cancel.
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled)
+		require.Less(t, time.Since(cut), ttl-ttl/10, "Run waited past the term's loss")
+	case <-time.After(2 * ttl):
+		t.Fatal("Run did not return")
+	}
 }

@@ -479,9 +479,27 @@ func (l *leader) writeStatus(ctx context.Context, j *jobRun, cmps []clientv3.Cmp
 	if err != nil {
 		return
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	wctx, cancel := l.detached(ctx)
 	defer cancel()
 	_, _ = l.cli().Txn(wctx).If(cmps...).Then(clientv3.OpPut(l.s.keys.status(j.name), val)).Commit()
+}
+
+// detached returns the context of a fenced write that must not end with ctx
+// (see writeStatus): bounded by the TTL, and ended once the term is lost,
+// whose guard the write could then never pass. Without that, a scheduler
+// stopping on a client cut off from etcd would wait out the TTL for each
+// such write.
+func (l *leader) detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	stop := context.AfterFunc(l.t.Context(), func() {
+		if errors.Is(l.t.Err(), election.ErrLost) {
+			cancel()
+		}
+	})
+	return wctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // fireAll fires the due times of every job. Jobs are independent (each has
@@ -818,7 +836,8 @@ func (j *jobRun) recordWithout(t int64, token int64) claim {
 // commit), its removal from the open runs, so that no later leader reruns
 // it. Fenced by the term, and best effort: if the term is gone the write is
 // dropped, the run stays open, and the next leader decides (WithRerun). The
-// write is not canceled with ctx but bounded by the TTL (see writeStatus).
+// write is not canceled with ctx but bounded by the TTL and the term (see
+// detached).
 //
 // The run's commit record is not deleted here but with a later claim: a try
 // of Commit that etcd applies late must still find it.
@@ -833,7 +852,7 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 	if committed {
 		j.stale = append(j.stale, staleRecord{key: r.commit.key, t: r.Time.UnixNano(), trigger: r.Trigger, since: time.Now()})
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.k.TTL())
+	wctx, cancel := l.detached(ctx)
 	defer cancel()
 	t := r.Time.UnixNano()
 	key := l.s.keys.claim(j.name)
