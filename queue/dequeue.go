@@ -29,6 +29,11 @@ import (
 // A claim costs one etcd transaction (one Raft write); waiting costs none:
 // this Queue keeps a watch on the queue's index and is woken by the event.
 //
+// When ctx ends while a claim is in flight, Dequeue waits up to 2 s more to
+// give the claim back if it landed, so that the task is not hidden for the
+// life of the worker's lease; a claim it could not settle is given back
+// later, in the background.
+//
 // A task whose record cannot be read (not written by this package) is
 // returned as an error wrapping ErrCorrupt once, and skipped afterwards by
 // this Queue.
