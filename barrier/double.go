@@ -264,6 +264,11 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 			return fmt.Errorf("barrier: leave %q: %w", d.name, err)
 		}
 		s.gone = true
+		if s.lease.Err() != nil {
+			// The lease was lost: the seat ends as lost, whether the lease's
+			// own hook or this call gets to cancel it first.
+			s.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(s.lease.Context())))
+		}
 		s.cancel(ErrLeft)
 		s.stop()
 		s.wg.Wait()

@@ -126,8 +126,15 @@ func (b *binding) write(ctx context.Context, l *leasekeeper.Lease) error {
 }
 
 // lockWrites takes the write lock, or returns ctx's cause once ctx ends
-// first, holding nothing.
+// first, holding nothing. A free lock is taken even when ctx has ended, so
+// that a Deregister with a canceled ctx still deletes (select would pick at
+// random between the free lock and the ended ctx).
 func (b *binding) lockWrites(ctx context.Context) error {
+	select {
+	case b.writing <- struct{}{}:
+		return nil
+	default:
+	}
 	select {
 	case b.writing <- struct{}{}:
 		return nil
@@ -246,11 +253,13 @@ func (b *binding) close(ctx context.Context) error {
 	b.mu.Lock()
 	lease := b.lease
 	b.mu.Unlock()
-	// The key is on the lease of our last write. If that is not the keeper's
-	// live lease any more, etcd deletes the key with it (or has already):
-	// nothing to wait for on a client that may be cut off.
+	// The key is on the lease of our last confirmed write, or on the
+	// keeper's current one (a re-registration whose answer was lost). Every
+	// lease before the current one is lost; if the current one is lost too,
+	// etcd deletes the key with it (or has already): nothing to wait for on
+	// a client that may be cut off.
 	l := b.k.Current()
-	if l.ID() != lease || l.Err() != nil {
+	if l.Err() != nil {
 		b.markDeleted()
 		return nil
 	}
@@ -263,8 +272,11 @@ func (b *binding) close(ctx context.Context) error {
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		_, err := b.cli.Txn(dctx).
-			If(clientv3.Compare(clientv3.LeaseValue(b.key), "=", lease), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)).
+			If(clientv3.Compare(clientv3.LeaseValue(b.key), "=", l.ID()), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)).
 			Then(clientv3.OpDelete(b.key)).
+			Else(clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(b.key), "=", lease), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)},
+				[]clientv3.Op{clientv3.OpDelete(b.key)}, nil)).
 			Commit()
 		if err == nil {
 			break

@@ -175,3 +175,23 @@ func TestDeregisterStopsWhenLeaseLost(t *testing.T) {
 		t.Fatal("Deregister still waiting 1 s after the lease was lost")
 	}
 }
+
+// A Deregister whose ctx has already ended still deletes the record when no
+// write is in its way: shutting down with a canceled context is the common
+// case. Repeated, since a lock taken by select among ready cases would fail
+// it at random.
+func TestDeregisterWithEndedCtxDeletes(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	svc := serviceFor(t)
+	k := newKeeper(t, cluster.Client())
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	for i := range 20 {
+		r, err := discovery.Register(ctx, k, svc, "a", "127.0.0.1:1", nil)
+		require.NoError(t, err, "register %d", i)
+		require.NoError(t, r.Deregister(ended), "deregister %d", i)
+		res, err := discovery.Resolve(ctx, cluster.Client(), svc)
+		require.NoError(t, err)
+		require.Empty(t, res, "deregister %d left the record", i)
+	}
+}

@@ -120,8 +120,12 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 	// Serialize with other Proclaims so Value matches what etcd holds last.
 	select {
 	case t.proclaiming <- struct{}{}:
-	case <-ctx.Done():
-		return fmt.Errorf("election: proclaim: %w", context.Cause(ctx))
+	default:
+		select {
+		case t.proclaiming <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("election: proclaim: %w", context.Cause(ctx))
+		}
 	}
 	defer func() { <-t.proclaiming }()
 	_, err := guard.Do(ctx, t.e.cli, t.Guard(), ErrLost, clientv3.OpPut(t.e.key, value, clientv3.WithLease(t.lease.ID())))
@@ -169,10 +173,15 @@ func (t *Term) Resign(ctx context.Context) error {
 	// for once the lease is lost meanwhile (etcd unreachable).
 	defer context.AfterFunc(t.lease.Context(), cancel)()
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	deleted := false
 	for t.lease.Err() == nil {
 		// Guarded by the create revision: never deletes a newer incarnation.
 		_, err := t.e.cli.Txn(rctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
-		if err == nil || t.lease.Err() != nil {
+		if err == nil {
+			deleted = true
+			break
+		}
+		if t.lease.Err() != nil {
 			break
 		}
 		// A leader change or a member going away is worth waiting out: the
@@ -191,6 +200,11 @@ func (t *Term) Resign(ctx context.Context) error {
 	t.mu.Lock()
 	t.resigned = true
 	t.mu.Unlock()
+	if !deleted {
+		// The lease was lost first: the term ends as lost, whether the
+		// lease's own hook or this call gets to cancel it first.
+		t.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(t.lease.Context())))
+	}
 	t.cancel(ErrResigned)
 	t.stop()
 	t.wg.Wait()

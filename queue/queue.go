@@ -314,8 +314,12 @@ func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.Leas
 	}
 	select {
 	case q.retainG <- struct{}{}:
-	case <-ctx.Done():
-		return 0, fmt.Errorf("queue: grant retention lease: %w", context.Cause(ctx))
+	default:
+		select {
+		case q.retainG <- struct{}{}:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("queue: grant retention lease: %w", context.Cause(ctx))
+		}
 	}
 	defer func() { <-q.retainG }()
 	// Again: the grant we waited for may have made one.
