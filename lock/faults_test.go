@@ -228,3 +228,28 @@ func TestLockCutOffReturnsOnTime(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, uh.Unlock(ctx))
 }
+
+// An Unlock on a client cut off from etcd succeeds once the lease is lost:
+// the key goes with the lease, so there is nothing left to wait for or to
+// report as a failure.
+func TestUnlockCutOffEndsWithLease(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	cli := newClient(t)
+	h, err := lock.New(newKeeper(t, cli, 2*time.Second), name).Lock(ctx)
+	require.NoError(t, err)
+	cluster.CutClient(cli)
+	defer cluster.RestoreClient(cli)
+	done := make(chan error, 1)
+	go func() { done <- h.Unlock(ctx) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Unlock on a cut-off client did not return")
+	}
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrLost)
+	// The key goes when the server expires the lease.
+	cluster.RestoreClient(cli)
+	waitQueue(t, name, 0)
+}

@@ -156,8 +156,9 @@ func (h *Hold) lose(cause error) {
 
 // Unlock releases the lock. It deletes the key with a context detached from
 // ctx's cancellation and bounded by the lease TTL, so a canceled caller still
-// releases; it changes the hold's state only once etcd has confirmed. Unlock
-// of a hold already released or lost returns nil. Requests carry
+// releases; it changes the hold's state only once etcd has confirmed, or
+// once the lease is lost (the key goes with it). Unlock of a hold already
+// released or lost returns nil. Requests carry
 // WithRequireLeader, so a member cut off from the leader answers at once and
 // the delete is retried elsewhere. If etcd cannot be reached in time, Unlock
 // returns the error and the hold stays as it was: the key remains while the
@@ -172,18 +173,25 @@ func (h *Hold) Unlock(ctx context.Context) error {
 	if h.released {
 		return nil
 	}
-	if h.lease.Err() == nil {
+	// A lost lease needs no delete: the keeper revokes it, or the server
+	// expires it, and the key and any release request go with it.
+	lost := h.lease.Err() != nil
+	if !lost {
 		select {
 		case <-h.unlocking:
 		default:
 			close(h.unlocking) // the monitor ignores our own delete from now on
 		}
-		if err := h.deleteKey(ctx); err != nil {
+		var err error
+		if lost, err = h.deleteKey(ctx); err != nil {
 			return err
 		}
 	}
-	// A lost lease needs no delete: the keeper revokes it, or the server
-	// expires it, and the key and any release request go with it.
+	if lost {
+		// The lease was lost before the delete: the hold ends as lost,
+		// whether the lease's own hook or this call cancels it first.
+		h.cancel(lostErr(h.lease))
+	}
 	h.released = true
 	h.cancel(ErrUnlocked)
 	h.stopLease()
@@ -194,9 +202,15 @@ func (h *Hold) Unlock(ctx context.Context) error {
 	return nil
 }
 
-func (h *Hold) deleteKey(ctx context.Context) error {
+// deleteKey deletes the hold's key, and reports lost if the lease was lost
+// first (the key goes with it).
+func (h *Hold) deleteKey(ctx context.Context) (lost bool, err error) {
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), h.expire)
 	defer cancel()
+	// A key on a lost lease goes with it, and the release request with it:
+	// once the lease is lost meanwhile (etcd unreachable), there is nothing
+	// to wait for.
+	defer context.AfterFunc(h.lease.Context(), cancel)()
 	rel := releaseKey(h.prefix, h.token)
 	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {
@@ -213,13 +227,19 @@ func (h *Hold) deleteKey(ctx context.Context) error {
 			Else(clientv3.OpDelete(rel)).
 			Commit()
 		if err == nil {
-			return nil
+			return false, nil
+		}
+		if h.lease.Err() != nil {
+			return true, nil
 		}
 		if !retry.Retriable(err) {
-			return fmt.Errorf("lock: unlock %q: %w", h.key, err)
+			return false, fmt.Errorf("lock: unlock %q: %w", h.key, err)
 		}
 		if werr := bo.Wait(cctx); werr != nil {
-			return fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, werr, err)
+			if h.lease.Err() != nil {
+				return true, nil
+			}
+			return false, fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, werr, err)
 		}
 	}
 }

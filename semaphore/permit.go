@@ -63,9 +63,10 @@ func (p *Permit) Guard() []clientv3.Cmp { return guard.Held(p.key, p.token) }
 
 // Release gives the permits back. It deletes the key under a context
 // detached from ctx's cancellation and bounded by the lease TTL, and changes
-// state only once etcd has confirmed. Release of a permit already released
-// or lost returns nil; if etcd cannot be reached in time it returns the error
-// and may be called again.
+// state only once etcd has confirmed, or once the lease is lost (the key
+// goes with it). Release of a permit already released or lost returns nil;
+// if etcd cannot be reached in time it returns the error and may be called
+// again.
 func (p *Permit) Release(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -80,19 +81,33 @@ func (p *Permit) Release(ctx context.Context) error {
 		}
 		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), p.expire)
 		defer cancel()
+		// A key on a lost lease goes with it: once the lease is lost
+		// meanwhile (etcd unreachable), there is nothing to wait for.
+		defer context.AfterFunc(p.lease.Context(), cancel)()
 		bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 		for {
 			_, err := p.cli.Txn(cctx).If(p.Guard()...).Then(clientv3.OpDelete(p.key)).Commit()
 			if err == nil {
 				break
 			}
+			if p.lease.Err() != nil {
+				break // the key goes with the lease
+			}
 			if !retry.Retriable(err) {
 				return fmt.Errorf("semaphore: release %s: %w", p.key, err)
 			}
 			if werr := bo.Wait(cctx); werr != nil {
+				if p.lease.Err() != nil {
+					break
+				}
 				return fmt.Errorf("semaphore: release %s: %w (last error: %w)", p.key, werr, err)
 			}
 		}
+	}
+	if p.lease.Err() != nil {
+		// Lost before the delete (or instead of it): the permit ends as
+		// lost, whether the lease's own hook or this call cancels it first.
+		p.cancel(lostErr(p.lease))
 	}
 	p.released = true
 	p.cancel(ErrReleased)

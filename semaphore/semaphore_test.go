@@ -441,3 +441,27 @@ func TestAcquireCutOffReturnsOnTime(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, up.Release(ctx))
 }
+
+// A Release on a client cut off from etcd succeeds once the lease is lost:
+// the key goes with the lease.
+func TestReleaseCutOffEndsWithLease(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 30*time.Second)
+	cli := newClient(t)
+	p, err := semaphore.New(newKeeper(t, cli, 2*time.Second), name, 1).Acquire(ctx, 1)
+	require.NoError(t, err)
+	cluster.CutClient(cli)
+	defer cluster.RestoreClient(cli)
+	done := make(chan error, 1)
+	go func() { done <- p.Release(ctx) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release on a cut-off client did not return")
+	}
+	require.ErrorIs(t, context.Cause(p.Context()), semaphore.ErrLost)
+	// The key goes when the server expires the lease.
+	cluster.RestoreClient(cli)
+	waitRequests(t, name, 0)
+}
