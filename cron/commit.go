@@ -34,6 +34,8 @@ type commitState struct {
 	// prefix holds the scheduler's keys, which Commit's operations must not
 	// touch.
 	prefix string
+	// try bounds each try (see Commit).
+	try time.Duration
 
 	mu        sync.Mutex // serializes Commit calls of one run
 	committed atomic.Bool
@@ -75,6 +77,7 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 		key:    l.s.keys.done(j.name, r.Time, r.Trigger),
 		prefix: l.s.keys.prefix,
 		desc:   fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
+		try:    l.s.k.TTL(),
 	}
 }
 
@@ -117,7 +120,13 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	then := append(ops[:len(ops):len(ops)], clientv3.OpPut(c.key, rec))
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
-		resp, err := c.cli.Txn(ctx).If(cmps...).Then(then...).Else(clientv3.OpGet(c.key)).Commit()
+		// Each try is bounded: a request stuck on a member that lost the
+		// Raft leadership waits for etcd's own request timeout, longer than
+		// a term may last. A later try settles an earlier one applied late:
+		// it finds the record with this run's token and attempt.
+		tctx, cancel := tryContext(ctx, c.try)
+		resp, err := c.cli.Txn(tctx).If(cmps...).Then(then...).Else(clientv3.OpGet(c.key)).Commit()
+		cancel()
 		if err == nil {
 			if resp.Succeeded {
 				c.committed.Store(true)
@@ -148,4 +157,13 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 			return fmt.Errorf("cron: commit of %s, outcome unknown: %w", c.desc, werr)
 		}
 	}
+}
+
+// tryContext bounds one try of a request that is retried on an unknown
+// outcome by d, if d is positive.
+func tryContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }

@@ -317,4 +317,12 @@ func TestRunStopsWhenTermLostWhileCutOff(t *testing.T) {
 	case <-time.After(2 * ttl):
 		t.Fatal("Run did not return")
 	}
+	// The term's key was left to go with the lost lease: once the client is
+	// back, the server expires it within the TTL.
+	cluster.RestoreClient(cli)
+	rctx := ctxT(t, 10*time.Second)
+	require.Eventually(t, func() bool {
+		_, err := election.LeaderOf(rctx, cluster.Admin(), name)
+		return errors.Is(err, election.ErrNoLeader)
+	}, 2*ttl, 20*time.Millisecond, "the lost term's key did not expire")
 }

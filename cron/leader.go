@@ -718,7 +718,11 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			}
 		}
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
-		resp, err := l.cli().Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		// Each try is bounded, as in Commit: the fence on the claim's mod
+		// revision and the read-back below settle a try applied late.
+		tctx, cancel := tryContext(ctx, l.s.k.TTL())
+		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		cancel()
 		if err == nil && resp.Succeeded {
 			j.adopt(c, resp.Header.Revision)
 			j.dropStale(deleted)
@@ -757,7 +761,9 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		g, gerr := l.cli().Get(ctx, key)
+		tctx, cancel = tryContext(ctx, l.s.k.TTL())
+		g, gerr := l.cli().Get(tctx, key)
+		cancel()
 		if gerr != nil {
 			continue
 		}
