@@ -31,7 +31,8 @@
 //     says the lease or the key is gone;
 //   - Guard: comparisons that hold only while the lock is held;
 //   - Unlock: idempotent; it deletes the key with a detached, bounded context
-//     and changes local state only once etcd has confirmed.
+//     and changes local state only once etcd has confirmed, or once the lease
+//     is lost (the key goes with it).
 //
 // A waiter whose lease is lost, or whose request is deleted, while it waits
 // gets ErrLost, never a Hold. A Lock that is canceled or times out withdraws
