@@ -281,17 +281,8 @@ func TestRunStopsWhenTermLostWhileCutOff(t *testing.T) {
 	name := t.Name()
 	cleanupName(t, cluster, name)
 	const ttl = 3 * time.Second
-	cli, err := cluster.NewClient()
-	require.NoError(t, err)
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl), leasekeeper.WithMargin(ttl/3))
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		cluster.RestoreClient(cli)
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = k.Close(cctx)
-		_ = cli.Close()
-	})
+	p := newProcess(t, cluster, ttl, leasekeeper.WithMargin(ttl/3))
+	cli, k := p.cli, p.k
 	started := make(chan cron.Run, 16)
 	s := cron.New(k, name)
 	require.NoError(t, s.Add("long", everySecond, func(ctx context.Context, r cron.Run) error {

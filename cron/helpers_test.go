@@ -29,11 +29,11 @@ type process struct {
 	k   *leasekeeper.Keeper
 }
 
-func newProcess(t *testing.T, c *testcluster.Cluster, ttl time.Duration) *process {
+func newProcess(t *testing.T, c *testcluster.Cluster, ttl time.Duration, opts ...leasekeeper.Option) *process {
 	t.Helper()
 	cli, err := c.NewClient()
 	require.NoError(t, err)
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, append([]leasekeeper.Option{leasekeeper.WithTTL(ttl)}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		c.RestoreClient(cli)
