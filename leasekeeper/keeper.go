@@ -141,7 +141,7 @@ func (k *Keeper) Current() *Lease {
 }
 
 // Lease returns the current lease if it is live, and otherwise waits until a
-// new one is granted, ctx ends (ctx's error) or the keeper is closed
+// new one is granted, ctx ends (ctx's cause) or the keeper is closed
 // (ErrClosed).
 func (k *Keeper) Lease(ctx context.Context) (*Lease, error) {
 	for {
@@ -159,7 +159,7 @@ func (k *Keeper) Lease(ctx context.Context) (*Lease, error) {
 		case <-next:
 		case <-k.stopCh:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package leasekeeper_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -220,6 +221,13 @@ func TestReconnectedAfterCut(t *testing.T) {
 	for ev := next(t, events, 5*time.Second); ev.State != leasekeeper.Lost; ev = next(t, events, 5*time.Second) {
 		require.Equal(t, leasekeeper.Suspended, ev.State)
 	}
+	// No lease is live until the client is back: Lease waits, and returns
+	// its ctx's cause when that ends first.
+	errStop := errors.New("stop waiting")
+	cctx, cancel := context.WithCancelCause(ctx)
+	cancel(errStop)
+	_, err = k.Lease(cctx)
+	require.ErrorIs(t, err, errStop)
 	cluster.RestoreClient(cli)
 	ev := next(t, events, 10*time.Second)
 	require.Equal(t, leasekeeper.Reconnected, ev.State)
