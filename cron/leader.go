@@ -911,7 +911,9 @@ func (l *leader) termHeld(ctx context.Context) bool {
 	// The Then op makes the transaction linearizable: etcd serves a
 	// transaction without operations as a serializable read, which a lagging
 	// member answers from its own, older state.
-	resp, err := l.cli().Txn(ctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
+	tctx, cancel := tryContext(ctx, l.s.k.TTL()) // bounded as in claim
+	defer cancel()
+	resp, err := l.cli().Txn(tctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
 	return err != nil || resp.Succeeded // on error, assume held and retry
 }
 
@@ -930,8 +932,12 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
-		resp, err := l.cli().Txn(ctx).If(cmps...).
+		// Each try is bounded, as in claim; the read-back below settles a
+		// try applied late.
+		tctx, cancel := tryContext(ctx, l.s.k.TTL())
+		resp, err := l.cli().Txn(tctx).If(cmps...).
 			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
+		cancel()
 		if err == nil {
 			if resp.Succeeded {
 				return true, nil
@@ -950,7 +956,9 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		g, gerr := l.cli().Get(ctx, key)
+		tctx, cancel = tryContext(ctx, l.s.k.TTL())
+		g, gerr := l.cli().Get(tctx, key)
+		cancel()
 		if gerr != nil {
 			continue
 		}
