@@ -14,6 +14,7 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -66,10 +67,10 @@ type Seat struct {
 
 	leaving atomic.Bool // Leave is deleting the seat: its deletion is no loss
 
-	// leave serializes Leave and protects gone and left. A 1-slot channel,
-	// not a sync.Mutex: it is held while Leave waits for the others, so a
-	// second Leave behind it must still return when its own ctx ends.
-	leave chan struct{}
+	// leave serializes Leave and protects gone and left. It is held while
+	// Leave waits for the others, so a second Leave gives up when its own
+	// ctx ends.
+	leave turn.Turn
 	gone  bool // the seat key was deleted by Leave, or went with the lease
 	left  bool // Leave completed
 }
@@ -202,7 +203,7 @@ func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, ke
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel, leave: make(chan struct{}, 1)}
+	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel, leave: turn.New()}
 	s.stop = context.AfterFunc(l.Context(), func() {
 		cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
 	})
@@ -241,16 +242,10 @@ var ErrLeft = errors.New("barrier: left the double barrier")
 // Cost: one transaction (delete the seat, count the seats); while others
 // remain, one watch on the seats' prefix and one count per change.
 func (s *Seat) Leave(ctx context.Context) (err error) {
-	select {
-	case s.leave <- struct{}{}:
-	default:
-		select {
-		case s.leave <- struct{}{}:
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
+	if err := s.leave.Take(ctx); err != nil {
+		return err
 	}
-	defer func() { <-s.leave }()
+	defer s.leave.Done()
 	if s.left {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -39,12 +40,9 @@ type binding struct {
 
 	// writing serialises writes of the key, so that the value last written
 	// in etcd is the value last set: an Update and a re-registration
-	// cannot land in the opposite order. It is a one-slot channel, not a
-	// sync.Mutex, because it is held across round trips to etcd: on a client
-	// cut off from etcd a holder waits as long as its own context lets it
-	// (forever for context.Background()), and every other caller must still
-	// be able to give up when its ctx ends. See lockWrites.
-	writing chan struct{}
+	// cannot land in the opposite order. It is held across round trips to
+	// etcd, so a caller waiting for it gives up when its own ctx ends.
+	writing turn.Turn
 
 	mu      sync.Mutex // protects val, lease, rev, closed, deleted
 	val     []byte
@@ -58,7 +56,7 @@ type binding struct {
 // keeper is between generations) and keeps it there. On failure nothing is
 // left behind.
 func bind(ctx context.Context, k *leasekeeper.Keeper, key string, val []byte) (*binding, error) {
-	b := &binding{k: k, cli: k.Client(), key: key, val: val, log: slog.Default(), writing: make(chan struct{}, 1)}
+	b := &binding{k: k, cli: k.Client(), key: key, val: val, log: slog.Default(), writing: turn.New()}
 	l, err := k.Lease(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: %s: %w", key, err)
@@ -77,10 +75,10 @@ func bind(ctx context.Context, k *leasekeeper.Keeper, key string, val []byte) (*
 // one or an earlier generation whose key the server has not expired yet) is
 // taken over; a key held by any other lease is ErrExists.
 func (b *binding) write(ctx context.Context, l *leasekeeper.Lease) error {
-	if err := b.lockWrites(ctx); err != nil {
+	if err := b.writing.Take(ctx); err != nil {
 		return fmt.Errorf("discovery: write %s: %w", b.key, err)
 	}
-	defer b.unlockWrites()
+	defer b.writing.Done()
 	b.mu.Lock()
 	val, ours := b.val, b.lease
 	b.mu.Unlock()
@@ -124,26 +122,6 @@ func (b *binding) write(ctx context.Context, l *leasekeeper.Lease) error {
 		}
 	}
 }
-
-// lockWrites takes the write lock, or returns ctx's cause once ctx ends
-// first, holding nothing. A free lock is taken even when ctx has ended, so
-// that a Deregister with a canceled ctx still deletes (select would pick at
-// random between the free lock and the ended ctx).
-func (b *binding) lockWrites(ctx context.Context) error {
-	select {
-	case b.writing <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case b.writing <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-func (b *binding) unlockWrites() { <-b.writing }
 
 func (b *binding) wrote(id clientv3.LeaseID, rev int64) {
 	b.mu.Lock()
@@ -195,10 +173,10 @@ func (b *binding) keep(ctx context.Context, l *leasekeeper.Lease) {
 func (b *binding) set(ctx context.Context, val []byte) error {
 	// Waiting for a write in progress (another Update, a re-registration) is
 	// bounded by ctx like the transaction itself.
-	if err := b.lockWrites(ctx); err != nil {
+	if err := b.writing.Take(ctx); err != nil {
 		return fmt.Errorf("discovery: update %s: %w", b.key, err)
 	}
-	defer b.unlockWrites()
+	defer b.writing.Done()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -246,10 +224,10 @@ func (b *binding) close(ctx context.Context) error {
 		b.stop()
 		b.wg.Wait()
 	}
-	if err := b.lockWrites(ctx); err != nil {
+	if err := b.writing.Take(ctx); err != nil {
 		return fmt.Errorf("discovery: delete %s: %w", b.key, err)
 	}
-	defer b.unlockWrites()
+	defer b.writing.Done()
 	b.mu.Lock()
 	lease := b.lease
 	b.mu.Unlock()

@@ -1,4 +1,4 @@
 package election
 
 // Proclaiming reports whether a Proclaim of t holds its turn.
-func (t *Term) Proclaiming() bool { return len(t.proclaiming) == 1 }
+func (t *Term) Proclaiming() bool { return t.proclaiming.Held() }

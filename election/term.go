@@ -13,6 +13,7 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -31,9 +32,9 @@ type Term struct {
 
 	endOnce sync.Once // releases the Election's slot and records the hold time
 
-	// proclaiming serialises Proclaims; a channel, so that a Proclaim
-	// waiting behind one stalled on etcd still returns when its ctx ends.
-	proclaiming chan struct{}
+	// proclaiming serialises Proclaims; a Proclaim waiting behind one
+	// stalled on etcd still returns when its ctx ends.
+	proclaiming turn.Turn
 
 	mu        sync.Mutex // protects value, resigned, resigning; never held across a request
 	value     string
@@ -44,7 +45,7 @@ type Term struct {
 func newTerm(e *Election, l *leasekeeper.Lease, rev int64, value string) *Term {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	t := &Term{e: e, lease: l, rev: rev, won: time.Now(), ctx: ctx, cancel: cancel, value: value,
-		proclaiming: make(chan struct{}, 1)}
+		proclaiming: turn.New()}
 	t.stop = context.AfterFunc(l.Context(), func() {
 		t.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
 	})
@@ -118,16 +119,10 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 		return fmt.Errorf("election: proclaim: %w", context.Cause(t.ctx))
 	}
 	// Serialize with other Proclaims so Value matches what etcd holds last.
-	select {
-	case t.proclaiming <- struct{}{}:
-	default:
-		select {
-		case t.proclaiming <- struct{}{}:
-		case <-ctx.Done():
-			return fmt.Errorf("election: proclaim: %w", context.Cause(ctx))
-		}
+	if err := t.proclaiming.Take(ctx); err != nil {
+		return fmt.Errorf("election: proclaim: %w", err)
 	}
-	defer func() { <-t.proclaiming }()
+	defer t.proclaiming.Done()
 	_, err := guard.Do(ctx, t.e.cli, t.Guard(), ErrLost, clientv3.OpPut(t.e.key, value, clientv3.WithLease(t.lease.ID())))
 	if errors.Is(err, ErrLost) {
 		t.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -260,7 +261,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		checkpoint:  checkpoint,
 		hasStatus:   statusKV != nil,
 		hasProgress: progressKV != nil,
-		op:          make(chan struct{}, 1),
+		op:          turn.New(),
 	}
 	t.bind(lease)
 	ix.track(t)

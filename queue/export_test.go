@@ -13,8 +13,8 @@ func PendingGiveBacks(q *Queue) int {
 
 // OpHeld reports whether one of t's Ack, Nack, Fail or Progress calls holds
 // the lock that serializes them.
-func OpHeld(t *Task) bool { return len(t.op) > 0 }
+func OpHeld(t *Task) bool { return t.op.Held() }
 
 // RetentionGrantHeld reports whether an Ack of q holds the lock that
 // serializes retention lease grants.
-func RetentionGrantHeld(q *Queue) bool { return len(q.retainG) > 0 }
+func RetentionGrantHeld(q *Queue) bool { return q.retainG.Held() }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/turn"
 )
 
 var (
@@ -66,11 +67,9 @@ type Queue struct {
 	closed bool
 	retain retentionLease
 	// retainG serializes retention lease grants, so that concurrent Acks
-	// share one lease. A 1-slot channel rather than a sync.Mutex: it is held
-	// across the Grant, which waits as long as the granting Ack's ctx lets
-	// it, and every other Ack of the Queue waiting behind it must still
-	// return when its own ctx ends.
-	retainG chan struct{}
+	// share one lease. It is held across the Grant, so an Ack waiting for it
+	// gives up when its own ctx ends.
+	retainG turn.Turn
 }
 
 type options struct {
@@ -211,7 +210,7 @@ func New(cli *clientv3.Client, name string, opts ...Option) (*Queue, error) {
 		keys:    layout{prefix: names.Prefix(name, "queue")},
 		o:       o,
 		worker:  o.worker,
-		retainG: make(chan struct{}, 1),
+		retainG: turn.New(),
 	}
 	q.tel = newTelemetry(q)
 	return q, nil
@@ -312,16 +311,10 @@ func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.Leas
 	if id, ok := q.freshRetentionLease(); ok && !renew {
 		return id, nil
 	}
-	select {
-	case q.retainG <- struct{}{}:
-	default:
-		select {
-		case q.retainG <- struct{}{}:
-		case <-ctx.Done():
-			return 0, fmt.Errorf("queue: grant retention lease: %w", context.Cause(ctx))
-		}
+	if err := q.retainG.Take(ctx); err != nil {
+		return 0, fmt.Errorf("queue: grant retention lease: %w", err)
 	}
-	defer func() { <-q.retainG }()
+	defer q.retainG.Done()
 	// Again: the grant we waited for may have made one.
 	if id, ok := q.freshRetentionLease(); ok && !renew {
 		return id, nil

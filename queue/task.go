@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -53,35 +54,13 @@ type Task struct {
 	stopWatch func() bool
 
 	finishing atomic.Bool // a finishing transaction is in flight or done
-	// op serializes Ack, Nack, Fail and Progress: a 1-slot channel rather
-	// than a sync.Mutex because it is held across an etcd request, which
-	// waits as long as the holder's ctx lets it (forever on a client cut off
-	// from etcd, with context.Background), and a caller waiting behind it
-	// must still return when its own ctx ends. See lockOp.
-	op      chan struct{}
+	// op serializes Ack, Nack, Fail and Progress; a caller waiting behind
+	// one stalled on etcd still returns when its own ctx ends.
+	op      turn.Turn
 	mu      sync.Mutex // protects outcome, result
 	outcome string     // "ack", "nack", "fail" once finished; "lost" once lost
 	result  error
 }
-
-// lockOp takes op, or returns the cause of ctx if it ends first. A free op
-// is taken even if ctx is already done, as a sync.Mutex would be, so that a
-// call needing no I/O (a repeated Ack) does not fail at random.
-func (t *Task) lockOp(ctx context.Context) error {
-	select {
-	case t.op <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case t.op <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-func (t *Task) unlockOp() { <-t.op }
 
 // bind derives the task's context from the lease: the claim key lives
 // exactly as long as the lease, so the lease's loss is the claim's loss.
@@ -138,10 +117,10 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 		return fmt.Errorf("queue: progress: checkpoint of %d bytes is over the %d bytes one etcd request may carry (%d, less %d)",
 			len(checkpoint), limit, t.q.o.maxRequestBytes, requestOverhead)
 	}
-	if err := t.lockOp(ctx); err != nil {
+	if err := t.op.Take(ctx); err != nil {
 		return fmt.Errorf("queue: progress: task %s: %w", t.ID, err)
 	}
-	defer t.unlockOp()
+	defer t.op.Done()
 	if err := t.ended(""); err != nil {
 		return err
 	}
@@ -306,10 +285,10 @@ func (t *Task) dedupRelease() []clientv3.Op {
 // finish runs one fenced finishing transaction. Local state changes only
 // after etcd answered.
 func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
-	if err := t.lockOp(ctx); err != nil {
+	if err := t.op.Take(ctx); err != nil {
 		return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
 	}
-	defer t.unlockOp()
+	defer t.op.Done()
 	switch err := t.ended(kind); {
 	case errors.Is(err, errAgain):
 		return nil
