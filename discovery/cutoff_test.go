@@ -46,6 +46,22 @@ func revokeAtEnd(t *testing.T, id clientv3.LeaseID) {
 	})
 }
 
+// cutOffRegistration registers an instance on a keeper of its own and cuts
+// that keeper's client off from etcd until the test ends. It returns the
+// registration, its keeper and the lease it stands on, which is revoked at
+// the end.
+func cutOffRegistration(t *testing.T) (*discovery.Registration, *leasekeeper.Keeper, *leasekeeper.Lease) {
+	t.Helper()
+	cli, k := cuttableKeeper(t)
+	r, err := discovery.Register(ctxT(t, 10*time.Second), k, serviceFor(t), "a", "127.0.0.1:1", nil)
+	require.NoError(t, err)
+	l := k.Current()
+	revokeAtEnd(t, l.ID())
+	cluster.CutClient(cli)
+	t.Cleanup(func() { cluster.RestoreClient(cli) })
+	return r, k, l
+}
+
 // An Update that etcd never answers (the client is cut off) holds the
 // record's write lock for as long as its context allows, here forever. Update
 // and Deregister with deadlines of their own must still return when their
@@ -108,16 +124,7 @@ func TestUpdateAndDeregisterEndWithCtxWhileAWriteIsStuck(t *testing.T) {
 // Once the keeper has given its lease up, the record goes with the lease:
 // Deregister on a client cut off from etcd has nothing to wait for.
 func TestDeregisterAfterLeaseLostReturnsAtOnce(t *testing.T) {
-	svc := serviceFor(t)
-	ctx := ctxT(t, 30*time.Second)
-	cli, k := cuttableKeeper(t)
-	r, err := discovery.Register(ctx, k, svc, "a", "127.0.0.1:1", nil)
-	require.NoError(t, err)
-	l := k.Current()
-	revokeAtEnd(t, l.ID())
-
-	cluster.CutClient(cli)
-	defer cluster.RestoreClient(cli)
+	r, _, l := cutOffRegistration(t)
 	select {
 	case <-l.Done(): // its safe deadline passed without a renewal
 	case <-time.After(10 * time.Second):
@@ -143,16 +150,7 @@ func TestDeregisterAfterLeaseLostReturnsAtOnce(t *testing.T) {
 // to retry the delete, but stops as soon as the lease is lost rather than
 // after the whole TTL.
 func TestDeregisterStopsWhenLeaseLost(t *testing.T) {
-	svc := serviceFor(t)
-	ctx := ctxT(t, 30*time.Second)
-	cli, k := cuttableKeeper(t)
-	r, err := discovery.Register(ctx, k, svc, "a", "127.0.0.1:1", nil)
-	require.NoError(t, err)
-	l := k.Current()
-	revokeAtEnd(t, l.ID())
-
-	cluster.CutClient(cli)
-	defer cluster.RestoreClient(cli)
+	r, k, l := cutOffRegistration(t)
 	dctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
