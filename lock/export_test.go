@@ -5,3 +5,6 @@ package lock
 func ConfirmsBy() (touch, progress int64) {
 	return confirmsBy.touch.Load(), confirmsBy.progress.Load()
 }
+
+// Unlocking reports whether an Unlock of h holds its turn.
+func Unlocking(h *Hold) bool { return h.unlock.Held() }

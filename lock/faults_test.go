@@ -253,3 +253,39 @@ func TestUnlockCutOffEndsWithLease(t *testing.T) {
 	cluster.RestoreClient(cli)
 	waitQueue(t, name, 0)
 }
+
+// An Unlock behind another Unlock of the same hold that is stalled on a
+// cut-off client gives up when its own context ends, instead of waiting as
+// long as the first (up to the TTL).
+func TestUnlockBehindStalledUnlockReturnsOnTime(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 60*time.Second)
+	cli := newClient(t)
+	h, err := lock.New(newKeeper(t, cli, 20*time.Second), name).Lock(ctx)
+	require.NoError(t, err)
+	cluster.CutClient(cli)
+	defer cluster.RestoreClient(cli)
+	first := make(chan error, 1)
+	go func() { first <- h.Unlock(ctx) }()
+	waitFor(t, 10*time.Second, "first Unlock to hold its turn", func() bool { return lock.Unlocking(h) })
+
+	second := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		second <- h.Unlock(sctx)
+	}()
+	select {
+	case err := <-second:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Unlock behind a stalled Unlock did not return when its context ended")
+	}
+	require.NoError(t, h.Context().Err(), "the hold ended before etcd confirmed the delete")
+
+	cluster.RestoreClient(cli)
+	require.NoError(t, <-first)
+	require.ErrorIs(t, context.Cause(h.Context()), lock.ErrUnlocked)
+	require.NoError(t, h.Unlock(ctx))
+	waitQueue(t, name, 0)
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
+	callturn "github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -52,7 +53,10 @@ type Hold struct {
 	arm        chan struct{} // closed by the first Revoked call: watch for requests
 	onRevoke   func()        // a Multi's hook, set before the monitor starts
 
-	mu       sync.Mutex // protects released, and serialises Unlock
+	// unlock serialises Unlock and protects released. A call waiting for
+	// it gives up when its context ends: the call ahead of it may be bound
+	// to wait up to the TTL for a cut-off etcd.
+	unlock   callturn.Turn
 	released bool
 }
 
@@ -163,13 +167,16 @@ func (h *Hold) lose(cause error) {
 // the delete is retried elsewhere. If etcd cannot be reached in time, Unlock
 // returns the error and the hold stays as it was: the key remains while the
 // lease lives, so call Unlock again (or close the keeper, which revokes the
-// lease).
+// lease). An Unlock made while another Unlock of the same hold is under way
+// waits for it, or returns ctx's cause if ctx ends first.
 func (h *Hold) Unlock(ctx context.Context) error {
 	if h.parts != nil {
 		return h.unlockMulti(ctx)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	if err := h.unlock.Take(ctx); err != nil {
+		return err
+	}
+	defer h.unlock.Done()
 	if h.released {
 		return nil
 	}
@@ -261,8 +268,10 @@ func touchNext(key string, rev int64) clientv3.Op {
 }
 
 func (h *Hold) unlockMulti(ctx context.Context) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	if err := h.unlock.Take(ctx); err != nil {
+		return err
+	}
+	defer h.unlock.Done()
 	if h.released {
 		return nil
 	}
@@ -307,6 +316,7 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 		revoked:     make(chan struct{}),
 		arm:         make(chan struct{}),
 		onRevoke:    onRevoke,
+		unlock:      callturn.New(),
 	}
 	h.stopLease = context.AfterFunc(a.lease.Context(), func() { h.lose(lostErr(a.lease)) })
 	if a.t.requested {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	callturn "github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -72,7 +73,7 @@ func (mu *Multi) lock(ctx context.Context, try bool) (*Hold, error) {
 }
 
 func (mu *Multi) acquire(ctx context.Context, try bool) (*Hold, error) {
-	parent := &Hold{revoked: make(chan struct{}), tel: mu.tel}
+	parent := &Hold{revoked: make(chan struct{}), tel: mu.tel, unlock: callturn.New()}
 	var parts []*Hold
 	for _, m := range mu.mutexes {
 		h, err := m.lockPart(ctx, try, parent.fireRevoked)

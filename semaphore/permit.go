@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -12,6 +11,7 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
+	callturn "github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -34,7 +34,10 @@ type Permit struct {
 	monitorDone chan struct{}
 	releasing   chan struct{} // closed when Release starts talking to etcd
 
-	mu       sync.Mutex // protects released, and serialises Release
+	// release serialises Release and protects released. A call waiting
+	// for it gives up when its context ends: the call ahead of it may be
+	// bound to wait up to the TTL for a cut-off etcd.
+	release  callturn.Turn
 	released bool
 }
 
@@ -66,10 +69,13 @@ func (p *Permit) Guard() []clientv3.Cmp { return guard.Held(p.key, p.token) }
 // state only once etcd has confirmed, or once the lease is lost (the key
 // goes with it). Release of a permit already released or lost returns nil;
 // if etcd cannot be reached in time it returns the error and may be called
-// again.
+// again. A Release made while another Release of the same permit is under
+// way waits for it, or returns ctx's cause if ctx ends first.
 func (p *Permit) Release(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	if err := p.release.Take(ctx); err != nil {
+		return err
+	}
+	defer p.release.Done()
 	if p.released {
 		return nil
 	}
@@ -137,6 +143,7 @@ func newPermit(a *acquisition, pool *prefixwatch.Pool, tel *telemetry) *Permit {
 		stopMonitor: stopMonitor,
 		monitorDone: make(chan struct{}),
 		releasing:   make(chan struct{}),
+		release:     callturn.New(),
 	}
 	p.stopLease = context.AfterFunc(a.lease.Context(), func() { cancel(lostErr(a.lease)) })
 	go p.monitor(mctx, a, pool)

@@ -465,3 +465,40 @@ func TestReleaseCutOffEndsWithLease(t *testing.T) {
 	cluster.RestoreClient(cli)
 	waitRequests(t, name, 0)
 }
+
+// A Release behind another Release of the same permit that is stalled on a
+// cut-off client gives up when its own context ends, instead of waiting as
+// long as the first (up to the TTL).
+func TestReleaseBehindStalledReleaseReturnsOnTime(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 60*time.Second)
+	cli := newClient(t)
+	p, err := semaphore.New(newKeeper(t, cli, 20*time.Second), name, 1).Acquire(ctx, 1)
+	require.NoError(t, err)
+	cluster.CutClient(cli)
+	defer cluster.RestoreClient(cli)
+	first := make(chan error, 1)
+	go func() { first <- p.Release(ctx) }()
+	require.Eventually(t, func() bool { return semaphore.Releasing(p) }, 10*time.Second, 5*time.Millisecond,
+		"first Release never held its turn")
+
+	second := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		second <- p.Release(sctx)
+	}()
+	select {
+	case err := <-second:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Release behind a stalled Release did not return when its context ended")
+	}
+	require.NoError(t, p.Context().Err(), "the permit ended before etcd confirmed the delete")
+
+	cluster.RestoreClient(cli)
+	require.NoError(t, <-first)
+	require.ErrorIs(t, context.Cause(p.Context()), semaphore.ErrReleased)
+	require.NoError(t, p.Release(ctx))
+	waitRequests(t, name, 0)
+}
