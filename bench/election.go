@@ -58,7 +58,7 @@ func runElection(ctx context.Context, env *Env) ([]Result, error) {
 	return append(out, r), nil
 }
 
-// handoffSide is one side's pair of contenders on two separate clients.
+// handoffSide is one side's pair of contenders on two clients of their own.
 type handoffSide interface {
 	// lead makes contender i leader; wait starts contender i campaigning
 	// and returns a channel that reports when its Campaign returned;
@@ -141,21 +141,26 @@ func handoff(ctx context.Context, s handoffSide, i int, ahead time.Duration) (ti
 }
 
 func benchHandoff(ctx context.Context, env *Env, name string, ahead time.Duration, n int) (Result, error) {
-	clis, err := env.Clients(2)
+	// Each side's two contenders get clients of their own. On shared
+	// clients the two sides' requests interleave on each client's round
+	// robin over the members, which can pin one side's requests to the
+	// members that forward to the Raft leader, and the other's to the
+	// leader, whichever it is in that run.
+	clis, err := env.Clients(4)
 	if err != nil {
 		return Result{}, err
 	}
 	ours := &concordSide{}
 	theirs := &etcdSide{}
 	prefix := "bench/" + name
-	for i, cli := range clis {
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(benchTTL))
+	for i := range 2 {
+		k, err := leasekeeper.New(ctx, clis[i], leasekeeper.WithTTL(benchTTL))
 		if err != nil {
 			return Result{}, err
 		}
 		defer k.Close(context.WithoutCancel(ctx))
 		ours.els[i] = election.New(k, prefix)
-		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(benchTTL/time.Second)))
+		sess, err := concurrency.NewSession(clis[2+i], concurrency.WithTTL(int(benchTTL/time.Second)))
 		if err != nil {
 			return Result{}, err
 		}
