@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/retry"
+	callturn "github.com/concordkit/concord/internal/turn"
 )
 
 // ErrCommitted reports a Commit refused because the time's effects were
@@ -37,7 +37,10 @@ type commitState struct {
 	// try bounds each try (see Commit).
 	try time.Duration
 
-	mu        sync.Mutex // serializes Commit calls of one run
+	// turn serializes Commit calls of one run. A call waiting for it gives
+	// up when its context ends: the call ahead may retry for as long as its
+	// own context lasts while etcd cannot be reached.
+	turn      callturn.Turn
 	committed atomic.Bool
 }
 
@@ -78,6 +81,7 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 		prefix: l.s.keys.prefix,
 		desc:   fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
 		try:    l.s.k.TTL(),
+		turn:   callturn.New(),
 	}
 }
 
@@ -94,7 +98,9 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 // leadership is gone (nothing applied), or ctx's cause while the outcome is
 // unknown (a rerun's Commit then settles it). Transient errors are retried
 // until ctx ends. At most MaxCommitOps operations; none may touch the
-// scheduler's own keys. Cost: one transaction. The commit record it writes
+// scheduler's own keys. Commits of one run take turns; one that is still
+// waiting for its turn when ctx ends returns ctx's cause, having sent
+// nothing. Cost: one transaction. The commit record it writes
 // is deleted by a later claim of the job, once the time is no longer open.
 func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	c := r.commit
@@ -107,8 +113,10 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	if err := c.checkOps(ops); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.turn.Take(ctx); err != nil {
+		return fmt.Errorf("cron: commit of %s, behind another Commit of the run (nothing sent): %w", c.desc, err)
+	}
+	defer c.turn.Done()
 	if c.committed.Load() {
 		return fmt.Errorf("%w: %s committed by this run before", ErrCommitted, c.desc)
 	}

@@ -317,3 +317,51 @@ func TestRunStopsWhenTermLostWhileCutOff(t *testing.T) {
 		return errors.Is(err, election.ErrNoLeader)
 	}, 2*ttl, 20*time.Millisecond, "the lost term's key did not expire")
 }
+
+// A Commit behind another Commit of the same run that is stalled on a
+// cut-off client gives up when its own context ends, having sent nothing.
+func TestCommitBehindStalledCommitReturnsOnTime(t *testing.T) {
+	name := t.Name()
+	cleanupName(t, cluster, name)
+	p := newProcess(t, cluster, 20*time.Second)
+	started := make(chan cron.Run, 16)
+	s := cron.New(p.k, name)
+	require.NoError(t, s.Add("job", everySecond, func(ctx context.Context, r cron.Run) error {
+		started <- r
+		<-ctx.Done()
+		return nil
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	r := recvT(t, started, 5*time.Second, "run")
+
+	cluster.CutClient(p.cli)
+	defer cluster.RestoreClient(p.cli)
+	first := make(chan error, 1)
+	go func() { first <- r.Commit(context.Background(), clientv3.OpPut(name+"/ledger/effect", "1")) }()
+	require.Eventually(t, func() bool { return cron.Committing(r) }, 10*time.Second, 5*time.Millisecond,
+		"first Commit never held its turn")
+	second := make(chan error, 1)
+	go func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer scancel()
+		second <- r.Commit(sctx, clientv3.OpPut(name+"/ledger/effect", "2"))
+	}()
+	select {
+	case err := <-second:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Commit behind a stalled Commit did not return when its context ended")
+	}
+
+	cluster.RestoreClient(p.cli)
+	require.NoError(t, recvT(t, first, 30*time.Second, "first Commit"))
+	resp, err := cluster.Admin().Get(ctxT(t, 5*time.Second), name+"/ledger/effect")
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	require.Equal(t, "1", string(resp.Kvs[0].Value), "the Commit that gave up was applied")
+	cancel()
+	require.ErrorIs(t, recvT(t, done, 30*time.Second, "Run"), context.Canceled)
+}

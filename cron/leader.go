@@ -131,10 +131,10 @@ func (l *leader) run(ctx context.Context) error {
 
 func (l *leader) loop(ctx context.Context) error {
 	var triggers []trigger
-	rev, err := retryRead(ctx, func() (int64, error) {
+	rev, err := retryRead(ctx, l.s.k.TTL(), func(tctx context.Context) (int64, error) {
 		var err error
 		var rev int64
-		rev, triggers, err = l.load(ctx)
+		rev, triggers, err = l.load(tctx)
 		return rev, err
 	})
 	if err != nil {
@@ -199,7 +199,9 @@ func (l *leader) loop(ctx context.Context) error {
 			}
 		case <-rewatch:
 			rewatch = nil
-			r, trs, err := l.loadCtl(ctx)
+			tctx, cancel := tryContext(ctx, l.s.k.TTL())
+			r, trs, err := l.loadCtl(tctx)
+			cancel()
 			if err != nil {
 				if errors.Is(err, ErrCorrupt) {
 					return err
@@ -241,18 +243,22 @@ func (l *leader) watchCtl(ctx context.Context, rev int64) clientv3.WatchChan {
 }
 
 // retryRead retries a read with backoff until it succeeds, fails for good,
-// or ctx ends.
-func retryRead(ctx context.Context, fn func() (int64, error)) (int64, error) {
+// or ctx ends. Each try is bounded by try, like claims and Commits: a read
+// stuck on a member that lost the Raft leadership waits for etcd's own
+// request timeout, while another member could answer at once.
+func retryRead(ctx context.Context, try time.Duration, fn func(context.Context) (int64, error)) (int64, error) {
 	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
 	for {
-		rev, err := fn()
+		tctx, cancel := tryContext(ctx, try)
+		rev, err := fn(tctx)
+		cancel()
 		if err == nil {
 			return rev, nil
 		}
 		if ctx.Err() != nil {
 			return 0, context.Cause(ctx)
 		}
-		if errors.Is(err, ErrCorrupt) || !retry.Retriable(err) {
+		if errors.Is(err, ErrCorrupt) || !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
 			return 0, err
 		}
 		if werr := bo.Wait(ctx); werr != nil {
