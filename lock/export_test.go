@@ -8,3 +8,6 @@ func ConfirmsBy() (touch, progress int64) {
 
 // Unlocking reports whether an Unlock of h holds its turn.
 func Unlocking(h *Hold) bool { return h.unlock.Held() }
+
+// OwnWatchesIdle returns how many watches on m's own key are pooled, idle.
+func OwnWatchesIdle(m *Mutex) int { return m.w.own.Idle() }

@@ -200,7 +200,11 @@ func TestLockCutOffReturnsOnTime(t *testing.T) {
 			cluster.RestoreClient(cli)
 		}
 	}()
-	for _, m := range []*lock.Mutex{fresh, used} {
+	// The used value first: its pooled watch closes after
+	// prefixwatch.IdleTimeout unused, and the case would then test the
+	// fresh path twice.
+	require.Equal(t, 1, lock.OwnWatchesIdle(used), "the used value's own watch is not pooled")
+	for _, m := range []*lock.Mutex{used, fresh} {
 		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		done := make(chan error, 1)
 		go func() {

@@ -183,6 +183,13 @@ func (p *Pool) takeIdle(key string) *Watch {
 	return nil
 }
 
+// Idle returns how many idle watches the pool keeps open.
+func (p *Pool) Idle() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
+
 // Put gives a watch back for reuse, or stops it if it is not known good
 // (Created unset).
 func (p *Pool) Put(w *Watch) {

@@ -46,13 +46,16 @@ func TestPoolReuseByKey(t *testing.T) {
 	require.True(t, next(t, a, 5*time.Second).Created)
 	a.Created = true
 	p.Put(a)
+	require.Equal(t, 1, p.Idle())
 	require.Same(t, a, p.GetKey(ctx, "/test/prefixwatch/a"), "the idle watch on the key is reused")
+	require.Equal(t, 0, p.Idle())
 	b := p.GetKey(ctx, "/test/prefixwatch/b")
 	require.NotSame(t, a, b, "another key gets its own watch")
 	b.Stop()
 
 	// A watch not known good is stopped, not kept.
 	p.Put(b)
+	require.Equal(t, 0, p.Idle())
 	require.NotSame(t, b, p.GetKey(ctx, "/test/prefixwatch/b"))
 
 	// Fill the pool past its bound: the first watch given back is closed.
