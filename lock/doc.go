@@ -106,15 +106,19 @@
 //   - Lock, lock free: one transaction (put own key + read the queue's keys,
 //     one Raft write). Without WithLockDelay the read asks for keys only,
 //     which etcd serves from its in-memory index, with no backend read per
-//     key. A watch on own key (deletions only, filtered on the server) is
-//     opened before it, stays open while the lock is held to learn of a
+//     key. A watch on own key (a Mutex's sees its puts too, for the touch
+//     below; an RWMutex request's deletions only, filtered on the server)
+//     is opened before it, stays open while the lock is held to learn of a
 //     forced release or a lost key, and is then kept for the Mutex value's
 //     next acquisition (closed after 2 s unused), so a busy Mutex opens no
 //     watch per acquisition (an RWMutex opens one per request). A Mutex
 //     value's watches share one gRPC watch stream of their own on the
 //     client's connection (a few goroutines on the client and on the
 //     serving member while the value has watches open), which the client
-//     closes with the last of them.
+//     closes with the last of them. This watch is what ends a Hold's
+//     context when someone else deletes its key; an uncontended Mutex
+//     cycle pays for it with two events sent to the client (own put and own
+//     delete), which etcd's Mutex, having no such watch, does not.
 //     Hold.Revoked, when first called, adds one watch on the hold's release
 //     request key.
 //   - Lock, lock busy: the same transaction, then watches on the nearest
