@@ -239,8 +239,9 @@ var ErrLeft = errors.New("barrier: left the double barrier")
 // deleted so the barrier can be used for another round. It is idempotent
 // once it returned nil.
 //
-// Cost: one transaction (delete the seat, count the seats); while others
-// remain, one watch on the seats' prefix and one count per change.
+// Cost: one transaction (delete the seat) and one read (count the seats);
+// while others remain, one watch on the seats' prefix and one count per
+// change; once none remain, one guarded delete of the ready key.
 func (s *Seat) Leave(ctx context.Context) (err error) {
 	if err := s.leave.Take(ctx); err != nil {
 		return err

@@ -108,8 +108,9 @@
 //     one fenced transaction when fn returns (status, and the run's removal
 //     from the open runs). Run.Commit is one more transaction, carrying the
 //     caller's writes. The fire lag is the timer's lateness plus the claim.
-//   - On becoming leader: one read of N/.cron/ and one watch on
-//     N/.cron/ctl/, on top of the election's Campaign.
+//   - On becoming leader: one read of N/.cron/, one fenced status write per
+//     job (its next time), the claims of reruns and triggers that are due,
+//     and one watch on N/.cron/ctl/, on top of the election's Campaign.
 //   - Pause, Resume, Trigger: one write each. Status, Purge: one request.
 //
 // # Telemetry

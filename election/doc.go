@@ -67,7 +67,8 @@
 //   - Campaign, uncontended: one transaction (put the key if absent and read
 //     the two newest candidates by create revision; the second is the
 //     immediate predecessor), plus one watch on the term's own key that lasts
-//     the term.
+//     the term, and one read of that key each time the watch is created
+//     (to close the gap before it).
 //   - Campaign, waiting: additionally one watch on its own key and one on its
 //     immediate predecessor (both without a start revision, so etcd syncs them
 //     at once instead of in its 100 ms unsynced loop; a read closes the gap

@@ -133,7 +133,8 @@ func (e *Election) Key() string { return e.key }
 // Cost: one transaction that writes the candidate key and reads its
 // predecessor; while waiting, one watch on the candidate's own key and one on
 // its immediate predecessor, and one read per predecessor that goes; once
-// elected, one watch on its own key for the term's duration.
+// elected, one watch on its own key for the term's duration, and one read of
+// the key each time that watch is created.
 func (e *Election) Campaign(ctx context.Context, value string) (t *Term, err error) {
 	if e.err != nil {
 		return nil, e.err

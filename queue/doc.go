@@ -150,7 +150,8 @@
 //     unfinished tasks (about 100 bytes per task).
 //   - Status: one read transaction. Stats: one read transaction of count-only
 //     ranges, proportional to the keys and uncompacted tombstones under the
-//     queue. WatchStatus: one read, then four single-key watches.
+//     queue. WatchStatus: one read, then four single-key watches and one
+//     Status read per change they report.
 //
 // # Telemetry
 //

@@ -46,7 +46,8 @@
 //
 //   - Acquire, permits free: one transaction (compare the stored limit, put
 //     own key, read the prefix: one Raft write). The first acquisition of a
-//     new semaphore stores the limit first (one more transaction). A watch
+//     new semaphore costs two more: its transaction fails on the missing
+//     limit, the limit is stored, and the transaction is sent again. A watch
 //     on the prefix, reused across a Semaphore's acquisitions, goes out with
 //     it and stays open while the permit is held, to learn of a lost key.
 //   - Acquire, must wait: the same transaction, then no request while
