@@ -362,7 +362,16 @@ func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
 	case "nack":
 		if b := val(1); b != nil {
 			st, err := decodeStatus(b)
-			return err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == t.token
+			if err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == t.token {
+				return true
+			}
+		}
+		// A Nack on the last attempt dead-letters the task, like Fail.
+		if t.Attempt >= t.maxAttempts {
+			if b := val(2); b != nil {
+				d, err := decodeDead(b)
+				return err == nil && d.Token == t.token
+			}
 		}
 	case "fail":
 		if b := val(2); b != nil {
