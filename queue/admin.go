@@ -135,8 +135,11 @@ func (q *Queue) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error
 }
 
 // Requeue puts a dead letter back in the queue, ready now, with its attempt
-// count reset and its last checkpoint kept. It returns ErrNotDead if the task
-// is not a dead letter. Two etcd requests (a read, a guarded write).
+// count reset and its last checkpoint kept. A task enqueued with a dedup ID
+// holds it again, unfinished once more, unless another task took the ID
+// while this one was dead: then both are queued and the other keeps the ID.
+// It returns ErrNotDead if the task is not a dead letter. Two etcd requests
+// (a read, a guarded write).
 func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("queue: requeue: invalid task ID %q", id)
@@ -166,6 +169,14 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 		clientv3.OpDelete(q.keys.attempt(id)),
 		clientv3.OpPut(sk, string(encodeStatus(st))),
 		clientv3.OpPut(pos, ""),
+	}
+	if prev.Dedup != "" {
+		// Dead-lettering freed the ID; take it again if it is still free,
+		// so that Enqueue with it finds this task, as for any unfinished one.
+		dk := q.keys.dedup(prev.Dedup)
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(dk), "=", 0)},
+			[]clientv3.Op{clientv3.OpPut(dk, id)}, nil))
 	}
 	tr, err := q.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(xk), "=", xkvs[0].ModRevision)).Then(ops...).Commit()
 	if err != nil {

@@ -720,3 +720,53 @@ func TestCanceledClaimsGivenBack(t *testing.T) {
 		return resp.Count == 0
 	})
 }
+
+// A requeued dead letter is unfinished again, and holds its dedup ID again
+// unless another task took it while it was dead.
+func TestRequeueTakesDedupIDAgain(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+
+	// Free while dead: the requeued task takes it back.
+	a, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, task.Fail(ctx, "broken"))
+	require.NoError(t, q.Requeue(ctx, a))
+	again, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	require.NoError(t, err)
+	assert.Equal(t, a, again, "the requeued task holds its dedup ID again")
+	s, err := q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, s.Ready)
+
+	// Taken while dead: both are queued, the other keeps the ID.
+	task, err = q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, task.Fail(ctx, "broken"))
+	b, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	require.NoError(t, err)
+	require.NotEqual(t, a, b)
+	require.NoError(t, q.Requeue(ctx, a))
+	again, err = q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	require.NoError(t, err)
+	assert.Equal(t, b, again, "the task that took the ID while the other was dead keeps it")
+
+	// Finishing the requeued task does not free the other's ID.
+	byID := map[string]*queue.Task{}
+	for range 2 {
+		task, err = q.Dequeue(ctx, k)
+		require.NoError(t, err)
+		byID[task.ID] = task
+	}
+	require.NoError(t, byID[a].Ack(ctx))
+	again, err = q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	require.NoError(t, err)
+	assert.Equal(t, b, again)
+	require.NoError(t, byID[b].Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}

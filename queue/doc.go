@@ -50,7 +50,8 @@
 // Deduplication. Enqueue with DedupID writes nothing and returns the first
 // task's ID while a task with that dedup ID is unfinished (queued, delayed
 // or running); the check and the write are one transaction, so it holds
-// under concurrent producers. Ack and dead-lettering free the dedup ID.
+// under concurrent producers. Ack and dead-lettering free the dedup ID;
+// Requeue takes it again if no other task took it meanwhile.
 //
 // Attempts and dead letters. Every claim counts as an attempt, lost ones
 // included. A Nack on the last attempt (WithMaxAttempts, default 5, stored
