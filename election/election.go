@@ -206,6 +206,11 @@ func (e *Election) campaign(ctx context.Context, value string) (*Term, error) {
 			return nil, context.Cause(ctx)
 		}
 		if errRetryCreate(err) {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				// Have the keeper replace the lease now rather than at its
+				// next renewal, which Lease would otherwise wait for.
+				e.k.Invalidate(l, err)
+			}
 			if werr := bo.Wait(ctx); werr != nil {
 				return nil, werr
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/leasekeeper"
 )
 
 func prefixOf(name string) string { return names.Prefix(name, "election") }
@@ -289,4 +290,26 @@ func TestRunRecampaignsAfterLoss(t *testing.T) {
 
 func asyncRecv[T any](ch <-chan T) <-chan result[T] {
 	return async(func() (T, error) { return <-ch, nil })
+}
+
+// A Campaign that etcd refuses because the keeper's lease is gone on the
+// server has the keeper replace the lease at once, and wins on the new one,
+// instead of retrying on the old one until the keeper's next renewal (10 s
+// away at this TTL).
+func TestCampaignOnRevokedLeaseReplacesIt(t *testing.T) {
+	name := t.Name()
+	assertNoKeys(t, cluster, name)
+	ctx := ctxT(t, 30*time.Second)
+	p := newProcess(t, cluster, 30*time.Second)
+	l, err := p.k.Lease(ctx)
+	require.NoError(t, err)
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	term, err := election.New(p.k, name).Campaign(cctx, "v")
+	require.NoError(t, err)
+	require.NotEqual(t, l.ID(), term.Lease())
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
+	require.NoError(t, term.Resign(ctx))
 }

@@ -165,8 +165,9 @@ func (k *Keeper) Lease(ctx context.Context) (*Lease, error) {
 }
 
 // Invalidate declares lease l lost at once, with cause (wrapped so that it
-// errors.Is ErrLeaseLost), and has the keeper grant a new one. Recipes call it
-// when etcd answers a request that used l with "lease not found": the keeper
+// errors.Is ErrLeaseLost), and has the keeper grant a new one. concord's
+// recipes call it when etcd answers a request that attached l to a key with
+// "lease not found" (other users of the keeper's leases may too): the keeper
 // would otherwise learn it only at its next renewal, up to a third of the TTL
 // later, and hand l out meanwhile. It does nothing if l is not the current
 // lease or is already lost.

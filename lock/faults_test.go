@@ -293,3 +293,28 @@ func TestUnlockBehindStalledUnlockReturnsOnTime(t *testing.T) {
 	require.NoError(t, h.Unlock(ctx))
 	waitQueue(t, name, 0)
 }
+
+// A Lock that etcd refuses because the keeper's lease is gone on the server
+// (revoked behind the keeper's back) has the keeper replace the lease at
+// once: the next Lock succeeds on a new lease instead of failing on the old
+// one until the keeper's next renewal (10 s away at this TTL).
+func TestLockOnRevokedLeaseReplacesIt(t *testing.T) {
+	name := lockName(t)
+	ctx := ctxT(t, 30*time.Second)
+	k := newKeeper(t, newClient(t), 30*time.Second)
+	l, err := k.Lease(ctx)
+	require.NoError(t, err)
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+	m := lock.New(k, name)
+	_, err = m.Lock(ctx)
+	require.ErrorIs(t, err, lock.ErrLost)
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost, "the keeper was not told")
+
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	h, err := m.Lock(lctx)
+	require.NoError(t, err)
+	require.NotEqual(t, l.ID(), h.Lease())
+	require.NoError(t, h.Unlock(ctx))
+	waitQueue(t, name, 0)
+}

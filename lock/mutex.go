@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/leasekeeper"
@@ -129,6 +131,12 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leas
 	// creation revision is normally at or below the transaction's.
 	a := newAcquisition(ctx, k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
 	err := a.enqueue(ctx, value, try)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// etcd no longer knows the lease (revoked, or expired before the
+		// keeper noticed): have the keeper replace it now rather than at its
+		// next renewal, so that the next Lock does not use it again.
+		k.Invalidate(lease, err)
+	}
 	if err == nil && try && len(a.t.preds) > 0 {
 		err = ErrLocked // cannot happen with the empty-queue compare; be safe
 	}

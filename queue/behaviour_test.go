@@ -770,3 +770,29 @@ func TestRequeueTakesDedupIDAgain(t *testing.T) {
 	require.NoError(t, byID[b].Ack(ctx))
 	assertOnlyFinished(t, cluster.Admin(), name)
 }
+
+// A claim that etcd refuses because the keeper's lease is gone on the server
+// has the keeper replace the lease at once, and the Dequeue claims on the new
+// one, instead of retrying on the old one until the keeper's next renewal
+// (10 s away at this TTL).
+func TestDequeueOnRevokedLeaseReplacesIt(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 30*time.Second)
+	l, err := k.Lease(ctx)
+	require.NoError(t, err)
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+	id, err := q.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	task, err := q.Dequeue(dctx, k)
+	require.NoError(t, err)
+	require.Equal(t, id, task.ID)
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
+	require.NoError(t, task.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}

@@ -84,6 +84,11 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 		case ctx.Err() != nil:
 			return nil, context.Cause(ctx)
 		case errors.Is(err, rpctypes.ErrLeaseNotFound), retry.Retriable(err):
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				// Have the keeper replace the lease now rather than at its
+				// next renewal: until then every claim would fail on it.
+				k.Invalidate(lease, err)
+			}
 			if werr := bo.Wait(ctx); werr != nil {
 				return nil, werr
 			}

@@ -154,6 +154,12 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 	}
 	a.w = s.pool.Get(ctx)
 	err = a.enqueue(ctx, encodePermit(n, time.Now(), s.value), limit)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// etcd no longer knows the lease (revoked, or expired before the
+		// keeper noticed): have the keeper replace it now rather than at its
+		// next renewal, so that the next Acquire does not use it again.
+		s.k.Invalidate(lease, err)
+	}
 	if err == nil && try && !a.t.granted() {
 		err = ErrNoPermits
 	}
@@ -306,7 +312,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		switch {
 		case err == nil:
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return fmt.Errorf("%w: lease %x gone before the request was queued", ErrLost, int64(a.lease.ID()))
+			return fmt.Errorf("%w: lease %x gone before the request was queued: %w", ErrLost, int64(a.lease.ID()), err)
 		case retry.Retriable(err) || errors.Is(err, context.DeadlineExceeded):
 			if werr := bo.Wait(ctx); werr != nil {
 				return werr

@@ -502,3 +502,31 @@ func TestReleaseBehindStalledReleaseReturnsOnTime(t *testing.T) {
 	require.NoError(t, p.Release(ctx))
 	waitRequests(t, name, 0)
 }
+
+// An Acquire that etcd refuses because the keeper's lease is gone on the
+// server has the keeper replace the lease at once: the next Acquire succeeds
+// on a new lease instead of failing on the old one until the keeper's next
+// renewal (10 s away at this TTL).
+func TestAcquireOnRevokedLeaseReplacesIt(t *testing.T) {
+	name := semName(t)
+	ctx := ctxT(t, 30*time.Second)
+	k := newKeeper(t, newClient(t), 30*time.Second)
+	l, err := k.Lease(ctx)
+	require.NoError(t, err)
+	s := semaphore.New(k, name, 2)
+	p, err := s.Acquire(ctx, 1) // stores the limit
+	require.NoError(t, err)
+	require.NoError(t, p.Release(ctx))
+	require.NoError(t, cluster.RevokeLease(ctx, l.ID()))
+	_, err = s.Acquire(ctx, 1)
+	require.ErrorIs(t, err, semaphore.ErrLost)
+	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost, "the keeper was not told")
+
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	p, err = s.Acquire(actx, 1)
+	require.NoError(t, err)
+	require.NotEqual(t, l.ID(), p.Lease())
+	require.NoError(t, p.Release(ctx))
+	waitRequests(t, name, 0)
+}
