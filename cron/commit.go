@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 	callturn "github.com/concordkit/concord/internal/turn"
 )
@@ -31,9 +32,9 @@ type commitState struct {
 	cli  *clientv3.Client
 	key  string // the time's commit record
 	desc string // job and time, for errors
-	// prefix holds the scheduler's keys, which Commit's operations must not
-	// touch.
-	prefix string
+	// reserved are the prefixes of the scheduler's keys (its records and
+	// its election), which Commit's operations must not touch.
+	reserved []string
 	// try bounds each try (see Commit).
 	try time.Duration
 
@@ -44,44 +45,27 @@ type commitState struct {
 	committed atomic.Bool
 }
 
-// checkOps refuses operations that touch the scheduler's keys: a key or a
-// range that meets its prefix, also inside nested transactions.
+// checkOps refuses operations that touch the scheduler's keys (its records
+// and its election's candidates), also inside nested transactions, or that
+// are too large for one request.
 func (c *commitState) checkOps(ops []clientv3.Op) error {
-	end := clientv3.GetPrefixRangeEnd(c.prefix)
-	for _, op := range ops {
-		if op.IsTxn() {
-			_, thenOps, elseOps := op.Txn()
-			if err := c.checkOps(thenOps); err != nil {
-				return err
-			}
-			if err := c.checkOps(elseOps); err != nil {
-				return err
-			}
-			continue
-		}
-		k, r := string(op.KeyBytes()), string(op.RangeBytes())
-		meets := strings.HasPrefix(k, c.prefix)
-		switch {
-		case r == "\x00": // from k to the end of the key space
-			meets = meets || k < end
-		case r != "":
-			meets = meets || k < end && r > c.prefix
-		}
-		if meets {
-			return fmt.Errorf("cron: commit of %s: operation on the scheduler's own keys (%q)", c.desc, k)
-		}
-	}
-	return nil
+	return guard.CheckOps("cron: commit of "+c.desc, ops, guard.MaxRequestBytes, c.reserved...)
+}
+
+// reservedPrefixes are the prefixes of the keys of the scheduler named name:
+// its records and its election's candidates.
+func reservedPrefixes(name string) []string {
+	return []string{keysOf(name).prefix, names.Prefix(name, "election")}
 }
 
 func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 	return &commitState{
-		cli:    l.cli(),
-		key:    l.s.keys.done(j.name, r.Time, r.Trigger),
-		prefix: l.s.keys.prefix,
-		desc:   fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
-		try:    l.s.k.TTL(),
-		turn:   callturn.New(),
+		cli:      l.cli(),
+		key:      l.s.keys.done(j.name, r.Time, r.Trigger),
+		reserved: reservedPrefixes(l.s.name),
+		desc:     fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
+		try:      l.s.k.TTL(),
+		turn:     callturn.New(),
 	}
 }
 
@@ -97,8 +81,8 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 // the time was committed already, an error wrapping election.ErrLost when
 // leadership is gone (nothing applied), or ctx's cause while the outcome is
 // unknown (a rerun's Commit then settles it). Transient errors are retried
-// until ctx ends. At most MaxCommitOps operations; none may touch the
-// scheduler's own keys. Commits of one run take turns; one that is still
+// until ctx ends. At most MaxCommitOps operations, within etcd's default
+// request size; none may touch the scheduler's own keys or its election's. Commits of one run take turns; one that is still
 // waiting for its turn when ctx ends returns ctx's cause, having sent
 // nothing. Cost: one transaction. The commit record it writes
 // is deleted by a later claim of the job, once the time is no longer open.

@@ -7,7 +7,7 @@ import (
 )
 
 func TestCommitRefusesOwnKeys(t *testing.T) {
-	c := &commitState{prefix: keysOf("N").prefix, desc: "j"}
+	c := &commitState{reserved: reservedPrefixes("N"), desc: "j"}
 	for _, tc := range []struct {
 		op clientv3.Op
 		ok bool
@@ -18,10 +18,12 @@ func TestCommitRefusesOwnKeys(t *testing.T) {
 		{clientv3.OpDelete("N/.cron/done/j/", clientv3.WithPrefix()), false},
 		{clientv3.OpDelete("N/", clientv3.WithPrefix()), false},              // the range holds the prefix
 		{clientv3.OpDelete("N/.cr", clientv3.WithRange("N/.cron/d")), false}, // the range reaches into it
-		{clientv3.OpDelete("N/.cros", clientv3.WithFromKey()), true},         // starts after it
+		{clientv3.OpDelete("N/.f", clientv3.WithFromKey()), true},            // starts after both
 		{clientv3.OpDelete("M", clientv3.WithFromKey()), false},              // from before it to the end
 		{clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpPut("N/.cron/x", "")}, nil), false},
 		{clientv3.OpTxn(nil, nil, []clientv3.Op{clientv3.OpPut("N/ok", "")}), true},
+		{clientv3.OpPut("N/.election/zz", "x"), false}, // the scheduler's election
+		{clientv3.OpDelete("N/.election/", clientv3.WithPrefix()), false},
 	} {
 		err := c.checkOps([]clientv3.Op{tc.op})
 		if (err == nil) != tc.ok {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -794,5 +795,44 @@ func TestDequeueOnRevokedLeaseReplacesIt(t *testing.T) {
 	require.Equal(t, id, task.ID)
 	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
 	require.NoError(t, task.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// Ack applies the caller's operations in its own transaction; operations on
+// the queue's keys, or too large for one request, are refused before
+// anything is sent, and the task stays claimed.
+func TestAckWithOps(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+	result := "/qtresult/" + t.Name()
+	t.Cleanup(func() { _, _ = cluster.Admin().Delete(context.Background(), result) })
+	_, err := q.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+
+	for _, ops := range [][]clientv3.Op{
+		{clientv3.OpPut(name+"/.queue/t/zzz", "x")},
+		{clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpDelete(name+"/.queue/", clientv3.WithPrefix())}, nil)},
+		{clientv3.OpDelete(name, clientv3.WithPrefix())},
+		{clientv3.OpPut(result, strings.Repeat("x", 2<<20))},
+	} {
+		err := task.Ack(ctx, ops...)
+		require.Error(t, err)
+		assert.True(t, strings.HasPrefix(err.Error(), "queue: ack of task "+task.ID), err.Error())
+	}
+	require.NoError(t, task.Context().Err(), "a refused Ack ended the claim")
+	resp, err := cluster.Admin().Get(ctx, result)
+	require.NoError(t, err)
+	require.Empty(t, resp.Kvs)
+
+	require.NoError(t, task.Ack(ctx, clientv3.OpPut(result, "done")))
+	resp, err = cluster.Admin().Get(ctx, result)
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	assert.Equal(t, "done", string(resp.Kvs[0].Value))
 	assertOnlyFinished(t, cluster.Admin(), name)
 }

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -177,13 +178,18 @@ func (t *Task) cleanup() {
 // progress are deleted and a finished record is kept for the retention (see
 // WithRetention). ops, if any, are applied in the same fenced transaction, so
 // a result can be recorded exactly once together with the acknowledgement
-// (they must not touch the queue's keys, and count against --max-txn-ops).
+// (they must not touch the queue's keys, count against --max-txn-ops, and
+// must fit in one request with the acknowledgement: both are checked before
+// anything is sent).
 // One etcd transaction, plus a lease grant once per retention/4.
 //
 // Ack is idempotent: once it succeeded, it returns nil again. It returns
 // ErrLost if the claim was lost (the task may run again elsewhere) and
 // ErrFinished if the task was nacked or failed.
 func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
+	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes, t.q.keys.prefix); err != nil {
+		return err
+	}
 	return t.finish(ctx, "ack", func(lease clientv3.LeaseID) []clientv3.Op {
 		out := t.endOps()
 		out = append(out,

@@ -3,6 +3,7 @@ package guard_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,4 +59,37 @@ func TestCheckValueSize(t *testing.T) {
 	require.NoError(t, guard.CheckValueSize("queue", "payload", 1024))
 	err := guard.CheckValueSize("queue", "payload", guard.MaxRequestBytes)
 	require.ErrorContains(t, err, "queue: payload of")
+}
+
+func TestCheckOps(t *testing.T) {
+	own := []string{"N/.cron/", "N/.election/"}
+	big := strings.Repeat("x", guard.MaxRequestBytes)
+	for _, tc := range []struct {
+		name string
+		ops  []clientv3.Op
+		ok   bool
+	}{
+		{"foreign put", []clientv3.Op{clientv3.OpPut("N/ledger/1", "x")}, true},
+		{"foreign prefix", []clientv3.Op{clientv3.OpDelete("N/a", clientv3.WithPrefix())}, true},
+		{"own key", []clientv3.Op{clientv3.OpPut("N/.cron/claim/j", "x")}, false},
+		{"second reserved prefix", []clientv3.Op{clientv3.OpPut("N/.election/zz", "x")}, false},
+		{"range holding the prefix", []clientv3.Op{clientv3.OpDelete("N/", clientv3.WithPrefix())}, false},
+		{"range reaching into it", []clientv3.Op{clientv3.OpDelete("N/.cr", clientv3.WithRange("N/.cron/d"))}, false},
+		{"from after it", []clientv3.Op{clientv3.OpDelete("N/.f", clientv3.WithFromKey())}, true},
+		{"from before it", []clientv3.Op{clientv3.OpDelete("M", clientv3.WithFromKey())}, false},
+		{"nested then", []clientv3.Op{clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpPut("N/.cron/x", "")}, nil)}, false},
+		{"nested else", []clientv3.Op{clientv3.OpTxn(nil, nil, []clientv3.Op{clientv3.OpPut("N/.election/x", "")})}, false},
+		{"compare on own key", []clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Version("N/.cron/x"), "=", 0)}, nil, nil)}, true},
+		{"oversized value", []clientv3.Op{clientv3.OpPut("N/big", big)}, false},
+		{"oversized together", []clientv3.Op{clientv3.OpPut("N/a", big[:guard.MaxRequestBytes/2]), clientv3.OpPut("N/b", big[:guard.MaxRequestBytes/2])}, false},
+		{"oversized nested", []clientv3.Op{clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpPut("N/a", big)}, nil)}, false},
+	} {
+		err := guard.CheckOps("x", tc.ops, guard.MaxRequestBytes, own...)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: error %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "x: ") {
+			t.Errorf("%s: error %q lacks the package prefix", tc.name, err)
+		}
+	}
 }
