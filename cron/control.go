@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -25,6 +26,9 @@ func checkNames(name, job string) error {
 // leader sees it on its watch. Cost: one put.
 func Pause(ctx context.Context, cli *clientv3.Client, name, job string) error {
 	if err := checkNames(name, job); err != nil {
+		return err
+	}
+	if err := guard.CheckClient("cron", cli); err != nil {
 		return err
 	}
 	val, err := encode(control{At: time.Now().UnixNano()})
@@ -46,6 +50,9 @@ func Resume(ctx context.Context, cli *clientv3.Client, name, job string) error {
 	if err := checkNames(name, job); err != nil {
 		return err
 	}
+	if err := guard.CheckClient("cron", cli); err != nil {
+		return err
+	}
 	if _, err := cli.Delete(ctx, keysOf(name).paused(job)); err != nil {
 		return fmt.Errorf("cron: resume %s/%s: %w", name, job, err)
 	}
@@ -58,6 +65,9 @@ func Resume(ctx context.Context, cli *clientv3.Client, name, job string) error {
 // Cost: one put; the leader consumes it with one fenced transaction.
 func Trigger(ctx context.Context, cli *clientv3.Client, name, job string) error {
 	if err := checkNames(name, job); err != nil {
+		return err
+	}
+	if err := guard.CheckClient("cron", cli); err != nil {
 		return err
 	}
 	val, err := encode(control{At: time.Now().UnixNano()})
@@ -75,6 +85,9 @@ func Trigger(ctx context.Context, cli *clientv3.Client, name, job string) error 
 // sorted by job name. Cost: one read.
 func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus, error) {
 	if err := names.Validate("cron", name); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("cron", cli); err != nil {
 		return nil, err
 	}
 	k := keysOf(name)
@@ -147,6 +160,9 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 // delete.
 func Purge(ctx context.Context, cli *clientv3.Client, name string) error {
 	if err := names.Validate("cron", name); err != nil {
+		return err
+	}
+	if err := guard.CheckClient("cron", cli); err != nil {
 		return err
 	}
 	if _, err := cli.Delete(ctx, keysOf(name).prefix, clientv3.WithPrefix()); err != nil {

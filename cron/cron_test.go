@@ -365,3 +365,13 @@ func TestCommitBehindStalledCommitReturnsOnTime(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, recvT(t, done, 30*time.Second, "Run"), context.Canceled)
 }
+
+// The package's functions that take a client report a nil one as an error.
+func TestNilClient(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	_, err := cron.Status(ctx, nil, "n")
+	for i, err := range []error{err, cron.Pause(ctx, nil, "n", "j"), cron.Resume(ctx, nil, "n", "j"),
+		cron.Trigger(ctx, nil, "n", "j"), cron.Purge(ctx, nil, "n")} {
+		require.ErrorContains(t, err, "cron: nil client", "call %d", i)
+	}
+}

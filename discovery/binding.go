@@ -56,6 +56,9 @@ type binding struct {
 // keeper is between generations) and keeps it there. On failure nothing is
 // left behind.
 func bind(ctx context.Context, k *leasekeeper.Keeper, key string, val []byte) (*binding, error) {
+	if k == nil {
+		return nil, errors.New("discovery: nil keeper")
+	}
 	b := &binding{k: k, cli: k.Client(), key: key, val: val, log: slog.Default(), writing: turn.New()}
 	l, err := k.Lease(ctx)
 	if err != nil {

@@ -311,3 +311,16 @@ func TestGroupMembership(t *testing.T) {
 	cluster.RestoreClient(cli2)
 	_ = cli2.Close()
 }
+
+// A nil client or keeper is reported as an error, not a panic.
+func TestNilClientOrKeeper(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	_, err := discovery.Resolve(ctx, nil, "s")
+	require.ErrorContains(t, err, "discovery: nil client")
+	_, err = discovery.Members(ctx, nil, "g")
+	require.ErrorContains(t, err, "discovery: nil client")
+	_, err = discovery.Register(ctx, nil, "s", "i1", "127.0.0.1:1", nil)
+	require.ErrorContains(t, err, "discovery: nil keeper")
+	_, err = discovery.Join(ctx, nil, "g", "m1", nil)
+	require.ErrorContains(t, err, "discovery: nil keeper")
+}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 )
@@ -67,6 +68,9 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	service := target.URL.Path
 	if err := names.Validate("discovery", service); err != nil {
 		return nil, fmt.Errorf("discovery: target %q: %w", target.URL.String(), err)
+	}
+	if err := guard.CheckClient("discovery", b.cli); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &grpcResolver{cli: b.cli, service: service, serviceConfig: b.serviceConfig, cc: cc, cancel: cancel}

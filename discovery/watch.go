@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cache"
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -200,6 +201,9 @@ func Resolve(ctx context.Context, cli *clientv3.Client, service string) ([]Insta
 	if err := names.Validate("discovery", service); err != nil {
 		return nil, err
 	}
+	if err := guard.CheckClient("discovery", cli); err != nil {
+		return nil, err
+	}
 	prefix := instancesPrefix(service)
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
@@ -251,6 +255,9 @@ func (g *GroupWatcher) Close() { g.v.close() }
 // Members reads the members of group once (one range read), ordered by ID.
 func Members(ctx context.Context, cli *clientv3.Client, group string) ([]Member, error) {
 	if err := names.Validate("discovery", group); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("discovery", cli); err != nil {
 		return nil, err
 	}
 	prefix := membersPrefix(group)

@@ -313,3 +313,12 @@ func TestCampaignOnRevokedLeaseReplacesIt(t *testing.T) {
 	require.ErrorIs(t, l.Err(), leasekeeper.ErrLeaseLost)
 	require.NoError(t, term.Resign(ctx))
 }
+
+// The package's functions that take a client report a nil one as an error.
+func TestNilClient(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	_, err := election.LeaderOf(ctx, nil, "n")
+	require.ErrorContains(t, err, "election: nil client")
+	_, err = election.Candidates(ctx, nil, "n")
+	require.ErrorContains(t, err, "election: nil client")
+}

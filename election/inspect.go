@@ -6,6 +6,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -14,6 +15,9 @@ import (
 // without taking part (no lease is needed). Cost: one read.
 func LeaderOf(ctx context.Context, cli *clientv3.Client, name string) (Leader, error) {
 	if err := names.Validate("election", name); err != nil {
+		return Leader{}, err
+	}
+	if err := guard.CheckClient("election", cli); err != nil {
 		return Leader{}, err
 	}
 	resp, err := cli.Get(ctx, names.Prefix(name, kind), clientv3.WithFirstCreate()...)
@@ -31,6 +35,9 @@ func LeaderOf(ctx context.Context, cli *clientv3.Client, name string) (Leader, e
 // read's revision. Cost: one read of all candidates.
 func Candidates(ctx context.Context, cli *clientv3.Client, name string) ([]Leader, error) {
 	if err := names.Validate("election", name); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("election", cli); err != nil {
 		return nil, err
 	}
 	resp, err := cli.Get(ctx, names.Prefix(name, kind), clientv3.WithPrefix(),

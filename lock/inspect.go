@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -40,6 +41,9 @@ func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, err
 	if err := names.Validate("lock", name); err != nil {
 		return nil, err
 	}
+	if err := guard.CheckClient("lock", cli); err != nil {
+		return nil, err
+	}
 	kvs, rev, err := readQueue(ctx, cli, names.Prefix(name, "lock")+"q/")
 	if err != nil {
 		return nil, err
@@ -66,6 +70,9 @@ func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, err
 // writes nothing.
 func InspectRWMutex(ctx context.Context, cli *clientv3.Client, name string) (*Info, error) {
 	if err := names.Validate("lock", name); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("lock", cli); err != nil {
 		return nil, err
 	}
 	queue := names.Prefix(name, "rwlock") + "q/"

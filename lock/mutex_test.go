@@ -653,3 +653,24 @@ func TestInspect(t *testing.T) {
 	_, err = cluster.Admin().Delete(ctx, foreign)
 	require.NoError(t, err)
 }
+
+// The package's functions that take a client report a nil one as an error.
+func TestNilClient(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	errs := []error{}
+	_, err := lock.Inspect(ctx, nil, "n")
+	errs = append(errs, err)
+	_, err = lock.InspectRWMutex(ctx, nil, "n")
+	errs = append(errs, err)
+	_, err = lock.RequestRelease(ctx, nil, "n")
+	errs = append(errs, err)
+	_, err = lock.ForceRelease(ctx, nil, "n")
+	errs = append(errs, err)
+	_, err = lock.RequestReleaseRWMutex(ctx, nil, "n")
+	errs = append(errs, err)
+	_, err = lock.ForceReleaseRWMutex(ctx, nil, "n")
+	errs = append(errs, err)
+	for i, err := range errs {
+		require.ErrorContains(t, err, "lock: nil client", "call %d", i)
+	}
+}

@@ -132,6 +132,9 @@ func release(ctx context.Context, cli *clientv3.Client, name, kind string,
 	if err := names.Validate("lock", name); err != nil {
 		return nil, err
 	}
+	if err := guard.CheckClient("lock", cli); err != nil {
+		return nil, err
+	}
 	prefix := names.Prefix(name, kind)
 	var targets map[int64]bool // tokens of the holders at the first read
 	done := map[int64]bool{}

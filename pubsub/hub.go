@@ -150,6 +150,9 @@ var defaultHubs struct {
 // For returns the Hub the package-level Publish and Subscribe use for cli,
 // made on first use and closed (its goroutines joined) when cli is closed.
 func For(cli *clientv3.Client) *Hub {
+	if cli == nil {
+		return NewHub(nil) // its calls report the nil client
+	}
 	defaultHubs.mu.Lock()
 	defer defaultHubs.mu.Unlock()
 	if h, ok := defaultHubs.m[cli]; ok {

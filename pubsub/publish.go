@@ -44,6 +44,9 @@ func (h *Hub) Publish(ctx context.Context, topic string, payload []byte, opts ..
 	if err := names.Validate("pubsub", topic); err != nil {
 		return 0, err
 	}
+	if err := guard.CheckClient("pubsub", h.cli); err != nil {
+		return 0, err
+	}
 	var cfg pubConfig
 	for _, o := range opts {
 		o(&cfg)

@@ -487,3 +487,14 @@ func TestConcurrentSubscribeAndClose(t *testing.T) {
 	require.NoError(t, <-pubErr)
 	assert.Equal(t, 0, h.Stats().Topics, "every watch stopped with its last subscription")
 }
+
+// A nil client is reported as an error, not a panic.
+func TestNilClient(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	_, err := pubsub.Publish(ctx, nil, "t", []byte("x"))
+	require.ErrorContains(t, err, "pubsub: nil client")
+	_, err = pubsub.NewHub(nil).Publish(ctx, "t", []byte("x"))
+	require.ErrorContains(t, err, "pubsub: nil client")
+	_, err = pubsub.Subscribe(ctx, nil, "t", pubsub.FromLatest())
+	require.ErrorContains(t, err, "pubsub: nil client")
+}

@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -55,6 +56,9 @@ type Subscription struct {
 // retention count.
 func (h *Hub) Subscribe(ctx context.Context, topic string, from From, opts ...SubscribeOption) (*Subscription, error) {
 	if err := names.Validate("pubsub", topic); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("pubsub", h.cli); err != nil {
 		return nil, err
 	}
 	cfg := subConfig{buffer: DefaultBuffer}

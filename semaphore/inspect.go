@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
 
@@ -37,6 +38,9 @@ type Info struct {
 // writes nothing. A value concord did not write is reported as ErrCorrupt.
 func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, error) {
 	if err := names.Validate("semaphore", name); err != nil {
+		return nil, err
+	}
+	if err := guard.CheckClient("semaphore", cli); err != nil {
 		return nil, err
 	}
 	prefix := names.Prefix(name, "semaphore")

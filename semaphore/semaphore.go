@@ -455,6 +455,9 @@ func Remove(ctx context.Context, cli *clientv3.Client, name string) error {
 	if err := names.Validate("semaphore", name); err != nil {
 		return err
 	}
+	if err := guard.CheckClient("semaphore", cli); err != nil {
+		return err
+	}
 	prefix := names.Prefix(name, "semaphore")
 	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(prefix+"q/"), "=", 0).WithPrefix()).

@@ -530,3 +530,11 @@ func TestAcquireOnRevokedLeaseReplacesIt(t *testing.T) {
 	require.NoError(t, p.Release(ctx))
 	waitRequests(t, name, 0)
 }
+
+// The package's functions that take a client report a nil one as an error.
+func TestNilClient(t *testing.T) {
+	ctx := ctxT(t, 5*time.Second)
+	_, err := semaphore.Inspect(ctx, nil, "n")
+	require.ErrorContains(t, err, "semaphore: nil client")
+	require.ErrorContains(t, semaphore.Remove(ctx, nil, "n"), "semaphore: nil client")
+}
