@@ -29,10 +29,10 @@
 //   - No global mutex: each request is one key; requests never serialise on
 //     a shared lock key (Curator's semaphore takes a lock around every
 //     acquire), so a release and an acquire proceed in parallel.
-//   - Bad input (limit ≤ 0, n ≤ 0, n > limit, a bad name, an oversized
-//     value) is an error before anything is written. A value under the
-//     semaphore's keys that concord did not write is ErrCorrupt, not a
-//     panic.
+//   - Bad input (limit ≤ 0 or over MaxLimit, n ≤ 0, n > limit, a bad
+//     name, an oversized value) is an error before anything is written. A
+//     value under the semaphore's keys that concord did not write is
+//     ErrCorrupt, not a panic.
 //
 // # Keys
 //

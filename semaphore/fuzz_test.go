@@ -7,7 +7,7 @@ import (
 
 func FuzzDecodePermit(f *testing.F) {
 	for _, s := range []string{"s1:1:0:", "s1:3:1700000000000000000:host:1", "s1:0:0:", "s1:-1:0:",
-		"s1:01:0:", "c1:1:0:", "s1:1", "", "s1:99999999999999999999:0:", "s1:2:-5:x"} {
+		"s1:01:0:", "c1:1:0:", "s1:1", "", "s1:99999999999999999999:0:", "s1:9223372036854775807:0:", "s1:2147483648:0:", "s1:2:-5:x"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -15,7 +15,7 @@ func FuzzDecodePermit(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if n <= 0 || at.Before(time.Unix(0, 0)) {
+		if n <= 0 || n > MaxLimit || at.Before(time.Unix(0, 0)) {
 			t.Fatalf("decodePermit(%q) accepted n=%d at=%v", b, n, at)
 		}
 		if got := encodePermit(n, at, v); got != string(b) {
@@ -25,7 +25,7 @@ func FuzzDecodePermit(f *testing.F) {
 }
 
 func FuzzDecodeLimit(f *testing.F) {
-	for _, s := range []string{"1", "4", "0", "-2", "007", "", "x", "9223372036854775808", "+3", " 3"} {
+	for _, s := range []string{"1", "4", "0", "-2", "007", "", "x", "9223372036854775808", "2147483648", "2147483647", "+3", " 3"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -33,7 +33,7 @@ func FuzzDecodeLimit(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if n <= 0 {
+		if n <= 0 || n > MaxLimit {
 			t.Fatalf("decodeLimit(%q) = %d", b, n)
 		}
 		if got := encodeLimit(n); got != string(b) {

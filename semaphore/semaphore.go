@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,8 +58,8 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		s.err = names.Validate("semaphore", name)
 	case k == nil:
 		s.err = errors.New("semaphore: nil keeper")
-	case limit <= 0:
-		s.err = fmt.Errorf("semaphore: limit %d: must be positive", limit)
+	case limit <= 0 || limit > MaxLimit:
+		s.err = fmt.Errorf("semaphore: limit %d: must be 1 to %d", limit, MaxLimit)
 	default:
 		s.err = guard.CheckValueSize("semaphore", "value", len(o.value))
 	}
@@ -67,6 +68,11 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 	}
 	return s
 }
+
+// MaxLimit is the largest limit, and so the most permits one request may
+// ask for. Counts read back from etcd above it are corrupt: the sum of the
+// permits ahead of a request then cannot overflow.
+const MaxLimit = math.MaxInt32
 
 // Name returns the semaphore's name.
 func (s *Semaphore) Name() string { return s.name }
@@ -84,8 +90,8 @@ func (s *Semaphore) SetLimit(ctx context.Context, limit int) error {
 	if s.err != nil {
 		return s.err
 	}
-	if limit <= 0 {
-		return fmt.Errorf("semaphore: limit %d: must be positive", limit)
+	if limit <= 0 || limit > MaxLimit {
+		return fmt.Errorf("semaphore: limit %d: must be 1 to %d", limit, MaxLimit)
 	}
 	if _, err := s.k.Client().Put(ctx, s.limitKey(), encodeLimit(limit)); err != nil {
 		return fmt.Errorf("semaphore: set limit: %w", err)

@@ -30,7 +30,7 @@ func decodePermit(b []byte) (n int, at time.Time, v string, err error) {
 		return 0, time.Time{}, "", fmt.Errorf("%w: %.40q is not a permit", ErrCorrupt, s)
 	}
 	n, err = strconv.Atoi(ns)
-	if err != nil || n <= 0 || ns != strconv.Itoa(n) {
+	if err != nil || n <= 0 || n > MaxLimit || ns != strconv.Itoa(n) {
 		return 0, time.Time{}, "", fmt.Errorf("%w: permit %.40q has a bad count", ErrCorrupt, s)
 	}
 	t, err := strconv.ParseInt(ts, 10, 64)
@@ -45,7 +45,7 @@ func encodeLimit(limit int) string { return strconv.Itoa(limit) }
 func decodeLimit(b []byte) (int, error) {
 	s := string(b)
 	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 || s != strconv.Itoa(n) {
+	if err != nil || n <= 0 || n > MaxLimit || s != strconv.Itoa(n) {
 		return 0, fmt.Errorf("%w: limit %.40q", ErrCorrupt, s)
 	}
 	return n, nil
