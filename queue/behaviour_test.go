@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -397,6 +398,11 @@ func TestBadInput(t *testing.T) {
 	assert.ErrorContains(t, err, "queue:")
 	_, err = q.Enqueue(ctx, nil, queue.DedupID(""))
 	assert.ErrorContains(t, err, "queue:")
+	// Past 2262 a ready time does not fit the records' Unix nanoseconds.
+	_, err = q.Enqueue(ctx, nil, queue.NotBefore(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)))
+	assert.ErrorContains(t, err, "queue: enqueue: ready time")
+	_, err = q.Enqueue(ctx, nil, queue.Delay(math.MaxInt64))
+	assert.ErrorContains(t, err, "queue: enqueue: ready time")
 	_, err = q.Enqueue(ctx, nil, queue.Priority(1<<40))
 	assert.ErrorContains(t, err, "queue:")
 	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.Delay(-1)}}})
@@ -834,5 +840,24 @@ func TestAckWithOps(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, resp.Kvs, 1)
 	assert.Equal(t, "done", string(resp.Kvs[0].Value))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// A Nack whose retry time does not fit the records is refused before
+// anything is sent, and the task stays claimed.
+func TestNackTooLate(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+	_, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	err = task.Nack(ctx, math.MaxInt64)
+	require.ErrorContains(t, err, "queue: nack of task "+task.ID+": retry at")
+	require.NoError(t, task.Context().Err())
+	require.NoError(t, task.Ack(ctx))
 	assertOnlyFinished(t, cluster.Admin(), name)
 }

@@ -82,6 +82,10 @@ type prepared struct {
 	bytes int
 }
 
+// latestReady is the latest ready time a task can have: records and index
+// keys hold times as Unix nanoseconds in an int64.
+var latestReady = time.Unix(0, math.MaxInt64).UTC()
+
 // requestOverhead leaves room in a request for keys, the status record and
 // framing around a task's payload.
 const requestOverhead = 16 * 1024
@@ -106,6 +110,10 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 	}
 	if eo.delay > 0 && now.Add(eo.delay).After(readyAt) {
 		readyAt = now.Add(eo.delay)
+	}
+	if readyAt.After(latestReady) {
+		return prepared{}, fmt.Errorf("queue: enqueue: ready time %s is past %s, the latest a task's record can hold",
+			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
 	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}
 	if readyAt.After(now) {

@@ -225,6 +225,10 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 	if retryAfter <= 0 {
 		retryAfter = t.q.backoffFor(t.Attempt)
 	}
+	if at := time.Now().Add(retryAfter); at.After(latestReady) {
+		return fmt.Errorf("queue: nack of task %s: retry at %s is past %s, the latest a task's record can hold",
+			t.ID, at.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
+	}
 	return t.finish(ctx, "nack", func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now()
 		at := now.Add(retryAfter).UnixNano()
