@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -46,7 +47,7 @@ func decodeEnvelope(v []byte) (envelope, error) {
 	}
 	rest := v[1:]
 	seq, n := binary.Uvarint(rest)
-	if n <= 0 || seq == 0 {
+	if n <= 0 || seq == 0 || seq > maxSeq {
 		return envelope{}, fmt.Errorf("%w: bad sequence number", ErrCorrupt)
 	}
 	rest = rest[n:]
@@ -56,6 +57,10 @@ func decodeEnvelope(v []byte) (envelope, error) {
 	}
 	return envelope{seq: seq, unixNs: ns, payload: rest[n:]}, nil
 }
+
+// maxSeq bounds sequence numbers read back: a topic reaches it only by a
+// planted or corrupt head, and the sum and difference of two stay in range.
+const maxSeq = math.MaxInt64
 
 // head is the topic's one mutable record: the sequence number of the latest
 // message and the retention every publisher must agree on. Its ModRevision is
@@ -80,7 +85,8 @@ func decodeHead(v []byte) (head, error) {
 	}
 	rest := v[1:]
 	seq, n := binary.Uvarint(rest)
-	if n <= 0 {
+	if n <= 0 || seq >= maxSeq {
+		// At maxSeq the next publish would overflow what messages carry.
 		return head{}, fmt.Errorf("%w: bad head sequence number", ErrCorrupt)
 	}
 	rest = rest[n:]

@@ -14,6 +14,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	for _, e := range []envelope{
 		{seq: 1, unixNs: 0, payload: nil},
 		{seq: 1 << 62, unixNs: -5, payload: []byte("x")},
+		{seq: maxSeq, unixNs: 1, payload: nil},
 		{seq: 7, unixNs: time.Now().UnixNano(), payload: bytes.Repeat([]byte{0}, 1000)},
 	} {
 		got, err := decodeEnvelope(encodeEnvelope(e))
@@ -22,7 +23,8 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		assert.Equal(t, e.unixNs, got.unixNs)
 		assert.Equal(t, len(e.payload), len(got.payload))
 	}
-	for _, bad := range [][]byte{nil, {}, {0x02}, {0x01}, {0x01, 0x00, 0x00}, {0x01, 0x80}, {0x01, 0x01}, {0x01, 0x01, 0x80}} {
+	for _, bad := range [][]byte{nil, {}, {0x02}, {0x01}, {0x01, 0x00, 0x00}, {0x01, 0x80}, {0x01, 0x01}, {0x01, 0x01, 0x80},
+		encodeEnvelope(envelope{seq: maxSeq + 1}), encodeEnvelope(envelope{seq: 1<<64 - 1})} {
 		_, err := decodeEnvelope(bad)
 		assert.ErrorIs(t, err, ErrCorrupt, "%x", bad)
 	}
@@ -32,12 +34,15 @@ func TestHeadRoundTrip(t *testing.T) {
 	for _, h := range []head{
 		{seq: 0, count: 1},
 		{seq: 99, count: MaxRetainCount, maxAge: time.Hour},
+		{seq: maxSeq - 1, count: 1},
 	} {
 		got, err := decodeHead(encodeHead(h))
 		require.NoError(t, err)
 		assert.Equal(t, h, got)
 	}
-	for _, bad := range [][]byte{nil, {0x01}, {0x02}, {0x02, 0x00}, {0x02, 0x00, 0x00, 0x00}, {0x02, 0x00, 0x01, 0x01}, append(encodeHead(head{count: 1}), 0)} {
+	for _, bad := range [][]byte{nil, {0x01}, {0x02}, {0x02, 0x00}, {0x02, 0x00, 0x00, 0x00}, {0x02, 0x00, 0x01, 0x01}, append(encodeHead(head{count: 1}), 0),
+		// The next publish would carry a sequence number past maxSeq.
+		encodeHead(head{seq: maxSeq, count: 1}), encodeHead(head{seq: 1<<64 - 1, count: 1})} {
 		_, err := decodeHead(bad)
 		assert.ErrorIs(t, err, ErrCorrupt, "%x", bad)
 	}
@@ -56,8 +61,8 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			}
 			return
 		}
-		if e.seq == 0 {
-			t.Fatal("accepted sequence number 0")
+		if e.seq == 0 || e.seq > maxSeq {
+			t.Fatalf("accepted sequence number %d", e.seq)
 		}
 		if len(e.payload) > len(v) {
 			t.Fatal("payload longer than the value")
@@ -82,7 +87,7 @@ func FuzzDecodeHead(f *testing.F) {
 			}
 			return
 		}
-		if h.count == 0 || h.count > MaxRetainCount || h.maxAge < 0 {
+		if h.count == 0 || h.count > MaxRetainCount || h.maxAge < 0 || h.seq >= maxSeq {
 			t.Fatalf("accepted an invalid head %+v", h)
 		}
 		if got, err := decodeHead(encodeHead(h)); err != nil || got != h {
