@@ -302,9 +302,17 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.started = true
 	jobs := append([]*job(nil), s.jobs...)
 	s.mu.Unlock()
-	return s.el.Run(ctx, s.opts.value, func(ctx context.Context, t *election.Term) error {
-		return newLeader(s, t, jobs).run(ctx)
+	// A leader's own error (a corrupt record) ends Run; it is returned as
+	// the leader gave it, without the election's "election: Run:" prefix.
+	var leaderErr error
+	err := s.el.Run(ctx, s.opts.value, func(ctx context.Context, t *election.Term) error {
+		leaderErr = newLeader(s, t, jobs).run(ctx)
+		return leaderErr
 	})
+	if leaderErr != nil && errors.Is(err, leaderErr) {
+		return leaderErr
+	}
+	return err
 }
 
 // Election returns the election the scheduler campaigns in (named like the
