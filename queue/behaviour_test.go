@@ -441,17 +441,49 @@ func TestForeignValues(t *testing.T) {
 	require.NoError(t, err)
 	_, err = admin.Put(ctx, p+"s/"+bad, "{")
 	require.NoError(t, err)
+	// An index key with no task record at all.
+	orphan := "7fffffff00000000000000020000000000000002"[:24]
+	_, err = admin.Put(ctx, p+"i/r/7fffffff/0000000000000002/"+orphan, "")
+	require.NoError(t, err)
 
 	_, err = q.Dequeue(ctx, k)
 	assert.ErrorIs(t, err, queue.ErrCorrupt)
+	// The first claim may have taken both in one batch.
+	_, err = q.TryDequeue(ctx, k)
+	if !errors.Is(err, queue.ErrEmpty) {
+		assert.ErrorIs(t, err, queue.ErrCorrupt)
+	}
+	// The claims that found them left nothing behind: no claim, and no
+	// attempt counter, which they had created.
+	resp, err := admin.Get(ctx, p+"a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count, "attempt counters left by claims of corrupt tasks")
+	resp, err = admin.Get(ctx, p+"i/c/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count, "claims left on corrupt tasks")
 	_, err = q.Status(ctx, bad)
 	assert.ErrorIs(t, err, queue.ErrCorrupt)
 	_, err = q.List(ctx, 0)
 	assert.ErrorIs(t, err, queue.ErrCorrupt)
 
-	id, err := q.Enqueue(ctx, []byte("good"))
+	// A claim this package did not write makes Status of its task fail,
+	// rather than show it running.
+	claimed, err := q.Enqueue(ctx, []byte("claimed"))
+	require.NoError(t, err)
+	_, err = admin.Put(ctx, p+"i/c/"+claimed, "garbage")
+	require.NoError(t, err)
+	_, err = q.Status(ctx, claimed)
+	assert.ErrorIs(t, err, queue.ErrCorrupt)
+	_, err = admin.Delete(ctx, p+"i/c/"+claimed)
 	require.NoError(t, err)
 	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.Equal(t, claimed, task.ID)
+	require.NoError(t, task.Ack(ctx))
+
+	id, err := q.Enqueue(ctx, []byte("good"))
+	require.NoError(t, err)
+	task, err = q.Dequeue(ctx, k)
 	require.NoError(t, err)
 	assert.Equal(t, id, task.ID)
 	require.NoError(t, task.Ack(ctx))

@@ -227,7 +227,16 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		// Give the claim back and hide the entry from this Queue: the
 		// error is reported once, not on every Dequeue.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		ix.giveBackClaims(cctx, []claimRef{{ck, held[0]}}, lease)
+		gaveBack := false
+		if a := get(3); a != nil && a.Version == 1 {
+			// This claim created the task's attempt counter: take it back
+			// with the claim, so that nothing of it stays behind.
+			_, derr := q.cli.Txn(cctx).If(held...).Then(clientv3.OpDelete(ck), clientv3.OpDelete(q.keys.attempt(id))).Commit()
+			gaveBack = derr == nil
+		}
+		if !gaveBack {
+			ix.giveBackClaims(cctx, []claimRef{{ck, held[0]}}, lease)
+		}
 		cancel()
 		ix.release(id, math.MaxInt64)
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)

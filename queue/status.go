@@ -112,9 +112,11 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 	if cv, crev, _, ok := kv(1); ok {
 		st.State = StateRunning
 		st.Token = crev
-		if c, err := decodeClaim(cv); err == nil {
-			st.Worker = c.Worker
+		c, err := decodeClaim(cv)
+		if err != nil {
+			return Status{}, 0, fmt.Errorf("queue: status of %s: claim: %w", id, err)
 		}
+		st.Worker = c.Worker
 		if _, _, ver, ok := kv(2); ok {
 			st.Attempt = int(ver)
 		}
