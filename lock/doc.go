@@ -96,6 +96,12 @@
 // lease unchanged (a touch, see below), so its version and mod revision
 // move; its create revision, the token, does not.
 //
+// <id> is 16 hex digits. A key of another shape under q/ stops Lock,
+// TryLock, Inspect and the releases with ErrCorrupt, before anything is
+// written; so does a value that is not a request's for Inspect and the
+// releases, which read values. Lock and TryLock read keys only (see Cost),
+// so a well-shaped key with a foreign value counts for them as a request.
+//
 // A Mutex value reuses its <id> key for every acquisition: each put after a
 // delete gets a new create revision, so tokens stay unique, while the queue
 // does not accumulate one tombstone per acquisition (every range over the

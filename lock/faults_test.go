@@ -318,3 +318,73 @@ func TestLockOnRevokedLeaseReplacesIt(t *testing.T) {
 	require.NoError(t, h.Unlock(ctx))
 	waitQueue(t, name, 0)
 }
+
+// A key in the queue that this package did not write, or a request whose
+// value it cannot read, stops Lock, TryLock, Inspect and the releases with
+// ErrCorrupt instead of being taken for a holder, and nothing is written: no
+// request left behind, no release request for the foreign holder.
+func TestForeignEntries(t *testing.T) {
+	// badKey: the key's shape is foreign, which the acquire path sees (it
+	// reads keys only); a foreign value under a request's shape shows to
+	// Inspect and the releases, which read values.
+	cases := []struct {
+		kind, key, value string
+		badKey           bool
+	}{
+		{"lock", "q/abc", "c1:1:x", true},
+		{"lock", "q/0123456789abcdef", "garbage", false},
+		{"rwlock", "q/zzz", "c1:1:x", true},
+		{"rwlock", "q/w0123456789abcdef", "", false},
+		{"rwlock", "q/r0123456789abcdeg", "c1:1:x", true}, // not hex
+	}
+	for _, tc := range cases {
+		t.Run(tc.kind+"/"+tc.key, func(t *testing.T) {
+			name := lockName(t)
+			ctx := ctxT(t, 20*time.Second)
+			cli := newClient(t)
+			k := newKeeper(t, cli, 5*time.Second)
+			planted := name + "/." + tc.kind + "/" + tc.key
+			_, err := cluster.Admin().Put(ctx, planted, tc.value)
+			require.NoError(t, err)
+			defer func() { _, _ = cluster.Admin().Delete(context.Background(), planted) }()
+
+			if tc.kind == "lock" {
+				m := lock.New(k, name)
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				if tc.badKey {
+					_, err = m.Lock(lctx)
+					require.ErrorIs(t, err, lock.ErrCorrupt)
+					_, err = m.TryLock(lctx)
+					require.ErrorIs(t, err, lock.ErrCorrupt)
+				}
+				_, err = lock.Inspect(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+				_, err = lock.ForceRelease(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+				_, err = lock.RequestRelease(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+			} else {
+				rw := lock.NewRWMutex(k, name)
+				lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				if tc.badKey {
+					_, err = rw.Lock(lctx)
+					require.ErrorIs(t, err, lock.ErrCorrupt)
+					_, err = rw.RLock(lctx)
+					require.ErrorIs(t, err, lock.ErrCorrupt)
+				}
+				_, err = lock.InspectRWMutex(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+				_, err = lock.ForceReleaseRWMutex(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+				_, err = lock.RequestReleaseRWMutex(ctx, cli, name)
+				require.ErrorIs(t, err, lock.ErrCorrupt)
+			}
+			resp, err := cluster.Admin().Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			require.NoError(t, err)
+			require.Len(t, resp.Kvs, 1, "written besides the planted key")
+			require.Equal(t, planted, string(resp.Kvs[0].Key))
+		})
+	}
+}

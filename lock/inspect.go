@@ -50,6 +50,9 @@ func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, err
 	}
 	info := &Info{Revision: rev}
 	for i, kv := range kvs {
+		if !requestKeyOK(names.Prefix(name, "lock")+"q/", string(kv.Key), false) {
+			return nil, fmt.Errorf("%w: key %s is no request of a Mutex", ErrCorrupt, kv.Key)
+		}
 		e, err := entryOf(kv)
 		if err != nil {
 			return nil, err
@@ -120,7 +123,7 @@ func readQueue(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvcc
 func entryOf(kv *mvccpb.KeyValue) (Entry, error) {
 	at, v, err := decodeValue(kv.Value)
 	if err != nil {
-		return Entry{}, fmt.Errorf("lock: key %s: %w", kv.Key, err)
+		return Entry{}, fmt.Errorf("%w (key %s)", err, kv.Key)
 	}
 	return Entry{Key: string(kv.Key), Value: v, Token: kv.CreateRevision, Lease: clientv3.LeaseID(kv.Lease), Since: at}, nil
 }

@@ -89,6 +89,7 @@ type turn struct {
 	prefix string // the lock's prefix
 	queue  string // prefix + "q/"
 	key    string // own key
+	rw     bool   // an RWMutex's queue: requests are r<id> and w<id>
 	rev    int64  // own create revision, the token
 	// yields reports whether own must wait for the older key k.
 	yields func(k string) bool
@@ -140,6 +141,8 @@ func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 			}
 			t.requested = true
 			t.forced = t.forced || force
+		case strings.HasPrefix(k, t.queue) && !requestKeyOK(t.queue, k, t.rw):
+			return fmt.Errorf("%w: key %s is no request of this lock", ErrCorrupt, k)
 		case strings.HasPrefix(k, t.queue) && kv.CreateRevision < t.rev && (t.yields == nil || t.yields(k)):
 			t.preds[k] = pred{rev: kv.CreateRevision, lease: clientv3.LeaseID(kv.Lease)}
 		case strings.HasPrefix(k, t.queue) && kv.CreateRevision > t.rev && (t.next == "" || kv.CreateRevision < t.nextRev):
@@ -229,6 +232,7 @@ func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeepe
 			prefix: prefix,
 			queue:  prefix + "q/",
 			key:    key,
+			rw:     requestKeyOK(prefix+"q/", key, true),
 			yields: yields,
 			preds:  map[string]pred{},
 		},
@@ -321,7 +325,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 			txn = a.cli.Txn(tctx).
 				If(clientv3.Compare(clientv3.CreateRevision(t.queue), "=", 0).WithPrefix()).
 				Then(put, a.enqueueRead()).
-				Else(clientv3.OpGet(t.key))
+				Else(clientv3.OpGet(t.key), clientv3.OpGet(t.queue, clientv3.WithPrefix(), clientv3.WithKeysOnly()))
 		} else {
 			txn = a.cli.Txn(tctx).
 				If(clientv3.Compare(clientv3.CreateRevision(t.key), "=", 0)).
@@ -355,6 +359,12 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		kvs := resp.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 {
 			if try {
+				// Locked, unless what holds the queue is no request.
+				for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+					if !requestKeyOK(t.queue, string(kv.Key), t.rw) {
+						return fmt.Errorf("%w: key %s is no request of this lock", ErrCorrupt, kv.Key)
+					}
+				}
 				return ErrLocked
 			}
 			continue // deleted in between; try again

@@ -86,6 +86,14 @@ func mutexHolder(ctx context.Context, cli *clientv3.Client, queue string) ([]*mv
 	if err != nil {
 		return nil, fmt.Errorf("lock: read holder: %w", err)
 	}
+	for _, kv := range resp.Kvs {
+		if !requestKeyOK(queue, string(kv.Key), false) {
+			return nil, fmt.Errorf("%w: key %s is no request of a Mutex", ErrCorrupt, kv.Key)
+		}
+		if _, err := entryOf(kv); err != nil {
+			return nil, err
+		}
+	}
 	return resp.Kvs, nil
 }
 
@@ -103,6 +111,9 @@ func rwHolders(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvcc
 		if err != nil {
 			return nil, err
 		}
+		if _, err := entryOf(kv); err != nil {
+			return nil, err
+		}
 		if !reader && n == len(kvs) {
 			n = max(i, 1)
 		}
@@ -112,14 +123,10 @@ func rwHolders(ctx context.Context, cli *clientv3.Client, queue string) ([]*mvcc
 
 // rwReader tells a reader's request from a writer's by its key.
 func rwReader(queue, key string) (bool, error) {
-	rest := key[len(queue):]
-	switch {
-	case len(rest) > 1 && rest[0] == 'r':
-		return true, nil
-	case len(rest) > 1 && rest[0] == 'w':
-		return false, nil
+	if !requestKeyOK(queue, key, true) {
+		return false, fmt.Errorf("%w: key %s is no request of an RWMutex", ErrCorrupt, key)
 	}
-	return false, fmt.Errorf("%w: key %s is no request of an RWMutex", ErrCorrupt, key)
+	return key[len(queue)] == 'r', nil
 }
 
 // release writes a release request for each holder that holders reads, and

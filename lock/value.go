@@ -35,6 +35,32 @@ func decodeValue(b []byte) (at time.Time, v string, err error) {
 	return time.Unix(0, n), v, nil
 }
 
+// requestKeyOK reports whether key, under queue, has the shape of a request
+// this package writes: a random ID of 16 hex digits, after 'r' or 'w' for an
+// RWMutex. Reads of the queue for the acquire path ask for keys only, so the
+// shape is what tells a foreign key from a request there.
+func requestKeyOK(queue, key string, rw bool) bool {
+	rest, ok := strings.CutPrefix(key, queue)
+	if !ok {
+		return false
+	}
+	if rw {
+		if len(rest) == 0 || rest[0] != 'r' && rest[0] != 'w' {
+			return false
+		}
+		rest = rest[1:]
+	}
+	if len(rest) != 16 {
+		return false
+	}
+	for i := range len(rest) {
+		if c := rest[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // Release requests are written under release/<token> with one of these
 // values, attached to the holder's lease.
 const (
