@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -191,14 +192,23 @@ func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, ke
 	if l.Err() != nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), d.k.TTL())
 	defer cancel()
 	defer context.AfterFunc(l.Context(), cancel)()
-	if rev == 0 {
-		_, _ = d.cli.Delete(cctx, key)
-		return
+	var cmps []clientv3.Cmp
+	if rev != 0 {
+		cmps = guard.Held(key, rev)
 	}
-	_, _ = d.cli.Txn(cctx).If(guard.Held(key, rev)...).Then(clientv3.OpDelete(key)).Commit()
+	// Transient errors are tried again until the bound: a seat left on a
+	// live lease would count as a participant. Past the bound, it goes with
+	// its lease.
+	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+	for {
+		_, err := d.cli.Txn(cctx).If(cmps...).Then(clientv3.OpDelete(key)).Commit()
+		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
+			return
+		}
+	}
 }
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {

@@ -309,15 +309,23 @@ func (e *Election) cleanup(ctx context.Context, l *leasekeeper.Lease, rev int64)
 	if l.Err() != nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.k.TTL())
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), e.k.TTL())
 	defer cancel()
 	defer context.AfterFunc(l.Context(), cancel)()
 	cmp := clientv3.Compare(clientv3.CreateRevision(e.key), "=", rev)
 	if rev == 0 {
 		cmp = clientv3.Compare(clientv3.LeaseValue(e.key), "=", l.ID())
 	}
-	// Best effort: if this fails, the key goes with its lease.
-	_, _ = e.cli.Txn(cctx).If(cmp).Then(clientv3.OpDelete(e.key)).Commit()
+	// Transient errors are tried again until the bound: a key left on a
+	// live lease would stand as a candidate with no Term, and could become
+	// leader. Past the bound, it goes with its lease.
+	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+	for {
+		_, err := e.cli.Txn(cctx).If(cmp).Then(clientv3.OpDelete(e.key)).Commit()
+		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
+			return
+		}
+	}
 }
 
 // Leader describes who holds the election at revision Rev. The zero Token
