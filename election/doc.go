@@ -62,6 +62,11 @@
 // after a delete still yields a new create revision, so tokens stay unique),
 // which keeps tombstones from piling up under the prefix.
 //
+// A key of another shape under the prefix, or one on no lease, was written by
+// no Campaign: LeaderOf, Candidates, Observe and a Campaign that meets it
+// among its predecessors return ErrCorrupt rather than take it for a
+// candidate, which would lead the election, or block it, for good.
+//
 // # Cost in etcd round trips
 //
 //   - Campaign, uncontended: one transaction (put the key if absent and read

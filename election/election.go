@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -35,7 +36,24 @@ var (
 	ErrNoLeader = errors.New("election: no leader")
 	// ErrResigned is the cause of a term's context after Resign.
 	ErrResigned = errors.New("election: term resigned")
+	// ErrCorrupt reports a key under the election's prefix that no
+	// candidate wrote: not a candidate key's shape, or on no lease.
+	ErrCorrupt = errors.New("election: unexpected key")
 )
+
+// checkCandidate reports a key under prefix that no Campaign wrote: a
+// candidate key is prefix + 16 hex digits, attached to a lease. Such a key
+// would otherwise lead the election, or block every Campaign behind it, for
+// good.
+func checkCandidate(prefix string, kv *mvccpb.KeyValue) error {
+	rest, ok := strings.CutPrefix(string(kv.Key), prefix)
+	if ok && len(rest) == 16 && kv.Lease != 0 {
+		if _, err := hex.DecodeString(rest); err == nil && strings.ToLower(rest) == rest {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s (lease %x)", ErrCorrupt, kv.Key, kv.Lease)
+}
 
 const kind = "election"
 
@@ -278,10 +296,13 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 		pred = &wait.Pred{KV: kvs[1], ReadRev: rev}
 	}
 	if pred != nil {
-		err = wait.ForPredecessors(wctx, e.cli, e.prefix, wait.Own{Key: e.key, Rev: rev}, pred)
+		own := wait.Own{Key: e.key, Rev: rev, Check: func(kv *mvccpb.KeyValue) error { return checkCandidate(e.prefix, kv) }}
+		err = wait.ForPredecessors(wctx, e.cli, e.prefix, own, pred)
 		if err != nil {
 			e.cleanup(ctx, l, rev)
 			switch {
+			case errors.Is(err, ErrCorrupt):
+				return nil, fmt.Errorf("election: campaign %q: %w", e.name, err)
 			case errors.Is(err, wait.ErrOwnKeyGone):
 				return nil, fmt.Errorf("%w: candidate key %s deleted while waiting (lease expired or revoked): %w", ErrLost, e.key, err)
 			case wctx.Err() != nil:

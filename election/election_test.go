@@ -322,3 +322,42 @@ func TestNilClient(t *testing.T) {
 	_, err = election.Candidates(ctx, nil, "n")
 	require.ErrorContains(t, err, "election: nil client")
 }
+
+// A key under the election's prefix that no Campaign wrote is ErrCorrupt for
+// LeaderOf, Candidates, Observe and a Campaign that would wait behind it,
+// instead of leading the election, or blocking it, for good. The Campaign
+// leaves no key behind.
+func TestForeignKeys(t *testing.T) {
+	for _, tc := range []struct{ name, key string }{
+		{"not hex", "zz"},
+		{"nested", "0123456789abcdef/x"},
+		{"no lease", "0123456789abcdef"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(t.Name(), " ", "_")
+			assertNoKeys(t, cluster, name)
+			ctx := ctxT(t, 20*time.Second)
+			p := newProcess(t, cluster, 5*time.Second)
+			planted := prefixOf(name) + tc.key
+			_, err := cluster.Admin().Put(ctx, planted, "x")
+			require.NoError(t, err)
+			defer func() { _, _ = cluster.Admin().Delete(context.Background(), planted) }()
+
+			_, err = election.LeaderOf(ctx, p.cli, name)
+			require.ErrorIs(t, err, election.ErrCorrupt)
+			_, err = election.Candidates(ctx, p.cli, name)
+			require.ErrorIs(t, err, election.ErrCorrupt)
+			ch, errf := election.ObserveOf(ctx, p.cli, name)
+			for range ch {
+			}
+			require.ErrorIs(t, errf(), election.ErrCorrupt)
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err = election.New(p.k, name).Campaign(cctx, "v")
+			require.ErrorIs(t, err, election.ErrCorrupt)
+			resp, err := cluster.Admin().Get(ctx, prefixOf(name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			require.NoError(t, err)
+			require.Len(t, resp.Kvs, 1, "the Campaign left its key")
+		})
+	}
+}

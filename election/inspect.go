@@ -27,6 +27,9 @@ func LeaderOf(ctx context.Context, cli *clientv3.Client, name string) (Leader, e
 	if len(resp.Kvs) == 0 {
 		return Leader{Rev: resp.Header.Revision}, ErrNoLeader
 	}
+	if err := checkCandidate(names.Prefix(name, kind), resp.Kvs[0]); err != nil {
+		return Leader{}, err
+	}
 	return leaderOf(resp.Kvs[0], resp.Header.Revision), nil
 }
 
@@ -47,6 +50,9 @@ func Candidates(ctx context.Context, cli *clientv3.Client, name string) ([]Leade
 	}
 	out := make([]Leader, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
+		if err := checkCandidate(names.Prefix(name, kind), kv); err != nil {
+			return nil, err
+		}
 		out = append(out, leaderOf(kv, resp.Header.Revision))
 	}
 	return out, nil

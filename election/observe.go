@@ -146,6 +146,9 @@ func (o *observer) load(ctx context.Context) error {
 	}
 	clear(o.cands)
 	for _, kv := range resp.Kvs {
+		if err := checkCandidate(o.e.prefix, kv); err != nil {
+			return err
+		}
 		o.cands[string(kv.Key)] = candidate{create: kv.CreateRevision, value: string(kv.Value), lease: kv.Lease}
 	}
 	o.rev = resp.Header.Revision
@@ -181,6 +184,13 @@ func (o *observer) watch(ctx context.Context) error {
 			}
 			if resp.Canceled {
 				return errWatchEnded
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypePut {
+					if err := checkCandidate(o.e.prefix, ev.Kv); err != nil {
+						return err
+					}
+				}
 			}
 			o.apply(resp.Events)
 		}

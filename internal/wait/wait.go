@@ -49,6 +49,10 @@ var ErrOwnKeyGone = errors.New("own key deleted while waiting")
 type Own struct {
 	Key string
 	Rev int64
+	// Check, if set, vets each predecessor read: an error (a key the
+	// recipe did not write) ends the wait with it, rather than waiting for
+	// a key that may never go.
+	Check func(*mvccpb.KeyValue) error
 }
 
 // Pred is a predecessor already read by the caller (for example inside its
@@ -75,6 +79,11 @@ func ForPredecessors(ctx context.Context, cli *clientv3.Client, prefix string, o
 	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 
 	for {
+		if pred != nil && own.Check != nil {
+			if err := own.Check(pred.KV); err != nil {
+				return err
+			}
+		}
 		if pred == nil {
 			p, err := read(ctx, cli, prefix, own)
 			if err != nil {
@@ -93,6 +102,7 @@ func ForPredecessors(ctx context.Context, cli *clientv3.Client, prefix string, o
 				return nil
 			}
 			pred = p
+			continue // vet it
 		}
 
 		gone, err := waitGone(ctx, wctx, cli, prefix, own, pred, ownCh, &ownRev)
