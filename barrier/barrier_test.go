@@ -429,3 +429,34 @@ func TestDoubleLeaveBehindLeaveReturnsOnTime(t *testing.T) {
 	require.NoError(t, seats[1].Leave(ctx))
 	require.NoError(t, recvErr(t, first, 5*time.Second, "the first Leave"))
 }
+
+// A key under the double barrier's seats that no participant wrote, or a
+// ready key no opener wrote, is ErrCorrupt for Enter, instead of counting as
+// a participant or opening the barrier; Enter leaves no seat behind.
+func TestDoubleBarrierForeignKeys(t *testing.T) {
+	for _, tc := range []struct{ name, key, value string }{
+		{"foreign seat", "seats/zz", ""},
+		{"seat not hex", "seats/0123456789abcdeg", ""},
+		{"ready on no lease", "ready", ""},
+		{"ready with a value", "ready", "x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(t.Name(), " ", "_")
+			assertNoKeys(t, name)
+			ctx := ctxT(t, 20*time.Second)
+			p := newProcess(t, 5*time.Second)
+			planted := names.Prefix(name, "double") + tc.key
+			_, err := cluster.Admin().Put(ctx, planted, tc.value)
+			require.NoError(t, err)
+			defer func() { _, _ = cluster.Admin().Delete(context.Background(), planted) }()
+
+			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err = barrier.NewDouble(p.k, name, 2).Enter(ectx)
+			require.ErrorIs(t, err, barrier.ErrCorrupt)
+			resp, err := cluster.Admin().Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			require.NoError(t, err)
+			require.Len(t, resp.Kvs, 1, "Enter left its seat")
+		})
+	}
+}

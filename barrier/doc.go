@@ -65,7 +65,8 @@
 //	N/.latch/count             "remaining/initial", e.g. "2/3"
 //
 // A value under these keys that does not decode is an error (ErrCorrupt),
-// never a panic.
+// never a panic; so is a key under seats/ of another shape, and a ready key
+// that is not empty or on no lease.
 //
 // # Cost in etcd round trips
 //

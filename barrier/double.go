@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
@@ -116,8 +118,8 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 	resp, err := d.cli.Txn(wctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, "", clientv3.WithLease(l.ID())),
-			clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly()),
-			clientv3.OpGet(d.ready, clientv3.WithCountOnly())).
+			clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+			clientv3.OpGet(d.ready)).
 		Commit()
 	if err != nil {
 		d.deleteSeat(ctx, l, key, 0)
@@ -132,19 +134,21 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 	// outlive every participant.
 	check := func(ctx context.Context) (bool, int64, error) {
 		r, err := d.cli.Txn(ctx).If(guard.Held(key, rev)...).
-			Then(clientv3.OpGet(d.ready, clientv3.WithCountOnly()),
-				clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly())).Commit()
+			Then(clientv3.OpGet(d.ready),
+				clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
 		if err != nil {
 			return false, 0, err
 		}
 		if !r.Succeeded {
 			return false, 0, fmt.Errorf("%w: seat %s deleted while entering (lease expired or revoked)", ErrLost, key)
 		}
-		if r.Responses[0].GetResponseRange().Count > 0 {
-			return true, r.Header.Revision, nil
+		open, err := d.isReady(r.Responses[0].GetResponseRange().Kvs)
+		if err != nil || open {
+			return open, r.Header.Revision, err
 		}
-		if r.Responses[1].GetResponseRange().Count < int64(d.n) {
-			return false, r.Header.Revision, nil
+		seats, err := d.countSeats(r.Responses[1].GetResponseRange().Kvs)
+		if err != nil || seats < d.n {
+			return false, r.Header.Revision, err
 		}
 		if _, err := d.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
 			Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit(); err != nil {
@@ -157,9 +161,14 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		// name can make the put's condition fail.
 		return nil, fmt.Errorf("barrier: enter %q: seat key %s already exists", d.name, key)
 	}
-	if resp.Responses[2].GetResponseRange().Count == 0 {
+	open, err := d.isReady(resp.Responses[2].GetResponseRange().Kvs)
+	seats := 0
+	if err == nil {
+		seats, err = d.countSeats(resp.Responses[1].GetResponseRange().Kvs)
+	}
+	if err == nil && !open {
 		err = errNotOpen
-		if resp.Responses[1].GetResponseRange().Count >= int64(d.n) {
+		if seats >= d.n {
 			// The n-th participant opens the barrier at once.
 			_, err = d.cli.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
 				Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit()
@@ -182,6 +191,34 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
 	}
 	return newSeat(d, key, rev, l), nil
+}
+
+// countSeats counts the seats read, and reports a key under the seats'
+// prefix that no participant wrote: a seat is <16 hex digits>. Counted, a
+// foreign key would open the barrier short of n. (The reads ask for keys
+// only, which etcd serves from its index without the keys' leases, so a
+// seat's lease cannot be checked here.)
+func (d *DoubleBarrier) countSeats(kvs []*mvccpb.KeyValue) (int, error) {
+	for _, kv := range kvs {
+		rest, _ := strings.CutPrefix(string(kv.Key), d.seats)
+		_, herr := hex.DecodeString(rest)
+		if len(rest) != 16 || herr != nil || strings.ToLower(rest) != rest {
+			return 0, fmt.Errorf("%w: %s is no seat", ErrCorrupt, kv.Key)
+		}
+	}
+	return len(kvs), nil
+}
+
+// isReady reports whether the ready key read is there, and refuses one that
+// no participant wrote: the opener's is empty and on its lease.
+func (d *DoubleBarrier) isReady(kvs []*mvccpb.KeyValue) (bool, error) {
+	if len(kvs) == 0 {
+		return false, nil
+	}
+	if kv := kvs[0]; len(kv.Value) != 0 || kv.Lease == 0 {
+		return false, fmt.Errorf("%w: ready key %s (lease %x, %d bytes)", ErrCorrupt, kv.Key, kv.Lease, len(kv.Value))
+	}
+	return true, nil
 }
 
 // deleteSeat removes a seat with a detached context bounded by the TTL: the
@@ -280,11 +317,12 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 		s.wg.Wait()
 	}
 	err = until(ctx, d.cli, d.seats, func(ctx context.Context) (bool, int64, error) {
-		r, err := d.cli.Get(ctx, d.seats, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		r, err := d.cli.Get(ctx, d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return false, 0, err
 		}
-		return r.Count == 0, r.Header.Revision, nil
+		seats, err := d.countSeats(r.Kvs)
+		return seats == 0, r.Header.Revision, err
 	}, clientv3.WithPrefix())
 	if err != nil {
 		if ctx.Err() != nil {
