@@ -61,7 +61,7 @@ func Inspect(ctx context.Context, cli *clientv3.Client, name string) (*Info, err
 		case strings.HasPrefix(k, prefix+"q/"):
 			n, at, v, err := decodePermit(kv.Value)
 			if err != nil {
-				return nil, fmt.Errorf("semaphore: key %s: %w", k, err)
+				return nil, fmt.Errorf("%w (key %s)", err, k)
 			}
 			queue = append(queue, Entry{Key: k, N: n, Value: v, Token: kv.CreateRevision, Lease: clientv3.LeaseID(kv.Lease), Since: at})
 		default:

@@ -228,10 +228,12 @@ func (t *turn) load(kvs []*mvccpb.KeyValue, rev int64) error {
 				return errOwnGone
 			}
 			found = true
-		case strings.HasPrefix(k, t.queue) && kv.CreateRevision < t.rev:
+		case !strings.HasPrefix(k, t.queue):
+			return fmt.Errorf("%w: unknown key %s", ErrCorrupt, k)
+		case kv.CreateRevision < t.rev:
 			n, _, _, err := decodePermit(kv.Value)
 			if err != nil {
-				return fmt.Errorf("semaphore: key %s: %w", k, err)
+				return fmt.Errorf("%w (key %s)", err, k)
 			}
 			t.preds[k] = n
 			t.sum += n

@@ -539,21 +539,26 @@ func TestNilClient(t *testing.T) {
 	require.ErrorContains(t, semaphore.Remove(ctx, nil, "n"), "semaphore: nil client")
 }
 
-// A value under the semaphore's queue that concord did not write stops
+// A value or key under the semaphore's prefix that concord did not write stops
 // Acquire and Inspect with ErrCorrupt, and its own request is withdrawn: a
 // permit count too large to be real (it would overflow the sum of the
 // permits ahead and grant wrongly) as much as garbage.
 func TestCorruptRequestAhead(t *testing.T) {
-	for _, bad := range []string{"garbage", "s1:9223372036854775807:0:", "s1:2147483648:0:"} {
-		t.Run(bad[:4], func(t *testing.T) {
+	for _, tc := range []struct{ key, value string }{
+		{"q/0000000000000000", "garbage"},
+		{"q/0000000000000000", "s1:9223372036854775807:0:"},
+		{"q/0000000000000000", "s1:2147483648:0:"},
+		{"other", "s1:1:0:"}, // no key of the semaphore's
+	} {
+		t.Run(tc.key+"="+tc.value[:4], func(t *testing.T) {
 			name := semName(t)
 			ctx := ctxT(t, 20*time.Second)
 			s := semaphore.New(newKeeper(t, newClient(t), 5*time.Second), name, 2)
 			p, err := s.Acquire(ctx, 1) // stores the limit
 			require.NoError(t, err)
 			require.NoError(t, p.Release(ctx))
-			planted := name + "/.semaphore/q/0000000000000000"
-			_, err = cluster.Admin().Put(ctx, planted, bad)
+			planted := name + "/.semaphore/" + tc.key
+			_, err = cluster.Admin().Put(ctx, planted, tc.value)
 			require.NoError(t, err)
 			defer func() { _, _ = cluster.Admin().Delete(context.Background(), planted) }()
 
@@ -563,9 +568,9 @@ func TestCorruptRequestAhead(t *testing.T) {
 			require.ErrorIs(t, err, semaphore.ErrCorrupt)
 			_, err = semaphore.Inspect(ctx, cluster.Admin(), name)
 			require.ErrorIs(t, err, semaphore.ErrCorrupt)
-			resp, err := cluster.Admin().Get(ctx, name+"/.semaphore/q/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			resp, err := cluster.Admin().Get(ctx, name+"/.semaphore/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 			require.NoError(t, err)
-			require.EqualValues(t, 1, resp.Count, "a request was left behind")
+			require.EqualValues(t, 2, resp.Count, "a request was left behind (the limit and the planted key stay)")
 		})
 	}
 }
