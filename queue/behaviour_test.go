@@ -385,7 +385,7 @@ func TestBadInput(t *testing.T) {
 	}
 	_, err := queue.New(nil, "a")
 	assert.ErrorContains(t, err, "queue:")
-	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName("")} {
+	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName(""), queue.WithWorkerName("\xff")} {
 		_, err := queue.New(cli, "a", opt)
 		assert.ErrorContains(t, err, "queue: invalid option")
 	}
@@ -889,6 +889,7 @@ func TestNackTooLate(t *testing.T) {
 	require.NoError(t, err)
 	err = task.Nack(ctx, math.MaxInt64)
 	require.ErrorContains(t, err, "queue: nack of task "+task.ID+": retry at")
+	require.ErrorContains(t, task.Progress(ctx, 0.5, "\xff", nil), "queue: progress: message")
 	require.NoError(t, task.Context().Err())
 	require.NoError(t, task.Ack(ctx))
 	assertOnlyFinished(t, cluster.Admin(), name)

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel"
@@ -151,8 +153,11 @@ func WithMaxRequestBytes(n int) Option {
 // the worker of a running task. Default: random.
 func WithWorkerName(s string) Option {
 	return func(o *options) {
-		if s == "" || len(s) > 256 {
+		switch {
+		case s == "" || len(s) > 256:
 			o.errs = append(o.errs, fmt.Errorf("worker name %q: must be 1 to 256 bytes", s))
+		case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
+			o.errs = append(o.errs, fmt.Errorf("worker name %q: must be valid UTF-8 without NUL", s))
 		}
 		o.worker = s
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -113,6 +114,9 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	}
 	if len(message) > MaxMessageLen {
 		return fmt.Errorf("queue: progress: message of %d bytes: at most %d", len(message), MaxMessageLen)
+	}
+	if !utf8.ValidString(message) {
+		return fmt.Errorf("queue: progress: message %q: not valid UTF-8", message)
 	}
 	if limit := t.q.o.maxRequestBytes - requestOverhead; len(checkpoint) > limit {
 		return fmt.Errorf("queue: progress: checkpoint of %d bytes is over the %d bytes one etcd request may carry (%d, less %d)",
