@@ -49,7 +49,9 @@ type Subscription struct {
 // already watches the topic and from is FromLatest; the first subscription
 // to a topic opens its watch (one round trip), and FromRevision or
 // FromOldest read the topic's retained messages once (one round trip per
-// 512 retained messages).
+// 512 retained messages); FromRevision also reads the topic's head as of
+// the revision before it (one more round trip), to tell which message came
+// last before it.
 //
 // A subscription from a revision or from the oldest message holds the
 // retained messages it has still to deliver in memory, at most the topic's

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -892,5 +893,31 @@ func TestNackTooLate(t *testing.T) {
 	require.ErrorContains(t, task.Progress(ctx, 0.5, "\xff", nil), "queue: progress: message")
 	require.NoError(t, task.Context().Err())
 	require.NoError(t, task.Ack(ctx))
+	assertOnlyFinished(t, cluster.Admin(), name)
+}
+
+// A Fail reason over MaxMessageLen is cut at a character boundary, so the
+// dead letter keeps the characters it holds rather than replacement bytes.
+func TestFailReasonCutAtCharacter(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithRetention(0))
+	k := newKeeper(t, cli, 5*time.Second)
+	id, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	reason := "x" + strings.Repeat("é", queue.MaxMessageLen) // 'é' is two bytes: the limit falls inside one
+	require.NoError(t, task.Fail(ctx, reason))
+	dls, err := q.DeadLetters(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	got := dls[0].Reason
+	assert.True(t, utf8.ValidString(got))
+	assert.LessOrEqual(t, len(got), queue.MaxMessageLen)
+	assert.Equal(t, reason[:len(got)], got, "not a prefix of the reason")
+	assert.Greater(t, len(got), queue.MaxMessageLen-2)
+	require.NoError(t, q.Purge(ctx, id))
 	assertOnlyFinished(t, cluster.Admin(), name)
 }

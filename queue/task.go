@@ -261,7 +261,13 @@ func (t *Task) Fail(ctx context.Context, reason string) error {
 
 func (t *Task) dead(ctx context.Context, kind, reason string) error {
 	if len(reason) > MaxMessageLen {
-		reason = reason[:MaxMessageLen]
+		// Cut at a character boundary: the record is JSON, which would
+		// replace a split character's bytes.
+		cut := MaxMessageLen
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
 	}
 	err := t.finish(ctx, kind, func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now().UnixNano()
