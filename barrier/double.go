@@ -200,9 +200,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 // seat's lease cannot be checked here.)
 func (d *DoubleBarrier) countSeats(kvs []*mvccpb.KeyValue) (int, error) {
 	for _, kv := range kvs {
-		rest, _ := strings.CutPrefix(string(kv.Key), d.seats)
-		_, herr := hex.DecodeString(rest)
-		if len(rest) != 16 || herr != nil || strings.ToLower(rest) != rest {
+		if rest, _ := strings.CutPrefix(string(kv.Key), d.seats); !names.IsID(rest) {
 			return 0, fmt.Errorf("%w: %s is no seat", ErrCorrupt, kv.Key)
 		}
 	}

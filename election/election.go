@@ -46,11 +46,8 @@ var (
 // would otherwise lead the election, or block every Campaign behind it, for
 // good.
 func checkCandidate(prefix string, kv *mvccpb.KeyValue) error {
-	rest, ok := strings.CutPrefix(string(kv.Key), prefix)
-	if ok && len(rest) == 16 && kv.Lease != 0 {
-		if _, err := hex.DecodeString(rest); err == nil && strings.ToLower(rest) == rest {
-			return nil
-		}
+	if rest, ok := strings.CutPrefix(string(kv.Key), prefix); ok && names.IsID(rest) && kv.Lease != 0 {
+		return nil
 	}
 	return fmt.Errorf("%w: %s (lease %x)", ErrCorrupt, kv.Key, kv.Lease)
 }

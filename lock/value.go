@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/concordkit/concord/internal/names"
 )
 
 // A queue key's value records who asked and when, for Inspect:
@@ -36,7 +38,7 @@ func decodeValue(b []byte) (at time.Time, v string, err error) {
 }
 
 // requestKeyOK reports whether key, under queue, has the shape of a request
-// this package writes: a random ID of 16 hex digits, after 'r' or 'w' for an
+// this package writes: a random ID (names.IsID), after 'r' or 'w' for an
 // RWMutex. Reads of the queue for the acquire path ask for keys only, so the
 // shape is what tells a foreign key from a request there.
 func requestKeyOK(queue, key string, rw bool) bool {
@@ -50,15 +52,7 @@ func requestKeyOK(queue, key string, rw bool) bool {
 		}
 		rest = rest[1:]
 	}
-	if len(rest) != 16 {
-		return false
-	}
-	for i := range len(rest) {
-		if c := rest[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return names.IsID(rest)
 }
 
 // Release requests are written under release/<token> with one of these

@@ -51,3 +51,22 @@ func Validate(pkg, name string) error {
 // Prefix returns the key prefix a recipe of the given kind owns under name:
 // name + "/." + kind + "/". name must be valid.
 func Prefix(name, kind string) string { return name + "/." + kind + "/" }
+
+// IDLen is the length of the random IDs recipes name their own keys with:
+// 8 random bytes in lowercase hex.
+const IDLen = 16
+
+// IsID reports whether s has the shape of such an ID. Recipes check the
+// keys they read under their names with it, to tell a key they wrote from
+// a foreign one.
+func IsID(s string) bool {
+	if len(s) != IDLen {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -83,3 +83,20 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+func TestIsID(t *testing.T) {
+	for s, want := range map[string]bool{
+		"0123456789abcdef":  true,
+		"ffffffffffffffff":  true,
+		"0123456789ABCDEF":  false, // IDs are lowercase
+		"0123456789abcdeg":  false,
+		"0123456789abcde":   false,
+		"0123456789abcdef0": false,
+		"":                  false,
+		"zz":                false,
+	} {
+		if got := IsID(s); got != want {
+			t.Errorf("IsID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
