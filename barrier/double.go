@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -224,26 +223,13 @@ func (d *DoubleBarrier) isReady(kvs []*mvccpb.KeyValue) (bool, error) {
 // a lost lease goes with it: nothing is deleted once l is lost, before or
 // meanwhile (etcd unreachable).
 func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, key string, rev int64) {
-	if l.Err() != nil {
-		return
-	}
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), d.k.TTL())
-	defer cancel()
-	defer context.AfterFunc(l.Context(), cancel)()
 	var cmps []clientv3.Cmp
 	if rev != 0 {
 		cmps = guard.Held(key, rev)
 	}
-	// Transient errors are tried again until the bound: a seat left on a
-	// live lease would count as a participant. Past the bound, it goes with
-	// its lease.
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		_, err := d.cli.Txn(cctx).If(cmps...).Then(clientv3.OpDelete(key)).Commit()
-		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
-			return
-		}
-	}
+	// Retried until the TTL: a seat left on a live lease would count as a
+	// participant.
+	guard.Withdraw(ctx, d.cli, l, d.k.TTL(), key, cmps...)
 }
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {

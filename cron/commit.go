@@ -82,9 +82,10 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 // leadership is gone (nothing applied), or ctx's cause while the outcome is
 // unknown (a rerun's Commit then settles it). Transient errors are retried
 // until ctx ends. At most MaxCommitOps operations, within etcd's default
-// request size; none may touch the scheduler's own keys or its election's. Commits of one run take turns; one that is still
-// waiting for its turn when ctx ends returns ctx's cause, having sent
-// nothing. Cost: one transaction. The commit record it writes
+// request size; none may touch the scheduler's own keys or its election's.
+// Commits of one run take turns; one that is still waiting for its turn
+// when ctx ends returns ctx's cause, having sent nothing. Cost: one
+// transaction. The commit record it writes
 // is deleted by a later claim of the job, once the time is no longer open.
 func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	c := r.commit

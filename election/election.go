@@ -324,26 +324,13 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 // lease goes with it: then, or once l is lost meanwhile (etcd unreachable),
 // there is nothing to wait for.
 func (e *Election) cleanup(ctx context.Context, l *leasekeeper.Lease, rev int64) {
-	if l.Err() != nil {
-		return
-	}
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), e.k.TTL())
-	defer cancel()
-	defer context.AfterFunc(l.Context(), cancel)()
 	cmp := clientv3.Compare(clientv3.CreateRevision(e.key), "=", rev)
 	if rev == 0 {
 		cmp = clientv3.Compare(clientv3.LeaseValue(e.key), "=", l.ID())
 	}
-	// Transient errors are tried again until the bound: a key left on a
-	// live lease would stand as a candidate with no Term, and could become
-	// leader. Past the bound, it goes with its lease.
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		_, err := e.cli.Txn(cctx).If(cmp).Then(clientv3.OpDelete(e.key)).Commit()
-		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
-			return
-		}
-	}
+	// Retried until the TTL: a key left on a live lease would stand as a
+	// candidate with no Term, and could become leader.
+	guard.Withdraw(ctx, e.cli, l, e.k.TTL(), e.key, cmp)
 }
 
 // Leader describes who holds the election at revision Rev. The zero Token

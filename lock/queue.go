@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
@@ -816,20 +817,7 @@ func (a *acquisition) lockDelay(ctx context.Context) error {
 // bounded context. When the lease is lost there is nothing to do: the keeper
 // revokes it, or the server expires it, and the key goes with it.
 func (a *acquisition) cleanup(ctx context.Context) {
-	if a.lease.Err() != nil {
-		return
-	}
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
-	defer cancel()
-	// Nor once the lease is lost meanwhile (etcd unreachable for long).
-	defer context.AfterFunc(a.lease.Context(), cancel)()
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		// Unconditional: the key name is unique to this request (or to this
-		// Mutex value, whose local slot this goroutine still holds).
-		_, err := a.cli.Delete(cctx, a.t.key)
-		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
-			return
-		}
-	}
+	// Unconditional: the key name is unique to this request (or to this
+	// Mutex value, whose local slot this goroutine still holds).
+	guard.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
 }

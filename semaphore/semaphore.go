@@ -439,21 +439,8 @@ func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
 // bounded context. With the lease lost there is nothing to do: the key goes
 // with it.
 func (a *acquisition) cleanup(ctx context.Context) {
-	if a.lease.Err() != nil {
-		return
-	}
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
-	defer cancel()
-	// Nor once the lease is lost meanwhile (etcd unreachable for long).
-	defer context.AfterFunc(a.lease.Context(), cancel)()
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		// Unconditional: the key name is unique to this request.
-		_, err := a.cli.Delete(cctx, a.t.key)
-		if err == nil || !retry.Retriable(err) || bo.Wait(cctx) != nil {
-			return
-		}
-	}
+	// Unconditional: the key name is unique to this request.
+	guard.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
 }
 
 // Remove deletes the stored limit of the semaphore named name, if no permit
