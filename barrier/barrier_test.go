@@ -37,7 +37,7 @@ func newProcess(t *testing.T, ttl time.Duration) *process {
 	t.Helper()
 	cli, err := cluster.NewClient()
 	require.NoError(t, err)
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(cluster.LeaseTTL(ttl)))
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		cluster.RestoreClient(cli)

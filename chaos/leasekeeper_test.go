@@ -246,7 +246,7 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 		// beside it, where the keeper's timer can fire late; such lateness
 		// is a process pause, which no lease can guard against (see the
 		// package doc).
-		opts := []leasekeeper.Option{leasekeeper.WithTTL(time.Second)}
+		opts := []leasekeeper.Option{leasekeeper.WithTTL(c.LeaseTTL(time.Second))}
 		if *marginFlag > 0 {
 			opts = append(opts, leasekeeper.WithMargin(*marginFlag))
 		}

@@ -65,7 +65,7 @@ func workloadKeepers(ctx context.Context, t *testing.T, c *testcluster.Cluster, 
 	for range n {
 		cli, err := c.NewClient()
 		require.NoError(t, err)
-		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(c.LeaseTTL(time.Second)))
 		require.NoError(t, err)
 		keepers = append(keepers, k)
 		cfg.clients = append(cfg.clients, cli)

@@ -33,7 +33,7 @@ func newProcess(t *testing.T, c *testcluster.Cluster, ttl time.Duration, opts ..
 	t.Helper()
 	cli, err := c.NewClient()
 	require.NoError(t, err)
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, append([]leasekeeper.Option{leasekeeper.WithTTL(ttl)}, opts...)...)
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, append([]leasekeeper.Option{leasekeeper.WithTTL(c.LeaseTTL(ttl))}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		c.RestoreClient(cli)

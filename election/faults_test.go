@@ -21,8 +21,9 @@ func TestHandoffAfterLeaderMemberStopped(t *testing.T) {
 			name := t.Name()
 			assertNoKeys(t, c, name)
 			ctx := ctxT(t, 60*time.Second)
-			a := election.New(newProcess(t, c, 2*time.Second).k, name)
-			b := election.New(newProcess(t, c, 2*time.Second).k, name)
+			// Leases must outlive the leader member's death.
+			a := election.New(newProcess(t, c, c.FailoverTTL()).k, name)
+			b := election.New(newProcess(t, c, c.FailoverTTL()).k, name)
 
 			ta, err := a.Campaign(ctx, "A")
 			require.NoError(t, err)

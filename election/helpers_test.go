@@ -37,6 +37,7 @@ func newProcess(t *testing.T, c *testcluster.Cluster, ttl time.Duration, opts ..
 	t.Helper()
 	cli, err := c.NewClient(opts...)
 	require.NoError(t, err)
+	ttl = c.LeaseTTL(ttl)
 	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl), leasekeeper.WithMargin(ttl/4))
 	require.NoError(t, err)
 	t.Cleanup(func() {

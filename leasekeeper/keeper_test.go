@@ -123,7 +123,7 @@ func lostBeforeExpiry(t *testing.T, n int) {
 		return
 	}
 	defer cli.Close()
-	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(time.Second))
+	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(cluster.LeaseTTL(time.Second)))
 	if !assert.NoError(t, err) {
 		return
 	}
@@ -212,7 +212,7 @@ func TestReconnectedAfterCut(t *testing.T) {
 	ctx := ctxT(t, 20*time.Second)
 	cli, err := cluster.NewClient()
 	require.NoError(t, err)
-	k := newKeeper(t, cli, leasekeeper.WithTTL(time.Second))
+	k := newKeeper(t, cli, leasekeeper.WithTTL(cluster.LeaseTTL(time.Second)))
 	events, _ := k.Subscribe()
 	require.Equal(t, leasekeeper.Connected, next(t, events, time.Second).State)
 	first := k.Current()
@@ -273,7 +273,8 @@ func TestLeaseWaitsForNextGeneration(t *testing.T) {
 func TestSurvivesMemberRestart(t *testing.T) {
 	c := testcluster.New(t)
 	ctx := ctxT(t, 30*time.Second)
-	k := newKeeper(t, c.Client(), leasekeeper.WithTTL(2*time.Second))
+	ttl := c.FailoverTTL()
+	k := newKeeper(t, c.Client(), leasekeeper.WithTTL(ttl))
 	events, _ := k.Subscribe()
 	next(t, events, time.Second)
 	l := k.Current()
@@ -290,7 +291,7 @@ func TestSurvivesMemberRestart(t *testing.T) {
 
 	// Stay up for two full TTLs after the faults: a renewal must succeed each
 	// third of a TTL, and the lease must never be declared lost.
-	deadline := time.After(4 * time.Second)
+	deadline := time.After(2 * ttl)
 	for {
 		select {
 		case ev := <-events:
@@ -406,7 +407,7 @@ func TestRenewalsShareOneStream(t *testing.T) {
 
 	for _, cl := range []*clientv3.Client{cli, userCli} {
 		before := streams.Load()
-		k, err := leasekeeper.New(ctx, cl, leasekeeper.WithTTL(time.Second))
+		k, err := leasekeeper.New(ctx, cl, leasekeeper.WithTTL(c.LeaseTTL(time.Second)))
 		require.NoError(t, err)
 		waitRenewals(t, k, 6)
 		require.Equal(t, leasekeeper.Connected, k.State())

@@ -102,7 +102,7 @@ func (w *chaosWorker) generation(ctx context.Context, t *testing.T) {
 	}
 	defer func() { _ = cli.Close() }()
 	kctx, kcancel := context.WithTimeout(ctx, 5*time.Second)
-	k, err := leasekeeper.New(kctx, cli, leasekeeper.WithTTL(time.Second))
+	k, err := leasekeeper.New(kctx, cli, leasekeeper.WithTTL(w.c.LeaseTTL(time.Second)))
 	kcancel()
 	if err != nil {
 		return

@@ -73,7 +73,7 @@ func waitUntil(t *testing.T, ctx context.Context, d time.Duration, what string, 
 
 func newKeeper(t *testing.T, cli *clientv3.Client, ttl time.Duration) *leasekeeper.Keeper {
 	t.Helper()
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(cluster.LeaseTTL(ttl)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = k.Close(context.Background()) })
 	return k

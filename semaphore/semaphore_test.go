@@ -39,7 +39,7 @@ func newClient(t testing.TB) *clientv3.Client {
 
 func newKeeper(t testing.TB, cli *clientv3.Client, ttl time.Duration) *leasekeeper.Keeper {
 	t.Helper()
-	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(ttl))
+	k, err := leasekeeper.New(ctxT(t, 10*time.Second), cli, leasekeeper.WithTTL(cluster.LeaseTTL(ttl)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = k.Close(context.Background()) })
 	return k

@@ -15,6 +15,14 @@ type clientConfig struct {
 	members []int
 	user    *User
 	direct  bool
+	latency *Latency
+}
+
+// WithLatency delays this client's traffic in each direction by delay plus
+// a uniformly random part of jitter (see WithClientLatency), instead of the
+// cluster's default.
+func WithLatency(delay, jitter time.Duration) ClientOption {
+	return func(cc *clientConfig) { cc.latency = &Latency{Delay: delay, Jitter: jitter} }
 }
 
 // To pins the client to the given members (default: all of them).
@@ -88,7 +96,11 @@ func (c *Cluster) NewClient(opts ...ClientOption) (*clientv3.Client, error) {
 	if cc.user != nil {
 		user = *cc.user
 	}
-	return c.dial(cc.members, user, !cc.direct)
+	lat := c.cfg.latency
+	if cc.latency != nil {
+		lat = *cc.latency
+	}
+	return c.dial(cc.members, user, !cc.direct, lat)
 }
 
 // ClientConfig returns a configuration for a client of the caller's own that
@@ -108,7 +120,7 @@ func (c *Cluster) ClientConfig() clientv3.Config {
 	return cfg
 }
 
-func (c *Cluster) dial(members []int, user User, proxied bool) (*clientv3.Client, error) {
+func (c *Cluster) dial(members []int, user User, proxied bool, lat Latency) (*clientv3.Client, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -126,7 +138,7 @@ func (c *Cluster) dial(members []int, user User, proxied bool) (*clientv3.Client
 			eps = append(eps, c.scheme()+"://"+m.clientAddr)
 			continue
 		}
-		p, err := newProxy(func() string { return m.clientAddr })
+		p, err := newProxy(func() string { return m.clientAddr }, lat)
 		if err != nil {
 			for _, p := range proxies {
 				p.close()

@@ -1,9 +1,15 @@
 package testcluster_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,8 +105,12 @@ func TestStopRestartKill(t *testing.T) {
 	follower := (newLead + 1) % c.Size()
 	require.NoError(t, c.Kill(follower))
 	require.Error(t, c.Kill(follower), "killing a stopped member is an error")
-	_, err = c.Client().Put(ctx, "during-kill", "1")
-	require.NoError(t, err)
+	// A put in flight to the killed member fails (clientv3 does not resend
+	// a write that may have been applied); the next one goes elsewhere.
+	require.Eventually(t, func() bool {
+		_, err := c.Client().Put(ctx, "during-kill", "1")
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, c.Restart(ctx, follower))
 }
 
@@ -206,4 +216,105 @@ func TestBadSize(t *testing.T) {
 	_, err := testcluster.Start(context.Background(), testcluster.Size(0))
 	require.Error(t, err)
 	require.False(t, errors.Is(err, context.Canceled))
+}
+
+// A paused member neither answers nor ticks: a paused leader is replaced,
+// and a client reaching only that member stalls until Resume.
+func TestPauseResume(t *testing.T) {
+	c := testcluster.New(t)
+	ctx := ctxT(t, 60*time.Second)
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	if c.Binary() == "" {
+		require.Error(t, c.Pause(lead), "embedded members cannot be paused")
+		t.Skip("Pause needs process mode (CONCORD_ETCD)")
+	}
+	pinned := c.ClientTo(lead)
+	require.NoError(t, c.Pause(lead))
+	newLead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	require.NotEqual(t, lead, newLead, "the others elect a new leader")
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = pinned.Get(short, "k", clientv3.WithSerializable())
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "a paused member does not answer")
+	require.NoError(t, c.Resume(lead))
+	_, err = pinned.Get(ctx, "k")
+	require.NoError(t, err, "the resumed member serves again")
+}
+
+// Latency delays each direction of a client's traffic.
+func TestClientLatency(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	const delay = 20 * time.Millisecond
+	slow, err := shared.NewClient(testcluster.WithLatency(delay, 0))
+	require.NoError(t, err)
+	_, err = slow.Get(ctx, "k") // connect
+	require.NoError(t, err)
+	start := time.Now()
+	for range 5 {
+		_, err = slow.Get(ctx, "k", clientv3.WithSerializable())
+		require.NoError(t, err)
+	}
+	assert.GreaterOrEqual(t, time.Since(start), 5*2*delay, "each round trip takes at least twice the delay")
+}
+
+// Member processes die with the test binary that started them, even when it
+// is killed: a child test binary starts a process cluster, prints its
+// members' PIDs and is killed.
+func TestNoOrphanProcesses(t *testing.T) {
+	if os.Getenv("CONCORD_TEST_ORPHAN_CHILD") != "" {
+		c, err := testcluster.Start(context.Background())
+		require.NoError(t, err)
+		fmt.Printf("pids %v\n", c.PIDs())
+		select {} // wait to be killed
+	}
+	if shared.Binary() == "" {
+		t.Skip("process mode only (CONCORD_ETCD)")
+	}
+	ctx := ctxT(t, 60*time.Second)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestNoOrphanProcesses$")
+	cmd.Env = append(os.Environ(), "CONCORD_TEST_ORPHAN_CHILD=1")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var pids []int
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "pids "); ok {
+			for _, f := range strings.Fields(strings.Trim(rest, "[]")) {
+				pid, err := strconv.Atoi(f)
+				require.NoError(t, err)
+				pids = append(pids, pid)
+			}
+			break
+		}
+	}
+	require.Len(t, pids, 3)
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	for _, pid := range pids {
+		for running(pid) {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("member process %d outlived its killed test binary", pid)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// running reports whether pid is a process that has not exited (a zombie
+// waiting to be reaped has).
+func running(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	return !strings.HasPrefix(rest, "Z")
 }

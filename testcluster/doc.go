@@ -1,7 +1,6 @@
-// Package testcluster starts real etcd members in the test process
-// (go.etcd.io/etcd/server/v3/embed) and injects the faults that coordination
-// code must survive. It is public so that users' own tests can run against
-// real etcd, as Java users import curator-test.
+// Package testcluster starts real etcd members on loopback and injects the
+// faults that coordination code must survive. It is public so that users'
+// own tests can run against real etcd, as Java users import curator-test.
 //
 //	var cluster *testcluster.Cluster
 //
@@ -14,14 +13,32 @@
 //		...
 //	}
 //
-// # Settings
+// # Two modes
 //
-// Members run with test timings (TickMs 10, ElectionMs 100, so the shortest
-// lease TTL etcd grants is 1 s), no fsync, silent loggers, and data in a temp
-// folder removed at Close. A 3-member cluster is ready in about 70 ms and
-// closes in about 1 s (members are hard-stopped: a graceful close of all
-// members waits out the leader's transfer timeout). `go run ./bench -run
-// testcluster` measures both.
+// Embedded (the default): members run inside the test process
+// (go.etcd.io/etcd/server/v3/embed, the version this module requires), with
+// test timings (TickMs 10, ElectionMs 100, so the shortest lease TTL etcd
+// grants is 1 s), no fsync and silent loggers. A 3-member cluster is ready in
+// about 70 ms and closes in about 1 s (members are hard-stopped: a graceful
+// close of all members waits out the leader's transfer timeout). `go run
+// ./bench -run testcluster` measures both.
+//
+// Process mode: with CONCORD_ETCD set to the path of an etcd binary (or the
+// WithBinary option), each member is an etcd process of its own, as users
+// run etcd: fsync on and etcd's default timings (heartbeat 100 ms, election
+// 1000 ms, so the shortest lease TTL is 2 s) unless Timing says otherwise,
+// logs at level warn in the cluster's folder. Binaries of any release from
+// 3.5 on come from the Go module proxy with nothing installed:
+//
+//	CONCORD_ETCD=$(go run ./testcluster/cmd/etcdbin v3.6.17) go test ./...
+//
+// The API and the faults are the same in both modes, so the same tests run
+// in both; a test that depends on the timings asks the cluster
+// (ElectionTimeout, MinLeaseTTL, LeaseTTL, FailoverTTL) instead of assuming
+// them. Process mode adds Pause. Member processes get the parent-death
+// signal, so a test binary that is killed takes its members with it; Start
+// also sweeps the folders (and any members) of earlier runs whose test
+// binary is gone.
 //
 // # Ports
 //
@@ -37,13 +54,19 @@
 // proxies of its own, so CutClient can stall exactly that client: its
 // requests and lease renewals hang (nothing is refused), its leases expire on
 // the server while the process lives — the fault that exposes unfenced locks —
-// and RestoreClient lets the same connections resume. Admin returns a client
-// that no fault touches, for tests to inspect what recipes wrote.
+// and RestoreClient lets the same connections resume. WithLatency (per
+// client) and WithClientLatency (every client) delay that traffic to model a
+// network. Admin returns a client that no fault touches, for tests to
+// inspect what recipes wrote.
 //
-// Member faults: Stop (graceful) and Kill (hard) keep the data folder for
-// Restart; Partition drops raft traffic between a member and its peers both
-// ways until Heal. RevokeLease revokes a lease on the server; Compact compacts
-// the history to the current revision.
+// Member faults: Stop (graceful: a leader hands over first) and Kill (hard)
+// keep the data folder for Restart; Partition drops raft traffic between a
+// member and its peers both ways until Heal (embedded members through etcd's
+// CutPeer, processes through proxies in front of their peer listeners);
+// Pause and Resume (process mode only) stop a member's process with SIGSTOP
+// and let it run again, the fault that shows a stale leader acting on its
+// old view. RevokeLease revokes a lease on the server; Compact compacts the
+// history to the current revision.
 //
 // # Security
 //

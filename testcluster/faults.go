@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 )
@@ -24,16 +23,23 @@ func (c *Cluster) stop(i int, hard bool) error {
 		c.mu.Unlock()
 		return fmt.Errorf("testcluster: no member %d", i)
 	}
-	e := c.members[i].etcd
-	c.members[i].etcd = nil
+	m := c.members[i]
+	e, p := m.etcd, m.proc
+	m.etcd, m.proc = nil, nil
 	c.mu.Unlock()
-	if e == nil {
+	switch {
+	case e != nil:
+		if hard {
+			e.Server.HardStop()
+		}
+		e.Close()
+	case p != nil:
+		// A graceful stop hands leadership over first; etcd bounds that by
+		// a few election timeouts.
+		p.stop(hard, 10*time.Second+5*c.ElectionTimeout())
+	default:
 		return fmt.Errorf("testcluster: member %d is not running", i)
 	}
-	if hard {
-		e.Server.HardStop()
-	}
-	e.Close()
 	return nil
 }
 
@@ -50,17 +56,30 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 		return fmt.Errorf("testcluster: no member %d", i)
 	}
 	m := c.members[i]
-	if m.etcd != nil {
+	if m.running() {
 		c.mu.Unlock()
 		return fmt.Errorf("testcluster: member %d is running", i)
 	}
 	c.mu.Unlock()
+	if c.process() {
+		// The same command line: etcd restarts from its data folder and
+		// ignores the initial-cluster flags. The peer proxy in front of it
+		// stays, and with it any partition.
+		if err := c.startMember(m, "", ""); err != nil {
+			return err
+		}
+		if err := c.waitMember(ctx, m); err != nil {
+			_ = c.stop(i, true)
+			return fmt.Errorf("testcluster: restart member %d: %w", i, err)
+		}
+		return nil
+	}
 	var initial string
 	for j, o := range c.members {
 		if j > 0 {
 			initial += ","
 		}
-		initial += fmt.Sprintf("%s=http://127.0.0.1:%d", o.name, o.peer.port)
+		initial += fmt.Sprintf("%s=http://%s", o.name, o.peerAddr)
 	}
 	// The data folder holds the cluster's identity, so the token and initial
 	// cluster are only checked for consistency.
@@ -86,9 +105,10 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 }
 
 // Partition cuts member i off from its peers, both ways: raft messages between
-// it and every other member are dropped until Heal. Clients connected to
-// member i still reach it; with WithRequireLeader their watches fail once it
-// notices it has lost the leader.
+// it and every other member are dropped until Heal (embedded members through
+// etcd's CutPeer, processes through the proxies their peers reach them by).
+// Clients connected to member i still reach it; with WithRequireLeader their
+// watches fail once it notices it has lost the leader.
 func (c *Cluster) Partition(i int) {
 	c.mu.Lock()
 	c.isolated[i] = true
@@ -111,6 +131,14 @@ func (c *Cluster) Heal() {
 }
 
 func (c *Cluster) cut(i int, on bool) {
+	if c.process() {
+		// The proxies read the partition from c.isolated; close the
+		// connections it now cuts.
+		for _, m := range c.members {
+			m.peerProxy.enforce()
+		}
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a := c.members[i].etcd
@@ -131,20 +159,30 @@ func (c *Cluster) cut(i int, on bool) {
 	}
 }
 
-// Leader returns the index of the member that is leader in its own view, or
-// -1 if none is.
+// Leader returns the index of a running, connected, unpaused member that is
+// leader in its own view, or -1 if none is.
 func (c *Cluster) Leader() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, m := range c.members {
-		if m.etcd == nil || c.isolated[i] {
-			continue
-		}
-		if s := m.etcd.Server; s.Leader() == s.MemberID() {
+	for _, i := range c.connected() {
+		if id, lead, ok := c.view(i); ok && id == lead {
 			return i
 		}
 	}
 	return -1
+}
+
+// connected returns the members that run, are not partitioned off and are
+// not paused.
+func (c *Cluster) connected() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var idx []int
+	for i, m := range c.members {
+		if !m.running() || c.isolated[i] || (m.proc != nil && m.proc.isPaused()) {
+			continue
+		}
+		idx = append(idx, i)
+	}
+	return idx
 }
 
 // WaitLeader waits until the running, connected members agree on a leader and
@@ -165,20 +203,15 @@ func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
 }
 
 func (c *Cluster) agreedLeader() (int, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var lead types.ID
+	var lead uint64
 	idx := -1
-	for i, m := range c.members {
-		if m.etcd == nil || c.isolated[i] {
-			continue
-		}
-		l := m.etcd.Server.Leader()
-		if l == 0 || (lead != 0 && l != lead) {
+	for _, i := range c.connected() {
+		id, l, ok := c.view(i)
+		if !ok || l == 0 || (lead != 0 && l != lead) {
 			return -1, false
 		}
 		lead = l
-		if m.etcd.Server.MemberID() == l {
+		if id == l {
 			idx = i
 		}
 	}

@@ -2,8 +2,10 @@ package testcluster
 
 import (
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
+	"time"
 )
 
 // proxy forwards TCP connections from a loopback listener to one member's
@@ -14,9 +16,15 @@ import (
 // so a gRPC connection resumes as soon as the cut ends, with no reconnect
 // backoff; meanwhile the server hears nothing and lets the client's leases
 // expire.
+//
+// A proxy can also delay traffic, to model a network: each chunk read in
+// either direction is delivered delay plus a random part of jitter after it
+// was read, and never before the chunk read ahead of it (TCP does not
+// reorder), without holding up the reading of the next one.
 type proxy struct {
 	ln     net.Listener
 	target func() string // the member's current client address
+	lat    Latency
 
 	mu     sync.Mutex // protects open, conns, closed
 	open   chan struct{}
@@ -26,12 +34,12 @@ type proxy struct {
 	wg sync.WaitGroup // joins the accept loop and every copy goroutine
 }
 
-func newProxy(target func() string) (*proxy, error) {
+func newProxy(target func() string, lat Latency) (*proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &proxy{ln: ln, target: target, open: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	p := &proxy{ln: ln, target: target, lat: lat, open: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	close(p.open)
 	p.wg.Add(1)
 	go p.acceptLoop()
@@ -150,6 +158,10 @@ func (p *proxy) serve(in net.Conn) {
 }
 
 func (p *proxy) pipe(dst io.Writer, src io.Reader) {
+	if p.lat.Delay > 0 || p.lat.Jitter > 0 {
+		p.delayedPipe(dst, src)
+		return
+	}
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := src.Read(buf)
@@ -163,4 +175,64 @@ func (p *proxy) pipe(dst io.Writer, src io.Reader) {
 			return
 		}
 	}
+}
+
+// Latency is a delay added to each direction of a client's traffic: Delay
+// plus a uniformly random part of Jitter. A round trip then takes at least
+// twice Delay longer.
+type Latency struct {
+	Delay, Jitter time.Duration
+}
+
+type chunk struct {
+	b   []byte
+	due time.Time
+}
+
+// delayedPipe copies src to dst, delivering each chunk at its due time. The
+// reader goes on reading while earlier chunks wait, so the delay adds
+// latency without limiting throughput.
+func (p *proxy) delayedPipe(dst io.Writer, src io.Reader) {
+	chunks := make(chan chunk, 256)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		timer := time.NewTimer(0)
+		<-timer.C
+		defer timer.Stop()
+		for c := range chunks {
+			if d := time.Until(c.due); d > 0 {
+				timer.Reset(d)
+				<-timer.C
+			}
+			<-p.gate()
+			if _, err := dst.Write(c.b); err != nil {
+				// Drain so the reader never blocks on a dead writer.
+				for range chunks {
+				}
+				return
+			}
+		}
+	}()
+	var last time.Time
+	for {
+		buf := make([]byte, 32*1024)
+		n, err := src.Read(buf)
+		if n > 0 {
+			due := time.Now().Add(p.lat.Delay)
+			if p.lat.Jitter > 0 {
+				due = due.Add(rand.N(p.lat.Jitter))
+			}
+			if due.Before(last) {
+				due = last
+			}
+			last = due
+			chunks <- chunk{b: buf[:n], due: due}
+		}
+		if err != nil {
+			break
+		}
+	}
+	close(chunks)
+	<-done
 }
