@@ -1,5 +1,19 @@
 // Package retry classifies etcd errors and paces retries of the ones worth
 // retrying.
+//
+// Two classifications, for two kinds of call:
+//
+//   - Retriable, for a request (a Get, a Txn, a Grant): a transient
+//     condition of the cluster after which the same request may succeed.
+//     clientv3 already retries such requests itself where it knows them to
+//     be safe, and refreshes an auth token a member refused.
+//   - StreamTransient, for a stream (a watch, a keep-alive) that ended: a
+//     new stream may get past it unless etcd refused what was asked
+//     (permission, an invalid request, a compacted revision). Streams are
+//     not retried by clientv3 for auth errors, so those are transient here.
+//
+// Context errors are neither: the caller decides what its own deadline
+// means.
 package retry
 
 import (
@@ -8,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,7 +46,8 @@ func Retriable(err error) bool {
 		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost),
 		errors.Is(err, rpctypes.ErrTimeoutWaitAppliedIndex),
 		errors.Is(err, rpctypes.ErrUnhealthy),
-		errors.Is(err, rpctypes.ErrTooManyRequests):
+		errors.Is(err, rpctypes.ErrTooManyRequests),
+		AuthRace(err):
 		return true
 	}
 	if s, ok := status.FromError(err); ok {
@@ -42,42 +58,72 @@ func Retriable(err error) bool {
 			// A member being stopped fails the proposals it was still
 			// holding with Raft's own error, which etcd does not translate;
 			// like a timeout, the outcome is unknown and another member
-			// can serve the retry.
-			return s.Message() == raftStopped
+			// can serve the retry. A proposal made while the member knows
+			// no leader is dropped the same way.
+			return s.Message() == raftStopped || s.Message() == raftDropped
 		}
 	}
 	return false
 }
 
-// raftStopped is the text of go.etcd.io/raft/v3's ErrStopped.
-const raftStopped = "raft: stopped"
+// Texts of go.etcd.io/raft/v3's ErrStopped and ErrProposalDropped.
+const (
+	raftStopped = "raft: stopped"
+	raftDropped = "raft proposal dropped"
+)
 
-// Backoff doubles a delay from Min up to Max.
-type Backoff struct {
-	Min, Max time.Duration
-	cur      time.Duration
+// AuthRace reports whether err is a member refusing an auth token it does
+// not know (yet): clientv3 authenticates through one member, and a new
+// stream or request may reach another that has not applied the token. The
+// same request with a fresh token succeeds. A refused watch carries the
+// reason as text only, so the text is matched too.
+func AuthRace(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, rpctypes.ErrInvalidAuthToken) || errors.Is(err, rpctypes.ErrAuthOldRevision) || errors.Is(err, rpctypes.ErrUserEmpty) {
+		return true
+	}
+	msg := err.Error()
+	for _, m := range []error{rpctypes.ErrInvalidAuthToken, rpctypes.ErrAuthOldRevision, rpctypes.ErrUserEmpty} {
+		if strings.Contains(msg, m.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
-// Wait sleeps for the next delay or until ctx ends, and returns ctx's cause
-// if it ended.
-func (b *Backoff) Wait(ctx context.Context) error {
-	if b.cur == 0 {
-		b.cur = b.Min
-	} else {
-		b.cur = min(b.cur*2, b.Max)
+// StreamTransient reports whether a new stream may get past err, the reason
+// a watch or keep-alive stream ended. Only what etcd refused on its merits
+// is final: a permission, an invalid or unimplemented request, a revision
+// compacted away or not yet written, a wrong password. Everything else (no
+// leader, an auth race, a broken connection, a stream clientv3 ended without
+// a reason, an error not known here) is worth a new stream after a backoff.
+func StreamTransient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
 	}
-	t := time.NewTimer(b.cur)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
+	if AuthRace(err) {
+		return true
 	}
+	if PermissionDenied(err) ||
+		errors.Is(err, rpctypes.ErrCompacted) ||
+		errors.Is(err, rpctypes.ErrFutureRev) ||
+		errors.Is(err, rpctypes.ErrAuthFailed) ||
+		errors.Is(err, rpctypes.ErrAuthNotEnabled) ||
+		errors.Is(err, rpctypes.ErrEmptyKey) {
+		return false
+	}
+	if s, ok := status.FromError(err); ok {
+		switch s.Code() {
+		case codes.InvalidArgument, codes.PermissionDenied, codes.OutOfRange, codes.Unimplemented, codes.Unauthenticated:
+			// Unauthenticated without a known auth-race text: bad
+			// credentials, which a new stream will not fix.
+			return false
+		}
+	}
+	return true
 }
-
-// Reset starts the delays over from Min.
-func (b *Backoff) Reset() { b.cur = 0 }
 
 // PermissionDenied reports whether err is etcd refusing a request for lack of
 // permission. A refused watch comes back from clientv3 as a plain error with
@@ -88,4 +134,76 @@ func PermissionDenied(err error) bool {
 	}
 	return errors.Is(err, rpctypes.ErrPermissionDenied) ||
 		strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error())
+}
+
+// Policy is how retries of one kind of call are paced: delays grow from
+// Min, doubling, up to Max, each drawn at random within ±50% of its nominal
+// value, so that callers that failed together (every waiter of a member
+// that lost its leader) do not retry together.
+type Policy struct {
+	Min, Max time.Duration
+}
+
+// Named policies.
+var (
+	// RequestPolicy paces retries of a request to etcd.
+	RequestPolicy = Policy{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	// WatchPolicy paces new watches after failed ones.
+	WatchPolicy = Policy{Min: 10 * time.Millisecond, Max: time.Second}
+)
+
+// New returns a Backoff that follows p.
+func (p Policy) New() *Backoff { return &Backoff{Min: p.Min, Max: p.Max} }
+
+// Backoff paces retries: each Wait sleeps for the next delay. The zero
+// value with Min and Max set is ready to use. Not safe for concurrent use.
+type Backoff struct {
+	Min, Max time.Duration
+	b        *backoff.ExponentialBackOff
+}
+
+// Next returns the next delay.
+func (b *Backoff) Next() time.Duration {
+	if b.b == nil {
+		b.b = &backoff.ExponentialBackOff{
+			InitialInterval:     b.Min,
+			RandomizationFactor: 0.5,
+			Multiplier:          2,
+			MaxInterval:         b.Max,
+		}
+		b.b.Reset()
+	}
+	return min(b.b.NextBackOff(), b.Max)
+}
+
+// Wait sleeps for the next delay or until ctx ends, and returns ctx's cause
+// if it ended.
+func (b *Backoff) Wait(ctx context.Context) error {
+	t := time.NewTimer(b.Next())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
+	}
+}
+
+// Reset starts the delays over from Min.
+func (b *Backoff) Reset() {
+	if b.b != nil {
+		b.b.Reset()
+	}
+}
+
+// Attempt is how long one attempt of a request may take before it is given
+// up and sent again, for a holding whose lease has the given TTL. A request
+// sent to a leader that died or hangs gets no answer: waiting the whole TTL
+// for it (the earlier bound) left work stalled for the TTL although a new
+// leader was elected about one election timeout (1 s by default) after the
+// fault. An attempt therefore lasts about one election timeout, and no more
+// than a fifth of the TTL, so several fit in it; the operation as a whole is
+// still bounded by the TTL or the loss of the lease.
+func Attempt(ttl time.Duration) time.Duration {
+	return min(max(ttl/5, 200*time.Millisecond), time.Second)
 }
