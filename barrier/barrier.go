@@ -96,6 +96,9 @@ func (b *Barrier) Wait(ctx context.Context) (err error) {
 			return false, 0, err
 		}
 		return resp.Count == 0, resp.Header.Revision, nil
+	}, func(ev *clientv3.Event) (bool, error) {
+		// Down once released, even if raised again right after.
+		return ev.Type == clientv3.EventTypeDelete, nil
 	})
 	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("barrier: wait %q: %w", b.name, err)

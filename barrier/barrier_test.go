@@ -460,3 +460,55 @@ func TestDoubleBarrierForeignKeys(t *testing.T) {
 		})
 	}
 }
+
+// waiting starts wait and returns once it has made its first read, so that
+// what the test does next happens while it waits.
+func waiting(t *testing.T, wait func() error) <-chan error {
+	t.Helper()
+	read := make(chan struct{}, 1)
+	barrier.SetTestHookRead(func() {
+		select {
+		case read <- struct{}{}:
+		default:
+		}
+	})
+	t.Cleanup(func() { barrier.SetTestHookRead(nil) })
+	ch := async(wait)
+	select {
+	case <-read:
+	case err := <-ch:
+		t.Fatalf("wait returned before waiting: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("wait made no read")
+	}
+	barrier.SetTestHookRead(nil)
+	return ch
+}
+
+// A waiter judges each change as it was: a latch that opens and is deleted
+// at once, or a barrier released and raised again at once, still releases
+// it. The waiter's client is slow, so a read made after the first change
+// would see the second (the cause of TestLatch's flake).
+func TestChangesJudgedAsTheyWere(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := t.Name()
+	assertNoKeys(t, name)
+	slow, err := cluster.NewClient(testcluster.WithLatency(100*time.Millisecond, 0))
+	require.NoError(t, err)
+	defer slow.Close()
+	fast := cluster.Client()
+
+	l := barrier.NewLatch(fast, name+"/latch", 1)
+	w := waiting(t, func() error { return barrier.NewLatch(slow, name+"/latch", 1).Wait(ctx) })
+	require.NoError(t, l.CountDown(ctx)) // creates it open
+	require.NoError(t, l.Delete(ctx))
+	require.NoError(t, recvErr(t, w, 10*time.Second, "wait on a latch that opened"))
+
+	b := barrier.New(fast, name+"/barrier")
+	require.NoError(t, b.Hold(ctx))
+	w = waiting(t, func() error { return barrier.New(slow, name+"/barrier").Wait(ctx) })
+	require.NoError(t, b.Release(ctx))
+	require.NoError(t, b.Hold(ctx))
+	require.NoError(t, recvErr(t, w, 10*time.Second, "wait on a barrier that was released"))
+	require.NoError(t, b.Release(ctx))
+}

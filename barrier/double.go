@@ -173,7 +173,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 				Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit()
 		}
 		if err != nil {
-			err = until(wctx, d.cli, d.ready, check)
+			err = until(wctx, d.cli, d.ready, check, nil)
 		}
 	}
 	if err == nil && l.Context().Err() != nil {
@@ -300,13 +300,33 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 		s.stop()
 		s.wg.Wait()
 	}
+	// The seats taken, as of the last read and the events after it: Leave
+	// returns once they were all gone at some revision, even if the next
+	// round's first participant sat down right after.
+	seats := map[string]bool{}
 	err = until(ctx, d.cli, d.seats, func(ctx context.Context) (bool, int64, error) {
 		r, err := d.cli.Get(ctx, d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return false, 0, err
 		}
-		seats, err := d.countSeats(r.Kvs)
-		return seats == 0, r.Header.Revision, err
+		if _, err := d.countSeats(r.Kvs); err != nil {
+			return false, 0, err
+		}
+		clear(seats)
+		for _, kv := range r.Kvs {
+			seats[string(kv.Key)] = true
+		}
+		return len(seats) == 0, r.Header.Revision, nil
+	}, func(ev *clientv3.Event) (bool, error) {
+		if ev.Type == clientv3.EventTypeDelete {
+			delete(seats, string(ev.Kv.Key))
+			return len(seats) == 0, nil
+		}
+		if _, err := d.countSeats([]*mvccpb.KeyValue{ev.Kv}); err != nil {
+			return false, err
+		}
+		seats[string(ev.Kv.Key)] = true
+		return false, nil
 	}, clientv3.WithPrefix())
 	if err != nil {
 		if ctx.Err() != nil {
@@ -355,6 +375,8 @@ func (s *Seat) watchKey() {
 			return false, 0, err
 		}
 		return len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != s.rev, r.Header.Revision, nil
+	}, func(ev *clientv3.Event) (bool, error) {
+		return ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != s.rev, nil
 	})
 	if err == nil {
 		if s.leaving.Load() {

@@ -152,8 +152,8 @@ func (l *Latch) Count(ctx context.Context) (int, error) {
 }
 
 // Wait blocks until the latch is open or ctx ends. It returns ErrDeleted if
-// the latch is deleted after it was created. Cost: one read, then one watch
-// and one read per change.
+// the latch is deleted after Wait saw it exist. Cost: one read, then one
+// watch; a read again only when the watch had to be opened again.
 func (l *Latch) Wait(ctx context.Context) (err error) {
 	if l.err != nil {
 		return l.err
@@ -171,6 +171,24 @@ func (l *Latch) Wait(ctx context.Context) (err error) {
 		}
 		existed = existed || mod != 0
 		return n == 0, rev, nil
+	}, func(ev *clientv3.Event) (bool, error) {
+		// Each change is judged as it was, not by a read after it: a latch
+		// opened and deleted at once has still opened.
+		if ev.Type == clientv3.EventTypeDelete {
+			if existed {
+				return false, ErrDeleted
+			}
+			return false, nil
+		}
+		remaining, initial, err := decodeCount(ev.Kv.Value)
+		if err != nil {
+			return false, err
+		}
+		if initial != l.count {
+			return false, fmt.Errorf("%w: %q counts %d in etcd, %d here", ErrCountMismatch, l.name, initial, l.count)
+		}
+		existed = true
+		return remaining == 0, nil
 	})
 	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("barrier: wait on latch %q: %w", l.name, err)

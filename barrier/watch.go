@@ -2,86 +2,85 @@ package barrier
 
 import (
 	"context"
-	"errors"
-	"time"
+	"fmt"
+	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
 
-var errWatchLost = errors.New("watch lost")
+// testHookRead, if set, is called after until's first read (tests use it to
+// know that a waiter is waiting).
+var testHookRead atomic.Pointer[func()]
 
-// until watches key (or the prefix, with WithPrefix in opts) until done
-// reports true. check reads the current state and reports whether it is
-// done and the revision of its read; it is called first, again whenever a
-// watch was created past the last read (a change may have fallen in the gap;
-// the watch has no start revision so that etcd syncs it at once instead of in
-// its 100 ms unsynced loop), and after every batch of events. Watches carry
-// WithRequireLeader; a lost watch is re-created with backoff.
-func until(ctx context.Context, cli *clientv3.Client, key string, check func(ctx context.Context) (bool, int64, error), opts ...clientv3.OpOption) error {
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: time.Second}
-	for {
-		done, rev, err := check(ctx)
+// until watches key (or the prefix, with WithPrefix in opts) until the state
+// it follows is done. read reads the state and reports whether it is done
+// and the revision of its read. apply judges one event after that revision
+// and reports whether it makes the state done; with apply nil, the state is
+// read again after every batch of events instead.
+//
+// Judging the events themselves matters where the state can come and go
+// between an event and a read: a latch opened and deleted at once, a
+// barrier released and raised again. A read after the event would see the
+// later state and miss the one the waiter waits for.
+//
+// read runs first and again whenever the watch was (re)created past the last
+// read: a change may have fallen in the gap. (The watch has no start
+// revision, so that etcd syncs it at once instead of in its 100 ms unsynced
+// loop.) internal/watch opens a failed watch again; a read that fails for a
+// transient reason is tried again with backoff.
+func until(ctx context.Context, cli *clientv3.Client, key string,
+	read func(ctx context.Context) (bool, int64, error),
+	apply func(ev *clientv3.Event) (bool, error),
+	opts ...clientv3.OpOption) error {
+	w := watch.Open(ctx, cli, key, watch.Config{Options: opts})
+	defer w.Stop()
+	var done bool
+	var rev int64
+	reread := func(ctx context.Context) error {
+		d, r, err := read(ctx)
+		if err == nil {
+			done, rev = d, max(rev, r)
+		}
+		return err
+	}
+	if err := retry.Do(ctx, retry.RequestPolicy, reread); err != nil {
+		return err
+	}
+	if hook := testHookRead.Load(); hook != nil {
+		(*hook)()
+	}
+	for !done {
+		resp, err := w.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
 			}
-			if !retry.Retriable(err) {
-				return err
+			return fmt.Errorf("watch %s: %w", key, err)
+		}
+		switch {
+		case resp.Created:
+			if resp.Header.Revision <= rev {
+				continue // nothing can have changed since our read
 			}
-			if werr := bo.Wait(ctx); werr != nil {
-				return werr
+		case apply != nil:
+			for _, ev := range resp.Events {
+				if ev.Kv.ModRevision <= rev {
+					continue // part of the last read
+				}
+				if done, err = apply(ev); err != nil || done {
+					return err
+				}
 			}
 			continue
-		}
-		if done {
-			return nil
-		}
-		err = watchOnce(ctx, cli, key, rev, check, opts)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		if !errors.Is(err, errWatchLost) && !retry.Retriable(err) {
-			return err
-		}
-		if werr := bo.Wait(ctx); werr != nil {
-			return werr
-		}
-	}
-}
-
-func watchOnce(ctx context.Context, cli *clientv3.Client, key string, rev int64, check func(context.Context) (bool, int64, error), opts []clientv3.OpOption) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wch := cli.Watch(wctx, key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, opts...)...)
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
-			return errors.Join(errWatchLost, err)
-		}
-		if resp.Canceled {
-			return errWatchLost
-		}
-		if resp.Created && resp.Header.Revision <= rev {
-			continue // nothing can have changed since our read
-		}
-		if !resp.Created && len(resp.Events) == 0 {
+		case len(resp.Events) == 0:
 			continue
 		}
-		done, r, err := check(ctx)
-		if err != nil {
+		if err := retry.Do(ctx, retry.RequestPolicy, reread); err != nil {
 			return err
 		}
-		if done {
-			return nil
-		}
-		rev = max(rev, r)
 	}
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
-	}
-	return errWatchLost
+	return nil
 }

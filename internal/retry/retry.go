@@ -207,3 +207,23 @@ func (b *Backoff) Reset() {
 func Attempt(ttl time.Duration) time.Duration {
 	return min(max(ttl/5, 200*time.Millisecond), time.Second)
 }
+
+// Do calls fn until it returns nil or an error that is not Retriable, or
+// until ctx ends (then ctx's cause), pacing the tries with p.
+func Do(ctx context.Context, p Policy, fn func(context.Context) error) error {
+	bo := p.New()
+	for {
+		err := fn(ctx)
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return context.Cause(ctx)
+		case !Retriable(err):
+			return err
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return werr
+		}
+	}
+}

@@ -16,7 +16,8 @@
 //     reused key: only a DELETE above the predecessor's create revision (or a
 //     PUT of a newer incarnation) counts.
 //   - A waiter in a minority partition must not hang: watches carry
-//     WithRequireLeader, and a lost watch leads to a fresh read.
+//     WithRequireLeader, and internal/watch opens a failed watch again,
+//     announcing the new creation, which leads to a fresh read.
 //
 // After the predecessor goes, the waiter reads again: something older may
 // remain (a waiter between them that abandoned its turn is not the only
@@ -33,12 +34,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
 
 // ErrOwnKeyGone reports that the waiter's own key was deleted, or replaced by
@@ -70,13 +71,10 @@ type Pred struct {
 // prefix need not contain own.Key: a reader of a read-write lock waits only
 // for the writers' prefix.
 func ForPredecessors(ctx context.Context, cli *clientv3.Client, prefix string, own Own, known *Pred) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-
-	ownCh := cli.Watch(wctx, own.Key, clientv3.WithCreatedNotify())
-	ownRev := int64(0) // creation revision of the own-key watch, once known
+	ownW := watch.Open(ctx, cli, own.Key, watch.Config{})
+	defer ownW.Stop()
 	var pred *Pred = known
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 
 	for {
 		if pred != nil && own.Check != nil {
@@ -105,32 +103,16 @@ func ForPredecessors(ctx context.Context, cli *clientv3.Client, prefix string, o
 			continue // vet it
 		}
 
-		gone, err := waitGone(ctx, wctx, cli, prefix, own, pred, ownCh, &ownRev)
-		switch {
-		case err == nil && gone:
+		gone, err := waitGone(ctx, cli, prefix, own, pred, ownW)
+		if err != nil {
+			return err
+		}
+		if gone {
 			pred = nil // read again: something older may remain
 			bo.Reset()
-		case err == nil:
-			// The watch on the predecessor was lost; read and watch again.
-			pred = nil
-			if werr := bo.Wait(ctx); werr != nil {
-				return werr
-			}
-		case errors.Is(err, errOwnWatchLost):
-			// Re-create the own-key watch, then confirm by reading.
-			ownCh = cli.Watch(wctx, own.Key, clientv3.WithCreatedNotify())
-			ownRev = 0
-			pred = nil
-			if werr := bo.Wait(ctx); werr != nil {
-				return werr
-			}
-		default:
-			return err
 		}
 	}
 }
-
-var errOwnWatchLost = errors.New("own-key watch lost")
 
 // read returns the newest key under prefix created before own, or nil if none
 // is, in one transaction that also checks that own's key still exists.
@@ -158,16 +140,16 @@ func read(ctx context.Context, cli *clientv3.Client, prefix string, own Own) (*P
 	return &Pred{KV: kvs[0], ReadRev: resp.Header.Revision}, nil
 }
 
-// waitGone watches pred until it is gone (true), the watch is lost (false,
-// nil), or own's key goes (ErrOwnKeyGone).
-func waitGone(ctx, wctx context.Context, cli *clientv3.Client, prefix string, own Own, pred *Pred, ownCh clientv3.WatchChan, ownRev *int64) (bool, error) {
-	pctx, cancel := context.WithCancel(wctx)
-	defer cancel()
+// waitGone watches pred until it is gone (true), or own's key goes
+// (ErrOwnKeyGone). Both watches announce each (re)creation: a creation past
+// the last read may hide a deletion, which a read settles.
+func waitGone(ctx context.Context, cli *clientv3.Client, prefix string, own Own, pred *Pred, ownW *watch.Watch) (bool, error) {
 	predKey := string(pred.KV.Key)
 	predRev := pred.KV.CreateRevision
-	predCh := cli.Watch(pctx, predKey, clientv3.WithCreatedNotify())
-	// The gap between pred.ReadRev and each watch's creation revision must be
-	// closed by a read before the watches are trusted.
+	predW := watch.Open(ctx, cli, predKey, watch.Config{})
+	defer predW.Stop()
+	// Events of the predecessor's watch count only once its creation is
+	// known: until then, the read that follows the creation decides.
 	predCreated := false
 
 	for {
@@ -175,16 +157,12 @@ func waitGone(ctx, wctx context.Context, cli *clientv3.Client, prefix string, ow
 		case <-ctx.Done():
 			return false, context.Cause(ctx)
 
-		case resp, ok := <-ownCh:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				if ctx.Err() != nil {
-					return false, context.Cause(ctx)
-				}
-				return false, errOwnWatchLost
+		case resp, ok := <-ownW.C:
+			if !ok {
+				return false, fmt.Errorf("watch own key: %w", ownW.Err())
 			}
 			if resp.Created {
-				*ownRev = resp.Header.Revision
-				if *ownRev > pred.ReadRev {
+				if resp.Header.Revision > pred.ReadRev {
 					if gone, err := recheck(ctx, cli, prefix, own, pred); err != nil || gone {
 						return gone, err
 					}
@@ -197,12 +175,9 @@ func waitGone(ctx, wctx context.Context, cli *clientv3.Client, prefix string, ow
 				}
 			}
 
-		case resp, ok := <-predCh:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				if ctx.Err() != nil {
-					return false, context.Cause(ctx)
-				}
-				return false, nil
+		case resp, ok := <-predW.C:
+			if !ok {
+				return false, fmt.Errorf("watch %s: %w", predKey, predW.Err())
 			}
 			if resp.Created {
 				predCreated = true
