@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
 
 type candidate struct {
@@ -104,12 +105,10 @@ func (o *observer) loop(ctx context.Context) error {
 			return context.Cause(ctx)
 		case errors.Is(err, rpctypes.ErrCompacted):
 			needLoad = true
-		case err != nil && !retry.Retriable(err) && !errors.Is(err, rpctypes.ErrNoLeader) && !errors.Is(err, errWatchEnded):
-			return fmt.Errorf("election: observe %q: %w", o.e.name, err)
 		default:
-			if err := o.sendWhile(ctx, &bo); err != nil {
-				return err
-			}
+			// internal/watch gets past every failure a new watch can; what
+			// ends it is final (a permission etcd denies).
+			return fmt.Errorf("election: observe %q: %w", o.e.name, err)
 		}
 	}
 }
@@ -156,14 +155,11 @@ func (o *observer) load(ctx context.Context) error {
 	return nil
 }
 
-var errWatchEnded = errors.New("watch ended")
-
-// watch applies events from o.rev+1 until the watch fails, delivering queued
-// states as the reader takes them.
+// watch applies events from o.rev+1 until the watch ends for good,
+// delivering queued states as the reader takes them.
 func (o *observer) watch(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wch := o.e.cli.Watch(wctx, o.e.prefix, clientv3.WithPrefix(), clientv3.WithRev(o.rev+1))
+	w := watch.Open(ctx, o.e.cli, o.e.prefix, watch.Config{From: o.rev + 1, Options: []clientv3.OpOption{clientv3.WithPrefix()}})
+	defer w.Stop()
 	for {
 		var out chan Leader
 		var head Leader
@@ -175,15 +171,9 @@ func (o *observer) watch(ctx context.Context) error {
 			return context.Cause(ctx)
 		case out <- head:
 			o.pending = o.pending[1:]
-		case resp, ok := <-wch:
+		case resp, ok := <-w.C:
 			if !ok {
-				return errWatchEnded
-			}
-			if err := resp.Err(); err != nil {
-				return err
-			}
-			if resp.Canceled {
-				return errWatchEnded
+				return w.Err()
 			}
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypePut {

@@ -14,6 +14,7 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -208,12 +209,47 @@ func (t *Term) Resign(ctx context.Context) error {
 }
 
 // watchKey cancels the term with ErrLost if the candidate key is deleted or
-// replaced (an operator, a revoked lease, a bug), until the term ends.
+// replaced (an operator, a revoked lease, a bug), until the term ends. The
+// watch has no start revision (so it is synced at once); each creation past
+// the term's revision is followed by a read that closes the gap since the
+// key was last known to exist.
 func (t *Term) watchKey() {
 	defer t.wg.Done()
-	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
-	for t.ctx.Err() == nil {
-		gone, err := t.watchOnce()
+	w := watch.Open(t.ctx, t.e.cli, t.e.key, watch.Config{})
+	defer w.Stop()
+	seen := t.rev
+	for {
+		resp, err := w.Next(t.ctx)
+		if err != nil {
+			// Only the term's end, or a watch etcd refuses for good (a
+			// permission taken away), ends the watch; the term stands on
+			// its lease either way.
+			return
+		}
+		gone := false
+		switch {
+		case resp.Created && resp.Header.Revision > seen:
+			var rev int64
+			err := retry.Do(t.ctx, retry.RequestPolicy, func(ctx context.Context) error {
+				g, err := t.e.cli.Get(ctx, t.e.key)
+				if err == nil {
+					gone = len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != t.rev
+					rev = g.Header.Revision
+				}
+				return err
+			})
+			if err != nil {
+				return
+			}
+			seen = max(seen, rev)
+		default:
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete && ev.Kv.ModRevision > t.rev ||
+					ev.Type == clientv3.EventTypePut && ev.Kv.CreateRevision > t.rev {
+					gone = true
+				}
+			}
+		}
 		if gone {
 			t.mu.Lock()
 			resigning := t.resigning
@@ -225,42 +261,5 @@ func (t *Term) watchKey() {
 			}
 			return
 		}
-		if err != nil && bo.Wait(t.ctx) != nil {
-			return
-		}
 	}
-}
-
-// watchOnce watches the key until it goes (true) or the watch fails. The
-// watch has no start revision (so it is synced at once); a read after its
-// creation closes the gap since the key was last known to exist.
-func (t *Term) watchOnce() (bool, error) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(t.ctx))
-	defer cancel()
-	ch := t.e.cli.Watch(wctx, t.e.key, clientv3.WithCreatedNotify())
-	for resp := range ch {
-		if err := resp.Err(); err != nil {
-			return false, err
-		}
-		if resp.Canceled {
-			return false, errors.New("watch canceled")
-		}
-		if resp.Created {
-			g, err := t.e.cli.Get(wctx, t.e.key)
-			if err != nil {
-				return false, err
-			}
-			if len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != t.rev {
-				return true, nil
-			}
-			continue
-		}
-		for _, ev := range resp.Events {
-			if ev.Type == clientv3.EventTypeDelete && ev.Kv.ModRevision > t.rev ||
-				ev.Type == clientv3.EventTypePut && ev.Kv.CreateRevision > t.rev {
-				return true, nil
-			}
-		}
-	}
-	return false, errors.New("watch closed")
 }

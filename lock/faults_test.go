@@ -201,7 +201,7 @@ func TestLockCutOffReturnsOnTime(t *testing.T) {
 		}
 	}()
 	// The used value first: its pooled watch closes after
-	// prefixwatch.IdleTimeout unused, and the case would then test the
+	// watch.IdleTimeout unused, and the case would then test the
 	// fresh path twice.
 	require.Equal(t, 1, lock.OwnWatchesIdle(used), "the used value's own watch is not pooled")
 	for _, m := range []*lock.Mutex{used, fresh} {

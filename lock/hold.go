@@ -10,9 +10,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	callturn "github.com/concordkit/concord/internal/turn"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -334,7 +334,6 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	defer close(h.monitorDone)
 	defer a.putOwn()
 	t := &a.t
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {
 		select {
 		case <-h.unlocking:
@@ -360,13 +359,13 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	}
 	// The release-request watch, started when Revoked is first called.
 	arm := h.arm
-	var rel *prefixwatch.Watch
+	var rel *watch.Watch
 	defer func() {
 		if rel != nil {
 			rel.Stop()
 		}
 	}()
-	var relCh clientv3.WatchChan
+	var relCh <-chan clientv3.WatchResponse
 	for {
 		select {
 		case <-ctx.Done():
@@ -375,18 +374,17 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return
 		case <-arm:
 			arm = nil
-			rel = prefixwatch.Start(ctx, a.cli, releaseKey(t.prefix, t.rev))
-			relCh = rel.Ch
+			rel = watch.Open(ctx, a.cli, releaseKey(t.prefix, t.rev), watch.Config{})
+			relCh = rel.C
 		case resp, ok := <-relCh:
 			switch {
-			case !ok || resp.Err() != nil || resp.Canceled:
-				if bo.Wait(ctx) != nil {
-					return
-				}
-				rel.Restart(ctx)
-				relCh = rel.Ch
+			case !ok:
+				// Refused for good (a permission): release requests go
+				// unheard; the hold itself stands.
+				relCh = nil
 			case resp.Created:
-				// A request made before the watch started: read it once.
+				// A request made before the watch started, or while it was
+				// broken: read it once.
 				a.readRelease(ctx)
 			default:
 				for _, ev := range resp.Events {
@@ -401,31 +399,26 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			if t.requested {
 				h.fireRevoked()
 			}
-		case resp, ok := <-a.w.Ch:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				a.w.Created = false
-				if bo.Wait(ctx) != nil {
-					return
-				}
-				a.w.Restart(ctx)
-				continue
+		case resp, ok := <-a.w.C:
+			if !ok {
+				// Refused for good (a permission): the hold can no longer
+				// be followed, so it cannot be trusted.
+				ended(a.w.Err())
+				return
 			}
 			if resp.Created {
-				err := a.onCreatedHeld(ctx, resp.Header.Revision)
+				err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) error {
+					return a.onCreatedHeld(ctx, resp.Header.Revision)
+				})
 				switch {
 				case err == nil:
-				case errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt):
+				case errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() == nil:
 					ended(err)
 					return
 				default:
-					if bo.Wait(ctx) != nil {
-						return
-					}
-					a.w.Restart(ctx)
-					continue
+					return // the hold ends
 				}
 			} else {
-				bo.Reset()
 				for _, ev := range resp.Events {
 					if err := t.apply(ev); err != nil {
 						ended(err)
@@ -444,7 +437,6 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 // reading only the hold's key and release request: what goes on in the rest
 // of the queue no longer matters.
 func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
-	a.w.Created = true
 	t := &a.t
 	if rev <= t.seen {
 		return nil
@@ -454,7 +446,6 @@ func (a *acquisition) onCreatedHeld(ctx context.Context, rev int64) error {
 		clientv3.OpGet(releaseKey(t.prefix, t.rev)),
 	).Commit()
 	if err != nil {
-		a.w.Created = false
 		return err
 	}
 	t.seen = resp.Header.Revision

@@ -17,8 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -54,6 +54,8 @@ import (
 // watches are reused, and a reused watch needs no read to close a gap
 // (events at or below the last read are skipped) unless another request of
 // the same value took events from it after this request's read (Watch.Rev).
+// internal/watch opens a failed watch again and announces the new creation,
+// which is handled like the first: a read closes the gap.
 // A watch created after the last read costs one read to close the gap.
 
 // replyGrace is how long an acquire transaction in flight may still answer
@@ -212,17 +214,17 @@ type acquisition struct {
 	// w watches own key; it is taken before the enqueue transaction and
 	// passed on to the Hold. From ownPool, or (nil ownPool) started for this
 	// request alone.
-	w       *prefixwatch.Watch
-	ownPool *prefixwatch.Pool
+	w       *watch.Watch
+	ownPool *watch.Pool
 	// ahead watch the nearest and second nearest keys ahead while waiting.
-	ahead     [2]*prefixwatch.Watch
-	aheadPool *prefixwatch.Pool
-	stream    prefixwatch.Stream // the stream all of them travel on
-	progress  bool               // confirm may ask for progress on stream
-	reuseKeys bool               // keys come back (Mutex): pool watches on gone keys
-	delay     time.Duration      // lock-delay
-	timeout   time.Duration      // bound of detached cleanup
-	sent      bool               // an enqueue transaction was sent: own key may exist
+	ahead     [2]*watch.Watch
+	aheadPool *watch.Pool
+	stream    watch.Stream  // the stream all of them travel on
+	progress  bool          // confirm may ask for progress on stream
+	reuseKeys bool          // keys come back (Mutex): pool watches on gone keys
+	delay     time.Duration // lock-delay
+	timeout   time.Duration // bound of detached cleanup
+	sent      bool          // an enqueue transaction was sent: own key may exist
 }
 
 func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeeper.Lease, w *watches, prefix, key string, yields func(string) bool, delay, timeout time.Duration) *acquisition {
@@ -248,7 +250,7 @@ func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeepe
 	if a.ownPool != nil {
 		a.w = a.ownPool.Get(ctx)
 	} else {
-		a.w = prefixwatch.StartOn(ctx, w.stream, cli, key, watchOpts...)
+		a.w = watch.Open(ctx, cli, key, watch.Config{Stream: w.stream, Options: watchOpts})
 	}
 	return a
 }
@@ -256,9 +258,9 @@ func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeepe
 // watches are the watch pools of one Mutex or RWMutex value, on a watch
 // stream of the value's own (see confirm).
 type watches struct {
-	own      *prefixwatch.Pool // on the value's own key; nil if it has none
-	ahead    *prefixwatch.Pool // on the keys ahead
-	stream   prefixwatch.Stream
+	own      *watch.Pool // on the value's own key; nil if it has none
+	ahead    *watch.Pool // on the keys ahead
+	stream   watch.Stream
 	progress bool // confirm asks for progress on stream (else it reads)
 }
 
@@ -270,15 +272,15 @@ func newWatches(cli *clientv3.Client, progress bool, ownKey string) watches {
 	if progress {
 		// Named by a random ID: gRPC metadata takes printable ASCII only,
 		// and a lock name may be any UTF-8.
-		w.stream = prefixwatch.NewStream(randomID())
+		w.stream = watch.NewStream(randomID())
 	}
 	// The keys ahead go on the same stream, so that one member serves all of
 	// a request's watches: its answer to confirm's progress request is then
 	// at least as new as the deletion confirm waits for.
-	w.ahead = prefixwatch.NewPoolOn(w.stream, cli, "", watchOpts...)
+	w.ahead = watch.NewPool(w.stream, cli, "", watchOpts...)
 	if ownKey != "" {
 		// Puts too: the unlock ahead touches own key (touchNext).
-		w.own = prefixwatch.NewPoolOn(w.stream, cli, ownKey)
+		w.own = watch.NewPool(w.stream, cli, ownKey)
 	}
 	return w
 }
@@ -399,7 +401,6 @@ func (a *acquisition) wait(ctx context.Context) error {
 	t := &a.t
 	defer a.putAhead(0)
 	defer a.putAhead(1)
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		if len(t.preds) == 0 {
 			if !t.emptied || a.delay <= 0 {
@@ -419,9 +420,9 @@ func (a *acquisition) wait(ctx context.Context) error {
 			}
 			continue
 		}
-		var ch1 clientv3.WatchChan
+		var ch1 <-chan clientv3.WatchResponse
 		if a.ahead[1] != nil {
-			ch1 = a.ahead[1].Ch
+			ch1 = a.ahead[1].C
 		}
 		var (
 			resp clientv3.WatchResponse
@@ -433,19 +434,13 @@ func (a *acquisition) wait(ctx context.Context) error {
 			return context.Cause(ctx)
 		case <-a.lease.Done():
 			return lostErr(a.lease)
-		case resp, ok = <-a.w.Ch:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				// The watch failed (leader lost, stream broken): start a
-				// new one; its creation triggers a fresh read.
-				a.w.Created = false
-				if err := bo.Wait(ctx); err != nil {
-					return err
-				}
-				a.w.Restart(ctx)
-				continue
+		case resp, ok = <-a.w.C:
+			if !ok {
+				return fmt.Errorf("lock: watch own key: %w", a.w.Err())
 			}
 			if resp.Created {
-				a.w.Created = true
+				// The first creation, or a new one after the watch failed
+				// (leader lost, stream broken): close the gap.
 				if resp.Header.Revision > t.seen {
 					if err := a.refresh(ctx, resp.Header.Revision); err != nil {
 						return err
@@ -453,30 +448,22 @@ func (a *acquisition) wait(ctx context.Context) error {
 				}
 				continue
 			}
-			bo.Reset()
 			for _, ev := range resp.Events {
 				if err := t.apply(ev); err != nil {
 					return err
 				}
 			}
 			continue
-		case resp, ok = <-a.ahead[0].Ch:
+		case resp, ok = <-a.ahead[0].C:
 			i = 0
 		case resp, ok = <-ch1:
 			i = 1
 		}
 		w := a.ahead[i]
-		if !ok || resp.Err() != nil || resp.Canceled {
-			w.Created = false
-			if err := bo.Wait(ctx); err != nil {
-				return err
-			}
-			w.Restart(ctx)
-			continue
+		if !ok {
+			return fmt.Errorf("lock: watch %s: %w", w.Key(), w.Err())
 		}
 		if resp.Created {
-			w.Created = true
-			w.Rev = max(w.Rev, resp.Header.Revision)
 			if resp.Header.Revision > t.seen {
 				if err := a.refresh(ctx, resp.Header.Revision); err != nil {
 					return err
@@ -484,10 +471,8 @@ func (a *acquisition) wait(ctx context.Context) error {
 			}
 			continue
 		}
-		bo.Reset()
 		var goneAt int64
 		for _, ev := range resp.Events {
-			w.Rev = max(w.Rev, ev.Kv.ModRevision)
 			if ev.Type == clientv3.EventTypeDelete && string(ev.Kv.Key) == w.Key() && ev.Kv.ModRevision > t.seen {
 				goneAt = ev.Kv.ModRevision
 			}
@@ -534,10 +519,11 @@ func (a *acquisition) follow(ctx context.Context) (stale bool, err error) {
 		}
 		if a.ahead[i] == nil && k != "" {
 			a.ahead[i] = a.aheadPool.GetKey(ctx, k)
-			if a.ahead[i].Created && a.ahead[i].Rev > t.seen {
+			if rev := a.ahead[i].Rev(); rev > t.seen {
 				// Another request of this value took events of this watch
-				// after own read: read again before trusting it.
-				return true, a.refresh(ctx, a.ahead[i].Rev)
+				// (or saw it created again) after own read: read again
+				// before trusting it.
+				return true, a.refresh(ctx, rev)
 			}
 		}
 	}
@@ -548,9 +534,10 @@ func (a *acquisition) follow(ctx context.Context) (stale bool, err error) {
 func (a *acquisition) putAhead(i int) {
 	if a.ahead[i] != nil {
 		if _, ahead := a.t.preds[a.ahead[i].Key()]; !ahead && !a.reuseKeys {
-			a.ahead[i].Created = false // its key never comes back: do not pool it
+			a.ahead[i].Stop() // its key never comes back: do not pool it
+		} else {
+			a.aheadPool.Put(a.ahead[i])
 		}
-		a.aheadPool.Put(a.ahead[i])
 		a.ahead[i] = nil
 	}
 }
@@ -595,11 +582,11 @@ func (a *acquisition) confirm(ctx context.Context, minRev int64) error {
 		var resp clientv3.WatchResponse
 		var ok bool
 		select {
-		case resp, ok = <-a.w.Ch:
+		case resp, ok = <-a.w.C:
 		default:
 			return a.confirmByProgress(ctx, minRev)
 		}
-		if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
+		if !ok || resp.Created {
 			return a.ownWatchTurned(ctx, minRev, resp, ok)
 		}
 		if stood, err := a.applyOwn(resp, minRev); stood || err != nil {
@@ -622,18 +609,12 @@ func (a *acquisition) applyOwn(resp clientv3.WatchResponse, minRev int64) (bool,
 	return a.t.alive >= minRev, nil
 }
 
-// ownWatchTurned handles, within confirm, own watch failing or (after a
-// restart) being created: the watch is started again, or its creation
-// marked, and own key is read instead.
+// ownWatchTurned handles, within confirm, own watch ending for good or
+// being created (again, after a failure): own key is read instead.
 func (a *acquisition) ownWatchTurned(ctx context.Context, minRev int64, resp clientv3.WatchResponse, ok bool) error {
-	if !ok || resp.Err() != nil || resp.Canceled {
-		// Start it again (its creation is seen by the wait loop or the
-		// Hold's monitor), and read instead.
-		a.w.Created = false
-		a.w.Restart(ctx)
-		return a.refresh(ctx, minRev)
+	if !ok {
+		return fmt.Errorf("lock: watch own key: %w", a.w.Err())
 	}
-	a.w.Created = true
 	return a.refresh(ctx, max(minRev, resp.Header.Revision))
 }
 
@@ -644,11 +625,9 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 	defer timer.Stop()
 	// The request waits for the client's watch stream, which may be
 	// reconnecting: bound it like the answer, and by ctx.
-	rctx, cancel := context.WithTimeout(a.stream.Context(), progressWait)
+	rctx, cancel := context.WithTimeout(ctx, progressWait)
 	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-	if err := a.cli.RequestProgress(rctx); err != nil {
+	if err := a.w.RequestProgress(rctx); err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -662,8 +641,8 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 			return lostErr(a.lease)
 		case <-timer.C:
 			return a.refresh(ctx, minRev)
-		case resp, ok := <-a.w.Ch:
-			if !ok || resp.Err() != nil || resp.Canceled || resp.Created {
+		case resp, ok := <-a.w.C:
+			if !ok || resp.Created {
 				return a.ownWatchTurned(ctx, minRev, resp, ok)
 			}
 			if stood, err := a.applyOwn(resp, minRev); stood || err != nil {
@@ -681,7 +660,7 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 			}
 			// The member serving own watch has not applied minRev yet
 			// (after a watch moved to another member): ask again.
-			if err := a.cli.RequestProgress(rctx); err != nil {
+			if err := a.w.RequestProgress(rctx); err != nil {
 				return a.refresh(ctx, minRev)
 			}
 		}

@@ -9,9 +9,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
 	callturn "github.com/concordkit/concord/internal/turn"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -124,7 +124,7 @@ func (p *Permit) Release(ctx context.Context) error {
 	return nil
 }
 
-func newPermit(a *acquisition, pool *prefixwatch.Pool, tel *telemetry) *Permit {
+func newPermit(a *acquisition, pool *watch.Pool, tel *telemetry) *Permit {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	// The monitor ends with the permit, also when it is blocked restarting
 	// a watch while etcd cannot be reached.
@@ -152,11 +152,10 @@ func newPermit(a *acquisition, pool *prefixwatch.Pool, tel *telemetry) *Permit {
 
 // monitor follows the permit's key on the acquisition's watch: a deletion
 // by anyone but Release ends the permit. Release joins it.
-func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.Pool) {
+func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *watch.Pool) {
 	defer close(p.monitorDone)
 	defer func() { pool.Put(a.w) }()
 	t := &a.t
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	ended := func(err error) {
 		select {
 		case <-p.releasing:
@@ -175,27 +174,29 @@ func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.
 			return
 		case <-p.ctx.Done():
 			return
-		case resp, ok := <-a.w.Ch:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				if bo.Wait(ctx) != nil {
-					return
-				}
-				a.w.Restart(ctx)
-				continue
+		case resp, ok := <-a.w.C:
+			if !ok {
+				// Refused for good (a permission): the permit can no
+				// longer be followed, so it cannot be trusted.
+				ended(a.w.Err())
+				return
 			}
 			if resp.Created {
-				a.w.Created = true
+				// Created again after a failure: close the gap.
 				if resp.Header.Revision <= t.seen {
 					continue
 				}
-				gresp, err := a.cli.Get(ctx, t.key)
+				var gresp *clientv3.GetResponse
+				err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) (err error) {
+					gresp, err = a.cli.Get(ctx, t.key)
+					return err
+				})
 				switch {
+				case err != nil && ctx.Err() != nil:
+					return
 				case err != nil:
-					a.w.Created = false
-					if bo.Wait(ctx) != nil {
-						return
-					}
-					a.w.Restart(ctx)
+					ended(err)
+					return
 				case len(gresp.Kvs) == 0 || gresp.Kvs[0].CreateRevision != t.rev:
 					ended(errOwnGone)
 					return
@@ -204,7 +205,6 @@ func (p *Permit) monitor(ctx context.Context, a *acquisition, pool *prefixwatch.
 				}
 				continue
 			}
-			bo.Reset()
 			for _, ev := range resp.Events {
 				// Only own key matters now; a bad limit value is the
 				// waiters' problem, not a reason to drop a granted permit.

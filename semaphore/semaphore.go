@@ -15,8 +15,8 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
-	"github.com/concordkit/concord/internal/prefixwatch"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -30,7 +30,7 @@ type Semaphore struct {
 	prefix string
 	value  string
 	tel    *telemetry
-	pool   *prefixwatch.Pool
+	pool   *watch.Pool
 	err    error        // invalid input, reported by every call
 	limit  atomic.Int64 // the limit this value expects to find stored
 }
@@ -64,7 +64,7 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		s.err = guard.CheckValueSize("semaphore", "value", len(o.value))
 	}
 	if s.err == nil {
-		s.pool = prefixwatch.NewPool(k.Client(), s.prefix, clientv3.WithPrefix())
+		s.pool = watch.NewPool(watch.Stream{}, k.Client(), s.prefix, clientv3.WithPrefix())
 	}
 	return s
 }
@@ -275,7 +275,7 @@ type acquisition struct {
 	cli     *clientv3.Client
 	lease   *leasekeeper.Lease
 	t       turn
-	w       *prefixwatch.Watch
+	w       *watch.Watch
 	timeout time.Duration // bound of detached cleanup
 	sent    bool          // an enqueue transaction was sent: own key may exist
 }
@@ -382,34 +382,26 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 // lease is lost (ErrLost) or ctx ends (its cause).
 func (a *acquisition) wait(ctx context.Context) error {
 	t := &a.t
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	for !t.granted() {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-a.lease.Done():
 			return lostErr(a.lease)
-		case resp, ok := <-a.w.Ch:
-			if !ok || resp.Err() != nil || resp.Canceled {
-				if err := bo.Wait(ctx); err != nil {
-					return err
-				}
-				a.w.Restart(ctx)
-				continue
+		case resp, ok := <-a.w.C:
+			if !ok {
+				return fmt.Errorf("semaphore: watch: %w", a.w.Err())
 			}
 			if resp.Created {
-				if err := a.onCreated(ctx, resp.Header.Revision); err != nil {
-					if errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() != nil {
-						return err
-					}
-					if err := bo.Wait(ctx); err != nil {
-						return err
-					}
-					a.w.Restart(ctx)
+				// The first creation, or a new one after the watch failed:
+				// close the gap.
+				if err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) error {
+					return a.onCreated(ctx, resp.Header.Revision)
+				}); err != nil {
+					return err
 				}
 				continue
 			}
-			bo.Reset()
 			for _, ev := range resp.Events {
 				if err := t.apply(ev); err != nil {
 					return err
@@ -423,13 +415,11 @@ func (a *acquisition) wait(ctx context.Context) error {
 // onCreated closes the gap between the last read and a new watch's creation
 // revision by reading the prefix again, if the watch started later.
 func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
-	a.w.Created = true
 	if rev <= a.t.seen {
 		return nil
 	}
 	resp, err := a.cli.Get(ctx, a.t.prefix, clientv3.WithPrefix())
 	if err != nil {
-		a.w.Created = false
 		return err
 	}
 	return a.t.load(resp.Kvs, resp.Header.Revision)

@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 )
 
-// Waiting uses internal/prefixwatch, as package lock does: one watch on the
+// Waiting uses internal/watch's pool, as package lock does: one watch on the
 // semaphore's whole prefix with no start revision, reused across
 // acquisitions (internal/wait watches one predecessor, where a semaphore
 // needs the whole queue).
