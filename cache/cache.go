@@ -16,15 +16,21 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/concordkit/concord/internal/compat"
+	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
 
 // ErrClosed is returned by calls on a closed cache.
 var ErrClosed = errors.New("cache: closed")
 
-// errWatchEnded reports a watch channel that closed without an error; the
-// cache watches again from where it was.
-var errWatchEnded = errors.New("cache: watch ended")
+// ErrUnsupported reports an etcd server the cache cannot be right on (etcd
+// 3.4; see the package doc).
+var ErrUnsupported = compat.ErrUnsupported
+
+// errWatchEnded reports that the cache has no watch at the moment.
+var errWatchEnded = errors.New("cache: no watch")
 
 // Cache holds an in-memory copy of every key under a prefix and keeps it equal
 // to etcd at some revision by watching. Its methods are safe for concurrent
@@ -39,7 +45,7 @@ type Cache struct {
 	stale       metric.Float64Histogram
 	reloadCount metric.Int64Counter
 
-	runCtx context.Context // the watch's context: RequestProgress finds the watch stream by it
+	stream watch.Stream // the stream of the cache's watch: WaitRevision asks for progress on it
 	stop   context.CancelFunc
 	wg     sync.WaitGroup // joins run
 
@@ -49,8 +55,9 @@ type Cache struct {
 	revCh   chan struct{} // closed and replaced each time rev advances
 	subs    map[*Subscription]struct{}
 	closed  bool
-	reloads int   // how many times a reload replaced the state (for tests and logs)
-	lastPub int64 // revision of the last batch published to subscribers
+	w       *watch.Watch // the current watch, nil between watches
+	reloads int          // how many times a reload replaced the state (for tests and logs)
+	lastPub int64        // revision of the last batch published to subscribers
 }
 
 // New loads every key under prefix at one revision R, in pages (about 4 MiB
@@ -103,15 +110,22 @@ func newCache(ctx context.Context, cli *clientv3.Client, prefix, key, end string
 		metric.WithDescription("Reloads of a cache's whole range after its watch could not resume (its start revision was compacted)."))
 	c := &Cache{cli: cli, key: key, end: end, prefix: prefix, o: o, log: o.logger, stale: stale, reloadCount: reloads,
 		revCh: make(chan struct{}), subs: map[*Subscription]struct{}{}}
+	if err := compat.Check(ctx, cli); err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
 	data, rev, err := c.load(ctx)
 	if err != nil {
 		return nil, err
 	}
 	c.data, c.rev = data, rev
 	runCtx, stop := context.WithCancel(context.Background())
-	c.runCtx, c.stop = clientv3.WithRequireLeader(runCtx), stop
+	c.stop = stop
+	// A stream of the cache's own: etcd answers a progress request only
+	// when every watch on the stream is caught up, and another watch on the
+	// client's shared stream could be far behind.
+	c.stream = watch.NewStream("cache-" + names.NewID())
 	c.wg.Add(1)
-	go c.run(c.runCtx)
+	go c.run(runCtx)
 	return c, nil
 }
 
@@ -237,14 +251,11 @@ func (c *Cache) WaitRevision(ctx context.Context, rev int64) error {
 			return ErrClosed
 		}
 		if time.Since(lastAsk) >= progressEvery {
-			// A context derived from the watch's own carries its metadata,
-			// which routes the request to the watch's stream. The request
-			// can wait while the stream reconnects: bound it. An error (no
-			// stream yet) is retried on the next round.
-			pctx, cancel := context.WithTimeout(c.runCtx, progressEvery)
-			stop := context.AfterFunc(ctx, cancel)
-			_ = c.cli.RequestProgress(pctx)
-			stop()
+			// On the cache's own stream. The request can wait while the
+			// stream reconnects: bound it. An error (no stream yet) is
+			// retried on the next round.
+			pctx, cancel := context.WithTimeout(ctx, progressEvery)
+			_ = c.requestProgress(pctx)
 			cancel()
 			lastAsk = time.Now()
 		}
@@ -291,47 +302,73 @@ func (c *Cache) Close() error {
 	return nil
 }
 
-// run watches from the cache's revision + 1 until Close. A broken watch is
-// resumed from where it stopped, so no event is lost or repeated; a watch
-// whose start was compacted away leads to a reload.
+// requestProgress asks for a progress notification on the cache's watch.
+func (c *Cache) requestProgress(ctx context.Context) error {
+	c.mu.RLock()
+	w := c.w
+	c.mu.RUnlock()
+	if w == nil {
+		return errWatchEnded
+	}
+	return w.RequestProgress(ctx)
+}
+
+// run watches from the cache's revision + 1 until Close. internal/watch
+// resumes a broken watch from where it stopped, so no event is lost or
+// repeated; a watch whose start was compacted away leads to a reload. A
+// watch etcd refuses for good (a permission taken away) is tried again
+// with backoff: the cache stays as it was meanwhile.
 func (c *Cache) run(ctx context.Context) {
 	defer c.wg.Done()
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: time.Second}
+	bo := retry.WatchPolicy.New()
 	for {
-		err := c.watch(ctx, &bo)
+		err := c.watch(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			c.log.Debug("cache: watch start compacted; reloading", "prefix", c.prefix, "rev", c.Revision())
-			if c.reload(ctx, &bo) != nil {
+			if c.reload(ctx, bo) != nil {
 				return // only ctx ends a reload
 			}
 			continue
 		}
-		c.log.Debug("cache: watch broken; resuming", "prefix", c.prefix, "rev", c.Revision(), "err", err)
+		c.log.Warn("cache: watch refused; trying again", "prefix", c.prefix, "rev", c.Revision(), "err", err)
 		if bo.Wait(ctx) != nil {
 			return
 		}
 	}
 }
 
-// watch runs one watch from the current revision + 1 and returns why it ended.
-func (c *Cache) watch(ctx context.Context, bo *retry.Backoff) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	opts := []clientv3.OpOption{clientv3.WithRev(c.Revision() + 1), clientv3.WithProgressNotify()}
+// watch runs one watch from the current revision + 1 and returns why it
+// ended for good.
+func (c *Cache) watch(ctx context.Context) error {
+	opts := []clientv3.OpOption{clientv3.WithProgressNotify()}
 	if c.end != "" {
 		opts = append(opts, clientv3.WithRange(c.end))
 	}
-	for resp := range c.cli.Watch(wctx, c.key, opts...) {
-		if err := resp.Err(); err != nil {
-			// Canceled may be false for a compaction (etcd issue 8231):
-			// Err() is what tells.
-			return err
+	w := watch.Open(ctx, c.cli, c.key, watch.Config{From: c.Revision() + 1, Stream: c.stream, Options: opts})
+	c.mu.Lock()
+	c.w = w
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.w = nil
+		c.mu.Unlock()
+		w.Stop()
+	}()
+	for {
+		var resp clientv3.WatchResponse
+		select {
+		case r, ok := <-w.C:
+			if !ok {
+				return w.Err()
+			}
+			resp = r
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		received := time.Now()
-		bo.Reset()
 		if resp.IsProgressNotify() {
 			c.progress(resp.Header.Revision)
 			continue
@@ -349,10 +386,6 @@ func (c *Cache) watch(ctx context.Context, bo *retry.Backoff) error {
 			evs = evs[n:]
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errWatchEnded
 }
 
 // progress records a bookmark: nothing changed under the prefix up to rev.

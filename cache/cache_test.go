@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -315,4 +316,19 @@ func TestWholeKeyspace(t *testing.T) {
 	require.NoError(t, c.WaitRevision(ctx, rev))
 	_, ok = c.Get("\x01" + p)
 	assert.True(t, ok)
+}
+
+// etcd 3.4 is refused (CONCORD_ETCD_34 names a 3.4 binary, such as Debian's
+// etcd-server package's /usr/bin/etcd).
+func TestRefusesEtcd34(t *testing.T) {
+	bin := os.Getenv("CONCORD_ETCD_34")
+	if bin == "" {
+		t.Skip("CONCORD_ETCD_34 is not set")
+	}
+	c := testcluster.New(t, testcluster.WithBinary(bin))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := cache.New(ctx, c.Client(), "x/")
+	require.ErrorIs(t, err, cache.ErrUnsupported)
+	require.ErrorContains(t, err, "etcd 3.4.")
 }

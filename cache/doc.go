@@ -67,9 +67,11 @@
 //   - A subscriber reset to a snapshot does not see the individual changes
 //     it missed.
 //   - WaitRevision for a revision that changed nothing under the prefix
-//     depends on etcd answering a progress request, which it does only
-//     when every watch on the same gRPC watch stream is caught up: another
-//     watch on the same client that is far behind delays it.
+//     depends on etcd answering a progress request only once the watch has
+//     caught up: etcd 3.5 and later do (3.4 answers at once with its
+//     current revision, which would move the cache past events it has not
+//     seen; New refuses etcd 3.4). The cache's watch has a gRPC stream of
+//     its own, so no other watch of the client can hold the answer back.
 //
 // # Keys
 //
@@ -79,9 +81,11 @@
 //
 // Loading a prefix of n keys of total size S: about 1 + S / 4 MiB range
 // reads (each paged read also counts the rest of the range on the server,
-// which is why pages are sized in bytes rather than a small key count). Following it: one watch, on the client's shared watch
-// stream. A reload after compaction costs a load. Get is a map lookup under a
-// read lock; List is a scan of the whole cache plus a sort of the result.
+// which is why pages are sized in bytes rather than a small key count).
+// Following it: one watch, on a gRPC watch stream of its own; one Status
+// request per endpoint when the cache is made, to check the etcd version. A
+// reload after compaction costs a load. Get is a map lookup under a read
+// lock; List is a scan of the whole cache plus a sort of the result.
 // WaitRevision costs nothing when the revision arrives with a change under
 // the prefix; otherwise it sends a progress request every 50 ms while it
 // waits. Subscribe copies the whole state into its first batch, under the

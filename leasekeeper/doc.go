@@ -28,6 +28,33 @@
 // fencing tokens, or writes into etcd must be guarded (see the recipes'
 // Guard methods).
 //
+// Nor can it be guaranteed against an etcd leader that was itself paused.
+// A leader process stopped (SIGSTOP, a frozen VM) for longer than a lease's
+// remaining TTL may, when it runs again, revoke every lease whose TTL ran
+// out by its own clock before it learns that a new leader was elected
+// meanwhile (etcd issues 12528 and 15247; the guard in etcd 3.5 and 3.6
+// skips its check when the raft loop ticked recently, which a resumed
+// process satisfies). The lease then dies on the server before its safe
+// deadline, while the holder still believes it holds. The keeper learns it
+// at its next renewal ("lease not found") and moves to Lost and then to a
+// new lease, and holdings end as lost; in the window between, only fencing
+// (tokens, guarded writes) protects what the holder does.
+//
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7. New refuses etcd 3.4 (ErrUnsupported): it answers
+// watch progress requests before the watch has caught up, which the locks
+// that stand on a keeper rely on.
+//
+// # Choosing a TTL
+//
+// A lease outlives the death of the etcd leader only if a renewal can be
+// confirmed before its safe deadline: the members elect a new leader up to
+// two election timeouts after the old one stopped answering, and renewals
+// are sent every third of the TTL. With etcd's default 1 s election
+// timeout, a TTL of 5 s or more keeps leases through a leader failover; 2 s
+// (etcd's minimum with those timings) loses them at every failover.
+//
 // # States
 //
 // A Keeper moves through Connected (renewals succeed), Suspended (renewals
@@ -40,7 +67,8 @@
 //
 // # Cost
 //
-// One Grant on New and after each loss; one LeaseKeepAlive round trip every
+// One Status request per endpoint (the version check) and one Grant on New;
+// one Grant after each loss; one LeaseKeepAlive round trip every
 // TTL/3 (handled by the etcd leader without a Raft write), on one long-lived
 // stream that is reopened only after a failure (a new stream costs a new
 // authentication when etcd auth is on); one Revoke on Close. The keeper runs

@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/concordkit/concord/internal/compat"
 )
 
 var (
@@ -22,6 +24,9 @@ var (
 	ErrClosed = errors.New("leasekeeper: keeper closed")
 	// ErrInvalidTTL reports a TTL etcd cannot honour as asked.
 	ErrInvalidTTL = errors.New("leasekeeper: invalid TTL")
+	// ErrUnsupported reports an etcd server concord cannot be right on
+	// (etcd 3.4; see New).
+	ErrUnsupported = compat.ErrUnsupported
 )
 
 // Keeper owns one lease at a time and keeps it alive. One per process is the
@@ -52,6 +57,11 @@ type Keeper struct {
 
 // New grants a lease and starts keeping it alive. It is the only call in
 // concord's recipes' set-up that does I/O. The caller must Close the keeper.
+//
+// It first reads the etcd version of the members the client reaches and
+// refuses etcd 3.4 with an error that wraps ErrUnsupported: the locks,
+// semaphores and elections that stand on a keeper rely on watch progress
+// notifications that 3.4 sends too early.
 func New(ctx context.Context, cli *clientv3.Client, opts ...Option) (*Keeper, error) {
 	o := options{ttl: DefaultTTL}
 	for _, opt := range opts {
@@ -82,6 +92,9 @@ func New(ctx context.Context, cli *clientv3.Client, opts ...Option) (*Keeper, er
 		"concord.lease.state_changes",
 		metric.WithDescription("Lease state changes, by new state."))
 
+	if err := compat.Check(ctx, cli); err != nil {
+		return nil, fmt.Errorf("leasekeeper: %w", err)
+	}
 	sent := time.Now()
 	resp, err := cli.Grant(ctx, int64(o.ttl/time.Second))
 	if err != nil {

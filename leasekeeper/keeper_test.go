@@ -3,6 +3,7 @@ package leasekeeper_test
 import (
 	"context"
 	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -414,4 +415,21 @@ func TestRenewalsShareOneStream(t *testing.T) {
 		require.NoError(t, k.Close(ctx))
 		assert.Equal(t, int64(1), streams.Load()-before, "six renewals on one stream")
 	}
+}
+
+// etcd 3.4 is refused before anything is granted (CONCORD_ETCD_34 names a
+// 3.4 binary, such as Debian's etcd-server package's /usr/bin/etcd).
+func TestRefusesEtcd34(t *testing.T) {
+	bin := os.Getenv("CONCORD_ETCD_34")
+	if bin == "" {
+		t.Skip("CONCORD_ETCD_34 is not set")
+	}
+	c := testcluster.New(t, testcluster.WithBinary(bin))
+	ctx := ctxT(t, 20*time.Second)
+	_, err := leasekeeper.New(ctx, c.Client(), leasekeeper.WithTTL(5*time.Second))
+	require.ErrorIs(t, err, leasekeeper.ErrUnsupported)
+	require.ErrorContains(t, err, "etcd 3.4.")
+	resp, err := c.Admin().Leases(ctx)
+	require.NoError(t, err)
+	require.Empty(t, resp.Leases, "nothing was granted")
 }

@@ -9,6 +9,8 @@
 package names
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -69,4 +71,11 @@ func IsID(s string) bool {
 		}
 	}
 	return true
+}
+
+// NewID returns a new random ID of that shape.
+func NewID() string {
+	var b [IDLen / 2]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go ≥ 1.24)
+	return hex.EncodeToString(b[:])
 }
