@@ -19,6 +19,7 @@ import (
 
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
 
 // maxDue bounds how many times of one job are enumerated at once.
@@ -168,7 +169,9 @@ func (l *leader) loop(ctx context.Context) error {
 	}
 	l.publishNext(ctx)
 
-	wch := l.watchCtl(ctx, rev)
+	w := l.watchCtl(ctx, rev)
+	defer func() { w.Stop() }()
+	wch := w.C
 	var rewatch <-chan time.Time
 	delay := 20 * time.Millisecond // before reading the controls again after a lost watch
 	timer := time.NewTimer(time.Hour)
@@ -216,14 +219,17 @@ func (l *leader) loop(ctx context.Context) error {
 					return err
 				}
 			}
-			wch = l.watchCtl(ctx, r)
+			w.Stop()
+			w = l.watchCtl(ctx, r)
+			wch = w.C
 		case wr, ok := <-wch:
-			if !ok || wr.Err() != nil || wr.Canceled {
+			if !ok {
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
-				// Read the controls afresh, then watch from there: this
-				// covers compaction and lost members alike.
+				// internal/watch resumes a broken watch by itself; it ends
+				// when its history was compacted (or etcd refuses it).
+				// Read the controls afresh, then watch from there.
 				wch = nil
 				rewatch = time.After(delay)
 				delay = min(delay*2, time.Second)
@@ -238,8 +244,8 @@ func (l *leader) loop(ctx context.Context) error {
 	}
 }
 
-func (l *leader) watchCtl(ctx context.Context, rev int64) clientv3.WatchChan {
-	return l.cli().Watch(clientv3.WithRequireLeader(ctx), l.s.keys.ctl(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+func (l *leader) watchCtl(ctx context.Context, rev int64) *watch.Watch {
+	return watch.Open(ctx, l.cli(), l.s.keys.ctl(), watch.Config{From: rev + 1, Options: []clientv3.OpOption{clientv3.WithPrefix()}})
 }
 
 // retryRead retries a read with backoff until it succeeds, fails for good,

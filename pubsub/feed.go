@@ -5,18 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 )
-
-// errWatchClosed: the watch channel closed without saying why (the client's
-// stream broke, or its member lost the leader under WithRequireLeader).
-var errWatchClosed = errors.New("watch closed")
 
 // feed is a Hub's one watch on one topic's slots, fanned out to the topic's
 // subscriptions. Its goroutine is started by startFeed and joined by stop.
@@ -101,26 +97,28 @@ func (f *feed) leave(s *Subscription) {
 //
 // The first watch has no start revision, so etcd syncs it at once (a watch
 // from an old revision waits for etcd's 100 ms unsynced loop); its creation
-// revision becomes the position. After a broken watch the next one resumes
-// from position+1, so etcd replays what was missed from its history. If that
-// history was compacted, the ring is read instead: retained messages are
-// delivered and those overwritten or trimmed meanwhile are reported as a
-// gap, then watching resumes after the read.
+// revision becomes the position. internal/watch resumes a broken watch
+// from the revision after the last it delivered (Exact), so etcd replays
+// what was missed from its history. If that history was compacted, the
+// ring is read instead: retained messages are delivered and those
+// overwritten or trimmed meanwhile are reported as a gap, then watching
+// resumes after the read.
 func (f *feed) run(ctx context.Context) {
 	defer close(f.done)
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: time.Second}
+	bo := retry.WatchPolicy.New()
 	started := false
 	for ctx.Err() == nil {
-		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify(), clientv3.WithProgressNotify()}
+		cfg := watch.Config{Exact: true, Options: []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithProgressNotify()}}
 		if started {
 			f.mu.Lock()
-			opts = append(opts, clientv3.WithRev(f.pos+1))
+			cfg = watch.Config{From: f.pos + 1, Options: cfg.Options}
 			f.mu.Unlock()
 		}
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		f.hub.watches.Add(1)
-		err := f.consume(f.hub.cli.Watch(wctx, f.k.slots, opts...), &started, &bo)
-		wcancel()
+		w := watch.Open(ctx, f.hub.cli, f.k.slots, cfg)
+		err := f.consume(ctx, w, &started)
+		w.Stop()
+		f.hub.watches.Add(w.Restarts())
 		if ctx.Err() != nil {
 			return
 		}
@@ -157,14 +155,14 @@ func (f *feed) fail(err error) {
 	f.mu.Unlock()
 }
 
-// consume reads one watch until it fails, and returns why.
-func (f *feed) consume(wch clientv3.WatchChan, started *bool, bo *retry.Backoff) error {
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
+// consume reads one watch until it ends for good, and returns why.
+func (f *feed) consume(ctx context.Context, w *watch.Watch, started *bool) error {
+	for {
+		resp, err := w.Next(ctx)
+		if err != nil {
 			return err
 		}
 		if resp.Created {
-			bo.Reset()
 			if !*started {
 				f.mu.Lock()
 				f.pos = resp.Header.Revision
@@ -175,7 +173,9 @@ func (f *feed) consume(wch clientv3.WatchChan, started *bool, bo *retry.Backoff)
 			continue
 		}
 		if resp.IsProgressNotify() {
-			// Every event up to this revision has been sent to us.
+			// Every event up to this revision has been sent to us (etcd
+			// sends its periodic notifications only to a watch that has
+			// caught up).
 			f.mu.Lock()
 			f.pos = max(f.pos, resp.Header.Revision)
 			f.mu.Unlock()
@@ -183,7 +183,6 @@ func (f *feed) consume(wch clientv3.WatchChan, started *bool, bo *retry.Backoff)
 		}
 		f.deliver(resp.Events)
 	}
-	return errWatchClosed
 }
 
 // deliver pushes a watch response's events to every subscription.

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 )
 
@@ -232,10 +233,11 @@ func (ix *index) notifyLocked() {
 	ix.changed = make(chan struct{})
 }
 
-// run keeps the view: a watch on i/ with no start revision (synced at once,
-// see ETCD-NOTES), a full read after the watch is created, then events
-// applied in order. Any watch failure (compaction, lost leader, member
-// restart) starts over with a fresh watch and read.
+// run keeps the view: a watch on i/ with no start revision (etcd syncs it
+// at once, where a watch from an old revision waits for its 100 ms unsynced
+// loop), a full read after the watch is created, then events applied in
+// order. A failed read, or a watch etcd refuses, starts over with a fresh
+// watch and read after a backoff.
 func (ix *index) run(ctx context.Context) {
 	defer close(ix.done)
 	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
@@ -261,46 +263,51 @@ func (ix *index) run(ctx context.Context) {
 }
 
 // session runs one watch; it reports whether it got as far as loading, and
-// why it could not when it could not.
+// why it could not when it could not. internal/watch opens the watch again
+// after a failure and announces the new creation: the view is read afresh
+// at or after it, since events in between were not seen.
 func (ix *index) session(ctx context.Context) (bool, error) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	prefix := ix.q.keys.index()
-	wch := ix.q.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-	var first clientv3.WatchResponse
-	select {
-	case first = <-wch:
-	case <-ctx.Done():
-		return false, ctx.Err()
-	}
-	if err := first.Err(); err != nil || !first.Created {
-		return false, err
-	}
-	loadRev, err := ix.load(wctx, first.Header.Revision)
-	if err != nil {
-		return false, err
-	}
-	ix.mu.Lock()
-	ix.denied = nil
-	ix.mu.Unlock()
+	w := watch.Open(ctx, ix.q.cli, prefix, watch.Config{Options: []clientv3.OpOption{clientv3.WithPrefix()}})
+	defer w.Stop()
 	tick := time.NewTicker(bufferHold / 2)
 	defer tick.Stop()
+	loaded := false
+	var loadRev int64
 	for {
 		var resp clientv3.WatchResponse
 		var ok bool
 		select {
-		case resp, ok = <-wch:
+		case resp, ok = <-w.C:
 		case <-tick.C:
-			ix.releaseStale(ctx)
-			ix.retryGiveBacks(ctx)
+			if loaded {
+				ix.releaseStale(ctx)
+				ix.retryGiveBacks(ctx)
+			}
 			continue
 		case <-ctx.Done():
-			return true, nil
+			return loaded, nil
 		}
-		if !ok || resp.Err() != nil || resp.Canceled {
-			return true, resp.Err()
+		if !ok {
+			return loaded, w.Err()
 		}
-		ix.apply(resp.Events, loadRev, resp.Header.Revision)
+		if resp.Created {
+			rev, err := ix.load(ctx, resp.Header.Revision)
+			if err != nil {
+				return loaded, err
+			}
+			loadRev = rev
+			if !loaded {
+				loaded = true
+				ix.mu.Lock()
+				ix.denied = nil
+				ix.mu.Unlock()
+			}
+			continue
+		}
+		if loaded {
+			ix.apply(resp.Events, loadRev, resp.Header.Revision)
+		}
 	}
 }
 

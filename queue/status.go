@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/watch"
 )
 
 // State is where a task is in its life.
@@ -142,80 +144,96 @@ func (st *Status) fill(rec statusRecord) {
 }
 
 // WatchStatus sends the task's status now and after every change, until ctx
-// ends or the watch fails; then it closes the channel. A reader that falls
-// behind sees the latest status, not every intermediate one. The goroutine
-// it starts ends with ctx.
+// ends or the task's keys cannot be watched (etcd refuses it); then it
+// closes the channel. A reader that falls behind sees the latest status,
+// not every intermediate one. The goroutine it starts ends with ctx.
+// Broken watches resume where they stopped; after a compaction the status
+// is read again and watched from there.
 func (q *Queue) WatchStatus(ctx context.Context, id string) (<-chan Status, error) {
 	first, rev, err := q.status(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	// From rev+1: nothing after the read can slip between it and the watch.
-	keys := []string{q.keys.status(id), q.keys.claim(id), q.keys.progress(id), q.keys.finished(id)}
-	chans := make([]clientv3.WatchChan, len(keys))
-	for i, k := range keys {
-		chans[i] = q.cli.Watch(wctx, k, clientv3.WithRev(rev+1))
-	}
 	out := make(chan Status, 1)
 	out <- first
-	events := make(chan struct{}, 1)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, wc := range chans {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for resp := range wc {
-				if resp.Err() != nil {
-					break
-				}
-				select {
-				case events <- struct{}{}:
-				default:
-				}
-			}
-			select {
-			case done <- struct{}{}:
-			case <-wctx.Done():
-			}
-		}()
+	go q.followStatus(ctx, id, first, rev, out)
+	return out, nil
+}
+
+func (q *Queue) followStatus(ctx context.Context, id string, last Status, rev int64, out chan Status) {
+	defer close(out)
+	keys := [4]string{q.keys.status(id), q.keys.claim(id), q.keys.progress(id), q.keys.finished(id)}
+	var ws [4]*watch.Watch
+	open := func(rev int64) {
+		// From rev+1: nothing after the read can slip between it and the
+		// watches.
+		for i, k := range keys {
+			ws[i] = watch.Open(ctx, q.cli, k, watch.Config{From: rev + 1})
+		}
 	}
-	go func() {
-		defer close(out)
-		defer wg.Wait() // the watch channels close once canceled
-		defer cancel()
-		last := first
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case <-done:
-				return
-			case <-events:
+	stopAll := func() {
+		for _, w := range ws {
+			w.Stop()
+		}
+	}
+	open(rev)
+	defer func() { stopAll() }()
+	for {
+		var ok bool
+		var ended *watch.Watch
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok = <-ws[0].C:
+			ended = ws[0]
+		case _, ok = <-ws[1].C:
+			ended = ws[1]
+		case _, ok = <-ws[2].C:
+			ended = ws[2]
+		case _, ok = <-ws[3].C:
+			ended = ws[3]
+		}
+		if !ok {
+			if !errors.Is(ended.Err(), rpctypes.ErrCompacted) {
+				return // refused for good
 			}
-			st, err := q.Status(wctx, id)
+			// History was compacted: read afresh, watch from there.
+			stopAll()
+			st, r, err := q.status(ctx, id)
 			if err != nil {
-				if errors.Is(err, ErrNotFound) {
-					continue
-				}
 				return
 			}
-			if st == last {
+			open(r)
+			if st != last {
+				last = st
+				replace(out, st)
+			}
+			continue
+		}
+		st, err := q.Status(ctx, id)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
 				continue
 			}
-			last = st
-			select {
-			case out <- st:
-			default:
-				// Replace the unread status with the newer one.
-				select {
-				case <-out:
-				default:
-				}
-				out <- st
-			}
+			return
 		}
-	}()
-	return out, nil
+		if st == last {
+			continue
+		}
+		last = st
+		replace(out, st)
+	}
+}
+
+// replace puts st on the one-place channel out, replacing an unread status.
+func replace(out chan Status, st Status) {
+	select {
+	case out <- st:
+	default:
+		select {
+		case <-out:
+		default:
+		}
+		out <- st
+	}
 }

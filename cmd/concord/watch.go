@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/watch"
 )
 
 // watchEvent is the JSON form of one change.
@@ -44,15 +46,23 @@ func watchPrefix(ctx context.Context, s *session, args []string) error {
 	}
 	fmt.Fprintf(s.stderr, "watching prefix %q from revision %d\n", prefix, start)
 
-	// RequireLeader: a member cut off from its cluster ends the watch with
-	// an error instead of leaving the command silent forever.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
+	// internal/watch resumes the watch after every failure a new watch can
+	// get past (a member cut off from its cluster, the auth-token race on
+	// a new stream) from the revision after the last event printed, so the
+	// command neither goes silent nor skips nor repeats an event. It ends
+	// only when etcd refuses the watch or has compacted the history it
+	// would resume from.
+	w := watch.Open(ctx, cli, prefix, watch.Config{From: start, Options: []clientv3.OpOption{clientv3.WithPrefix()}})
+	defer w.Stop()
 	n := 0
-	for resp := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(start)) {
-		if err := resp.Err(); err != nil {
-			if resp.CompactRevision > 0 {
-				return fmt.Errorf("watch %q: revision %d was compacted (oldest kept: %d): %w", prefix, start, resp.CompactRevision, err)
+	for {
+		resp, err := w.Next(ctx)
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return nil // interrupted: the normal end of a watch
+			case w.CompactRevision() > 0:
+				return fmt.Errorf("watch %q: revision %d was compacted (oldest kept: %d): %w", prefix, w.Rev()+1, w.CompactRevision(), err)
 			}
 			return fmt.Errorf("watch %q: %w", prefix, err)
 		}
@@ -66,10 +76,6 @@ func watchPrefix(ctx context.Context, s *session, args []string) error {
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return nil // interrupted: the normal end of a watch
-	}
-	return fmt.Errorf("watch %q: ended by the client", prefix)
 }
 
 func (s *session) printEvent(ev *clientv3.Event) error {

@@ -27,6 +27,10 @@
 // revision were not seen, and the caller reads again when it is past its
 // last read (the gap re-read). Waiters use it.
 //
+// Synced, then exact (Config.Exact): the first watch is synced and its
+// creation announced; every later one resumes as a watch from a revision
+// does. A follower that starts from "now" uses it.
+//
 // From a revision (Config.From > 0): every event from From on, in order,
 // exactly once: after a failure the watch resumes from the revision after
 // the last event it delivered. Progress notifications are delivered but do
@@ -63,6 +67,13 @@ type Config struct {
 	// From is the first revision to deliver events of; 0 follows from
 	// the watch's creation (synced), announcing each creation.
 	From int64
+	// Exact, for a synced watch, makes every watch after the first resume
+	// from the revision after the last one delivered (the first creation's,
+	// or the last event's), as a watch From a revision does: nothing is
+	// missed, no creation is announced after the first, and a compacted
+	// resume point ends the watch. A follower that starts "from now" (a
+	// feed) uses it.
+	Exact bool
 	// Stream is the gRPC watch stream to travel on; the zero Stream is the
 	// client's shared one.
 	Stream Stream
@@ -91,6 +102,7 @@ type Watch struct {
 
 	rev      atomic.Int64 // highest revision delivered: events and creations
 	restarts atomic.Int64
+	resuming atomic.Bool // every new watch starts at rev+1 (From, or Exact once created)
 
 	mu         sync.Mutex // protects err, compactRev
 	err        error
@@ -108,6 +120,7 @@ func Open(ctx context.Context, cli *clientv3.Client, key string, cfg Config) *Wa
 	w := &Watch{C: c, cli: cli, key: key, cfg: cfg, c: c, stop: stop, life: life, done: make(chan struct{})}
 	if cfg.From > 0 {
 		w.rev.Store(cfg.From - 1)
+		w.resuming.Store(true)
 	}
 	ch, cancel := w.start(ctx)
 	go w.run(ch, cancel)
@@ -173,7 +186,7 @@ func (w *Watch) start(ctx context.Context) (clientv3.WatchChan, context.CancelFu
 	wctx, cancel := context.WithCancel(w.life)
 	opts := make([]clientv3.OpOption, 0, len(w.cfg.Options)+2)
 	opts = append(opts, w.cfg.Options...)
-	if w.cfg.From > 0 {
+	if w.resuming.Load() {
 		opts = append(opts, clientv3.WithRev(w.rev.Load()+1))
 	} else {
 		opts = append(opts, clientv3.WithCreatedNotify())
@@ -241,10 +254,13 @@ func (w *Watch) pump(ch clientv3.WatchChan) (error, bool) {
 		}
 		switch {
 		case resp.Created:
-			if w.cfg.From > 0 {
+			if w.resuming.Load() {
 				continue
 			}
 			w.raise(resp.Header.Revision)
+			if w.cfg.Exact {
+				w.resuming.Store(true)
+			}
 		case len(resp.Events) > 0:
 			w.raise(resp.Events[len(resp.Events)-1].Kv.ModRevision)
 		}
@@ -283,7 +299,7 @@ func (w *Watch) fatal(err error) (compactRev int64, fatal bool) {
 		if c != nil {
 			compactRev = c.rev
 		}
-		return compactRev, w.cfg.From > 0
+		return compactRev, w.resuming.Load()
 	}
 	return 0, !retry.StreamTransient(err)
 }

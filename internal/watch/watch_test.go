@@ -357,3 +357,32 @@ func TestPoolReuseByKey(t *testing.T) {
 	defer a2.Stop()
 	require.NotSame(t, a, a2, "the evicted watch is not handed out")
 }
+
+// An exact watch starts synced, then resumes from where it was after a
+// failure: no creation is announced again, no event is missed.
+func TestExactResumes(t *testing.T) {
+	c := testcluster.New(t)
+	ctx := ctxT(t, 60*time.Second)
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	iso := (lead + 1) % c.Size()
+	cli, err := c.NewClient(testcluster.To(iso))
+	require.NoError(t, err)
+	admin := c.Admin()
+	key := "/test/watch/" + t.Name()
+	w := watch.Open(ctx, cli, key, watch.Config{Exact: true})
+	defer w.Stop()
+	created := next(t, w, 5*time.Second)
+	require.True(t, created.Created)
+
+	c.Partition(iso)
+	var revs []int64
+	for i := range 3 {
+		revs = append(revs, put(t, ctx, admin, key, fmt.Sprint(i)))
+	}
+	require.Eventually(t, func() bool { return w.Restarts() > 0 }, 30*time.Second, 10*time.Millisecond)
+	c.Heal()
+	for i, ev := range events(t, w, len(revs), 20*time.Second) {
+		assert.Equal(t, revs[i], ev.Kv.ModRevision, "resumed in order, each event once")
+	}
+}
