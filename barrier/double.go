@@ -341,7 +341,15 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	// A compare over a prefix holds only if it holds for every key in it, and
 	// for an empty range it compares a zero key: "no seat exists".
 	noSeats := clientv3.Compare(clientv3.CreateRevision(d.seats), "=", 0).WithPrefix()
-	if _, err := d.cli.Txn(cctx).If(noSeats).Then(clientv3.OpDelete(d.ready)).Commit(); err != nil && !retry.Retriable(err) {
+	// Each attempt is short (retry.Attempt): one sent to an etcd leader that
+	// died or hangs is sent again once another is elected; the guarded
+	// delete is safe to repeat. If it never lands within the TTL, the ready
+	// key goes with its opener's lease.
+	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(d.k.TTL()), func(ctx context.Context) error {
+		_, err := d.cli.Txn(ctx).If(noSeats).Then(clientv3.OpDelete(d.ready)).Commit()
+		return err
+	})
+	if err != nil && !retry.Retriable(err) && cctx.Err() == nil {
 		return fmt.Errorf("barrier: leave %q: lower ready: %w", d.name, err)
 	}
 	s.left = true
@@ -358,7 +366,12 @@ func (s *Seat) deleteSeat(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.k.TTL())
 	defer cancel()
 	defer context.AfterFunc(s.lease.Context(), cancel)()
-	_, err := s.d.cli.Txn(cctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
+	// Guarded by the seat's create revision: safe to repeat, each attempt
+	// short (retry.Attempt).
+	err := retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(s.d.k.TTL()), func(ctx context.Context) error {
+		_, err := s.d.cli.Txn(ctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
+		return err
+	})
 	if err != nil && s.lease.Err() != nil {
 		return nil
 	}

@@ -64,7 +64,7 @@ func (l *leader) newCommit(j *jobRun, r Run) *commitState {
 		key:      l.s.keys.done(j.name, r.Time, r.Trigger),
 		reserved: reservedPrefixes(l.s.name),
 		desc:     fmt.Sprintf("%s at %s", j.name, r.Time.Format(time.RFC3339Nano)),
-		try:      l.s.k.TTL(),
+		try:      l.try(),
 		turn:     callturn.New(),
 	}
 }

@@ -132,7 +132,7 @@ func (l *leader) run(ctx context.Context) error {
 
 func (l *leader) loop(ctx context.Context) error {
 	var triggers []trigger
-	rev, err := retryRead(ctx, l.s.k.TTL(), func(tctx context.Context) (int64, error) {
+	rev, err := retryRead(ctx, l.try(), func(tctx context.Context) (int64, error) {
 		var err error
 		var rev int64
 		rev, triggers, err = l.load(tctx)
@@ -202,7 +202,7 @@ func (l *leader) loop(ctx context.Context) error {
 			}
 		case <-rewatch:
 			rewatch = nil
-			tctx, cancel := tryContext(ctx, l.s.k.TTL())
+			tctx, cancel := tryContext(ctx, l.try())
 			r, trs, err := l.loadCtl(tctx)
 			cancel()
 			if err != nil {
@@ -243,6 +243,12 @@ func (l *leader) loop(ctx context.Context) error {
 		}
 	}
 }
+
+// try bounds one try of a request that is retried on an unknown outcome:
+// about an election timeout, not the TTL, so that a request sent to an etcd
+// leader that died or hangs is sent again to the next one soon after it is
+// elected (retry.Attempt); the retries are bounded by ctx and the term.
+func (l *leader) try() time.Duration { return retry.Attempt(l.s.k.TTL()) }
 
 func (l *leader) watchCtl(ctx context.Context, rev int64) *watch.Watch {
 	return watch.Open(ctx, l.cli(), l.s.keys.ctl(), watch.Config{From: rev + 1, Options: []clientv3.OpOption{clientv3.WithPrefix()}})
@@ -732,7 +738,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
 		// Each try is bounded, as in Commit: the fence on the claim's mod
 		// revision and the read-back below settle a try applied late.
-		tctx, cancel := tryContext(ctx, l.s.k.TTL())
+		tctx, cancel := tryContext(ctx, l.try())
 		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		cancel()
 		if err == nil && resp.Succeeded {
@@ -773,7 +779,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		tctx, cancel = tryContext(ctx, l.s.k.TTL())
+		tctx, cancel = tryContext(ctx, l.try())
 		g, gerr := l.cli().Get(tctx, key)
 		cancel()
 		if gerr != nil {
@@ -923,7 +929,7 @@ func (l *leader) termHeld(ctx context.Context) bool {
 	// The Then op makes the transaction linearizable: etcd serves a
 	// transaction without operations as a serializable read, which a lagging
 	// member answers from its own, older state.
-	tctx, cancel := tryContext(ctx, l.s.k.TTL()) // bounded as in claim
+	tctx, cancel := tryContext(ctx, l.try()) // bounded as in claim
 	defer cancel()
 	resp, err := l.cli().Txn(tctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
 	return err != nil || resp.Succeeded // on error, assume held and retry
@@ -946,7 +952,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
 		// Each try is bounded, as in claim; the read-back below settles a
 		// try applied late.
-		tctx, cancel := tryContext(ctx, l.s.k.TTL())
+		tctx, cancel := tryContext(ctx, l.try())
 		resp, err := l.cli().Txn(tctx).If(cmps...).
 			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
 		cancel()
@@ -968,7 +974,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		tctx, cancel = tryContext(ctx, l.s.k.TTL())
+		tctx, cancel = tryContext(ctx, l.try())
 		g, gerr := l.cli().Get(tctx, key)
 		cancel()
 		if gerr != nil {

@@ -250,24 +250,25 @@ func (b *binding) close(ctx context.Context) error {
 	// long): the key goes with the lease, and waiting on would only hold the
 	// caller for the rest of the TTL.
 	defer context.AfterFunc(l.Context(), cancel)()
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
-	for {
-		_, err := b.cli.Txn(dctx).
+	// Each attempt is short (retry.Attempt): one sent to an etcd leader that
+	// died or hangs is sent again once another is elected. The delete is
+	// guarded by the key's lease: safe to repeat.
+	var last error
+	err := retry.Attempts(dctx, retry.RequestPolicy, retry.Attempt(b.k.TTL()), func(ctx context.Context) error {
+		_, last = b.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.LeaseValue(b.key), "=", l.ID()), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)).
 			Then(clientv3.OpDelete(b.key)).
 			Else(clientv3.OpTxn(
 				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(b.key), "=", lease), clientv3.Compare(clientv3.CreateRevision(b.key), ">", 0)},
 				[]clientv3.Op{clientv3.OpDelete(b.key)}, nil)).
 			Commit()
-		if err == nil {
-			break
+		return last
+	})
+	if err != nil && l.Err() == nil {
+		if last != nil && dctx.Err() != nil {
+			err = last
 		}
-		if l.Err() != nil {
-			break // the key goes with the lease
-		}
-		if !retry.Retriable(err) || bo.Wait(dctx) != nil {
-			return fmt.Errorf("discovery: delete %s: %w", b.key, err)
-		}
+		return fmt.Errorf("discovery: delete %s: %w", b.key, err)
 	}
 	b.markDeleted()
 	return nil

@@ -240,11 +240,16 @@ func (e *Election) campaign(ctx context.Context, value string) (*Term, error) {
 // create is retried.
 var errStaleKey = errors.New("stale candidate key removed")
 
+// errAttemptTimedOut reports a create that got no answer in time; its key
+// was removed if it landed, and the create is retried.
+var errAttemptTimedOut = errors.New("campaign attempt timed out")
+
 // errRetryCreate: the create may succeed if tried again. A lease that etcd
 // no longer knows (revoked, or expired before the keeper noticed) is one the
 // keeper is about to replace: Lease waits for the next generation.
 func errRetryCreate(err error) bool {
-	return errors.Is(err, errStaleKey) || errors.Is(err, rpctypes.ErrLeaseNotFound) || retry.Retriable(err)
+	return errors.Is(err, errStaleKey) || errors.Is(err, errAttemptTimedOut) ||
+		errors.Is(err, rpctypes.ErrLeaseNotFound) || retry.Retriable(err)
 }
 
 // campaignOn writes the candidate key on lease l and waits its turn.
@@ -261,7 +266,11 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 	// One transaction writes the key and reads the two newest candidates by
 	// create revision: ours (written in this very transaction, so newest)
 	// and our immediate predecessor, if any.
-	resp, err := e.cli.Txn(wctx).
+	// The attempt is short (retry.Attempt): one sent to an etcd leader that
+	// died or hangs is given up, its key removed if it landed, and sent
+	// again by campaign once another leader is elected.
+	actx, cancelAttempt := context.WithTimeout(wctx, retry.Attempt(e.k.TTL()))
+	resp, err := e.cli.Txn(actx).
 		If(clientv3.Compare(clientv3.CreateRevision(e.key), "=", 0)).
 		Then(
 			clientv3.OpPut(e.key, value, clientv3.WithLease(l.ID())),
@@ -269,11 +278,16 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 				clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend), clientv3.WithLimit(2))).
 		Else(clientv3.OpGet(e.key)).
 		Commit()
+	timedOut := err != nil && actx.Err() != nil && wctx.Err() == nil
+	cancelAttempt()
 	if err != nil {
 		// The put may have been applied: remove it if it is ours.
 		e.cleanup(ctx, l, 0)
 		if wctx.Err() != nil {
 			return nil, context.Cause(wctx)
+		}
+		if timedOut {
+			return nil, errAttemptTimedOut
 		}
 		return nil, fmt.Errorf("election: campaign %q: %w", e.name, err)
 	}
@@ -293,7 +307,8 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 		pred = &wait.Pred{KV: kvs[1], ReadRev: rev}
 	}
 	if pred != nil {
-		own := wait.Own{Key: e.key, Rev: rev, Check: func(kv *mvccpb.KeyValue) error { return checkCandidate(e.prefix, kv) }}
+		own := wait.Own{Key: e.key, Rev: rev, Attempt: retry.Attempt(e.k.TTL()),
+			Check: func(kv *mvccpb.KeyValue) error { return checkCandidate(e.prefix, kv) }}
 		err = wait.ForPredecessors(wctx, e.cli, e.prefix, own, pred)
 		if err != nil {
 			e.cleanup(ctx, l, rev)

@@ -168,28 +168,30 @@ func (t *Term) Resign(ctx context.Context) error {
 	// A key on a lost lease goes with it: nothing to delete then, nor to wait
 	// for once the lease is lost meanwhile (etcd unreachable).
 	defer context.AfterFunc(t.lease.Context(), cancel)()
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
 	deleted := false
-	for t.lease.Err() == nil {
-		// Guarded by the create revision: never deletes a newer incarnation.
-		_, err := t.e.cli.Txn(rctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
-		if err == nil {
+	if t.lease.Err() == nil {
+		// Guarded by the create revision: never deletes a newer incarnation,
+		// so safe to repeat. A leader change or a member going away is
+		// worth waiting out (the key would otherwise stay on a live lease
+		// and keep this process leader without a term), each attempt short
+		// (retry.Attempt) so that one sent to an etcd leader that died or
+		// hangs is sent again once another is elected.
+		var last error
+		err := retry.Attempts(rctx, retry.RequestPolicy, retry.Attempt(t.e.k.TTL()), func(ctx context.Context) error {
+			_, last = t.e.cli.Txn(ctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
+			return last
+		})
+		switch {
+		case err == nil:
 			deleted = true
-			break
-		}
-		if t.lease.Err() != nil {
-			break
-		}
-		// A leader change or a member going away is worth waiting out: the
-		// key would otherwise stay on a live lease and keep this process
-		// leader without a term.
-		if !retry.Retriable(err) || bo.Wait(rctx) != nil {
-			if t.lease.Err() != nil {
-				break
-			}
+		case t.lease.Err() != nil:
+		default:
 			t.mu.Lock()
 			t.resigning = false
 			t.mu.Unlock()
+			if last != nil && rctx.Err() != nil {
+				err = last
+			}
 			return fmt.Errorf("election: resign %q: %w", t.e.name, err)
 		}
 	}

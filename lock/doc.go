@@ -71,6 +71,33 @@
 // For resources that can do neither, WithLockDelay narrows (but cannot
 // close) the window after an involuntary loss.
 //
+// A paused etcd leader defeats the safe deadline too. A leader process that
+// was stopped (SIGSTOP, a frozen VM) for longer than a lease's remaining TTL
+// may, when it runs again, revoke every lease whose TTL ran out by its own
+// clock before it learns that another member leads now (etcd issues 12528
+// and 15247). The holder's key is then deleted and the next waiter granted
+// while the holder's context is still live, for up to a third of the TTL
+// (until its keeper's next renewal hears "lease not found"). Measured on
+// etcd 3.5: the fence refused the former holder's write. Fencing is what
+// protects writes then.
+//
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7. The confirm step below relies on etcd answering a
+// progress request only once every watch of the stream has caught up,
+// which 3.5 and later do; 3.4 answers at once. The keeper a Mutex stands on
+// refuses etcd 3.4 (leasekeeper.ErrUnsupported).
+//
+// # After a fault
+//
+// Each request is given about an election timeout (retry.Attempt: a fifth
+// of the TTL, at most 1 s) before it is sent again, and retried until the
+// TTL, the lease's loss or the caller's context ends, so a Lock, an Unlock
+// or a wait that met a dead or hung etcd leader goes on about one election
+// after the fault, not a TTL later. A request given up may still have been
+// applied: each is safe to repeat (the acquire transaction finds its own
+// key, the release is guarded by the key's create revision).
+//
 // # No reentrancy
 //
 // Locking a Mutex the goroutine already holds blocks (or TryLock returns

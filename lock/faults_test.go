@@ -389,3 +389,50 @@ func TestForeignEntries(t *testing.T) {
 		})
 	}
 }
+
+// An Unlock, and the next waiter's grant, go on about one election after
+// the etcd leader process hangs (SIGSTOP), not a TTL later: each request is
+// given up after retry.Attempt and sent again, and reaches the new leader.
+// Process mode only (Pause).
+func TestUnlockGoesOnWhileLeaderHangs(t *testing.T) {
+	c := testcluster.New(t)
+	if c.Binary() == "" {
+		t.Skip("Pause needs process mode (CONCORD_ETCD)")
+	}
+	ctx := ctxT(t, 120*time.Second)
+	const ttl = 30 * time.Second // far longer than a failover
+	name := "/test/" + t.Name()
+	newMutex := func() *lock.Mutex {
+		cli, err := c.NewClient()
+		require.NoError(t, err)
+		k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(ttl))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = k.Close(context.Background()) })
+		return lock.New(k, name)
+	}
+	a, b := newMutex(), newMutex()
+	ha, err := a.Lock(ctx)
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	go func() {
+		hb, err := b.Lock(ctx)
+		if err == nil {
+			err = hb.Unlock(ctx)
+		}
+		got <- err
+	}()
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	require.NoError(t, c.Pause(lead))
+	defer func() { _ = c.Resume(lead) }()
+	start := time.Now()
+	require.NoError(t, ha.Unlock(ctx))
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-time.After(ttl / 2):
+		t.Fatalf("the next waiter was not granted within half the TTL of the leader's hang")
+	}
+	t.Logf("unlock and handoff %v after the leader hung (election timeout %v)", time.Since(start), c.ElectionTimeout())
+	assert.Less(t, time.Since(start), ttl/2, "Unlock waited for the hung leader")
+}

@@ -219,36 +219,34 @@ func (h *Hold) deleteKey(ctx context.Context) (lost bool, err error) {
 	// to wait for.
 	defer context.AfterFunc(h.lease.Context(), cancel)()
 	rel := releaseKey(h.prefix, h.token)
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		// The release request, if any, goes in the same transaction; when
-		// the key is no longer ours (lost, forced) only the request is left
-		// to tidy.
-		then := []clientv3.Op{clientv3.OpDelete(h.key), clientv3.OpDelete(rel)}
-		if h.next != "" {
-			then = append(then, touchNext(h.next, h.nextRev))
-		}
-		_, err := h.cli.Txn(cctx).
+	// The release request, if any, goes in the same transaction; when the
+	// key is no longer ours (lost, forced) only the request is left to
+	// tidy. Each attempt is short (retry.Attempt): one sent to an etcd
+	// leader that died or hangs is sent again once another is elected,
+	// instead of holding the lock for the whole TTL. The transaction is
+	// safe to repeat: it is guarded by the key's create revision.
+	then := []clientv3.Op{clientv3.OpDelete(h.key), clientv3.OpDelete(rel)}
+	if h.next != "" {
+		then = append(then, touchNext(h.next, h.nextRev))
+	}
+	var last error
+	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(h.expire), func(ctx context.Context) error {
+		_, last = h.cli.Txn(ctx).
 			If(guard.Held(h.key, h.token)...).
 			Then(then...).
 			Else(clientv3.OpDelete(rel)).
 			Commit()
-		if err == nil {
-			return false, nil
-		}
-		if h.lease.Err() != nil {
-			return true, nil
-		}
-		if !retry.Retriable(err) {
-			return false, fmt.Errorf("lock: unlock %q: %w", h.key, err)
-		}
-		if werr := bo.Wait(cctx); werr != nil {
-			if h.lease.Err() != nil {
-				return true, nil
-			}
-			return false, fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, werr, err)
-		}
+		return last
+	})
+	switch {
+	case err == nil:
+		return false, nil
+	case h.lease.Err() != nil:
+		return true, nil
+	case cctx.Err() != nil && last != nil:
+		return false, fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, context.Cause(cctx), last)
 	}
+	return false, fmt.Errorf("lock: unlock %q: %w", h.key, err)
 }
 
 // touchNext is the part of an unlock that serves the key behind (as the

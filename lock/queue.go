@@ -316,7 +316,10 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		if err := a.lease.Err(); err != nil {
 			return lostErr(a.lease)
 		}
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
+		// Each attempt is short (retry.Attempt): a transaction sent to an
+		// etcd leader that died or hangs is sent again once another is
+		// elected. A later attempt finds an earlier one's key (below).
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), retry.Attempt(a.timeout))
 		// If ctx ends first, give the answer a short grace to arrive.
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		a.sent = true
@@ -378,7 +381,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		// Own key is still there: a put of an earlier attempt whose answer
 		// was lost, or an unlock that never completed. It is ours alone;
 		// replace it so the request gets a fresh place and token.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), retry.Attempt(a.timeout))
 		_, err = a.cli.Txn(dctx).
 			If(clientv3.Compare(clientv3.CreateRevision(t.key), "=", kvs[0].CreateRevision)).
 			Then(clientv3.OpDelete(t.key)).Commit()
@@ -703,18 +706,23 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 			rev       int64
 			err       error
 		)
+		// Each attempt is short (retry.Attempt): a linearizable read that
+		// reaches an etcd leader that died or hangs is sent again.
+		actx, cancel := context.WithTimeout(ctx, retry.Attempt(a.timeout))
 		if a.progress {
 			var resp *clientv3.TxnResponse
-			if resp, err = a.cli.Txn(ctx).Then(clientv3.OpGet(t.queue, o...), clientv3.OpGet(t.queue, no...)).Commit(); err == nil {
+			if resp, err = a.cli.Txn(actx).Then(clientv3.OpGet(t.queue, o...), clientv3.OpGet(t.queue, no...)).Commit(); err == nil {
 				kvs, rev = resp.Responses[0].GetResponseRange().Kvs, resp.Header.Revision
 				next = resp.Responses[1].GetResponseRange().Kvs
 			}
 		} else {
 			var resp *clientv3.GetResponse
-			if resp, err = a.cli.Get(ctx, t.queue, o...); err == nil {
+			if resp, err = a.cli.Get(actx, t.queue, o...); err == nil {
 				kvs, rev = resp.Kvs, resp.Header.Revision
 			}
 		}
+		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
+		cancel()
 		switch {
 		case err == nil && rev >= minRev:
 			before := slices.Collect(maps.Values(t.preds))
@@ -735,7 +743,7 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 			serial = false // a lagging member
 		case ctx.Err() != nil:
 			return context.Cause(ctx)
-		case !retry.Retriable(err):
+		case !retry.Retriable(err) && !timedOut:
 			return fmt.Errorf("lock: read queue: %w", err)
 		default:
 			serial = false

@@ -90,24 +90,21 @@ func (p *Permit) Release(ctx context.Context) error {
 		// A key on a lost lease goes with it: once the lease is lost
 		// meanwhile (etcd unreachable), there is nothing to wait for.
 		defer context.AfterFunc(p.lease.Context(), cancel)()
-		bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
-		for {
-			_, err := p.cli.Txn(cctx).If(p.Guard()...).Then(clientv3.OpDelete(p.key)).Commit()
-			if err == nil {
-				break
-			}
-			if p.lease.Err() != nil {
-				break // the key goes with the lease
-			}
-			if !retry.Retriable(err) {
-				return fmt.Errorf("semaphore: release %s: %w", p.key, err)
-			}
-			if werr := bo.Wait(cctx); werr != nil {
-				if p.lease.Err() != nil {
-					break
-				}
-				return fmt.Errorf("semaphore: release %s: %w (last error: %w)", p.key, werr, err)
-			}
+		// Each attempt is short (retry.Attempt): one sent to an etcd leader
+		// that died or hangs is sent again once another is elected. The
+		// delete is guarded by the key's create revision: safe to repeat.
+		var last error
+		err := retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(p.expire), func(ctx context.Context) error {
+			_, last = p.cli.Txn(ctx).If(p.Guard()...).Then(clientv3.OpDelete(p.key)).Commit()
+			return last
+		})
+		switch {
+		case err == nil || p.lease.Err() != nil:
+			// Released, or the key goes with the lease.
+		case cctx.Err() != nil && last != nil:
+			return fmt.Errorf("semaphore: release %s: %w (last error: %w)", p.key, context.Cause(cctx), last)
+		default:
+			return fmt.Errorf("semaphore: release %s: %w", p.key, err)
 		}
 	}
 	if p.lease.Err() != nil {

@@ -305,7 +305,10 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		// Detached and bounded, with a short grace after ctx ends: waiting
 		// for the answer tells whether the key was written, so cleanup never
 		// races a put still on its way.
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), a.timeout)
+		// Each attempt is short (retry.Attempt): a transaction sent to an
+		// etcd leader that died or hangs is sent again once another is
+		// elected. A later attempt adopts an earlier one's key (below).
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), retry.Attempt(a.timeout))
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		a.sent = true
 		resp, err := a.cli.Txn(tctx).

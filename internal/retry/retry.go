@@ -227,3 +227,25 @@ func Do(ctx context.Context, p Policy, fn func(context.Context) error) error {
 		}
 	}
 }
+
+// Attempts calls fn like Do, each call under a context that also ends after
+// attempt (see Attempt): a request to a leader that died or hangs is given
+// up and sent again, to whichever member answers, instead of waiting out
+// the whole operation's bound. An attempt that ran out of time while ctx
+// lives is retried like a transient error, so fn must be safe to repeat: a
+// request given up may still have been applied.
+func Attempts(ctx context.Context, p Policy, attempt time.Duration, fn func(context.Context) error) error {
+	return Do(ctx, p, func(ctx context.Context) error {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		defer cancel()
+		err := fn(actx)
+		if err != nil && ctx.Err() == nil && actx.Err() != nil {
+			return errAttemptTimedOut
+		}
+		return err
+	})
+}
+
+// errAttemptTimedOut is what an attempt that ran out of time reports to Do:
+// an unknown outcome, worth another attempt.
+var errAttemptTimedOut = status.Error(codes.Unavailable, "concord: attempt timed out")

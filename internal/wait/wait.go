@@ -34,8 +34,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/retry"
@@ -54,6 +56,9 @@ type Own struct {
 	// recipe did not write) ends the wait with it, rather than waiting for
 	// a key that may never go.
 	Check func(*mvccpb.KeyValue) error
+	// Attempt, if positive, bounds each read: one sent to an etcd leader
+	// that died or hangs is given up and sent again (retry.Attempt).
+	Attempt time.Duration
 }
 
 // Pred is a predecessor already read by the caller (for example inside its
@@ -117,6 +122,19 @@ func ForPredecessors(ctx context.Context, cli *clientv3.Client, prefix string, o
 // read returns the newest key under prefix created before own, or nil if none
 // is, in one transaction that also checks that own's key still exists.
 func read(ctx context.Context, cli *clientv3.Client, prefix string, own Own) (*Pred, error) {
+	if own.Attempt > 0 {
+		actx, cancel := context.WithTimeout(ctx, own.Attempt)
+		defer cancel()
+		p, err := readOnce(actx, cli, prefix, own)
+		if err != nil && actx.Err() != nil && ctx.Err() == nil {
+			return nil, rpctypes.ErrTimeout // given up: retried like a server timeout
+		}
+		return p, err
+	}
+	return readOnce(ctx, cli, prefix, own)
+}
+
+func readOnce(ctx context.Context, cli *clientv3.Client, prefix string, own Own) (*Pred, error) {
 	// Like the watches, the read requires a leader: on a member cut off from
 	// the majority it fails at once (and is retried) instead of waiting for a
 	// read index that cannot come.
