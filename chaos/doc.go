@@ -29,9 +29,16 @@
 //
 // kill (crash a member, restart it later), partition (cut a follower off from
 // its peers, heal later), leader-stop and leader-partition (force a leader
-// change), client-cut (stall one workload client's connections so its
+// change), leader-pause (SIGSTOP the leader's process for longer than an
+// election, then let it run: it resumes as a stale leader; with member
+// processes only, CONCORD_ETCD — embedded members get a leader-partition
+// instead), client-cut (stall one workload client's connections so its
 // leases expire on the server while the process lives, restore later),
 // compact (compact the history to the current revision). One member fault
 // at a time, so a majority always remains; client cuts overlap with member
 // faults.
+//
+// The suite runs on embedded members and, with CONCORD_ETCD, on member
+// processes with etcd's default timings; client cuts are lengthened there
+// to outlast the longer minimum lease TTL.
 package chaos

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,7 @@ type lkHolding struct {
 	live       func() bool
 	canceledAt atomic.Int64 // unix nanos when the holder was told; 0 while live
 	cause      atomic.Value // string: why the context was canceled
+	written    atomic.Bool  // a put of the marker was acknowledged
 	checked    bool         // guarded by leaseChecker.mu
 }
 
@@ -140,19 +142,26 @@ func (lc *leaseChecker) observe(ctx context.Context, admin *clientv3.Client, pre
 		for _, kv := range resp.Kvs {
 			present[string(kv.Key)] = true
 		}
-		now := time.Now()
-		lc.mu.Lock()
-		var gone []string
-		for k := range lc.holdings {
-			if !present[k] {
-				gone = append(gone, k)
-			}
-		}
-		lc.mu.Unlock()
-		for _, k := range gone {
-			lc.deleted(k, now)
-		}
+		lc.reconcile(present, time.Now())
 		rev = resp.Header.Revision + 1
+	}
+}
+
+// reconcile treats every registered marker that a listing does not show as
+// deleted at now. Only markers known to have been written count: a worker
+// registers a generation before its first put of the marker lands, and a
+// listing in between shows no marker for a lease that is alive and well.
+func (lc *leaseChecker) reconcile(present map[string]bool, now time.Time) {
+	lc.mu.Lock()
+	var gone []string
+	for k, h := range lc.holdings {
+		if !present[k] && h.written.Load() {
+			gone = append(gone, k)
+		}
+	}
+	lc.mu.Unlock()
+	for _, k := range gone {
+		lc.deleted(k, now)
 	}
 }
 
@@ -196,6 +205,7 @@ func lkWorker(ctx context.Context, r *report, lc *leaseChecker, k *leasekeeper.K
 				return
 			}
 			if err == nil {
+				h.written.Store(true)
 				r.ops.Add(1)
 			} else if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				refused.Store(true)
@@ -303,6 +313,11 @@ func TestChaosLeasekeeper(t *testing.T) {
 	c := testcluster.New(t)
 	cfg := defaultNemesis()
 	cfg.cutGap = span{200 * time.Millisecond, 600 * time.Millisecond} // more lease ends to check
+	// Not leader-pause: a resumed stale leader can revoke a lease before
+	// the keeper's safe deadline (etcd issues 12528, 15247; see the
+	// leasekeeper doc), which is the very property this test checks. The
+	// recipes' chaos tests include it: fencing is what holds there.
+	cfg.kinds = slices.DeleteFunc(slices.Clone(cfg.kinds), func(k faultKind) bool { return k == faultLeaderPause })
 	r, n := runLeasekeeper(t, c, s, lkRun{workers: 3, protected: true, nemesis: cfg, duration: chaosDuration(6 * time.Second)})
 	r.expectNone(t, n)
 }
@@ -319,4 +334,24 @@ func TestChaosLeasekeeperCheckerCatchesIgnoredContext(t *testing.T) {
 	cfg.cutGap = span{100 * time.Millisecond, 300 * time.Millisecond}
 	r, n := runLeasekeeper(t, c, s, lkRun{workers: 2, protected: false, nemesis: cfg, duration: 4 * time.Second})
 	r.expectSome(t, n)
+}
+
+// A listing after the observer's watch broke must not count, as expired, a
+// marker whose first put has not landed yet: its holder registered it just
+// before writing it, and its lease is alive. (The cause of a rare false
+// violation of TestChaosLeasekeeper under load: the observer's watch broke
+// on a compacted revision while a worker was between the two.)
+func TestLeaseCheckerReconcile(t *testing.T) {
+	r := newReport(t, 0)
+	lc := &leaseChecker{r: r, holdings: map[string]*lkHolding{}, lost: map[clientv3.LeaseID]leasekeeper.Event{}}
+	live := func() bool { return true }
+	unwritten := &lkHolding{worker: 1, lease: 1, live: live}
+	lc.register("m/unwritten", unwritten)
+	written := &lkHolding{worker: 2, lease: 2, live: live}
+	written.written.Store(true)
+	lc.register("m/written", written)
+	lc.reconcile(map[string]bool{}, time.Now())
+	require.Equal(t, 1, lc.expired, "only the written marker is checked")
+	require.Equal(t, 1, r.countPrefix(""), "its live holding is a violation")
+	require.False(t, unwritten.checked)
 }

@@ -26,10 +26,13 @@ const (
 	faultLeaderPartition faultKind = "leader-partition" // cut the leader off from its peers, heal after the hold
 	faultCompact         faultKind = "compact"          // compact the history to the current revision
 	faultClientCut       faultKind = "client-cut"       // stall one workload client, restore it after the hold
+	faultLeaderPause     faultKind = "leader-pause"     // SIGSTOP the leader's process past an election, SIGCONT after the hold
 )
 
 // allMemberFaults are the cluster faults a nemesis chooses among by default.
-var allMemberFaults = []faultKind{faultKill, faultPartition, faultLeaderStop, faultLeaderPartition, faultCompact}
+// leader-pause needs member processes (CONCORD_ETCD); on embedded members
+// the nemesis partitions the leader instead, the closest fault they have.
+var allMemberFaults = []faultKind{faultKill, faultPartition, faultLeaderStop, faultLeaderPartition, faultLeaderPause, faultCompact}
 
 type span [2]time.Duration
 
@@ -103,6 +106,13 @@ type nemesis struct {
 }
 
 func newNemesis(t testing.TB, c *testcluster.Cluster, seed int64, cfg nemesisConfig) *nemesis {
+	// Client cuts last past a lease's expiry on the server: the spans are
+	// set for a 1 s lease; members with longer elections grant no lease
+	// that short.
+	if ttl := c.LeaseTTL(time.Second); ttl > time.Second {
+		f := int64(ttl / time.Second)
+		cfg.cutHold = span{cfg.cutHold[0] * time.Duration(f), cfg.cutHold[1] * time.Duration(f)}
+	}
 	n := &nemesis{t: t, c: c, cfg: cfg, seed: seed, counts: map[faultKind]int{}}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -195,6 +205,31 @@ func (n *nemesis) inject(ctx context.Context, kind faultKind, pick int, hold tim
 		n.record(kind, "member %d for %v", l, hold)
 		pause(ctx, hold)
 		n.restart(l)
+	case faultLeaderPause:
+		if n.c.Binary() == "" {
+			n.inject(ctx, faultLeaderPartition, pick, hold)
+			return
+		}
+		l := n.leader(ctx)
+		if l < 0 {
+			return
+		}
+		// Long enough for the others to elect a new leader: the paused
+		// one then resumes believing it still leads, and may act on its
+		// stale view (revoke leases whose TTL ran out by its clock) before
+		// it learns otherwise.
+		hold += 2 * n.c.ElectionTimeout()
+		if err := n.c.Pause(l); err != nil {
+			n.t.Errorf("nemesis: pause leader %d: %v", l, err)
+			return
+		}
+		n.record(kind, "member %d for %v", l, hold)
+		pause(ctx, hold)
+		if err := n.c.Resume(l); err != nil {
+			n.t.Errorf("nemesis: resume member %d: %v", l, err)
+			return
+		}
+		n.logf("resumed member %d", l)
 	case faultPartition, faultLeaderPartition:
 		l := n.leader(ctx)
 		if l < 0 {
