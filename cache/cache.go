@@ -347,7 +347,7 @@ func (c *Cache) watch(ctx context.Context) error {
 	if c.end != "" {
 		opts = append(opts, clientv3.WithRange(c.end))
 	}
-	w := watch.Open(ctx, c.cli, c.key, watch.Config{From: c.Revision() + 1, Stream: c.stream, Options: opts})
+	w := watch.Open(ctx, c.cli, c.key, watch.Config{From: c.Revision() + 1, Stream: c.stream, Options: opts, Progress: true})
 	c.mu.Lock()
 	c.w = w
 	c.mu.Unlock()

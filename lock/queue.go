@@ -250,7 +250,7 @@ func newAcquisition(ctx context.Context, cli *clientv3.Client, lease *leasekeepe
 	if a.ownPool != nil {
 		a.w = a.ownPool.Get(ctx)
 	} else {
-		a.w = watch.Open(ctx, cli, key, watch.Config{Stream: w.stream, Options: watchOpts})
+		a.w = watch.Open(ctx, cli, key, watch.Config{Stream: w.stream, Options: watchOpts, Progress: w.progress})
 	}
 	return a
 }
@@ -277,10 +277,11 @@ func newWatches(cli *clientv3.Client, progress bool, ownKey string) watches {
 	// The keys ahead go on the same stream, so that one member serves all of
 	// a request's watches: its answer to confirm's progress request is then
 	// at least as new as the deletion confirm waits for.
-	w.ahead = watch.NewPool(w.stream, cli, "", watchOpts...)
+	w.ahead = watch.NewPool(cli, "", watch.Config{Stream: w.stream, Options: watchOpts})
 	if ownKey != "" {
-		// Puts too: the unlock ahead touches own key (touchNext).
-		w.own = watch.NewPool(w.stream, cli, ownKey)
+		// Puts too: the unlock ahead touches own key (touchNext). confirm
+		// reads progress notifications on it.
+		w.own = watch.NewPool(cli, ownKey, watch.Config{Stream: w.stream, Progress: progress})
 	}
 	return w
 }

@@ -68,10 +68,12 @@
 // it has, and fans its events out to them; the watch stops with the last
 // subscription. The package-level Publish and Subscribe share one Hub per
 // client (For). The watch has WithRequireLeader, so a member cut off from
-// the leader ends it at once instead of leaving it silent, and progress
-// notifications. The first watch has no start revision: etcd syncs it at
-// once, where a watch from an older revision waits for etcd's 100 ms unsynced
-// loop. A broken watch resumes from the last revision seen plus one, and etcd
+// the leader ends it at once instead of leaving it silent, and one that
+// stays silent is probed, so a member whose process hangs is left for
+// another (internal/watch). The first watch has no start revision: etcd
+// syncs it at once, where a watch from an older revision waits for etcd's
+// 100 ms unsynced loop. A broken watch resumes from the last revision seen
+// plus one, and etcd
 // replays what was missed from its history; when that history was compacted,
 // the Hub reads the ring instead, delivers what it still holds, and reports
 // the messages overwritten or trimmed meanwhile as a Gap with reason

@@ -108,7 +108,7 @@ func (f *feed) run(ctx context.Context) {
 	bo := retry.WatchPolicy.New()
 	started := false
 	for ctx.Err() == nil {
-		cfg := watch.Config{Exact: true, Options: []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithProgressNotify()}}
+		cfg := watch.Config{Exact: true, Options: []clientv3.OpOption{clientv3.WithPrefix()}}
 		if started {
 			f.mu.Lock()
 			cfg = watch.Config{From: f.pos + 1, Options: cfg.Options}
@@ -170,15 +170,6 @@ func (f *feed) consume(ctx context.Context, w *watch.Watch, started *bool) error
 				*started = true
 				close(f.ready)
 			}
-			continue
-		}
-		if resp.IsProgressNotify() {
-			// Every event up to this revision has been sent to us (etcd
-			// sends its periodic notifications only to a watch that has
-			// caught up).
-			f.mu.Lock()
-			f.pos = max(f.pos, resp.Header.Revision)
-			f.mu.Unlock()
 			continue
 		}
 		f.deliver(resp.Events)

@@ -64,7 +64,7 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		s.err = guard.CheckValueSize("semaphore", "value", len(o.value))
 	}
 	if s.err == nil {
-		s.pool = watch.NewPool(watch.Stream{}, k.Client(), s.prefix, clientv3.WithPrefix())
+		s.pool = watch.NewPool(k.Client(), s.prefix, watch.Config{Options: []clientv3.OpOption{clientv3.WithPrefix()}})
 	}
 	return s
 }

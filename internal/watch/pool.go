@@ -31,10 +31,9 @@ const maxIdle = 4
 // recipes that watch a different key each time, such as the key just ahead
 // of a waiter.
 type Pool struct {
-	cli    *clientv3.Client
-	key    string
-	opts   []clientv3.OpOption
-	stream Stream
+	cli *clientv3.Client
+	key string
+	cfg Config
 
 	mu   sync.Mutex // protects idle
 	idle []*pooled  // longest idle first
@@ -45,10 +44,11 @@ type pooled struct {
 	timer *time.Timer
 }
 
-// NewPool returns a pool of synced watches on key with opts, traveling on
-// stream st.
-func NewPool(st Stream, cli *clientv3.Client, key string, opts ...clientv3.OpOption) *Pool {
-	return &Pool{cli: cli, key: key, opts: opts, stream: st}
+// NewPool returns a pool of synced watches on key, opened with cfg (whose
+// From must be 0).
+func NewPool(cli *clientv3.Client, key string, cfg Config) *Pool {
+	cfg.From, cfg.Exact = 0, false
+	return &Pool{cli: cli, key: key, cfg: cfg}
 }
 
 // Get returns an idle watch on the pool's key, or a new one (ctx bounds its
@@ -62,7 +62,7 @@ func (p *Pool) GetKey(ctx context.Context, key string) *Watch {
 		return w
 	}
 	// Not under mu: the creation waits for etcd.
-	return Open(ctx, p.cli, key, Config{Stream: p.stream, Options: p.opts})
+	return Open(ctx, p.cli, key, p.cfg)
 }
 
 func (p *Pool) takeIdle(key string) *Watch {

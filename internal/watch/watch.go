@@ -41,12 +41,25 @@
 // afresh and opens a new watch. Followers of a prefix (caches, feeds,
 // observers) use it.
 //
+// # A member that hangs
+//
+// A member whose process hangs (SIGSTOP, a frozen VM, a stalled disk)
+// keeps its TCP connections open and sends nothing, and clientv3 does not
+// notice (gRPC's keep-alive, when a client sets one, waits at least 10 s).
+// A Watch that stays silent for Config.Probe asks etcd for progress; if no
+// answer comes in as long again, it opens its watch again on a gRPC stream
+// of its own, which clientv3 opens on the next member in turn, and a synced
+// watch announces the new creation as after any failure.
+//
 // # Cost
 //
 // One goroutine per Watch, joined by Stop, which moves each response from
 // clientv3's channel to C. All watches of a Stream share one gRPC stream.
 // A restart costs a new watch request (and, when the stream itself failed,
-// a new stream, which with auth on costs an authentication).
+// a new stream, which with auth on costs an authentication). A silent
+// watch sends one progress request per Probe (2 s by default); its answer
+// reaches every watch of the stream, so a stream's watches probe about
+// once per period between them.
 package watch
 
 import (
@@ -54,11 +67,13 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 )
 
@@ -81,7 +96,26 @@ type Config struct {
 	// WithProgressNotify, WithPrevKV. WithRev and WithCreatedNotify are
 	// the Watch's own business.
 	Options []clientv3.OpOption
+	// Progress delivers progress notifications on C: etcd's periodic ones
+	// (WithProgressNotify) and answers to progress requests, the Watch's
+	// own probes included. Without it they are dropped. Only a user that
+	// runs on etcd 3.5 or later may trust an answer to a progress request
+	// (3.4 answers before the watch has caught up).
+	Progress bool
+	// Probe is how long the watch may stay silent before it asks etcd for
+	// progress, to learn whether the member serving it still answers; a
+	// watch whose probe goes unanswered as long again is opened again on a
+	// stream of its own (another member, in all likelihood). 0 means
+	// DefaultProbe; negative turns probing off.
+	Probe time.Duration
 }
+
+// DefaultProbe is the silence after which a watch checks that the member
+// serving it answers. A member whose process hangs (SIGSTOP, a frozen VM)
+// keeps its TCP connections open and sends nothing: without a probe its
+// watches would wait, silent, until it runs again, while the other members
+// went on without it one election timeout after it stopped.
+const DefaultProbe = 2 * time.Second
 
 // Watch follows one key or range. C delivers etcd's responses, never a
 // failure: it is closed after Stop or after a failure no new watch can get
@@ -102,7 +136,9 @@ type Watch struct {
 
 	rev      atomic.Int64 // highest revision delivered: events and creations
 	restarts atomic.Int64
-	resuming atomic.Bool // every new watch starts at rev+1 (From, or Exact once created)
+	hangs    atomic.Int64           // restarts after an unanswered probe
+	stream   atomic.Pointer[Stream] // the stream the current watch travels on
+	resuming atomic.Bool            // every new watch starts at rev+1 (From, or Exact once created)
 
 	mu         sync.Mutex // protects err, compactRev
 	err        error
@@ -118,6 +154,8 @@ func Open(ctx context.Context, cli *clientv3.Client, key string, cfg Config) *Wa
 	life, stop := context.WithCancel(cfg.Stream.Context())
 	c := make(chan clientv3.WatchResponse)
 	w := &Watch{C: c, cli: cli, key: key, cfg: cfg, c: c, stop: stop, life: life, done: make(chan struct{})}
+	st := cfg.Stream
+	w.stream.Store(&st)
 	if cfg.From > 0 {
 		w.rev.Store(cfg.From - 1)
 		w.resuming.Store(true)
@@ -138,6 +176,9 @@ func (w *Watch) Rev() int64 { return w.rev.Load() }
 
 // Restarts returns how many times a new watch replaced a failed one.
 func (w *Watch) Restarts() int64 { return w.restarts.Load() }
+
+// Hangs returns how many of those restarts followed an unanswered probe.
+func (w *Watch) Hangs() int64 { return w.hangs.Load() }
 
 // Err returns, once C is closed, why: nil after Stop, else the failure.
 func (w *Watch) Err() error {
@@ -169,7 +210,7 @@ func (w *Watch) Done() <-chan struct{} { return w.done }
 // answers at once (see the package doc). ctx bounds the request: it waits
 // for the stream while it reconnects.
 func (w *Watch) RequestProgress(ctx context.Context) error {
-	rctx, cancel := context.WithCancel(w.cfg.Stream.Context())
+	rctx, cancel := context.WithCancel(w.stream.Load().Context())
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
@@ -191,10 +232,20 @@ func (w *Watch) start(ctx context.Context) (clientv3.WatchChan, context.CancelFu
 	} else {
 		opts = append(opts, clientv3.WithCreatedNotify())
 	}
+	// The watch's context carries its stream's metadata (and with it
+	// WithRequireLeader): clientv3 puts watches with the same metadata on
+	// one gRPC stream.
+	wctx = metadata.NewOutgoingContext(wctx, streamMD(w.stream.Load()))
 	stop := context.AfterFunc(ctx, cancel)
 	ch := w.cli.Watch(wctx, w.key, opts...)
 	stop()
 	return ch, cancel
+}
+
+// streamMD is the outgoing metadata of a watch on st.
+func streamMD(st *Stream) metadata.MD {
+	md, _ := metadata.FromOutgoingContext(st.Context())
+	return md
 }
 
 // run moves responses to C and opens a new watch after each failure that
@@ -224,10 +275,21 @@ func (w *Watch) run(ch clientv3.WatchChan, cancel context.CancelFunc) {
 		// new stream authenticates again, and by then the member that
 		// refused has applied the token in all likelihood. Anything else
 		// backs off.
-		if retry.AuthRace(err) && !quick {
+		switch {
+		case errors.Is(err, errHung):
+			// The member serving the stream does not answer. A watch with
+			// the same metadata would join the same gRPC stream, so this
+			// one moves to a stream of its own, which clientv3 opens on
+			// the next member in turn.
+			w.hangs.Add(1)
+			st := w.stream.Load().next()
+			w.stream.Store(&st)
+		case retry.AuthRace(err) && !quick:
 			quick = true
-		} else if bo.Wait(w.life) != nil {
-			return
+		default:
+			if bo.Wait(w.life) != nil {
+				return
+			}
 		}
 		w.restarts.Add(1)
 		ch, cancel = w.start(w.life)
@@ -238,11 +300,58 @@ func (w *Watch) run(ch clientv3.WatchChan, cancel context.CancelFunc) {
 // why (clientv3 does this when it cancels a stream's watches).
 var errEnded = errors.New("watch: watch ended without a reason")
 
+// errHung reports a watch whose probe went unanswered.
+var errHung = errors.New("watch: the member serving the watch does not answer")
+
 // pump delivers ch's responses until it fails, and returns why, and whether
-// it delivered anything.
+// it delivered anything. While the watch is silent it probes (see
+// Config.Probe).
 func (w *Watch) pump(ch clientv3.WatchChan) (error, bool) {
 	delivered := false
-	for resp := range ch {
+	probe := w.cfg.Probe
+	if probe == 0 {
+		probe = DefaultProbe
+	}
+	var timer *time.Timer
+	var tick <-chan time.Time
+	if probe > 0 {
+		timer = time.NewTimer(probe)
+		defer timer.Stop()
+		tick = timer.C
+	}
+	probing := false
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-ch:
+		case <-tick:
+			if probing {
+				return errHung, delivered
+			}
+			// Any answer will do: a progress notification, an event.
+			pctx, cancel := context.WithTimeout(w.life, probe)
+			_ = w.RequestProgress(pctx)
+			cancel()
+			probing = true
+			timer.Reset(probe)
+			continue
+		case <-w.life.Done():
+			return nil, delivered
+		}
+		if !ok {
+			return errEnded, delivered
+		}
+		if timer != nil {
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+			timer.Reset(probe)
+			probing = false
+		}
 		if err := resp.Err(); err != nil {
 			if resp.CompactRevision != 0 {
 				return &compacted{err: err, rev: resp.CompactRevision}, delivered
@@ -263,6 +372,8 @@ func (w *Watch) pump(ch clientv3.WatchChan) (error, bool) {
 			}
 		case len(resp.Events) > 0:
 			w.raise(resp.Events[len(resp.Events)-1].Kv.ModRevision)
+		case resp.IsProgressNotify() && !w.cfg.Progress:
+			continue
 		}
 		select {
 		case w.c <- resp:
@@ -271,7 +382,6 @@ func (w *Watch) pump(ch clientv3.WatchChan) (error, bool) {
 			return nil, delivered
 		}
 	}
-	return errEnded, delivered
 }
 
 func (w *Watch) raise(rev int64) {
@@ -310,11 +420,19 @@ func (w *Watch) fatal(err error) (compactRev int64, fatal bool) {
 // WithRequireLeader, as all of concord's are). A recipe that asks etcd for
 // progress (RequestProgress) keeps its watches on a stream of its own: etcd
 // answers only when every watch on the stream is in step.
-type Stream struct{ name string }
+type Stream struct {
+	name string
+	gen  int // > 0: a stream of its own after the stream name gen-1 hung
+}
 
 // NewStream returns a stream of its own, named name (printable ASCII: gRPC
 // metadata takes nothing else).
 func NewStream(name string) Stream { return Stream{name: name} }
+
+// next returns a stream that no other watch of this one's travels on.
+func (s Stream) next() Stream {
+	return Stream{name: s.name + "~" + names.NewID(), gen: s.gen + 1}
+}
 
 // Context returns a context that puts a watch or a progress request on the
 // stream. It carries WithRequireLeader: a watch served by a member cut off

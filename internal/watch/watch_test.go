@@ -256,7 +256,7 @@ func TestStreamProgress(t *testing.T) {
 	cli := cluster.Client()
 	st := watch.NewStream("test-progress")
 	key := "/test/watch/progress"
-	w := watch.Open(ctx, cli, key, watch.Config{Stream: st})
+	w := watch.Open(ctx, cli, key, watch.Config{Stream: st, Progress: true})
 	t.Cleanup(w.Stop)
 	require.True(t, next(t, w, 5*time.Second).Created)
 
@@ -320,7 +320,7 @@ func TestOpenBoundedByContext(t *testing.T) {
 func TestPoolReuseByKey(t *testing.T) {
 	ctx := ctxT(t, 20*time.Second)
 	cli := cluster.Client()
-	p := watch.NewPool(watch.Stream{}, cli, "", clientv3.WithFilterPut())
+	p := watch.NewPool(cli, "", watch.Config{Options: []clientv3.OpOption{clientv3.WithFilterPut()}})
 	a := p.GetKey(ctx, "/test/watch/pool/a")
 	require.True(t, next(t, a, 5*time.Second).Created)
 	p.Put(a)
@@ -385,4 +385,55 @@ func TestExactResumes(t *testing.T) {
 	for i, ev := range events(t, w, len(revs), 20*time.Second) {
 		assert.Equal(t, revs[i], ev.Kv.ModRevision, "resumed in order, each event once")
 	}
+}
+
+// A watch served by a member whose process hangs moves to another member:
+// its probe goes unanswered, and it is opened again on a stream of its own.
+// Process mode only (Pause).
+func TestLeavesHungMember(t *testing.T) {
+	c := testcluster.New(t)
+	if c.Binary() == "" {
+		t.Skip("Pause needs process mode (CONCORD_ETCD)")
+	}
+	ctx := ctxT(t, 60*time.Second)
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	// The client reaches the member that will hang first, then the others.
+	var order []int
+	for i := range c.Size() {
+		order = append(order, (lead+i)%c.Size())
+	}
+	cli, err := c.NewClient(testcluster.To(order...))
+	require.NoError(t, err)
+	key := "/test/watch/" + t.Name()
+	// Watches until one is served by the member about to hang.
+	leadID := memberID(t, ctx, c, lead)
+	var w *watch.Watch
+	for range 10 {
+		cand := watch.Open(ctx, cli, key, watch.Config{Stream: watch.NewStream(t.Name() + fmt.Sprint(len(order)))})
+		r := next(t, cand, 5*time.Second)
+		require.True(t, r.Created)
+		if r.Header.MemberId == leadID {
+			w = cand
+			break
+		}
+		cand.Stop()
+		order = append(order, 0) // a new stream name next time
+	}
+	require.NotNil(t, w, "no watch landed on the leader")
+	defer w.Stop()
+
+	require.NoError(t, c.Pause(lead))
+	defer func() { _ = c.Resume(lead) }()
+	// The others elect a new leader; the watch must follow them.
+	created := next(t, w, 30*time.Second)
+	require.True(t, created.Created, "the watch was not opened again")
+	require.NotEqual(t, leadID, created.Header.MemberId)
+	require.Positive(t, w.Hangs())
+	// Written through the members that run (a request to the hung one
+	// would wait for it).
+	others, err := c.NewClient(testcluster.To(order[1:c.Size()]...))
+	require.NoError(t, err)
+	rev := put(t, ctx, others, key, "after the hang")
+	require.Equal(t, rev, nextEvent(t, w, 20*time.Second).Kv.ModRevision)
 }
