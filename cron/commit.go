@@ -143,7 +143,7 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("cron: commit of %s, outcome unknown: %w", c.desc, context.Cause(ctx))
 		}
-		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+		if !retry.Unknown(err) {
 			return fmt.Errorf("cron: commit of %s: %w", c.desc, err)
 		}
 		if werr := bo.Wait(ctx); werr != nil {

@@ -270,7 +270,7 @@ func retryRead(ctx context.Context, try time.Duration, fn func(context.Context) 
 		if ctx.Err() != nil {
 			return 0, context.Cause(ctx)
 		}
-		if errors.Is(err, ErrCorrupt) || !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, ErrCorrupt) || !retry.Unknown(err) {
 			return 0, err
 		}
 		if werr := bo.Wait(ctx); werr != nil {
@@ -772,7 +772,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if ctx.Err() != nil {
 			return false, context.Cause(ctx)
 		}
-		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+		if !retry.Unknown(err) {
 			return false, fmt.Errorf("cron: claim %s: %w", key, err)
 		}
 		// Unknown outcome: read the claim back.
@@ -968,7 +968,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		if ctx.Err() != nil {
 			return false, context.Cause(ctx)
 		}
-		if !retry.Retriable(err) && !errors.Is(err, context.DeadlineExceeded) {
+		if !retry.Unknown(err) {
 			return false, fmt.Errorf("cron: claim trigger %s: %w", key, err)
 		}
 		if werr := bo.Wait(ctx); werr != nil {

@@ -346,7 +346,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		case err == nil:
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return fmt.Errorf("%w: lease %x gone before the request was queued: %w", ErrLost, int64(a.lease.ID()), err)
-		case retry.Retriable(err) || errors.Is(err, context.DeadlineExceeded):
+		case retry.Unknown(err) && ctx.Err() == nil:
 			// The put may have been applied: the next attempt finds the key
 			// and replaces it, or the caller's cleanup deletes it.
 			if werr := bo.Wait(ctx); werr != nil {

@@ -135,7 +135,7 @@ func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *lease
 // outcomeUnknown reports whether a failed request may have been applied, or
 // may succeed when tried again.
 func outcomeUnknown(err error) bool {
-	return retry.Retriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+	return retry.Unknown(err)
 }
 
 // watchUnsure records claims whose transaction never answered, to be given

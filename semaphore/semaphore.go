@@ -324,7 +324,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		case err == nil:
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return fmt.Errorf("%w: lease %x gone before the request was queued: %w", ErrLost, int64(a.lease.ID()), err)
-		case retry.Retriable(err) || errors.Is(err, context.DeadlineExceeded):
+		case retry.Unknown(err) && ctx.Err() == nil:
 			if werr := bo.Wait(ctx); werr != nil {
 				return werr
 			}

@@ -249,3 +249,12 @@ func Attempts(ctx context.Context, p Policy, attempt time.Duration, fn func(cont
 // errAttemptTimedOut is what an attempt that ran out of time reports to Do:
 // an unknown outcome, worth another attempt.
 var errAttemptTimedOut = status.Error(codes.Unavailable, "concord: attempt timed out")
+
+// Unknown reports whether a request that failed with err may still have
+// been applied: a transient condition of the cluster (Retriable), or a
+// deadline or cancellation that cut the wait for its answer short (an
+// attempt's bound, see Attempt). A caller that sends such a request again
+// must make that safe: a guard, or a read-back of what the first one did.
+func Unknown(err error) bool {
+	return Retriable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
