@@ -56,6 +56,12 @@
 //     again right after it fell may not be noticed by a waiter that already
 //     returned.
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7. A double barrier stands on a lease keeper, which
+// refuses etcd 3.4 (leasekeeper.ErrUnsupported); Barrier and Latch use no
+// lease and work on 3.4 too.
+//
 // # Keys
 //
 //	N/.barrier/hold            the barrier's hold (lease-bound with NewLeased)

@@ -85,6 +85,11 @@
 //     a claimed time again: the watermark read from etcd, not the clock,
 //     decides what was claimed.
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7: a scheduler stands on a lease keeper, which
+// refuses etcd 3.4 (leasekeeper.ErrUnsupported).
+//
 // # Keys
 //
 // A scheduler named N writes under N + "/.cron/" (records without a lease:

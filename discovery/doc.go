@@ -60,6 +60,13 @@
 //     record is absent; Update then keeps the new metadata and returns
 //     ErrLost.
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7. Registration stands on a lease keeper and
+// resolution on a cache, which both refuse etcd 3.4 with an error that
+// wraps compat's ErrUnsupported (leasekeeper.ErrUnsupported,
+// cache.ErrUnsupported).
+//
 // # Keys
 //
 // For a service S (a valid concord name, for example "/payments"):

@@ -49,6 +49,12 @@
 //   - Campaigns through one Election share its key and queue locally; create
 //     one Election per competing candidate.
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7: candidates stand on a lease keeper, which refuses
+// etcd 3.4 (leasekeeper.ErrUnsupported). Leader, Candidates and Observe
+// read and watch only, and work on 3.4 too.
+//
 // # Keys
 //
 // An election named N writes only under N + "/.election/":

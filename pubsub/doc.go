@@ -19,6 +19,11 @@
 //		}
 //	}
 //
+// # Supported servers
+//
+// etcd 3.4 to 3.7: a Hub watches and writes with no lease and does not
+// rely on progress notifications.
+//
 // # Keys
 //
 // A topic T owns the keys under T + "/.pubsub/" (internal/names) and writes

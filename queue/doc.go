@@ -97,6 +97,11 @@
 // not slow claims down as the queue ages (measured by TestNoDecay, run with
 // -queue.decay: within 20% after 50,000 tasks without compaction).
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7: workers claim tasks on a lease keeper's lease,
+// and the keeper refuses etcd 3.4 (leasekeeper.ErrUnsupported).
+//
 // # Keys
 //
 // Under P = name + "/.queue/" (names.Prefix), and nowhere else:

@@ -34,6 +34,11 @@
 //     value under the semaphore's keys that concord did not write is
 //     ErrCorrupt, not a panic.
 //
+// # Supported servers
+//
+// etcd 3.5, 3.6 and 3.7: permits stand on a lease keeper, which refuses
+// etcd 3.4 (leasekeeper.ErrUnsupported).
+//
 // # Keys
 //
 // A semaphore named N writes only under N + "/.semaphore/":
