@@ -108,10 +108,9 @@ type nemesis struct {
 func newNemesis(t testing.TB, c *testcluster.Cluster, seed int64, cfg nemesisConfig) *nemesis {
 	// Client cuts last past a lease's expiry on the server: the spans are
 	// set for a 1 s lease; members with longer elections grant no lease
-	// that short.
-	if ttl := c.LeaseTTL(time.Second); ttl > time.Second {
-		f := int64(ttl / time.Second)
-		cfg.cutHold = span{cfg.cutHold[0] * time.Duration(f), cfg.cutHold[1] * time.Duration(f)}
+	// that short, and the cuts are longer by the difference.
+	if extra := c.LeaseTTL(time.Second) - time.Second; extra > 0 {
+		cfg.cutHold = span{cfg.cutHold[0] + extra, cfg.cutHold[1] + extra}
 	}
 	n := &nemesis{t: t, c: c, cfg: cfg, seed: seed, counts: map[faultKind]int{}}
 	t.Cleanup(func() {
