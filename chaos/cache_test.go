@@ -239,7 +239,7 @@ func runCache(t *testing.T, c *testcluster.Cluster, seed int64, cfg cacheRun) (*
 			}
 		})
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()

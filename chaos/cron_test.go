@@ -116,7 +116,7 @@ func runCron(t *testing.T, c *testcluster.Cluster, seed int64, cfg cronRun) (*re
 	}
 	start := time.Now()
 	n := newNemesis(t, c, seed, cfg.nemesis)
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	// After the faults the schedulers catch up; times up to a margin

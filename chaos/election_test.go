@@ -58,7 +58,7 @@ func runElection(t *testing.T, c *testcluster.Cluster, seed int64, cfg electionR
 						lost.Add(1)
 					}
 				}()
-				end := time.Now().Add(cfg.tenure.draw(rng))
+				end := time.Now().Add(tenure(c, cfg.tenure.draw(rng)))
 				cmps := term.Guard()
 				wrCtx := tctx
 				if !cfg.protected {
@@ -92,7 +92,7 @@ func runElection(t *testing.T, c *testcluster.Cluster, seed int64, cfg electionR
 			}
 		})
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()

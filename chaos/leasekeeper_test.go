@@ -280,7 +280,7 @@ func runLeasekeeper(t *testing.T, c *testcluster.Cluster, seed int64, cfg lkRun)
 	for i, k := range keepers {
 		wg.Go(func() { lkWorker(wctx, r, lc, k, i, prefix, cfg.protected) })
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()

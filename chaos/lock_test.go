@@ -127,7 +127,7 @@ func runLock(t *testing.T, c *testcluster.Cluster, seed int64, cfg lockRun) (*re
 				}
 				holds.Add(1)
 				holder.Store(int64(i))
-				steps, end := 1+rng.IntN(max(cfg.steps, 1)), time.Now().Add(cfg.tenure)
+				steps, end := 1+rng.IntN(max(cfg.steps, 1)), time.Now().Add(tenure(c, cfg.tenure))
 				for s := 0; wctx.Err() == nil; s++ {
 					if !cfg.ignoreContext && (s >= steps || h.Context().Err() != nil) {
 						break
@@ -170,7 +170,7 @@ func runLock(t *testing.T, c *testcluster.Cluster, seed int64, cfg lockRun) (*re
 			pause(wctx, 25*time.Millisecond)
 		}
 	})
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()

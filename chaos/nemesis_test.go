@@ -317,3 +317,21 @@ func (n *nemesis) countsString() string {
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
 }
+
+// nemesisTime is how long the nemesis of a run set for d runs on cluster c:
+// longer by twice the cluster's extra minimum TTL over a 1 s lease, so that
+// a cut holder's lease still expires on the server, and the next holder
+// still acts, within the run.
+func nemesisTime(c *testcluster.Cluster, d time.Duration) time.Duration {
+	return d + 2*(c.LeaseTTL(time.Second)-time.Second)
+}
+
+// tenure is how long a holder set to work for d works on cluster c: a
+// tenure that outlives a 1 s lease's expiry must outlive the cluster's
+// minimum TTL by as much.
+func tenure(c *testcluster.Cluster, d time.Duration) time.Duration {
+	if d < time.Second {
+		return d // a short tenure is meant to end before any expiry
+	}
+	return d + 2*(c.LeaseTTL(time.Second)-time.Second)
+}

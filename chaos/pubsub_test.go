@@ -173,7 +173,7 @@ func runPubsub(t *testing.T, c *testcluster.Cluster, seed int64, cfg pubsubRun) 
 			}
 		})
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()

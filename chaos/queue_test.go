@@ -263,7 +263,7 @@ func runQueue(t *testing.T, c *testcluster.Cluster, seed int64, cfg queueRun) (*
 			}
 		})
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	// Drain: every enqueued task must get its result.

@@ -74,7 +74,7 @@ func runSemaphore(t *testing.T, c *testcluster.Cluster, seed int64, cfg semaphor
 				}
 				permits.Add(1)
 				holding[i].Store(true)
-				end := time.Now().Add(cfg.tenure.draw(rng))
+				end := time.Now().Add(tenure(c, cfg.tenure.draw(rng)))
 				cmps, octx := p.Guard(), p.Context()
 				if !cfg.protected {
 					cmps, octx = nil, context.WithoutCancel(wctx)
@@ -102,7 +102,7 @@ func runSemaphore(t *testing.T, c *testcluster.Cluster, seed int64, cfg semaphor
 			}
 		})
 	}
-	nctx, ncancel := context.WithTimeout(ctx, cfg.duration)
+	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
 	n.run(nctx)
 	ncancel()
 	wstop()
