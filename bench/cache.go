@@ -11,7 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cache"
-	"github.com/concordkit/concord/testcluster"
 )
 
 // The cache.* figures: in-process reads, how far a cache lags a raw watch on
@@ -86,7 +85,7 @@ func benchCacheGet(ctx context.Context, env *Env) (Result, error) {
 	}
 	gets := env.Scale(5_000_000, 500_000)
 	var rates []float64
-	err = Rounds(ctx, env, func(int) error {
+	err = Rounds(ctx, env, "cache.get", func(context.Context, Round) error {
 		i := 0
 		t0 := time.Now()
 		for range gets {
@@ -113,16 +112,16 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 	// Both readers on one follower, as in the pubsub figures: a watch on the
 	// leader sees a put sooner than one on a follower, and the placement of
 	// each side, not the cache, would decide the ratio.
-	leader, err := env.Cluster.WaitLeader(ctx)
+	leader, err := env.Leader(ctx)
 	if err != nil {
 		return Result{}, err
 	}
-	follower := (leader + 1) % env.Cluster.Size()
-	cacheCli, err := env.newClient(testcluster.Direct(), testcluster.To(follower))
+	follower := (leader + 1) % env.Members()
+	cacheCli, err := env.NewClientTo(follower)
 	if err != nil {
 		return Result{}, err
 	}
-	watchCli, err := env.newClient(testcluster.Direct(), testcluster.To(follower))
+	watchCli, err := env.NewClientTo(follower)
 	if err != nil {
 		return Result{}, err
 	}
@@ -169,7 +168,7 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 		for wr := range wch {
 			at := time.Now()
 			if wr.Err() != nil {
-				readers <- fmt.Errorf("raw watch ended: %v", wr.Err())
+				readers <- fmt.Errorf("raw watch ended: %w", wr.Err())
 				return
 			}
 			for _, ev := range wr.Events {
@@ -200,10 +199,10 @@ func benchCacheStaleness(ctx context.Context, env *Env) (Result, error) {
 
 	puts := env.Scale(300, 50)
 	var concord, raw []float64
-	err = Rounds(ctx, env, func(round int) error {
+	err = Rounds(ctx, env, "cache.staleness", func(ctx context.Context, r Round) error {
 		var cd, wd []time.Duration
 		for i := range puts {
-			val := fmt.Sprintf("r%d-%d", round, i)
+			val := fmt.Sprintf("r%s-%d", r.ID(), i)
 			key := fmt.Sprintf("%s%07d", prefix, i%1000)
 			t0 := time.Now()
 			if _, err := writer.Put(ctx, key, val); err != nil {
@@ -242,7 +241,8 @@ func benchCacheLoad(ctx context.Context, env *Env) (Result, error) {
 		return Result{}, err
 	}
 	var concord, raw []float64
-	err = Rounds(ctx, env, func(round int) error {
+	err = Rounds(ctx, env, "cache.load", func(ctx context.Context, r Round) error {
+		var ours, theirs float64
 		// Alternate which side goes first, so neither always runs warm.
 		sides := []func() error{
 			func() error {
@@ -251,7 +251,7 @@ func benchCacheLoad(ctx context.Context, env *Env) (Result, error) {
 				if err != nil {
 					return err
 				}
-				concord = append(concord, float64(time.Since(t0))/float64(time.Millisecond))
+				ours = float64(time.Since(t0)) / float64(time.Millisecond)
 				if c.Len() != n {
 					err = fmt.Errorf("cache loaded %d keys, want %d", c.Len(), n)
 				}
@@ -264,14 +264,14 @@ func benchCacheLoad(ctx context.Context, env *Env) (Result, error) {
 				if err != nil {
 					return err
 				}
-				raw = append(raw, float64(time.Since(t0))/float64(time.Millisecond))
+				theirs = float64(time.Since(t0)) / float64(time.Millisecond)
 				if len(resp.Kvs) != n {
 					return fmt.Errorf("get returned %d keys, want %d", len(resp.Kvs), n)
 				}
 				return nil
 			},
 		}
-		if round%2 == 1 {
+		if r.N%2 == 1 {
 			sides[0], sides[1] = sides[1], sides[0]
 		}
 		for _, side := range sides {
@@ -279,6 +279,7 @@ func benchCacheLoad(ctx context.Context, env *Env) (Result, error) {
 				return err
 			}
 		}
+		concord, raw = append(concord, ours), append(raw, theirs)
 		return nil
 	})
 	return Pair("cache.load_100k_ms", "ms", Median(concord), Median(raw), "one unpaged Get", true), err

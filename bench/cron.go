@@ -66,7 +66,7 @@ func runCron(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	perRound := jobs * env.Scale(4, 2)
 	var p99 []float64
-	err = Rounds(ctx, env, func(int) error {
+	err = Rounds(ctx, env, "cron.fire_lag", func(ctx context.Context, _ Round) error {
 		var ds []time.Duration
 		for range perRound {
 			d, err := nextLag(ctx, lags, done)
@@ -89,7 +89,7 @@ func nextLag(ctx context.Context, lags <-chan time.Duration, done <-chan error) 
 	case d := <-lags:
 		return d, nil
 	case err := <-done:
-		return 0, fmt.Errorf("scheduler stopped: %v", err)
+		return 0, fmt.Errorf("scheduler stopped: %w", err)
 	case <-time.After(10 * time.Second):
 		return 0, fmt.Errorf("no run within 10 s")
 	case <-ctx.Done():

@@ -35,6 +35,7 @@ func init() {
 	Register(Group{
 		Name:    "testcluster",
 		Figures: []string{"testcluster.ready3_p50", "testcluster.teardown3_p50"},
+		Faults:  []string{"testcluster.ready3_p50", "testcluster.teardown3_p50"},
 		Run:     runTestcluster,
 	})
 }
@@ -47,8 +48,9 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 	cli, watcher := clis[0], clis[1]
 	n := env.Scale(500, 50)
 	var put, txn, watch, ka []float64
-	err = Rounds(ctx, env, func(round int) error {
-		key := fmt.Sprintf("bench/etcd/%d", round)
+	err = Rounds(ctx, env, "etcd.ops", func(ctx context.Context, r Round) error {
+		key := "bench/etcd/" + r.ID()
+		defer func() { _, _ = cli.Delete(context.WithoutCancel(ctx), key, clientv3.WithPrefix()) }()
 		var ds []time.Duration
 		for i := range n {
 			t0 := time.Now()
@@ -57,7 +59,7 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 			}
 			ds = append(ds, time.Since(t0))
 		}
-		put = append(put, PercentileMs(ds, 50))
+		putP50 := PercentileMs(ds, 50)
 
 		ds = ds[:0]
 		for i := range n {
@@ -68,7 +70,7 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 			}
 			ds = append(ds, time.Since(t0))
 		}
-		txn = append(txn, PercentileMs(ds, 50))
+		txnP50 := PercentileMs(ds, 50)
 
 		// Put on one client, measured until a watch on another client (a
 		// separate connection, round-robin to any member) delivers it.
@@ -77,7 +79,7 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 		wkey := key + "/w"
 		wch := watcher.Watch(wctx, wkey, clientv3.WithCreatedNotify())
 		if r := <-wch; !r.Created {
-			return fmt.Errorf("watch not created: %v", r.Err())
+			return fmt.Errorf("watch not created: %w", r.Err())
 		}
 		ds = ds[:0]
 		for i := range n {
@@ -95,13 +97,14 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 			}
 			ds = append(ds, time.Since(t0))
 		}
-		watch = append(watch, PercentileMs(ds, 99))
+		watchP99 := PercentileMs(ds, 99)
 		cancel()
 
 		lease, err := cli.Grant(ctx, 60)
 		if err != nil {
 			return err
 		}
+		defer func() { _, _ = cli.Revoke(context.WithoutCancel(ctx), lease.ID) }()
 		ds = ds[:0]
 		for range n {
 			t0 := time.Now()
@@ -110,10 +113,9 @@ func runEtcdOps(ctx context.Context, env *Env) ([]Result, error) {
 			}
 			ds = append(ds, time.Since(t0))
 		}
+		put, txn, watch = append(put, putP50), append(txn, txnP50), append(watch, watchP99)
 		ka = append(ka, PercentileMs(ds, 50))
-		_, _ = cli.Revoke(ctx, lease.ID)
-		_, err = cli.Delete(ctx, key, clientv3.WithPrefix())
-		return err
+		return nil
 	})
 	return []Result{
 		BaselineOnly("etcd.put_p50", "ms", Median(put), "clientv3.Put", true),
@@ -133,7 +135,7 @@ func EtcdMutexCycle(ctx context.Context, s *concurrency.Session, name string, n 
 		if err := m.Lock(ctx); err != nil {
 			return 0, err
 		}
-		if err := m.Unlock(ctx); err != nil {
+		if err := release(ctx, m.Unlock); err != nil {
 			return 0, err
 		}
 		ds = append(ds, time.Since(t0))
@@ -178,10 +180,7 @@ func EtcdMutexContended(ctx context.Context, sessions []*concurrency.Session, na
 				mu.Unlock()
 				// Unlock with a context of its own: the run's end must not
 				// leave the key behind.
-				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				err := m.Unlock(uctx)
-				cancel()
-				if err != nil {
+				if err := release(ctx, m.Unlock); err != nil {
 					errOnce.Do(func() { firstErr = err })
 					return
 				}
@@ -222,17 +221,16 @@ func runEtcdMutex(ctx context.Context, env *Env) ([]Result, error) {
 	defer closeAll()
 	var cycle, rate, handoff []float64
 	d := time.Duration(env.Scale(3, 1)) * time.Second
-	err = Rounds(ctx, env, func(round int) error {
-		c, err := EtcdMutexCycle(ctx, ss[0], fmt.Sprintf("bench/etcd-mutex/u%d", round), env.Scale(200, 30))
+	err = Rounds(ctx, env, "etcd.mutex", func(ctx context.Context, r Round) error {
+		c, err := EtcdMutexCycle(ctx, ss[0], "bench/etcd-mutex/u"+r.ID(), env.Scale(200, 30))
 		if err != nil {
 			return err
 		}
-		cycle = append(cycle, c)
-		r, hs, err := EtcdMutexContended(ctx, ss, fmt.Sprintf("bench/etcd-mutex/c%d", round), d)
+		rt, hs, err := EtcdMutexContended(ctx, ss, "bench/etcd-mutex/c"+r.ID(), d)
 		if err != nil {
 			return err
 		}
-		rate = append(rate, r)
+		cycle, rate = append(cycle, c), append(rate, rt)
 		handoff = append(handoff, PercentileMs(hs, 99))
 		return nil
 	})
@@ -287,8 +285,8 @@ func runEtcdElection(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	defer closeAll()
 	var fresh []float64
-	err = Rounds(ctx, env, func(round int) error {
-		ds, err := EtcdElectionHandoff(ctx, ss[0], ss[1], fmt.Sprintf("bench/etcd-election/%d", round), 5*time.Millisecond, env.Scale(20, 5))
+	err = Rounds(ctx, env, "etcd.election", func(ctx context.Context, r Round) error {
+		ds, err := EtcdElectionHandoff(ctx, ss[0], ss[1], "bench/etcd-election/"+r.ID(), 5*time.Millisecond, env.Scale(20, 5))
 		if err != nil {
 			return err
 		}
@@ -300,19 +298,22 @@ func runEtcdElection(ctx context.Context, env *Env) ([]Result, error) {
 	}, err
 }
 
+// runTestcluster times a fresh cluster like the bench's own (embedded or
+// processes, same timings) from Start to serving, and its Close.
 func runTestcluster(ctx context.Context, env *Env) ([]Result, error) {
 	var ready, teardown []float64
-	err := Rounds(ctx, env, func(int) error {
+	err := Rounds(ctx, env, "testcluster", func(ctx context.Context, _ Round) error {
 		t0 := time.Now()
-		c, err := testcluster.Start(ctx)
+		c, err := testcluster.Start(ctx, env.clusterOpts...)
 		if err != nil {
 			return err
 		}
-		ready = append(ready, float64(time.Since(t0))/float64(time.Millisecond))
+		r := float64(time.Since(t0)) / float64(time.Millisecond)
 		t1 := time.Now()
 		if err := c.Close(); err != nil {
 			return err
 		}
+		ready = append(ready, r)
 		teardown = append(teardown, float64(time.Since(t1))/float64(time.Millisecond))
 		return nil
 	})

@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/lock"
 )
@@ -17,7 +18,9 @@ import (
 // The lock.* figures: an uncontended lock/unlock cycle against etcd's
 // concurrency.Mutex and against the physical floor (two raw transactions),
 // and 16 separate clients contending for one lock, with the handoff time
-// from Unlock to the next Lock returning.
+// from Unlock to the next Lock returning, the raft entries each cycle costs,
+// and the handoff's p50 in uncontended Puts (about the raft commits a
+// handoff waits for in a row).
 
 func init() {
 	Register(Group{
@@ -27,6 +30,9 @@ func init() {
 			"lock.uncontended.cycle_p50_floor",
 			"lock.contended16.cycles_per_s",
 			"lock.handoff_p99",
+			"lock.contended16.raft_entries_per_cycle",
+			"lock.handoff_p50",
+			"lock.handoff_p50_in_puts",
 		},
 		Run: runLock,
 	})
@@ -82,7 +88,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 	cycles := env.Scale(400, 60)
 
 	var ours, theirs, floor []float64
-	err = Rounds(ctx, env, func(int) error {
+	err = Rounds(ctx, env, "lock.uncontended", func(ctx context.Context, _ Round) error {
 		var dOurs, dTheirs, dFloor []time.Duration
 		for range cycles {
 			start := time.Now()
@@ -90,7 +96,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 			if err != nil {
 				return err
 			}
-			if err := h.Unlock(ctx); err != nil {
+			if err := release(ctx, h.Unlock); err != nil {
 				return err
 			}
 			dOurs = append(dOurs, time.Since(start))
@@ -99,7 +105,7 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 			if err := em.Lock(ctx); err != nil {
 				return err
 			}
-			if err := em.Unlock(ctx); err != nil {
+			if err := release(ctx, em.Unlock); err != nil {
 				return err
 			}
 			dTheirs = append(dTheirs, time.Since(start))
@@ -114,7 +120,10 @@ func benchLockUncontended(ctx context.Context, env *Env) ([]Result, error) {
 			if !resp.Succeeded {
 				return fmt.Errorf("floor key %s exists", floorKey)
 			}
-			if _, err := floorCli.Txn(ctx).Then(clientv3.OpDelete(floorKey)).Commit(); err != nil {
+			if err := release(ctx, func(ctx context.Context) error {
+				_, err := floorCli.Txn(ctx).Then(clientv3.OpDelete(floorKey)).Commit()
+				return err
+			}); err != nil {
 				return err
 			}
 			dFloor = append(dFloor, time.Since(start))
@@ -171,30 +180,43 @@ func benchLockContended(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	dur := time.Duration(env.Scale(3000, 800)) * time.Millisecond
 
-	var oursRate, theirsRate, oursP99, theirsP99 []float64
-	err = Rounds(ctx, env, func(int) error {
-		rate, hand, err := contend(ctx, cs, dur, func(c *contender) (func() error, error) {
+	var oursRate, theirsRate, oursP99, theirsP99, oursEntries, theirsEntries []float64
+	var oursP50, theirsP50, oursInPuts, theirsInPuts []float64
+	err = Rounds(ctx, env, "lock.contended16", func(ctx context.Context, r Round) error {
+		put, err := putP50(ctx, clis[0], "bench/lock/put/"+r.ID(), 50)
+		if err != nil {
+			return err
+		}
+		idx := env.raft.raftIndex(ctx)
+		ours, err := contend(ctx, cs, dur, func(c *contender) (func(context.Context) error, error) {
 			h, err := c.m.Lock(ctx)
 			if err != nil {
 				return nil, err
 			}
-			return func() error { return h.Unlock(ctx) }, nil
+			return h.Unlock, nil
 		})
 		if err != nil {
 			return fmt.Errorf("concord: %w", err)
 		}
-		oursRate, oursP99 = append(oursRate, rate), append(oursP99, PercentileMs(hand, 99))
+		oe := perCycle(env.raft.raftIndex(ctx), idx, ours.cycles)
 
-		rate, hand, err = contend(ctx, cs, dur, func(c *contender) (func() error, error) {
+		idx = env.raft.raftIndex(ctx)
+		theirs, err := contend(ctx, cs, dur, func(c *contender) (func(context.Context) error, error) {
 			if err := c.em.Lock(ctx); err != nil {
 				return nil, err
 			}
-			return func() error { return c.em.Unlock(ctx) }, nil
+			return c.em.Unlock, nil
 		})
 		if err != nil {
 			return fmt.Errorf("etcd: %w", err)
 		}
-		theirsRate, theirsP99 = append(theirsRate, rate), append(theirsP99, PercentileMs(hand, 99))
+		te := perCycle(env.raft.raftIndex(ctx), idx, theirs.cycles)
+		oursRate, oursP99 = append(oursRate, ours.rate), append(oursP99, PercentileMs(ours.hand, 99))
+		theirsRate, theirsP99 = append(theirsRate, theirs.rate), append(theirsP99, PercentileMs(theirs.hand, 99))
+		oursEntries, theirsEntries = append(oursEntries, oe), append(theirsEntries, te)
+		o50, t50 := PercentileMs(ours.hand, 50), PercentileMs(theirs.hand, 50)
+		oursP50, theirsP50 = append(oursP50, o50), append(theirsP50, t50)
+		oursInPuts, theirsInPuts = append(oursInPuts, o50/put), append(theirsInPuts, t50/put)
 		return nil
 	})
 	if err != nil {
@@ -203,13 +225,38 @@ func benchLockContended(ctx context.Context, env *Env) ([]Result, error) {
 	return []Result{
 		Pair("lock.contended16.cycles_per_s", "1/s", Median(oursRate), Median(theirsRate), "concurrency.Mutex", false),
 		Pair("lock.handoff_p99", "ms", Median(oursP99), Median(theirsP99), "concurrency.Mutex", true),
+		Pair("lock.contended16.raft_entries_per_cycle", "1", Median(oursEntries), Median(theirsEntries), "concurrency.Mutex", true),
+		Pair("lock.handoff_p50", "ms", Median(oursP50), Median(theirsP50), "concurrency.Mutex", true),
+		Pair("lock.handoff_p50_in_puts", "puts", Median(oursInPuts), Median(theirsInPuts), "concurrency.Mutex", true),
 	}, nil
 }
 
-// contend runs every contender in a loop of lock → unlock for dur, and
-// returns cycles per second and the handoff times: from a holder calling
-// unlock to the next holder's lock returning.
-func contend(ctx context.Context, cs []*contender, dur time.Duration, lockFn func(*contender) (func() error, error)) (float64, []time.Duration, error) {
+// putP50 returns the p50 of n Puts of key, deleted afterwards: the time of
+// one raft commit as a client sees it. A handoff's p50 divided by it is
+// about how many commits (each a disk sync on a real cluster) a handoff
+// waits for one after another; the floor is one, the releasing delete.
+func putP50(ctx context.Context, cli *clientv3.Client, key string, n int) (float64, error) {
+	defer func() { _, _ = cli.Delete(context.WithoutCancel(ctx), key) }()
+	ds := make([]time.Duration, 0, n)
+	for i := range n {
+		t0 := time.Now()
+		if _, err := cli.Put(ctx, key, fmt.Sprint(i)); err != nil {
+			return 0, err
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	return PercentileMs(ds, 50), nil
+}
+
+// contended is what one side did in a run of contend.
+type contended struct {
+	rate   float64         // cycles per second
+	cycles int64           // lock → unlock cycles completed
+	hand   []time.Duration // handoffs: a holder calling unlock → the next holder's lock returning
+}
+
+// contend runs every contender in a loop of lock → unlock for dur.
+func contend(ctx context.Context, cs []*contender, dur time.Duration, lockFn func(*contender) (func(context.Context) error, error)) (contended, error) {
 	var (
 		cycles    atomic.Int64
 		unlocking atomic.Int64 // unix ns when the last holder called unlock; 0 at start
@@ -238,7 +285,7 @@ func contend(ctx context.Context, cs []*contender, dur time.Duration, lockFn fun
 				}
 				cycles.Add(1)
 				unlocking.Store(time.Now().UnixNano())
-				if err := unlock(); err != nil {
+				if err := release(ctx, unlock); err != nil {
 					mu.Lock()
 					firstErr = cmpErr(firstErr, err)
 					mu.Unlock()
@@ -250,9 +297,37 @@ func contend(ctx context.Context, cs []*contender, dur time.Duration, lockFn fun
 	wg.Wait()
 	elapsed := time.Since(start)
 	if err := ctx.Err(); err != nil {
-		return 0, nil, err
+		return contended{}, err
 	}
-	return float64(cycles.Load()) / elapsed.Seconds(), hand, firstErr
+	n := cycles.Load()
+	return contended{rate: float64(n) / elapsed.Seconds(), cycles: n, hand: hand}, firstErr
+}
+
+// release calls unlock, and again while it fails with a transient error,
+// with a context of its own: a holder that gave up on its unlock would keep
+// the lock (its lease lives on), and the rest of the round, and the round
+// run again after this one failed, would wait behind it. It returns the
+// first error, so that the round still counts as failed and is retried.
+func release(ctx context.Context, unlock func(context.Context) error) error {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	first := unlock(uctx)
+	for err := first; err != nil && retry.Retriable(err) && uctx.Err() == nil; {
+		time.Sleep(50 * time.Millisecond)
+		err = unlock(uctx)
+	}
+	return first
+}
+
+// perCycle is the raft entries committed between the indexes start and
+// end per lock cycle: on a real cluster each is a disk sync and a round of
+// replication, so it is what the handoff rate is made of. It counts every
+// entry, not only those on the critical path of a handoff (0: unknown).
+func perCycle(end, start uint64, cycles int64) float64 {
+	if start == 0 || end < start || cycles == 0 {
+		return 0
+	}
+	return float64(end-start) / float64(cycles)
 }
 
 func cmpErr(first, err error) error {

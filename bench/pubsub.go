@@ -9,7 +9,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/pubsub"
-	"github.com/concordkit/concord/testcluster"
 )
 
 // The pubsub.* figures: publish → delivery, against a raw etcd put → watch on
@@ -105,11 +104,11 @@ func runPubsub(ctx context.Context, env *Env) ([]Result, error) {
 	// (p50) sooner than one on a follower (measured here), so which member
 	// each side got, not pubsub, swung the figure from run to run. A
 	// follower is where two of three watchers are.
-	leader, err := env.Cluster.WaitLeader(ctx)
+	leader, err := env.Leader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	subCli, err := env.newClient(testcluster.Direct(), testcluster.To((leader+1)%env.Cluster.Size()))
+	subCli, err := env.NewClientTo((leader + 1) % env.Members())
 	if err != nil {
 		return nil, err
 	}
@@ -121,9 +120,9 @@ func runPubsub(ctx context.Context, env *Env) ([]Result, error) {
 	fanN := env.Scale(300, 50)
 
 	var deliver, deliverRaw, fan, fanRaw []float64
-	err = Rounds(ctx, env, func(round int) error {
-		topic := fmt.Sprintf("bench/pubsub/%d", round)
-		rawKey := fmt.Sprintf("bench/pubsub-raw/%d", round)
+	err = Rounds(ctx, env, "pubsub", func(ctx context.Context, r Round) error {
+		topic := "bench/pubsub/" + r.ID()
+		rawKey := "bench/pubsub-raw/" + r.ID()
 		defer func() {
 			_, _ = pubCli.Delete(context.WithoutCancel(ctx), topic, clientv3.WithPrefix())
 			_, _ = pubCli.Delete(context.WithoutCancel(ctx), rawKey, clientv3.WithPrefix())
@@ -134,13 +133,13 @@ func runPubsub(ctx context.Context, env *Env) ([]Result, error) {
 		if err != nil {
 			return err
 		}
-		deliver, deliverRaw = append(deliver, d), append(deliverRaw, dr)
 
 		// fanout100: 100 subscriptions in one process vs 100 raw watches.
 		f, fr, err := measure(ctx, pub, pubCli, subCli, topic+"/fan", rawKey+"/fan", 100, fanN)
 		if err != nil {
 			return err
 		}
+		deliver, deliverRaw = append(deliver, d), append(deliverRaw, dr)
 		fan, fanRaw = append(fan, f), append(fanRaw, fr)
 		return nil
 	})

@@ -66,44 +66,38 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 	samples := env.Scale(200, 40)
 
 	var c1, n1, c4, n4, scale, conf, nconf, lat, nlat []float64
-	err = Rounds(ctx, env, func(round int) error {
-		base := fmt.Sprintf("bench/queue/r%d", round)
+	err = Rounds(ctx, env, "queue", func(ctx context.Context, r Round) error {
+		base := "bench/queue/r" + r.ID()
 		defer func() { _, _ = admin.Delete(context.WithoutCancel(ctx), base, clientv3.WithPrefix()) }()
 
-		r, _, err := concordThroughput(ctx, base+"/c1", producers[:1], consumers[:1], items)
+		cr1, _, err := concordThroughput(ctx, base+"/c1", producers[:1], consumers[:1], items)
 		if err != nil {
 			return fmt.Errorf("concord 1x1: %w", err)
 		}
-		c1 = append(c1, r)
-		r, _, err = naiveThroughput(ctx, base+"/n1", producers[:1], clis[:1], items)
+		nr1, _, err := naiveThroughput(ctx, base+"/n1", producers[:1], clis[:1], items)
 		if err != nil {
 			return fmt.Errorf("naive 1x1: %w", err)
 		}
-		n1 = append(n1, r)
-		r4, pct, err := concordThroughput(ctx, base+"/c4", producers, consumers, items)
+		cr4, cpct, err := concordThroughput(ctx, base+"/c4", producers, consumers, items)
 		if err != nil {
 			return fmt.Errorf("concord 4x4: %w", err)
 		}
-		c4 = append(c4, r4)
-		conf = append(conf, pct)
-		scale = append(scale, r4/c1[len(c1)-1])
-		r, pct, err = naiveThroughput(ctx, base+"/n4", producers, clis, items)
+		nr4, npct, err := naiveThroughput(ctx, base+"/n4", producers, clis, items)
 		if err != nil {
 			return fmt.Errorf("naive 4x4: %w", err)
 		}
-		n4 = append(n4, r)
-		nconf = append(nconf, pct)
-
-		p99, err := concordIdle(ctx, base+"/ci", producers[0], consumers[0], samples)
+		cp99, err := concordIdle(ctx, base+"/ci", producers[0], consumers[0], samples)
 		if err != nil {
 			return fmt.Errorf("concord idle: %w", err)
 		}
-		lat = append(lat, p99)
-		p99, err = naiveIdle(ctx, base+"/ni", producers[0], clis[0], samples)
+		np99, err := naiveIdle(ctx, base+"/ni", producers[0], clis[0], samples)
 		if err != nil {
 			return fmt.Errorf("naive idle: %w", err)
 		}
-		nlat = append(nlat, p99)
+		c1, n1, c4, n4 = append(c1, cr1), append(n1, nr1), append(c4, cr4), append(n4, nr4)
+		scale = append(scale, cr4/cr1)
+		conf, nconf = append(conf, cpct), append(nconf, npct)
+		lat, nlat = append(lat, cp99), append(nlat, np99)
 		return nil
 	})
 	if err != nil {
@@ -117,6 +111,15 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 		Pair("queue.4x4.conflict_pct", "pct", Median(conf), Median(nconf), naive, true),
 		Pair("queue.idle_latency_p99", "ms", Median(lat), Median(nlat), naive, true),
 	}, nil
+}
+
+// warmUpErr is why a fresh queue did not answer its first TryDequeue with
+// ErrEmpty.
+func warmUpErr(err error) error {
+	if err == nil {
+		return errors.New("warm-up: a fresh queue was not empty")
+	}
+	return fmt.Errorf("warm-up: %w", err)
 }
 
 // firstErr keeps the first error of several goroutines.
@@ -184,7 +187,7 @@ func concordThroughput(ctx context.Context, name string, producers []*clientv3.C
 	// read and one watch per consumer process, once.
 	for i, q := range qs {
 		if _, err := q.TryDequeue(ctx, cons[i].k); !errors.Is(err, queue.ErrEmpty) {
-			return 0, 0, fmt.Errorf("warm-up: %v", err)
+			return 0, 0, warmUpErr(err)
 		}
 	}
 	rctx, cancel := context.WithCancel(ctx)
@@ -260,7 +263,7 @@ func concordIdle(ctx context.Context, name string, producer *clientv3.Client, c 
 		return 0, err
 	}
 	if _, err := q.TryDequeue(ctx, c.k); !errors.Is(err, queue.ErrEmpty) {
-		return 0, fmt.Errorf("warm-up: %v", err)
+		return 0, warmUpErr(err)
 	}
 	lat := make([]time.Duration, 0, samples)
 	for range samples {

@@ -42,7 +42,7 @@ func runSemaphore(ctx context.Context, env *Env) ([]Result, error) {
 	dur := time.Duration(env.Scale(3000, 800)) * time.Millisecond
 
 	var rates []float64
-	err = Rounds(ctx, env, func(int) error {
+	err = Rounds(ctx, env, "semaphore", func(ctx context.Context, _ Round) error {
 		var (
 			cycles   atomic.Int64
 			mu       sync.Mutex // protects firstErr
