@@ -8,6 +8,7 @@
 //
 //	go run ./examples/configwatch           # on an embedded 3-member cluster
 //	go run ./examples/configwatch -trace    # spans, if any (the cache records none)
+//	go run ./examples/configwatch -endpoints https://etcd:2379 -cacert ca.pem -cert me.pem -key me-key.pem -user me
 package main
 
 import (
@@ -90,13 +91,19 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	defer e.Close()
-	if e.Embedded() {
-		say("started an embedded 3-member etcd cluster")
+	if s := e.Started(); s != "" {
+		say("%s", s)
 	}
 	if o.Trace {
 		say("-trace: the cache waits on nothing, so it records no spans; its staleness is a metric (concord.cache.staleness)")
 	}
-	if _, err := e.Admin.Delete(ctx, configKey); err != nil {
+	// Requests that are safe to send again are, after a transient error
+	// (exampleenv.Retry).
+	del := func(ctx context.Context) error {
+		_, err := e.Admin.Delete(ctx, configKey)
+		return err
+	}
+	if err := e.Retry(ctx, del); err != nil {
 		return err
 	}
 
@@ -159,11 +166,17 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 	for _, step := range steps {
 		say("operator %s: %s", step.what, step.value)
-		resp, err := e.Admin.Put(ctx, configKey, step.value)
-		if err != nil {
+		var rev int64
+		if err := e.Retry(ctx, func(ctx context.Context) error {
+			resp, err := e.Admin.Put(ctx, configKey, step.value)
+			if err == nil {
+				rev = resp.Header.Revision
+			}
+			return err
+		}); err != nil {
 			return err
 		}
-		if err := waitApplied(ctx, applied, resp.Header.Revision); err != nil {
+		if err := waitApplied(ctx, applied, rev); err != nil {
 			return err
 		}
 	}
@@ -174,8 +187,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	say("service ends with config revision %d: %v", final.Revision, final.Value)
 	stopService()
 	wg.Wait()
-	_, err = e.Admin.Delete(ctx, configKey)
-	return err
+	return e.Retry(ctx, del)
 }
 
 // waitApplied waits until the service has applied revision rev.

@@ -9,15 +9,40 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/concordkit/concord/examples/internal/exampleenv"
+	"github.com/concordkit/concord/examples/internal/exampletest"
 	"github.com/concordkit/concord/testcluster"
 )
 
 func TestConfigWatch(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, exampleenv.Options{}))
+	err := run(context.Background(), &out, exampleenv.Options{})
 	s := out.String()
 	t.Log("\n" + s)
+	require.NoError(t, err)
+	checkStory(t, s)
+}
+
+// The same program against an etcd it did not start, reached with
+// -endpoints and the TLS and user flags: etcd processes when CONCORD_ETCD is
+// set.
+func TestConfigWatchEndpoints(t *testing.T) {
+	for _, mode := range exampletest.Modes {
+		t.Run(string(mode), func(t *testing.T) {
+			o := exampletest.Cluster(t, mode)
+			var out bytes.Buffer
+			err := run(context.Background(), &out, o)
+			s := out.String()
+			t.Log("\n" + s)
+			require.NoError(t, err)
+			require.NotContains(t, s, "started a ")
+			checkStory(t, s)
+		})
+	}
+}
+
+func checkStory(t *testing.T, s string) {
+	t.Helper()
 	order := []string{
 		`running on the defaults: greeting "hello", max_connections 10, timeout 1s`,
 		`operator writes the first config`,
@@ -45,9 +70,8 @@ func TestConfigWatch(t *testing.T) {
 	require.Equal(t, 3, strings.Count(s, "hot-reloaded"))
 }
 
-// The same program against an etcd it did not start: a TLS cluster with
-// authentication, reached through -endpoints, -cacert/-cert/-key and -user
-// (password from CONCORD_PASSWORD).
+// The same program on a 1-member cluster with TLS and authentication at
+// once, as root, with the password from CONCORD_PASSWORD.
 func TestConfigWatchRealCluster(t *testing.T) {
 	defer testcluster.VerifyNone(t)
 	c, err := testcluster.Start(context.Background(), testcluster.Size(1), testcluster.WithTLS(), testcluster.WithAuth())

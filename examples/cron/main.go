@@ -2,12 +2,18 @@
 // every second, the replica that leads the scheduler's election runs it,
 // and the others stand by. Each run appends to a ledger in etcd with
 // Run.Commit, fenced by the leader's term, so a replica that lost its
-// leadership cannot write, and once per scheduled time. Midway, the leader's client is cut off from etcd; its lease
-// expires, another replica takes over, catches up the times missed during
-// the failover, and every scheduled time is still run exactly once.
+// leadership cannot write, and once per scheduled time. Midway, the
+// leader's client is cut off from etcd; its lease expires, another replica
+// takes over, catches up the times missed during the failover, and every
+// scheduled time is still run exactly once: the ledger read back from etcd
+// has one entry per scheduled time, each written once.
 //
 //	go run ./examples/cron              # on an embedded 3-member cluster
 //	go run ./examples/cron -trace       # and print the spans
+//	go run ./examples/cron -endpoints https://etcd:2379 -cacert ca.pem -cert me.pem -key me-key.pem -user me
+//
+// On a cluster given with -endpoints the cut is made in the replica's own
+// connections (see exampleenv), so the story is the same on any etcd.
 package main
 
 import (
@@ -17,11 +23,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cron"
@@ -47,7 +53,6 @@ const (
 	spec          = "* * * * * *"
 	ledgerPrefix  = "examples/cron/ledger/"
 	replicas      = 3
-	leaseTTL      = 3 * time.Second
 	runsBefore    = 3 // runs by the first leader before it is cut off
 	runsAfter     = 3 // on-time runs by the next leader before the demo ends
 )
@@ -65,18 +70,35 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 
 // runReport is what a replica's job tells about one run.
 type runReport struct {
-	replica string
-	run     cron.Run
-	written bool  // the fenced ledger write was applied
-	err     error // why not
+	replica    string
+	run        cron.Run
+	key, value string // the ledger entry it committed
+	err        error  // nil: Commit applied it
 }
+
+// ledgerKey names a scheduled time's ledger entry; the keys sort in time
+// order.
+func ledgerKey(t time.Time) string { return ledgerPrefix + t.UTC().Format(time.RFC3339) }
+
+func clock(t time.Time) string { return t.UTC().Format("15:04:05") }
 
 type replica struct {
 	name string
 	cli  *clientv3.Client
 	k    *leasekeeper.Keeper
 	s    *cron.Scheduler
-	done chan error
+}
+
+// ended is a replica's Run returning.
+type ended struct {
+	replica string
+	err     error
+}
+
+// leaseEvent is a change of a replica's lease that the story tells.
+type leaseEvent struct {
+	replica string
+	ev      leasekeeper.Event
 }
 
 func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
@@ -92,30 +114,41 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	defer e.Close()
-	if e.Embedded() {
-		say("started an embedded 3-member etcd cluster")
+	if s := e.Started(); s != "" {
+		say("%s", s)
 	}
+	// Each replica's lease outlives an etcd leader failover (see
+	// exampleenv.LeaseTTL): only the cut below moves the leadership.
+	leaseTTL := e.LeaseTTL()
 	// Start from nothing: no ledger, no scheduler records from a past run.
-	if _, err := e.Admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
-		return err
-	}
-	if err := cron.Purge(ctx, e.Admin, schedulerName); err != nil {
+	if err := wipe(ctx, e.Admin, leaseTTL); err != nil {
 		return err
 	}
 
 	reports := make(chan runReport, 1000)
+	ends := make(chan ended, replicas)
+	running := 0 // replicas whose Run has not returned
 	rctx, stopReplicas := context.WithCancel(ctx)
 	rs := make([]*replica, replicas)
-	defer func() {
+	stop := func() []ended {
 		stopReplicas()
+		var got []ended
+		for ; running > 0; running-- {
+			got = append(got, <-ends)
+		}
+		return got
+	}
+	defer func() {
+		for _, r := range rs {
+			if r != nil {
+				e.Restore(r.cli) // a cut replica stops at once, not after its detached clean-ups time out
+			}
+		}
+		stop()
 		for _, r := range rs {
 			if r == nil {
 				continue
 			}
-			if r.done != nil {
-				<-r.done
-			}
-			e.Restore(r.cli)
 			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), leaseTTL)
 			r.k.Close(kctx)
 			kcancel()
@@ -129,14 +162,15 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		if r.k, err = leasekeeper.New(ctx, r.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
 			return err
 		}
+		rs[i] = r
 		r.s = cron.New(r.k, schedulerName, cron.WithValue(r.name))
 		job := func(ctx context.Context, run cron.Run) error {
 			// Commit writes the ledger entry only while this replica's term
 			// stands, and only once per scheduled time, even when a run
 			// interrupted by the cut is run again by the next leader.
-			key := ledgerPrefix + run.Time.UTC().Format("15:04:05")
-			err := run.Commit(ctx, clientv3.OpPut(key, fmt.Sprintf("%s token %d attempt %d", r.name, run.Token, run.Attempt)))
-			reports <- runReport{replica: r.name, run: run, written: err == nil, err: err}
+			key, value := ledgerKey(run.Time), fmt.Sprintf("%s token %d attempt %d", r.name, run.Token, run.Attempt)
+			err := run.Commit(ctx, clientv3.OpPut(key, value))
+			reports <- runReport{replica: r.name, run: run, key: key, value: value, err: err}
 			return err
 		}
 		// Times missed while no replica led are run by the next leader, all
@@ -148,32 +182,67 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			cron.WithOverlap(cron.AllowOverlap), cron.WithRerun(3)); err != nil {
 			return err
 		}
-		rs[i] = r
+	}
+	// Each replica's lease losses and new leases are told: they are what
+	// moves the leadership.
+	leaseEvents := make(chan leaseEvent, 64)
+	fctx, stopFollow := context.WithCancel(ctx)
+	var follow sync.WaitGroup
+	defer func() {
+		stopFollow()
+		follow.Wait()
+	}()
+	for _, r := range rs {
+		evs, unsubscribe := r.k.Subscribe()
+		follow.Go(func() {
+			defer unsubscribe()
+			for {
+				select {
+				case ev, open := <-evs:
+					if !open {
+						return
+					}
+					if ev.State != leasekeeper.Lost && ev.State != leasekeeper.Reconnected {
+						continue
+					}
+					select {
+					case leaseEvents <- leaseEvent{r.name, ev}:
+					case <-fctx.Done():
+						return
+					}
+				case <-fctx.Done():
+					return
+				}
+			}
+		})
 	}
 	for _, r := range rs {
-		r.done = make(chan error, 1)
-		go func() { r.done <- r.s.Run(rctx) }()
+		running++
+		go func() { ends <- ended{r.name, r.s.Run(rctx)} }()
 	}
 	say("started %d replicas; each runs the scheduler, one leads and runs %q every second", replicas, jobName)
 
 	// Watch the leadership as an outside observer would.
-	ok, err := leasekeeper.New(ctx, e.Admin)
+	ok, err := leasekeeper.New(ctx, e.Admin, leasekeeper.WithTTL(leaseTTL))
 	if err != nil {
 		return err
 	}
 	defer ok.Close(context.WithoutCancel(ctx))
 	octx, stopObserve := context.WithCancel(ctx)
 	defer stopObserve()
-	leaders, _ := election.New(ok, schedulerName).Observe(octx)
+	leaders, observeErr := election.New(ok, schedulerName).Observe(octx)
 
 	var (
-		first      *replica
-		firstToken int64
-		cutAt      time.Time
-		second     string
-		onTime     int
-		times      = map[string][]string{} // scheduled time → replicas that ran it
-		tokens     = map[string]int64{}    // replica → token of its runs
+		leader   string    // as the observer last saw it
+		cut      *replica  // the leader that was cut off
+		cutToken int64     // its term's token
+		cutAt    time.Time // when
+		next     string    // who led first after the cut
+		runner   string    // who ran last after the cut
+		onTime   int       // on-time runs after the cut, by replicas other than the cut one
+		written  = map[string]int{}
+		tokens   = map[string]int64{} // replica → token of its last run
+		reported []runReport
 	)
 	byName := func(n string) *replica {
 		for _, r := range rs {
@@ -183,28 +252,39 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		}
 		return nil
 	}
-	for second == "" || onTime < runsAfter {
+	// tookOver tells the failover once: the first sign after the cut that
+	// another replica leads, from the observer or from a run. The time is
+	// measured from the cut; a leader seen before it is no failover.
+	tookOver := func(name, how string) {
+		if cut == nil || next != "" || name == cut.name {
+			return
+		}
+		next = name
+		say("failover: %s leads %v after %s was cut off (%s)", name, time.Since(cutAt).Round(10*time.Millisecond), cut.name, how)
+	}
+	for next == "" || onTime < runsAfter {
 		select {
 		case l, open := <-leaders:
 			if !open {
-				return errors.New("observing the leader ended")
+				if ctx.Err() != nil {
+					return fmt.Errorf("waiting for the failover: %w", context.Cause(ctx))
+				}
+				err := observeErr()
+				if err == nil {
+					err = errors.New("no reason given")
+				}
+				return fmt.Errorf("observing the leader ended: %w", err)
 			}
 			if !l.Exists() {
+				leader = ""
 				say("no leader")
 				continue
 			}
+			leader = l.Value
 			say("%s is the leader (term token %d)", l.Value, l.Token)
-			if first == nil {
-				first, firstToken = byName(l.Value), l.Token
-			} else if l.Value != first.name && second == "" {
-				second = l.Value
-				say("failover: %s took over %v after %s was cut off", second, time.Since(cutAt).Round(10*time.Millisecond), first.name)
-			}
+			tookOver(l.Value, "seen by the observer")
 		case rep := <-reports:
-			at := rep.run.Time.UTC().Format("15:04:05")
-			if rep.written {
-				times[at] = append(times[at], rep.replica)
-			}
+			reported = append(reported, rep)
 			tokens[rep.replica] = rep.run.Token
 			late := time.Since(rep.run.Time)
 			note := ""
@@ -213,66 +293,162 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			} else if late > 500*time.Millisecond {
 				note = fmt.Sprintf(", catching up %.1fs late", late.Seconds())
 			}
-			if rep.written {
+			at := clock(rep.run.Time)
+			switch {
+			case rep.err == nil:
+				written[rep.replica]++
 				say("%s run by %s (token %d%s): ledger write accepted", at, rep.replica, rep.run.Token, note)
-			} else {
+			case errors.Is(rep.err, cron.ErrCommitted):
 				say("%s run by %s (token %d%s): ledger write REFUSED: %v", at, rep.replica, rep.run.Token, note, rep.err)
+			default:
+				// The term ended or the request failed while the write was
+				// on its way: it may have applied. The ledger read back at
+				// the end tells.
+				say("%s run by %s (token %d%s): ledger write not confirmed (%v); read back at the end", at, rep.replica, rep.run.Token, note, rep.err)
 			}
-			if first != nil && rep.replica == first.name && cutAt.IsZero() && len(times) >= runsBefore {
-				if err := e.CutOff(ctx, first.cli, first.k.Current().ID()); err != nil {
-					return err
+			if rep.err != nil {
+				continue
+			}
+			if cut == nil && written[rep.replica] >= runsBefore && rep.replica == leader {
+				cut, cutToken, cutAt = byName(rep.replica), rep.run.Token, time.Now()
+				e.CutOff(cut.cli)
+				say("CUT %s (the leader, token %d) off from etcd; it keeps running but cannot renew its lease", cut.name, cutToken)
+				continue
+			}
+			if cut != nil && rep.replica != cut.name {
+				// A run after the cut by another replica proves that it
+				// leads, also when the observer saw the change before the
+				// cut (a leadership that moved on its own, for example
+				// after an etcd leader revoked leases on a stale view).
+				tookOver(rep.replica, "its first run")
+				runner = rep.replica
+				if note == "" {
+					onTime++
 				}
-				cutAt = time.Now()
-				if e.Embedded() {
-					say("CUT %s (the leader, token %d) off from etcd; it keeps running but cannot renew its lease", first.name, firstToken)
-				} else {
-					say("REVOKED the lease of %s (the leader, token %d) on the server", first.name, firstToken)
-				}
 			}
-			if second != "" && rep.replica == second && note == "" {
-				onTime++
+		case le := <-leaseEvents:
+			if le.ev.State == leasekeeper.Lost {
+				say("%s's lease %x is lost: %v", le.replica, int64(le.ev.Lease), le.ev.Err)
+			} else {
+				say("%s has a new lease %x (generation %d)", le.replica, int64(le.ev.Lease), le.ev.Generation)
 			}
+		case end := <-ends:
+			running--
+			return fmt.Errorf("%s stopped running the scheduler: %w", end.replica, end.err)
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for the failover: %w", context.Cause(ctx))
 		}
 	}
 
-	// Every scheduled time from the first to the last has exactly one
-	// ledger entry.
-	var keys []string
-	for at := range times {
-		keys = append(keys, at)
+	// Stop everything, then read the ledger: no run is on its way any more.
+	// The cut replica is let back first, so that it stops at once; what it
+	// still had on its way reaches etcd under a term that ended, and is
+	// refused.
+	e.Restore(cut.cli)
+	for _, end := range stop() {
+		if end.err != nil && !errors.Is(end.err, context.Canceled) {
+			return fmt.Errorf("%s: scheduler: %w", end.replica, end.err)
+		}
 	}
-	sort.Strings(keys)
-	ledger, err := e.Admin.Get(ctx, ledgerPrefix, clientv3.WithPrefix())
-	if err != nil {
+	// Runs end before their scheduler's Run returns: what they reported
+	// is all in the channel.
+	for drained := false; !drained; {
+		select {
+		case rep := <-reports:
+			reported = append(reported, rep)
+		default:
+			drained = true
+		}
+	}
+	if err := check(ctx, e.Admin, leaseTTL, say, reported, cut.name, runner, tokens); err != nil {
 		return err
 	}
+	return wipe(ctx, e.Admin, leaseTTL)
+}
+
+// wipe deletes the ledger and the scheduler's records. Both requests are
+// safe to send again, and are after a transient error (exampleenv.Retry).
+func wipe(ctx context.Context, admin *clientv3.Client, ttl time.Duration) error {
+	if err := exampleenv.Retry(ctx, ttl, func(ctx context.Context) error {
+		_, err := admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix())
+		return err
+	}); err != nil {
+		return err
+	}
+	return exampleenv.Retry(ctx, ttl, func(ctx context.Context) error {
+		return cron.Purge(ctx, admin, schedulerName)
+	})
+}
+
+// check reads the ledger back from etcd: every scheduled time from the
+// first to the last has one entry, written once, and each run that was
+// told its write applied finds it there.
+func check(ctx context.Context, admin *clientv3.Client, ttl time.Duration, say func(string, ...any), reported []runReport,
+	first, last string, tokens map[string]int64) error {
+	var resp *clientv3.GetResponse
+	if err := exampleenv.Retry(ctx, ttl, func(ctx context.Context) error {
+		var err error
+		resp, err = admin.Get(ctx, ledgerPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 0 {
+		return errors.New("the ledger is empty")
+	}
+	ledger := map[string]*mvccpb.KeyValue{}
 	var twice []string
-	for _, at := range keys {
-		if len(times[at]) > 1 {
-			twice = append(twice, at+" by "+strings.Join(times[at], ", "))
+	for _, kv := range resp.Kvs {
+		ledger[string(kv.Key)] = kv
+		if kv.Version > 1 {
+			// Version counts the puts since the key was created: a time
+			// committed twice would show 2.
+			twice = append(twice, fmt.Sprintf("%s (%d writes)", strings.TrimPrefix(string(kv.Key), ledgerPrefix), kv.Version))
 		}
 	}
 	if len(twice) > 0 {
-		return fmt.Errorf("times run more than once: %v", twice)
+		return fmt.Errorf("ledger entries written more than once: %v", twice)
 	}
-	t0, _ := time.Parse("15:04:05", keys[0])
-	t1, _ := time.Parse("15:04:05", keys[len(keys)-1])
-	span := int(t1.Sub(t0)/time.Second) + 1
-	say("scheduled times %s to %s: %d times, %d runs, each time run once; %d ledger entries",
-		keys[0], keys[len(keys)-1], span, len(keys), len(ledger.Kvs))
-	say("fencing tokens: %s ran with %d, %s with %d", first.name, tokens[first.name], second, tokens[second])
-	if len(keys) != span {
-		return fmt.Errorf("some scheduled times never ran: %d of %d", len(keys), span)
+	for _, rep := range reported {
+		kv := ledger[rep.key]
+		applied := kv != nil && string(kv.Value) == rep.value
+		switch {
+		case rep.err == nil && !applied:
+			return fmt.Errorf("%s's Commit of %s returned nil, but the ledger holds %q", rep.replica, clock(rep.run.Time), valueOf(kv))
+		case rep.err != nil && !errors.Is(rep.err, cron.ErrCommitted):
+			did := "it had not applied"
+			if applied {
+				did = "it had applied (its reply was lost)"
+			}
+			say("read back %s's unconfirmed write of %s (attempt %d): %s; the entry holds %q", rep.replica, clock(rep.run.Time), rep.run.Attempt, did, valueOf(kv))
+		}
 	}
-	if _, err := e.Admin.Delete(ctx, ledgerPrefix, clientv3.WithPrefix()); err != nil {
+	t0, err := time.Parse(time.RFC3339, strings.TrimPrefix(string(resp.Kvs[0].Key), ledgerPrefix))
+	if err != nil {
 		return err
 	}
-	stopReplicas()
-	for _, r := range rs {
-		<-r.done
-		r.done = nil
+	t1, err := time.Parse(time.RFC3339, strings.TrimPrefix(string(resp.Kvs[len(resp.Kvs)-1].Key), ledgerPrefix))
+	if err != nil {
+		return err
 	}
-	return cron.Purge(ctx, e.Admin, schedulerName)
+	var missing []string
+	for t := t0; !t.After(t1); t = t.Add(time.Second) {
+		if ledger[ledgerKey(t)] == nil {
+			missing = append(missing, clock(t))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("scheduled times with no ledger entry: %v", missing)
+	}
+	say("ledger read back from etcd: scheduled times %s to %s, %d times, %d entries, each written once",
+		clock(t0), clock(t1), int(t1.Sub(t0)/time.Second)+1, len(resp.Kvs))
+	say("fencing tokens: %s ran with %d, %s with %d", first, tokens[first], last, tokens[last])
+	return nil
+}
+
+func valueOf(kv *mvccpb.KeyValue) string {
+	if kv == nil {
+		return ""
+	}
+	return string(kv.Value)
 }

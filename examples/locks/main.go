@@ -9,6 +9,10 @@
 //
 //	go run ./examples/locks             # on an embedded 3-member cluster
 //	go run ./examples/locks -trace      # and print the spans
+//	go run ./examples/locks -endpoints https://etcd:2379 -cacert ca.pem -cert me.pem -key me-key.pem -user me
+//
+// On a cluster given with -endpoints the cut is made in the worker's own
+// connections (see exampleenv), so the story is the same on any etcd.
 package main
 
 import (
@@ -26,6 +30,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/examples/internal/exampleenv"
+	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/lock"
 )
@@ -47,7 +53,6 @@ const (
 	workers    = 4
 	rounds     = 2 // deposits per worker
 	deposit    = 10
-	leaseTTL   = 2 * time.Second
 )
 
 // account is the protected resource: a service outside etcd that remembers
@@ -59,7 +64,10 @@ type account struct {
 	maxToken int64
 }
 
-var errStaleToken = errors.New("stale fencing token")
+var (
+	errStaleToken  = errors.New("stale fencing token")
+	errGuardFailed = errors.New("guard failed: lock lost")
+)
 
 func (a *account) read() int {
 	a.mu.Lock()
@@ -110,10 +118,16 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	defer e.Close()
-	if e.Embedded() {
-		say("started an embedded 3-member etcd cluster")
+	if s := e.Started(); s != "" {
+		say("%s", s)
 	}
-	if _, err := e.Admin.Put(ctx, balanceKey, "0"); err != nil {
+	// Each worker's lease outlives an etcd leader failover (see
+	// exampleenv.LeaseTTL): only the cut below ends one.
+	leaseTTL := e.LeaseTTL()
+	if err := e.Retry(ctx, func(ctx context.Context) error {
+		_, err := e.Admin.Put(ctx, balanceKey, "0")
+		return err
+	}); err != nil {
 		return err
 	}
 
@@ -151,16 +165,13 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			order = append(order, fmt.Sprintf("%s(%d)", p.name, h.Token()))
 			mu.Unlock()
 		}
-		told = func(format string, args ...any) {
-			say(format, args...)
-			once.Do(func() { close(deposited) })
-		}
+		onDeposit = func() { once.Do(func() { close(deposited) }) }
 	)
 
 	// worker-1 takes the lock first and reads the balance; the others queue
 	// behind it, one after the other, so the grant order is known.
 	first := ps[0]
-	h1, err := first.m.Lock(ctx)
+	h1, err := first.lock(ctx, say)
 	if err != nil {
 		return err
 	}
@@ -175,24 +186,24 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		wg.Wait()
 	}()
 	for i, p := range ps[1:] {
-		wg.Go(func() { errs <- p.work(ctx, acct, rounds, told, granted) })
+		wg.Go(func() { errs <- p.work(ctx, acct, rounds, say, granted, onDeposit) })
 		// Wait until it is in the queue before starting the next.
-		if err := waitQueued(ctx, e.Admin, i+1); err != nil {
+		if err := waitQueued(ctx, e, i+1); err != nil {
 			return err
 		}
 		say("%s asks for the lock and waits (place %d in the queue)", p.name, i+1)
 	}
 
-	// Cut worker-1 off in the middle of its update, before it writes.
-	if err := e.CutOff(ctx, first.cli, h1.Lease()); err != nil {
-		return err
+	// Cut worker-1 off in the middle of its update, before it writes. Its
+	// lease expires on the server about a TTL later; its keeper gives the
+	// lease up, and cancels the hold, a little before.
+	e.CutOff(first.cli)
+	say("%s is cut off from etcd before it writes (a long pause, a partition)", first.name)
+	select {
+	case <-h1.Context().Done():
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for %s to learn it lost the lock: %w", first.name, context.Cause(ctx))
 	}
-	if e.Embedded() {
-		say("%s is cut off from etcd before it writes (a long pause, a partition)", first.name)
-	} else {
-		say("%s's lease is revoked before it writes (on a real cluster; the embedded one cuts the client off)", first.name)
-	}
-	<-h1.Context().Done()
 	say("%s: its lock context is canceled: %v — a careful worker stops here", first.name, context.Cause(h1.Context()))
 
 	// The next holder's first write shows up at the account; then the
@@ -208,7 +219,12 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return fmt.Errorf("the account accepted a write with the stale token %d", h1.Token())
 	}
 	e.Restore(first.cli)
-	resp, err := first.cli.Txn(ctx).If(h1.Guard()...).Then(clientv3.OpPut(balanceKey, strconv.Itoa(staleBalance))).Commit()
+	var resp *clientv3.TxnResponse
+	err = e.Retry(ctx, func(ctx context.Context) error {
+		var err error
+		resp, err = first.cli.Txn(ctx).If(h1.Guard()...).Then(clientv3.OpPut(balanceKey, strconv.Itoa(staleBalance))).Commit()
+		return err
+	})
 	switch {
 	case err != nil:
 		return err
@@ -219,8 +235,9 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 	_ = h1.Unlock(ctx) // nothing to release; returns nil for a lost hold
 
-	// Back on the network, worker-1 queues again like anyone else.
-	wg.Go(func() { errs <- first.work(ctx, acct, rounds, say, granted) })
+	// Back on the network, worker-1 queues again like anyone else, on the
+	// new lease its keeper grants.
+	wg.Go(func() { errs <- first.work(ctx, acct, rounds, say, granted, onDeposit) })
 	for range workers {
 		if err := <-errs; err != nil {
 			return err
@@ -229,8 +246,11 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	mu.Lock()
 	say("holders in order (token): %s", strings.Join(order, " → "))
 	mu.Unlock()
-	got, err := e.Admin.Get(ctx, balanceKey)
-	if err != nil {
+	var got *clientv3.GetResponse
+	if err := e.Retry(ctx, func(ctx context.Context) error {
+		got, err = e.Admin.Get(ctx, balanceKey)
+		return err
+	}); err != nil {
 		return err
 	}
 	want := workers * rounds * deposit
@@ -239,35 +259,94 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	if acct.read() != want || string(got.Kvs[0].Value) != strconv.Itoa(want) {
 		return fmt.Errorf("balance %d / %s, want %d", acct.read(), got.Kvs[0].Value, want)
 	}
-	_, err = e.Admin.Delete(ctx, balanceKey)
-	return err
+	return e.Retry(ctx, func(ctx context.Context) error {
+		_, err := e.Admin.Delete(ctx, balanceKey)
+		return err
+	})
+}
+
+// lock takes the lock. A Lock that fails with ErrLost is not the end of the
+// worker: the lease its request was bound to is gone (expired while the
+// worker was cut off, revoked, or revoked by an etcd leader that resumed
+// after a pause with a stale view), and the keeper grants the next one. The
+// worker waits for it and queues again. A transient etcd error (a leader
+// failover) is worth asking again too: a failed Lock has withdrawn its
+// request either way.
+func (p *participant) lock(ctx context.Context, say func(string, ...any)) (*lock.Hold, error) {
+	bo := retry.RequestPolicy.New()
+	for {
+		h, err := p.m.Lock(ctx)
+		switch {
+		case err == nil:
+			return h, nil
+		case errors.Is(err, lock.ErrLost):
+			l, lerr := p.k.Lease(ctx)
+			if lerr != nil {
+				return nil, fmt.Errorf("%s: waiting for a new lease after %w: %w", p.name, err, lerr)
+			}
+			say("%s lost its place in the queue (%v); it queues again on lease %x", p.name, err, int64(l.ID()))
+		case ctx.Err() == nil && retry.Retriable(err):
+			say("%s: lock: %v; it asks again", p.name, err)
+			if werr := bo.Wait(ctx); werr != nil {
+				return nil, werr
+			}
+		default:
+			return nil, fmt.Errorf("%s: lock: %w", p.name, err)
+		}
+	}
 }
 
 // work makes n deposits, each under the lock: read, add, write with the
-// token to the account and, fenced by the Guard, into etcd.
+// token to the account and copy the balance, fenced by the Guard, into etcd.
+// A hold lost midway does not lose a deposit: a deposit the account refused
+// is made again, and a copy into etcd that was refused is made again under
+// the next hold, from the account's balance then.
 func (p *participant) work(ctx context.Context, acct *account, n int,
-	say func(string, ...any), granted func(*participant, *lock.Hold)) error {
-	for range n {
-		h, err := p.m.Lock(ctx)
+	say func(string, ...any), granted func(*participant, *lock.Hold), onDeposit func()) error {
+	ttl := p.k.TTL()
+	copied := true // the account's balance is in etcd too
+	for made := 0; made < n || !copied; {
+		h, err := p.lock(ctx, say)
 		if err != nil {
-			return fmt.Errorf("%s: lock: %w", p.name, err)
+			return err
 		}
 		granted(p, h)
-		balance := acct.read() + deposit
-		if err := acct.write(h.Token(), balance); err != nil {
-			_ = h.Unlock(ctx)
-			return fmt.Errorf("%s: the account refused token %d: %w", p.name, h.Token(), err)
+		if copied {
+			balance := acct.read() + deposit
+			if err := acct.write(h.Token(), balance); err != nil {
+				// A later holder wrote: this hold was lost before the
+				// write, and nothing was deposited.
+				say("%s holds the lock, token %d: the account refused its deposit (%v); it tries again under a new hold", p.name, h.Token(), err)
+				_ = h.Unlock(ctx)
+				continue
+			}
+			made, copied = made+1, false
+			say("%s holds the lock, token %d: balance → %d, accepted", p.name, h.Token(), balance)
+			onDeposit()
 		}
-		resp, err := p.cli.Txn(h.Context()).If(h.Guard()...).Then(clientv3.OpPut(balanceKey, strconv.Itoa(balance))).Commit()
-		if err == nil && !resp.Succeeded {
-			err = errors.New("guard failed: lock lost")
-		}
-		if err != nil {
+		// The copy is sent again after a transient error while the hold
+		// stands: the same balance written twice is harmless, and the
+		// guard keeps a copy from landing after the hold is lost.
+		balance := acct.read()
+		err = exampleenv.Retry(h.Context(), ttl, func(ctx context.Context) error {
+			resp, err := p.cli.Txn(ctx).If(h.Guard()...).Then(clientv3.OpPut(balanceKey, strconv.Itoa(balance))).Commit()
+			if err == nil && !resp.Succeeded {
+				return errGuardFailed
+			}
+			return err
+		})
+		switch {
+		case err == nil:
+			copied = true
+		case errors.Is(err, errGuardFailed) || h.Context().Err() != nil:
+			say("%s lost the lock (%v) before it copied balance %d into etcd; it tries again under a new hold", p.name, context.Cause(h.Context()), balance)
+		default:
 			_ = h.Unlock(ctx)
 			return fmt.Errorf("%s: fenced write: %w", p.name, err)
 		}
-		say("%s holds the lock, token %d: balance → %d, accepted", p.name, h.Token(), balance)
-		if err := h.Unlock(ctx); err != nil {
+		// Unlock is idempotent: sent again after a transient error, it
+		// deletes the key if the first one did not.
+		if err := exampleenv.Retry(ctx, ttl, h.Unlock); err != nil {
 			return fmt.Errorf("%s: unlock: %w", p.name, err)
 		}
 	}
@@ -275,26 +354,29 @@ func (p *participant) work(ctx context.Context, acct *account, n int,
 }
 
 // waitQueued waits until the lock has n waiters behind its holder.
-func waitQueued(ctx context.Context, cli *clientv3.Client, n int) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	info, err := lock.Inspect(ctx, cli, lockName)
-	if err != nil {
-		return err
-	}
-	w := cli.Watch(wctx, lockName+"/", clientv3.WithPrefix(), clientv3.WithRev(info.Revision+1))
-	for len(info.Waiters) < n {
-		select {
-		case _, ok := <-w:
-			if !ok {
-				return fmt.Errorf("waiting for %d waiters: %w", n, context.Cause(ctx))
-			}
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
-		if info, err = lock.Inspect(ctx, cli, lockName); err != nil {
+func waitQueued(ctx context.Context, e *exampleenv.Env, n int) error {
+	// A synced watch, opened before the first read: every change after the
+	// read is an event on it, and a watch that had to be opened again
+	// (after an auth race, a lost etcd leader) announces its creation
+	// revision, so a change made while it was down is not missed either.
+	w := watch.Open(ctx, e.Admin, lockName+"/", watch.Config{Options: []clientv3.OpOption{clientv3.WithPrefix()}})
+	defer w.Stop()
+	for {
+		var info *lock.Info
+		if err := e.Retry(ctx, func(ctx context.Context) error {
+			var err error
+			info, err = lock.Inspect(ctx, e.Admin, lockName)
+			return err
+		}); err != nil {
 			return err
 		}
+		if len(info.Waiters) >= n {
+			return nil
+		}
+		for w.Rev() <= info.Revision {
+			if _, err := w.Next(ctx); err != nil {
+				return fmt.Errorf("waiting for %d waiters: %w", n, err)
+			}
+		}
 	}
-	return nil
 }

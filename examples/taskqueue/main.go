@@ -9,7 +9,10 @@
 //
 //	go run ./examples/taskqueue            # on an embedded 3-member cluster
 //	go run ./examples/taskqueue -trace     # and print the spans
-//	go run ./examples/taskqueue -endpoints https://etcd:2379 -cacert ca.pem -user me
+//	go run ./examples/taskqueue -endpoints https://etcd:2379 -cacert ca.pem -cert me.pem -key me-key.pem -user me
+//
+// On a cluster given with -endpoints the kill cuts the worker's own
+// connections (see exampleenv), so the story is the same on any etcd.
 package main
 
 import (
@@ -22,11 +25,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/examples/internal/exampleenv"
+	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/leasekeeper"
 	"github.com/concordkit/concord/queue"
 )
@@ -47,7 +52,6 @@ const (
 	workers     = 3
 	maxAttempts = 3
 	stepTime    = 40 * time.Millisecond // what one step of simulated work takes
-	leaseTTL    = 2 * time.Second
 
 	longTask   = "transcode-video"
 	longSteps  = 20
@@ -80,16 +84,22 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// outcome is what a worker reports for one task.
+// outcome is what a worker reports for one task it finished.
 type outcome struct {
 	task   string
 	worker string
-	dead   bool
+}
+
+// killed is the worker to kill, and the step of the long task it has done.
+type killed struct {
+	w    *worker
+	step int
 }
 
 // worker is one consumer process: its own client, lease and queue handle.
 type worker struct {
 	name   string
+	env    *exampleenv.Env
 	cli    *clientv3.Client
 	k      *leasekeeper.Keeper
 	q      *queue.Queue
@@ -119,9 +129,12 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		d = newDisplay(out, total, false)
 	}
 	defer d.close()
-	if e.Embedded() {
-		d.say("started an embedded 3-member etcd cluster")
+	if s := e.Started(); s != "" {
+		d.say("%s", s)
 	}
+	// Each worker's lease outlives an etcd leader failover (see
+	// exampleenv.LeaseTTL): only the kill below ends one.
+	leaseTTL := e.LeaseTTL()
 
 	opts := []queue.Option{queue.WithMaxAttempts(maxAttempts), queue.WithRetryBackoff(50*time.Millisecond, 200*time.Millisecond), queue.WithRetention(0)}
 	admin, err := queue.New(e.Admin, queueName, opts...)
@@ -129,16 +142,37 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	defer admin.Close()
-	if err := admin.Destroy(ctx); err != nil { // start from an empty queue
+	if err := e.Retry(ctx, admin.Destroy); err != nil { // start from an empty queue
 		return err
 	}
 
 	// The long task and the poison task go first, at a higher priority, so
 	// that the kill happens while the other tasks are still being produced.
-	if _, err := admin.Enqueue(ctx, payload(longTask, longSteps), queue.Priority(10)); err != nil {
+	// Each task has a dedup ID, so that an Enqueue sent again after a lost
+	// answer does not enqueue it twice.
+	enqueue := func(ctx context.Context, q *queue.Queue, name string, steps int, opts ...queue.EnqueueOption) (string, error) {
+		var id string
+		err := e.Retry(ctx, func(ctx context.Context) error {
+			var err error
+			id, err = q.Enqueue(ctx, payload(name, steps), append(opts, queue.DedupID(name))...)
+			return err
+		})
+		return id, err
+	}
+	if _, err := enqueue(ctx, admin, longTask, longSteps, queue.Priority(10)); err != nil {
 		return err
 	}
-	if _, err := admin.Enqueue(ctx, payload(poisonTask, 4), queue.Priority(5)); err != nil {
+	poisonID, err := enqueue(ctx, admin, poisonTask, 4, queue.Priority(5))
+	if err != nil {
+		return err
+	}
+	// The queue itself tells when the poison task is dead: a worker sees
+	// it fail on the last attempt only if it holds that attempt's claim to
+	// the end, and a claim can be lost (its lease, or its worker, gone).
+	sctx, stopStatus := context.WithCancel(ctx)
+	defer stopStatus()
+	poisonStatus, err := admin.WatchStatus(sctx, poisonID)
+	if err != nil {
 		return err
 	}
 	d.say("enqueued %s (%d steps, checkpointed after each) and %s (fails every time)", longTask, longSteps, poisonTask)
@@ -147,7 +181,8 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		mu        sync.Mutex // protects stepsDone
 		stepsDone = map[int][]string{}
 		outcomes  = make(chan outcome, total*maxAttempts)
-		kill      = make(chan *worker, 1)
+		kill      = make(chan killed, 1)
+		killOnce  atomic.Bool // set by the worker that is to be killed
 	)
 	ws := make([]*worker, workers)
 	defer func() {
@@ -159,13 +194,13 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			<-w.done
 			w.q.Close()
 			e.Restore(w.cli)
-			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), leaseTTL)
 			w.k.Close(kctx)
 			kcancel()
 		}
 	}()
 	for i := range ws {
-		w := &worker{name: fmt.Sprintf("worker-%d", i+1), done: make(chan struct{})}
+		w := &worker{name: fmt.Sprintf("worker-%d", i+1), env: e, done: make(chan struct{})}
 		if w.cli, err = e.NewClient(); err != nil {
 			return err
 		}
@@ -180,7 +215,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		ws[i] = w
 		go func() {
 			defer close(w.done)
-			w.loop(wctx, d, outcomes, kill, func(step int) {
+			w.loop(wctx, d, outcomes, kill, &killOnce, func(step int) {
 				mu.Lock()
 				stepsDone[step] = append(stepsDone[step], w.name)
 				mu.Unlock()
@@ -205,7 +240,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			}
 			defer q.Close()
 			for _, n := range names {
-				if _, err := q.Enqueue(ctx, payload(n, 6)); err != nil {
+				if _, err := enqueue(ctx, q, n, 6); err != nil {
 					perr <- err
 					return
 				}
@@ -214,28 +249,30 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		})
 	}
 
-	var killed *worker
+	var victim *killed
 	finished, dead := 0, 0
 	for finished+dead < total {
 		select {
-		case w := <-kill:
-			killed = w
-			lease := w.k.Current().ID()
-			if err := e.CutOff(ctx, w.cli, lease); err != nil {
-				return err
+		case k := <-kill:
+			victim = &k
+			// The process is gone: it acks nothing, releases nothing, and
+			// its lease expires on the server a TTL after its last renewal.
+			e.CutOff(k.w.cli)
+			k.w.cancel()
+			<-k.w.done
+			d.say("KILLED %s midway through %s (step %d of %d): its claim lives on until its lease expires on the server", k.w.name, longTask, k.step, longSteps)
+		case <-outcomes:
+			finished++
+		case st, open := <-poisonStatus:
+			if !open {
+				if ctx.Err() != nil {
+					return fmt.Errorf("waiting for the tasks: %w", context.Cause(ctx))
+				}
+				return fmt.Errorf("following %s's status ended", poisonTask)
 			}
-			w.cancel() // the process is gone: it acks nothing, releases nothing
-			<-w.done
-			if e.Embedded() {
-				d.say("KILLED %s midway through %s (step %d of %d): its claim lives on until its lease expires on the server", w.name, longTask, killAtStep, longSteps)
-			} else {
-				d.say("KILLED %s midway through %s (step %d of %d); its lease was revoked on the server", w.name, longTask, killAtStep, longSteps)
-			}
-		case oc := <-outcomes:
-			if oc.dead {
+			if st.State == queue.StateDead {
 				dead++
-			} else {
-				finished++
+				poisonStatus = nil // done with it
 			}
 		case err := <-perr:
 			return err
@@ -243,17 +280,24 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			return fmt.Errorf("waiting for the tasks: %w", context.Cause(ctx))
 		}
 	}
+	stopStatus()
 	producers.Wait()
-	if killed == nil {
+	if victim == nil {
 		return errors.New("the long task finished before its worker could be killed")
 	}
 
-	st, err := admin.Stats(ctx)
-	if err != nil {
+	var st queue.Stats
+	var letters []queue.DeadLetter
+	if err := e.Retry(ctx, func(ctx context.Context) error {
+		st, err = admin.Stats(ctx)
+		return err
+	}); err != nil {
 		return err
 	}
-	letters, err := admin.DeadLetters(ctx, 10)
-	if err != nil {
+	if err := e.Retry(ctx, func(ctx context.Context) error {
+		letters, err = admin.DeadLetters(ctx, 10)
+		return err
+	}); err != nil {
 		return err
 	}
 	d.say("queue now: %d ready, %d running, %d dead", st.Ready, st.Running, st.Dead)
@@ -262,7 +306,8 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 	mu.Lock()
 	var lost, twice []int
-	for s := 1; s <= longSteps; s++ {
+	var runs []string // who ran which steps, in order
+	for s, from := 1, 1; s <= longSteps; s++ {
 		switch len(stepsDone[s]) {
 		case 0:
 			lost = append(lost, s)
@@ -270,38 +315,53 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		default:
 			twice = append(twice, s)
 		}
+		if s == longSteps || len(stepsDone[s]) == 0 || len(stepsDone[s+1]) == 0 || stepsDone[s+1][0] != stepsDone[s][0] {
+			if len(stepsDone[s]) > 0 {
+				runs = append(runs, fmt.Sprintf("%d-%d on %s", from, s, stepsDone[s][0]))
+			}
+			from = s + 1
+		}
 	}
-	first, last := stepsDone[1], stepsDone[longSteps]
 	mu.Unlock()
-	if len(lost) > 0 || len(twice) > 0 || len(first) == 0 || len(last) == 0 {
+	if len(lost) > 0 || len(twice) > 0 {
 		return fmt.Errorf("%s: steps lost %v, steps done twice %v", longTask, lost, twice)
 	}
-	d.say("%d tasks done, %d dead letter; %s ran steps 1-%d on %s and %d-%d on %s: no step lost, none done twice",
-		finished, dead, longTask, killAtStep, first[0], killAtStep+1, longSteps, last[0])
-	return admin.Destroy(ctx)
+	d.say("%d tasks done, %d dead letter; %s ran steps %s: no step lost, none done twice",
+		finished, dead, longTask, strings.Join(runs, ", "))
+	return e.Retry(ctx, admin.Destroy)
 }
 
-// loop takes tasks until ctx ends. It reports each finished or dead task,
-// and asks to be killed when it reaches killAtStep of the long task's first
-// attempt.
-func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, kill chan<- *worker, stepDone func(int)) {
+// loop takes tasks until ctx ends. It reports each finished task, and asks
+// to be killed when it is the first to get past killAtStep of the long task.
+//
+// A worker never walks away from a task whose claim it still holds: nobody
+// else could take the task until the worker's lease ended, which a live
+// worker's keeper never lets happen. So a Progress, Ack or Nack that failed
+// for a transient reason (etcd electing a new leader) is sent again, until
+// it is done or the claim is lost; they are all safe to repeat.
+func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, kill chan<- killed, killOnce *atomic.Bool, stepDone func(int)) {
+	bo := retry.RequestPolicy.New()
 	for {
 		t, err := w.q.Dequeue(ctx, w.k)
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, queue.ErrClosed) {
-				d.say("%s: dequeue: %v", w.name, err)
+			if ctx.Err() != nil || errors.Is(err, queue.ErrClosed) {
+				return
 			}
-			return
+			d.say("%s: dequeue: %v; tries again", w.name, err)
+			if bo.Wait(ctx) != nil {
+				return
+			}
+			continue
 		}
+		bo.Reset()
 		name, steps, err := parsePayload(t.Payload)
 		if err != nil {
-			_ = t.Fail(ctx, err.Error())
-			outcomes <- outcome{task: t.ID, worker: w.name, dead: true}
+			_ = w.env.Retry(ctx, func(ctx context.Context) error { return t.Fail(ctx, err.Error()) })
 			continue
 		}
 		if name == poisonTask {
 			reason := "cannot open archive: checksum mismatch"
-			if err := t.Nack(ctx, 50*time.Millisecond); err != nil {
+			if err := w.env.Retry(ctx, func(ctx context.Context) error { return t.Nack(ctx, 50*time.Millisecond) }); err != nil {
 				d.say("%s: %s: nack: %v", w.name, name, err)
 				continue
 			}
@@ -310,7 +370,6 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 				continue
 			}
 			d.say("%s  %-16s attempt %d of %d failed (%s): sent to the dead letters", w.name, name, t.Attempt, maxAttempts, reason)
-			outcomes <- outcome{task: name, worker: w.name, dead: true}
 			continue
 		}
 
@@ -322,7 +381,7 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 			d.say("%s  %-16s started (attempt %d, token %d)", w.name, name, t.Attempt, t.Token())
 		}
 		view := d.attempt(w.name, name, steps, from)
-		ok := w.work(ctx, t, name, steps, from, view, kill, stepDone)
+		ok := w.work(ctx, t, name, steps, from, view, kill, killOnce, stepDone)
 		if !ok {
 			view.end(false)
 			if ctx.Err() != nil {
@@ -330,7 +389,10 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 			}
 			continue
 		}
-		if err := t.Ack(ctx); err != nil {
+		// Ack is idempotent: sent again after a lost answer, it returns nil
+		// if the first one committed. A lost claim (ErrLost) means the task
+		// runs again elsewhere.
+		if err := w.env.Retry(ctx, func(ctx context.Context) error { return t.Ack(ctx) }); err != nil {
 			d.say("%s: %s: ack: %v", w.name, name, err)
 			view.end(false)
 			continue
@@ -345,28 +407,45 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 
 // work runs a task's steps from the checkpoint on, saving a checkpoint after
 // each, and reports whether it got to the end.
-func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, from int, view *taskView, kill chan<- *worker, stepDone func(int)) bool {
+func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, from int, view *taskView,
+	kill chan<- killed, killOnce *atomic.Bool, stepDone func(int)) bool {
+	// Checkpoints are sent until the claim is lost or the worker stops.
+	held, cancel := context.WithCancelCause(t.Context())
+	defer cancel(nil)
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
+	defer stop()
 	tick := time.NewTicker(stepTime)
 	defer tick.Stop()
 	for s := from + 1; s <= steps; s++ {
 		select {
 		case <-tick.C: // the step's simulated work
-		case <-t.Context().Done():
-			return false // claim lost: someone else may have the task now
-		case <-ctx.Done():
-			return false
+		case <-held.Done():
+			return false // claim lost (someone else may have the task now), or the worker stops
 		}
 		// The checkpoint is fenced: a worker that lost the task cannot
-		// overwrite its new owner's progress.
-		if err := t.Progress(ctx, float64(s)/float64(steps), fmt.Sprintf("step %d of %d", s, steps), []byte(strconv.Itoa(s))); err != nil {
+		// overwrite its new owner's progress. The same checkpoint sent
+		// twice is harmless.
+		if err := w.env.Retry(held, func(ctx context.Context) error {
+			return t.Progress(ctx, float64(s)/float64(steps), fmt.Sprintf("step %d of %d", s, steps), []byte(strconv.Itoa(s)))
+		}); err != nil {
+			if held.Err() == nil && !errors.Is(err, queue.ErrLost) {
+				// Refused for good while the claim stands: give the task
+				// back rather than hold it.
+				view.d.say("%s: %s: progress: %v; gives the task back", w.name, name, err)
+				_ = w.env.Retry(ctx, func(ctx context.Context) error { return t.Nack(ctx, 0) })
+			}
 			return false
 		}
 		if name == longTask {
 			stepDone(s)
 		}
 		view.step(s)
-		if name == longTask && t.Attempt == 1 && s == killAtStep {
-			kill <- w
+		// The first worker past killAtStep is killed, on whichever attempt:
+		// normally the first, but an attempt that lost its claim on its own
+		// (a lease lost under heavy load) must not keep the kill from
+		// happening.
+		if name == longTask && s >= killAtStep && killOnce.CompareAndSwap(false, true) {
+			kill <- killed{w, s}
 			<-ctx.Done() // killed here
 			return false
 		}

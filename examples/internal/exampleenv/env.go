@@ -1,6 +1,9 @@
-// Package exampleenv is where concord's examples run: an embedded 3-member
-// cluster by default, or the etcd given by -endpoints (with TLS and user
-// flags), with spans printed by -trace.
+// Package exampleenv is where concord's examples run: a 3-member cluster of
+// their own by default (embedded members, or etcd processes when
+// CONCORD_ETCD names an etcd binary, see testcluster), or the etcd given by
+// -endpoints (with TLS and user flags), with spans printed by -trace. The
+// faults the examples show (a client cut off from etcd) work the same on
+// both.
 package exampleenv
 
 import (
@@ -21,28 +24,42 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
+	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/testcluster"
 )
 
-// Options are the flags every example takes. The zero value runs on an
-// embedded cluster without tracing.
+// Options are the flags every example takes. The zero value runs on a
+// cluster of the example's own without tracing.
 type Options struct {
-	Endpoints string // empty: start an embedded 3-member cluster
+	Endpoints string // empty: start a 3-member cluster (embedded, or etcd processes with CONCORD_ETCD)
 	CACert    string
 	Cert      string
 	Key       string
-	User      string // name:password, or name with the password in CONCORD_PASSWORD
-	Trace     bool   // print spans to the output
+	User      string        // name:password, or name with the password in CONCORD_PASSWORD
+	TTL       time.Duration // lease TTL; 0: see Env.LeaseTTL
+	Trace     bool          // print spans to the output
 }
+
+// DefaultTTL is the lease TTL the examples use with -endpoints unless -ttl
+// says otherwise. A lease must outlive the death of the etcd leader, or
+// every etcd leader failover would cost the examples' processes their
+// holdings: etcd's default timings (1 s election timeout) elect a new
+// leader up to about 2 s after the old one stopped, the keeper renews every
+// third of the TTL and gives a lease up a tenth of the TTL before its safe
+// deadline, so TTL × (1 − 1/3 − 1/10) must exceed about 2.5 s: 5 s. (At
+// those timings etcd raises any TTL under 2 s to 2 s anyway.)
+const DefaultTTL = 5 * time.Second
 
 // Register defines the flags on fs.
 func (o *Options) Register(fs *flag.FlagSet) {
-	fs.StringVar(&o.Endpoints, "endpoints", "", "comma-separated etcd client URLs (default: start an embedded 3-member cluster)")
+	fs.StringVar(&o.Endpoints, "endpoints", "", "comma-separated etcd client URLs (default: start a 3-member cluster: embedded, or etcd processes from the binary in "+testcluster.EnvBinary+")")
 	fs.StringVar(&o.CACert, "cacert", "", "with -endpoints: PEM file of the members' CA")
 	fs.StringVar(&o.Cert, "cert", "", "with -endpoints: PEM file of a client certificate")
 	fs.StringVar(&o.Key, "key", "", "with -endpoints: PEM file of the client certificate's key")
 	fs.StringVar(&o.User, "user", "", "with -endpoints: etcd user as name:password, or name with CONCORD_PASSWORD")
+	fs.DurationVar(&o.TTL, "ttl", 0, "lease TTL (default: "+DefaultTTL.String()+" with -endpoints, which fits etcd's default 1 s election timeout; on the example's own cluster, the shortest that outlives its leader failover)")
 	fs.BoolVar(&o.Trace, "trace", false, "print OpenTelemetry spans to stdout")
 }
 
@@ -53,15 +70,20 @@ type Env struct {
 
 	tc      *testcluster.Cluster // nil with -endpoints
 	cfg     clientv3.Config      // with -endpoints
-	mu      sync.Mutex           // protects clients
+	ttl     time.Duration
+	mu      sync.Mutex // protects clients, links
 	clients []*clientv3.Client
+	links   map[*clientv3.Client]*link // with -endpoints: each client's own network
 	tp      *sdktrace.TracerProvider
 	prevTP  trace.TracerProvider
 }
 
 // Setup connects as o says; the caller must Close the Env.
 func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
-	e := &Env{}
+	e := &Env{ttl: o.TTL, links: map[*clientv3.Client]*link{}}
+	if o.TTL < 0 {
+		return nil, fmt.Errorf("-ttl %v: must be positive", o.TTL)
+	}
 	if o.Trace {
 		exp, err := stdouttrace.New(stdouttrace.WithWriter(out))
 		if err != nil {
@@ -80,8 +102,20 @@ func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
 		}
 		e.tc = c
 		e.Admin = c.Admin()
+		if e.ttl == 0 {
+			e.ttl = c.FailoverTTL()
+		}
 		return e, nil
 	}
+	if err := e.connect(ctx, o); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// connect sets e up for the cluster at o.Endpoints.
+func (e *Env) connect(ctx context.Context, o Options) error {
 	cfg := clientv3.Config{
 		Endpoints:   strings.Split(o.Endpoints, ","),
 		DialTimeout: 5 * time.Second,
@@ -92,20 +126,20 @@ func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
 		if o.CACert != "" {
 			pem, err := os.ReadFile(o.CACert)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			tc.RootCAs = x509.NewCertPool()
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("-cacert %s: no PEM certificate", o.CACert)
+				return fmt.Errorf("-cacert %s: no PEM certificate", o.CACert)
 			}
 		}
 		if (o.Cert == "") != (o.Key == "") {
-			return nil, fmt.Errorf("-cert and -key go together")
+			return fmt.Errorf("-cert and -key go together")
 		}
 		if o.Cert != "" {
 			pair, err := tls.LoadX509KeyPair(o.Cert, o.Key)
 			if err != nil {
-				return nil, fmt.Errorf("-cert %s / -key %s: %w", o.Cert, o.Key, err)
+				return fmt.Errorf("-cert %s / -key %s: %w", o.Cert, o.Key, err)
 			}
 			tc.Certificates = []tls.Certificate{pair}
 		}
@@ -117,65 +151,121 @@ func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
 			pw = os.Getenv("CONCORD_PASSWORD")
 		}
 		if name == "" || pw == "" {
-			return nil, fmt.Errorf("-user %s: give name:password, or the password in CONCORD_PASSWORD", name)
+			return fmt.Errorf("-user %s: give name:password, or the password in CONCORD_PASSWORD", name)
 		}
 		cfg.Username, cfg.Password = name, pw
 	}
 	e.cfg = cfg
+	if e.ttl == 0 {
+		e.ttl = DefaultTTL
+	}
 	admin, err := e.NewClient()
 	if err != nil {
-		e.Close()
-		return nil, err
+		return err
 	}
 	// clientv3.New does not wait for a connection: check that one answers.
 	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := admin.Status(sctx, cfg.Endpoints[0]); err != nil {
-		e.Close()
-		return nil, fmt.Errorf("etcd at %s did not answer: %w", o.Endpoints, err)
+		return fmt.Errorf("etcd at %s did not answer: %w", o.Endpoints, err)
 	}
 	e.Admin = admin
-	return e, nil
+	return nil
 }
 
 // NewClient returns a client of its own, so that it can be cut off alone.
 func (e *Env) NewClient() (*clientv3.Client, error) {
 	var cli *clientv3.Client
 	var err error
+	var l *link
 	if e.tc != nil {
 		cli, err = e.tc.NewClient()
 	} else {
-		cli, err = clientv3.New(e.cfg)
+		l = newLink()
+		cfg := e.cfg
+		cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...), grpc.WithContextDialer(l.dial))
+		cli, err = clientv3.New(cfg)
 	}
 	if err != nil {
 		return nil, err
 	}
 	e.mu.Lock()
 	e.clients = append(e.clients, cli)
+	if l != nil {
+		e.links[cli] = l
+	}
 	e.mu.Unlock()
 	return cli, nil
 }
 
-// Embedded reports whether the example runs on its own embedded cluster.
-func (e *Env) Embedded() bool { return e.tc != nil }
-
-// CutOff makes the server expire lease as a network cut would: on the
-// embedded cluster, cli is cut off from every member (the process lives on
-// and learns of the loss from its keeper); on a real cluster, which cannot
-// be partitioned from here, the lease is revoked on the server instead.
-func (e *Env) CutOff(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
-	if e.tc != nil {
-		e.tc.CutClient(cli)
-		return nil
+// Started describes the cluster the example started for itself, or returns
+// "" when it was given -endpoints.
+func (e *Env) Started() string {
+	switch {
+	case e.tc == nil:
+		return ""
+	case e.tc.Binary() != "":
+		return fmt.Sprintf("started a 3-member cluster of etcd %s processes (%s)", e.tc.Version(), testcluster.EnvBinary)
+	default:
+		return "started an embedded 3-member etcd cluster"
 	}
-	_, err := e.Admin.Revoke(ctx, lease)
-	return err
 }
 
-// Restore undoes CutOff on the embedded cluster.
+// LeaseTTL is the TTL for the examples' leases: -ttl if given; on the
+// example's own cluster, the shortest TTL that outlives the death of its
+// etcd leader (2 s for embedded members' 100 ms elections, which keeps the
+// demos quick, 5 s for etcd processes' default 1 s); with -endpoints,
+// DefaultTTL, sized for etcd's default timings.
+func (e *Env) LeaseTTL() time.Duration { return e.ttl }
+
+// Retry calls fn, one request that is safe to send again (a read, a delete,
+// a put of the same value), until it succeeds, fails for good, or ctx ends.
+// Each try is bounded by about an election timeout (retry.Attempt of ttl,
+// the TTL of the leases involved): a request sent to an etcd leader that
+// died or hangs gets no answer, and is better sent again to whichever
+// member answers once the others have elected a new leader (about a second
+// after the fault, at etcd's default timings) than waited on; and "request
+// timed out", which etcd answers while it has no leader, is worth another
+// try too.
+func Retry(ctx context.Context, ttl time.Duration, fn func(context.Context) error) error {
+	return retry.Attempts(ctx, retry.RequestPolicy, retry.Attempt(ttl), fn)
+}
+
+// Retry is Retry with the examples' lease TTL.
+func (e *Env) Retry(ctx context.Context, fn func(context.Context) error) error {
+	return Retry(ctx, e.ttl, fn)
+}
+
+// CutOff cuts cli, a client made by NewClient, off from every member as a
+// partition or a long pause would: its requests and lease renewals stall
+// (nothing is refused), so its leases expire on the server while the
+// process lives on and learns of the loss from its keeper. On the example's
+// own cluster the cluster's proxies do it; with -endpoints, the client's
+// own dialer (see link), so it works against any cluster.
+func (e *Env) CutOff(cli *clientv3.Client) {
+	if e.tc != nil {
+		e.tc.CutClient(cli)
+		return
+	}
+	e.mu.Lock()
+	l := e.links[cli]
+	e.mu.Unlock()
+	if l != nil {
+		l.cut()
+	}
+}
+
+// Restore undoes CutOff: stalled traffic flows again.
 func (e *Env) Restore(cli *clientv3.Client) {
 	if e.tc != nil {
 		e.tc.RestoreClient(cli)
+		return
+	}
+	e.mu.Lock()
+	l := e.links[cli]
+	e.mu.Unlock()
+	if l != nil {
+		l.restore()
 	}
 }
 
@@ -186,9 +276,7 @@ func (e *Env) Close() {
 	e.clients = nil
 	e.mu.Unlock()
 	for _, cli := range clients {
-		if e.tc != nil {
-			e.tc.RestoreClient(cli)
-		}
+		e.Restore(cli)
 		cli.Close()
 	}
 	if e.tc != nil {
