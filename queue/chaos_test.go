@@ -500,3 +500,41 @@ func waitLedger(t *testing.T, ctx context.Context, admin *clientv3.Client, name,
 		}
 	}
 }
+
+// Progress and Ack go on about one election after the etcd leader's process
+// hangs (SIGSTOP), while the claim stands, instead of waiting for etcd's
+// own request timeout and failing. Process mode only (Pause).
+func TestTaskOpsGoOnWhileLeaderHangs(t *testing.T) {
+	c := testcluster.New(t)
+	if c.Binary() == "" {
+		t.Skip("Pause needs process mode (CONCORD_ETCD)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cli, err := c.NewClient()
+	require.NoError(t, err)
+	defer cli.Close()
+	const ttl = 20 * time.Second // far longer than the failover
+	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(ttl))
+	require.NoError(t, err)
+	defer k.Close(context.Background())
+	q, err := queue.New(cli, "/qt/"+t.Name(), queue.WithRetention(0))
+	require.NoError(t, err)
+	defer q.Close()
+	_, err = q.Enqueue(ctx, []byte("x"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+
+	lead, err := c.WaitLeader(ctx)
+	require.NoError(t, err)
+	require.NoError(t, c.Pause(lead))
+	defer func() { _ = c.Resume(lead) }()
+	start := time.Now()
+	for i := range 3 {
+		require.NoError(t, task.Progress(ctx, float64(i)/3, "working", nil), "Progress while the leader hangs")
+	}
+	require.NoError(t, task.Ack(ctx))
+	t.Logf("3 Progress calls and an Ack in %v after the leader hung (election timeout %v)", time.Since(start), c.ElectionTimeout())
+	require.Less(t, time.Since(start), ttl/2, "the calls waited for the hung leader")
+}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
+	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
 )
 
@@ -311,7 +312,7 @@ func (q *Queue) retentionTTL() int64 {
 // retentionLeaseID returns the current retention lease, granting a new one
 // if it is due or renew is set (the last one was not found). A grant that
 // fails leaves the current lease as it was, for the next caller to retry.
-func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.LeaseID, error) {
+func (q *Queue) retentionLeaseID(ctx context.Context, renew bool, try time.Duration) (clientv3.LeaseID, error) {
 	// A fresh lease needs no turn behind a grant in flight.
 	if id, ok := q.freshRetentionLease(); ok && !renew {
 		return id, nil
@@ -324,7 +325,15 @@ func (q *Queue) retentionLeaseID(ctx context.Context, renew bool) (clientv3.Leas
 	if id, ok := q.freshRetentionLease(); ok && !renew {
 		return id, nil
 	}
-	resp, err := q.cli.Grant(ctx, q.retentionTTL())
+	// Each try is bounded by try (retry.Attempt): a grant sent to an etcd
+	// leader that died or hangs is sent again once another is elected. A
+	// grant given up that landed all the same leaves a lease nothing is
+	// attached to, which expires after the retention.
+	var resp *clientv3.LeaseGrantResponse
+	err := retry.Attempts(ctx, retry.RequestPolicy, try, func(ctx context.Context) (err error) {
+		resp, err = q.cli.Grant(ctx, q.retentionTTL())
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("queue: grant retention lease: %w", err)
 	}

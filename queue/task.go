@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -45,6 +46,7 @@ type Task struct {
 	dedup       string
 	maxAttempts int
 	checkpoint  []byte
+	try         time.Duration // bound of one try of a request (retry.Attempt of the keeper's TTL)
 	// hasStatus and hasProgress say whether s/<id> and p/<id> may exist:
 	// the claim read them, and while the claim stands only this worker
 	// writes them, so Ack deletes only keys that are there.
@@ -132,7 +134,11 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	// Set before sending: a request whose answer is lost may have written it.
 	t.hasProgress = true
 	v := encodeProgress(progressRecord{Fraction: fraction, Message: message, Worker: t.q.worker, Attempt: t.Attempt, Token: t.token, At: time.Now().UnixNano()}, checkpoint)
-	resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
+	var resp *clientv3.TxnResponse
+	err := t.send(ctx, func(ctx context.Context) (err error) {
+		resp, err = t.q.cli.Txn(ctx).If(t.held...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("queue: progress: task %s: %w", t.ID, err)
 	}
@@ -140,6 +146,31 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 		return t.lost("progress")
 	}
 	return nil
+}
+
+// send runs one request of the task: each try bounded by t.try (about
+// an election timeout, see retry.Attempt), tried again while its outcome is
+// unknown (a request to an etcd leader that died or hangs), until ctx ends
+// or the claim is lost (the task's context ends). fn must be safe to
+// repeat: the guarded Progress writes the same value again; a finishing
+// transaction recognises its own earlier commit (committedEarlier). A try
+// given up may still land after a later Progress: the checkpoint the next
+// attempt sees is then an earlier one, which at-least-once processing
+// tolerates.
+func (t *Task) send(ctx context.Context, fn func(context.Context) error) error {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(t.ctx, func() { cancel(context.Cause(t.ctx)) })()
+	var last error
+	err := retry.Attempts(rctx, retry.RequestPolicy, t.try, func(ctx context.Context) error {
+		last = fn(ctx)
+		return last
+	})
+	if err != nil && last != nil && rctx.Err() != nil && ctx.Err() == nil {
+		// Stopped because the claim is gone: say what etcd said last.
+		return fmt.Errorf("%w (after: %w)", err, last)
+	}
+	return err
 }
 
 // ended reports why the task can no longer be changed: the result of the
@@ -320,7 +351,7 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 	for try := 0; ; try++ {
 		if wantLease {
 			var err error
-			if lease, err = t.q.retentionLeaseID(ctx, try > 0); err != nil {
+			if lease, err = t.q.retentionLeaseID(ctx, try > 0, t.try); err != nil {
 				t.finishing.Store(false)
 				return err
 			}
@@ -333,11 +364,15 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 		// The Else reads let a retry after an answer that never came (the
 		// first attempt may have committed) recognise its own outcome by the
 		// token in the record it wrote, rather than report a lost claim.
-		resp, err := t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Else(
-			clientv3.OpGet(t.q.keys.finished(t.ID)),
-			clientv3.OpGet(t.q.keys.status(t.ID)),
-			clientv3.OpGet(t.q.keys.dead(t.ID)),
-		).Commit()
+		var resp *clientv3.TxnResponse
+		err := t.send(ctx, func(ctx context.Context) (err error) {
+			resp, err = t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Else(
+				clientv3.OpGet(t.q.keys.finished(t.ID)),
+				clientv3.OpGet(t.q.keys.status(t.ID)),
+				clientv3.OpGet(t.q.keys.dead(t.ID)),
+			).Commit()
+			return err
+		})
 		if err != nil {
 			if wantLease && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the retention lease expired early (clock or restart): grant another
