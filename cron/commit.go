@@ -111,7 +111,7 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	}
 	cmps := append(r.term.Guard(), clientv3.Compare(clientv3.CreateRevision(c.key), "=", 0))
 	then := append(ops[:len(ops):len(ops)], clientv3.OpPut(c.key, rec))
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	for {
 		// Each try is bounded: a request stuck on a member that lost the
 		// Raft leadership waits for etcd's own request timeout, longer than

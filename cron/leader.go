@@ -259,7 +259,7 @@ func (l *leader) watchCtl(ctx context.Context, rev int64) *watch.Watch {
 // stuck on a member that lost the Raft leadership waits for etcd's own
 // request timeout, while another member could answer at once.
 func retryRead(ctx context.Context, try time.Duration, fn func(context.Context) (int64, error)) (int64, error) {
-	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
+	bo := retry.RequestPolicy.New()
 	for {
 		tctx, cancel := tryContext(ctx, try)
 		rev, err := fn(tctx)
@@ -690,7 +690,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 	}
 	key := l.s.keys.claim(j.name)
 	at := time.Now().UnixNano()
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	// adopted takes a claim record read back, reporting whether it is one
 	// of this call's own writes whose reply was lost: only this term writes
 	// its token, and it claims (r.Time, r.Attempt) once.
@@ -947,7 +947,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		return false, err
 	}
 	key := l.s.keys.trigger(j.name)
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	for {
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
 		// Each try is bounded, as in claim; the read-back below settles a

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -135,7 +134,7 @@ func (b *binding) wrote(id clientv3.LeaseID, rev int64) {
 // keep re-writes the key on every new lease generation until stopped.
 func (b *binding) keep(ctx context.Context, l *leasekeeper.Lease) {
 	defer b.wg.Done()
-	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	bo := retry.RecoverPolicy.New()
 	for {
 		select {
 		case <-ctx.Done():

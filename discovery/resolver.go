@@ -91,7 +91,7 @@ type grpcResolver struct {
 func (r *grpcResolver) run(ctx context.Context) {
 	defer r.wg.Done()
 	sc := r.cc.ParseServiceConfig(r.serviceConfig)
-	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	bo := retry.RecoverPolicy.New()
 	var w *Watcher
 	for w == nil {
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -204,7 +204,7 @@ func outcome(err error) string {
 
 // campaign runs with the slot held.
 func (e *Election) campaign(ctx context.Context, value string) (*Term, error) {
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	for {
 		l, err := e.k.Lease(ctx)
 		if err != nil {

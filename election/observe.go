@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -77,7 +76,7 @@ func (o *observer) loop(ctx context.Context) error {
 	if o.e.err != nil {
 		return o.e.err
 	}
-	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
+	bo := retry.RequestPolicy.New()
 	needLoad := true
 	for {
 		if ctx.Err() != nil {
@@ -91,7 +90,7 @@ func (o *observer) loop(ctx context.Context) error {
 				if !retry.Retriable(err) {
 					return fmt.Errorf("election: observe %q: %w", o.e.name, err)
 				}
-				if err := o.sendWhile(ctx, &bo); err != nil {
+				if err := o.sendWhile(ctx, bo); err != nil {
 					return err
 				}
 				continue

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/concordkit/concord/internal/retry"
 )
@@ -24,7 +23,7 @@ func (e *Election) Run(ctx context.Context, value string, fn func(ctx context.Co
 	if fn == nil {
 		return errors.New("election: Run: nil fn")
 	}
-	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	bo := retry.RecoverPolicy.New()
 	for {
 		t, err := e.Campaign(ctx, value)
 		if err != nil {
@@ -59,7 +58,7 @@ func (e *Election) Run(ctx context.Context, value string, fn func(ctx context.Co
 // keep this candidate leader with nothing running, and hold the Election's
 // slot so that it could not campaign again.
 func resignUntilDone(ctx context.Context, t *Term) {
-	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	bo := retry.RecoverPolicy.New()
 	for t.Resign(ctx) != nil {
 		select {
 		case <-t.Done():

@@ -309,7 +309,7 @@ func lostErr(l *leasekeeper.Lease) error {
 // safe because the key is unique to this request.
 func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error {
 	t := &a.t
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return context.Cause(ctx)
@@ -695,7 +695,7 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 	// learn the next waiter, whose key its unlock touches (touchNext).
 	nextOpts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMinCreateRev(t.rev + 1),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1), clientv3.WithKeysOnly()}
-	bo := retry.Backoff{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	for {
 		o, no := opts, nextOpts
 		if serial {

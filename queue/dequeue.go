@@ -59,7 +59,7 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 	start := time.Now()
 	ctx, finish := q.tel.startDequeue(ctx)
 	defer func() { finish(t, err, time.Since(start)) }()
-	bo := retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}
+	bo := retry.RequestPolicy.New()
 	for {
 		lease, err := k.Lease(ctx)
 		if err != nil {

@@ -243,7 +243,7 @@ func (ix *index) notifyLocked() {
 // watch and read after a backoff.
 func (ix *index) run(ctx context.Context) {
 	defer close(ix.done)
-	bo := retry.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	bo := retry.RecoverPolicy.New()
 	for ctx.Err() == nil {
 		loaded, err := ix.session(ctx)
 		if loaded {

@@ -293,7 +293,7 @@ const replyGrace = 250 * time.Millisecond
 // the semaphore has none.
 func (a *acquisition) enqueue(ctx context.Context, value string, limit int) error {
 	t := &a.t
-	bo := retry.Backoff{Min: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+	bo := retry.RequestPolicy.New()
 	want := encodeLimit(limit)
 	for {
 		if err := ctx.Err(); err != nil {

@@ -146,8 +146,14 @@ type Policy struct {
 
 // Named policies.
 var (
-	// RequestPolicy paces retries of a request to etcd.
-	RequestPolicy = Policy{Min: 10 * time.Millisecond, Max: 500 * time.Millisecond}
+	// RequestPolicy paces retries of a request to etcd. Its ceiling is
+	// low: the common reason to retry is a cluster electing a leader, and
+	// the first request after the election should not wait long (members
+	// without a leader refuse at once, so each retry costs little).
+	RequestPolicy = Policy{Min: 10 * time.Millisecond, Max: 250 * time.Millisecond}
+	// RecoverPolicy paces a loop that recovers from a longer failure (a
+	// campaign again after a lost term, a resolver's reload).
+	RecoverPolicy = Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 	// WatchPolicy paces new watches after failed ones.
 	WatchPolicy = Policy{Min: 10 * time.Millisecond, Max: time.Second}
 )
