@@ -112,13 +112,15 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	cmps := append(r.term.Guard(), clientv3.Compare(clientv3.CreateRevision(c.key), "=", 0))
 	then := append(ops[:len(ops):len(ops)], clientv3.OpPut(c.key, rec))
 	bo := retry.RequestPolicy.New()
+	tr := newTries(c.try)
 	for {
 		// Each try is bounded: a request stuck on a member that lost the
 		// Raft leadership waits for etcd's own request timeout, longer than
 		// a term may last. A later try settles an earlier one applied late:
 		// it finds the record with this run's token and attempt.
-		tctx, cancel := tryContext(ctx, c.try)
+		tctx, cancel := tr.next(ctx)
 		resp, err := c.cli.Txn(tctx).If(cmps...).Then(then...).Else(clientv3.OpGet(c.key)).Commit()
+		tr.ended(err)
 		cancel()
 		if err == nil {
 			if resp.Succeeded {
@@ -152,11 +154,28 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	}
 }
 
-// tryContext bounds one try of a request that is retried on an unknown
-// outcome by d, if d is positive.
-func tryContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if d <= 0 {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, d)
+// tries bounds the tries of one request that is retried on an unknown
+// outcome (retry.Bounds): the first by its full bound, those after a try
+// that ran out of time shorter at first, so that a request that met a dead
+// etcd leader goes through soon after the next one is elected.
+type tries struct {
+	bounds   *retry.Bounds
+	timedOut bool
+	parent   context.Context
+	cur      context.Context
+}
+
+func newTries(full time.Duration) *tries { return &tries{bounds: retry.NewBounds(full)} }
+
+// next returns the context of the next try, under ctx.
+func (t *tries) next(ctx context.Context) (context.Context, context.CancelFunc) {
+	var cancel context.CancelFunc
+	t.parent = ctx
+	t.cur, cancel = context.WithTimeout(ctx, t.bounds.Next(t.timedOut))
+	return t.cur, cancel
+}
+
+// ended records how the try ended.
+func (t *tries) ended(err error) {
+	t.timedOut = err != nil && t.cur.Err() != nil && t.parent.Err() == nil
 }

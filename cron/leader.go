@@ -202,7 +202,7 @@ func (l *leader) loop(ctx context.Context) error {
 			}
 		case <-rewatch:
 			rewatch = nil
-			tctx, cancel := tryContext(ctx, l.try())
+			tctx, cancel := context.WithTimeout(ctx, l.try())
 			r, trs, err := l.loadCtl(tctx)
 			cancel()
 			if err != nil {
@@ -260,9 +260,11 @@ func (l *leader) watchCtl(ctx context.Context, rev int64) *watch.Watch {
 // request timeout, while another member could answer at once.
 func retryRead(ctx context.Context, try time.Duration, fn func(context.Context) (int64, error)) (int64, error) {
 	bo := retry.RequestPolicy.New()
+	tr := newTries(try)
 	for {
-		tctx, cancel := tryContext(ctx, try)
+		tctx, cancel := tr.next(ctx)
 		rev, err := fn(tctx)
+		tr.ended(err)
 		cancel()
 		if err == nil {
 			return rev, nil
@@ -691,6 +693,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 	key := l.s.keys.claim(j.name)
 	at := time.Now().UnixNano()
 	bo := retry.RequestPolicy.New()
+	tr := newTries(l.try())
 	// adopted takes a claim record read back, reporting whether it is one
 	// of this call's own writes whose reply was lost: only this term writes
 	// its token, and it claims (r.Time, r.Attempt) once.
@@ -738,8 +741,9 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
 		// Each try is bounded, as in Commit: the fence on the claim's mod
 		// revision and the read-back below settle a try applied late.
-		tctx, cancel := tryContext(ctx, l.try())
+		tctx, cancel := tr.next(ctx)
 		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		tr.ended(err)
 		cancel()
 		if err == nil && resp.Succeeded {
 			j.adopt(c, resp.Header.Revision)
@@ -779,8 +783,9 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		tctx, cancel = tryContext(ctx, l.try())
+		tctx, cancel = tr.next(ctx)
 		g, gerr := l.cli().Get(tctx, key)
+		tr.ended(gerr)
 		cancel()
 		if gerr != nil {
 			continue
@@ -929,7 +934,7 @@ func (l *leader) termHeld(ctx context.Context) bool {
 	// The Then op makes the transaction linearizable: etcd serves a
 	// transaction without operations as a serializable read, which a lagging
 	// member answers from its own, older state.
-	tctx, cancel := tryContext(ctx, l.try()) // bounded as in claim
+	tctx, cancel := context.WithTimeout(ctx, l.try()) // bounded as in claim
 	defer cancel()
 	resp, err := l.cli().Txn(tctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
 	return err != nil || resp.Succeeded // on error, assume held and retry
@@ -948,13 +953,15 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 	}
 	key := l.s.keys.trigger(j.name)
 	bo := retry.RequestPolicy.New()
+	tr := newTries(l.try())
 	for {
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
 		// Each try is bounded, as in claim; the read-back below settles a
 		// try applied late.
-		tctx, cancel := tryContext(ctx, l.try())
+		tctx, cancel := tr.next(ctx)
 		resp, err := l.cli().Txn(tctx).If(cmps...).
 			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
+		tr.ended(err)
 		cancel()
 		if err == nil {
 			if resp.Succeeded {
@@ -974,8 +981,9 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		if werr := bo.Wait(ctx); werr != nil {
 			return false, werr
 		}
-		tctx, cancel = tryContext(ctx, l.try())
+		tctx, cancel = tr.next(ctx)
 		g, gerr := l.cli().Get(tctx, key)
+		tr.ended(gerr)
 		cancel()
 		if gerr != nil {
 			continue

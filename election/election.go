@@ -205,6 +205,8 @@ func outcome(err error) string {
 // campaign runs with the slot held.
 func (e *Election) campaign(ctx context.Context, value string) (*Term, error) {
 	bo := retry.RequestPolicy.New()
+	bounds := retry.NewBounds(retry.Attempt(e.k.TTL()))
+	timedOut := false
 	for {
 		l, err := e.k.Lease(ctx)
 		if err != nil {
@@ -213,7 +215,8 @@ func (e *Election) campaign(ctx context.Context, value string) (*Term, error) {
 			}
 			return nil, fmt.Errorf("election: campaign %q: %w", e.name, err)
 		}
-		t, err := e.campaignOn(ctx, l, value)
+		t, err := e.campaignOn(ctx, l, value, bounds.Next(timedOut))
+		timedOut = errors.Is(err, errAttemptTimedOut)
 		if err == nil {
 			return t, nil
 		}
@@ -252,8 +255,9 @@ func errRetryCreate(err error) bool {
 		errors.Is(err, rpctypes.ErrLeaseNotFound) || retry.Retriable(err)
 }
 
-// campaignOn writes the candidate key on lease l and waits its turn.
-func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value string) (*Term, error) {
+// campaignOn writes the candidate key on lease l and waits its turn. The
+// write's attempt is bounded by attempt.
+func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value string, attempt time.Duration) (*Term, error) {
 	// Everything below runs under a context that also ends when the lease is
 	// lost, so a candidate never waits on (or wins with) a dead lease.
 	wctx, cancel := context.WithCancelCause(ctx)
@@ -269,7 +273,7 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 	// The attempt is short (retry.Attempt): one sent to an etcd leader that
 	// died or hangs is given up, its key removed if it landed, and sent
 	// again by campaign once another leader is elected.
-	actx, cancelAttempt := context.WithTimeout(wctx, retry.Attempt(e.k.TTL()))
+	actx, cancelAttempt := context.WithTimeout(wctx, attempt)
 	resp, err := e.cli.Txn(actx).
 		If(clientv3.Compare(clientv3.CreateRevision(e.key), "=", 0)).
 		Then(

@@ -310,6 +310,8 @@ func lostErr(l *leasekeeper.Lease) error {
 func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error {
 	t := &a.t
 	bo := retry.RequestPolicy.New()
+	bounds := retry.NewBounds(retry.Attempt(a.timeout))
+	timedOut := false
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return context.Cause(ctx)
@@ -320,7 +322,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 		// Each attempt is short (retry.Attempt): a transaction sent to an
 		// etcd leader that died or hangs is sent again once another is
 		// elected. A later attempt finds an earlier one's key (below).
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), retry.Attempt(a.timeout))
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), bounds.Next(timedOut))
 		// If ctx ends first, give the answer a short grace to arrive.
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		a.sent = true
@@ -340,6 +342,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error
 				Else(clientv3.OpGet(t.key))
 		}
 		resp, err := txn.Commit()
+		timedOut = err != nil && tctx.Err() != nil && ctx.Err() == nil
 		stopGrace()
 		cancel()
 		switch {
@@ -696,6 +699,8 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 	nextOpts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithMinCreateRev(t.rev + 1),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1), clientv3.WithKeysOnly()}
 	bo := retry.RequestPolicy.New()
+	bounds := retry.NewBounds(retry.Attempt(a.timeout))
+	timedOut := false
 	for {
 		o, no := opts, nextOpts
 		if serial {
@@ -709,7 +714,7 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 		)
 		// Each attempt is short (retry.Attempt): a linearizable read that
 		// reaches an etcd leader that died or hangs is sent again.
-		actx, cancel := context.WithTimeout(ctx, retry.Attempt(a.timeout))
+		actx, cancel := context.WithTimeout(ctx, bounds.Next(timedOut))
 		if a.progress {
 			var resp *clientv3.TxnResponse
 			if resp, err = a.cli.Txn(actx).Then(clientv3.OpGet(t.queue, o...), clientv3.OpGet(t.queue, no...)).Commit(); err == nil {
@@ -722,7 +727,7 @@ func (a *acquisition) read(ctx context.Context, minRev int64, serial bool) error
 				kvs, rev = resp.Kvs, resp.Header.Revision
 			}
 		}
-		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
+		timedOut = err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
 		switch {
 		case err == nil && rev >= minRev:

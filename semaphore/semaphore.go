@@ -294,6 +294,8 @@ const replyGrace = 250 * time.Millisecond
 func (a *acquisition) enqueue(ctx context.Context, value string, limit int) error {
 	t := &a.t
 	bo := retry.RequestPolicy.New()
+	bounds := retry.NewBounds(retry.Attempt(a.timeout))
+	timedOut := false
 	want := encodeLimit(limit)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -308,7 +310,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 		// Each attempt is short (retry.Attempt): a transaction sent to an
 		// etcd leader that died or hangs is sent again once another is
 		// elected. A later attempt adopts an earlier one's key (below).
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), retry.Attempt(a.timeout))
+		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), bounds.Next(timedOut))
 		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
 		a.sent = true
 		resp, err := a.cli.Txn(tctx).
@@ -318,6 +320,7 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 				clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
 			Else(clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
 			Commit()
+		timedOut = err != nil && tctx.Err() != nil && ctx.Err() == nil
 		stopGrace()
 		cancel()
 		switch {

@@ -241,15 +241,49 @@ func Do(ctx context.Context, p Policy, fn func(context.Context) error) error {
 // lives is retried like a transient error, so fn must be safe to repeat: a
 // request given up may still have been applied.
 func Attempts(ctx context.Context, p Policy, attempt time.Duration, fn func(context.Context) error) error {
+	b := NewBounds(attempt)
+	timedOut := false
 	return Do(ctx, p, func(ctx context.Context) error {
-		actx, cancel := context.WithTimeout(ctx, attempt)
+		actx, cancel := context.WithTimeout(ctx, b.Next(timedOut))
 		defer cancel()
 		err := fn(actx)
-		if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		timedOut = err != nil && ctx.Err() == nil && actx.Err() != nil
+		if timedOut {
 			return errAttemptTimedOut
 		}
 		return err
 	})
+}
+
+// Bounds gives the bound of each attempt of one request. The first is the
+// full bound (Attempt). After an attempt that ran out of time, the next
+// starts at a quarter of it (at least 100 ms) and doubles back to it: the
+// attempt that ran out was most likely sent to, or forwarded to, a leader
+// that died, and a follower that forwarded it learns of the new leader only
+// after the election, too late for it; short attempts catch that election
+// closely, and a cluster that is only slow gets its full bound back within
+// a few attempts.
+type Bounds struct {
+	full, cur time.Duration
+}
+
+// NewBounds returns the bounds of attempts whose full bound is full.
+func NewBounds(full time.Duration) *Bounds { return &Bounds{full: full} }
+
+// Next returns the bound of the next attempt; timedOut says whether the
+// previous one ran out of time.
+func (b *Bounds) Next(timedOut bool) time.Duration {
+	switch {
+	case b.cur == 0:
+		b.cur = b.full
+	case timedOut && b.cur == b.full:
+		b.cur = min(max(b.full/4, 100*time.Millisecond), b.full)
+	case timedOut:
+		b.cur = min(2*b.cur, b.full)
+	default:
+		b.cur = b.full
+	}
+	return b.cur
 }
 
 // errAttemptTimedOut is what an attempt that ran out of time reports to Do:

@@ -112,3 +112,16 @@ func TestBackoffJitter(t *testing.T) {
 		assert.LessOrEqual(t, b.Next(), time.Second, "capped at Max")
 	}
 }
+
+func TestBounds(t *testing.T) {
+	b := NewBounds(time.Second)
+	assert.Equal(t, time.Second, b.Next(false), "the first attempt is full")
+	assert.Equal(t, 250*time.Millisecond, b.Next(true), "after a timeout: a quarter")
+	assert.Equal(t, 500*time.Millisecond, b.Next(true))
+	assert.Equal(t, time.Second, b.Next(true), "back to full")
+	assert.Equal(t, 250*time.Millisecond, b.Next(true))
+	assert.Equal(t, time.Second, b.Next(false), "an attempt that failed otherwise resets it")
+	small := NewBounds(200 * time.Millisecond)
+	small.Next(false)
+	assert.Equal(t, 100*time.Millisecond, small.Next(true), "at least 100 ms")
+}
