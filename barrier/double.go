@@ -254,6 +254,12 @@ func (s *Seat) Context() context.Context { return s.ctx }
 // Guard returns comparisons that hold only while the seat stands.
 func (s *Seat) Guard() []clientv3.Cmp { return guard.Held(s.key, s.rev) }
 
+// Key returns the seat's etcd key.
+func (s *Seat) Key() string { return s.key }
+
+// Lease returns the lease the seat is bound to.
+func (s *Seat) Lease() clientv3.LeaseID { return s.lease.ID() }
+
 var errNotOpen = errors.New("not open")
 
 // ErrLeft is the cause of a seat's context after Leave deleted it.

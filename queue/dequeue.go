@@ -72,7 +72,7 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 		if err != nil {
 			return nil, err
 		}
-		t, err := q.claim(ctx, ix, lease, es, retry.Attempt(k.TTL()))
+		t, err := q.claim(ctx, ix, lease, es, k.TTL())
 		switch {
 		case t != nil:
 			return t, nil
@@ -117,7 +117,7 @@ const maxBatch = 4
 // task record, the previous status and the last progress, so a claim needs
 // no other round trip. It returns the first claimed task (the others are
 // buffered), or (nil, nil) when others were first.
-func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, es []entry, try time.Duration) (*Task, error) {
+func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, es []entry, ttl time.Duration) (*Task, error) {
 	now := time.Now().UnixNano()
 	vals := make([]string, len(es))
 	ops := make([]clientv3.Op, len(es))
@@ -142,7 +142,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 	// One attempt, about an election timeout long (retry.Attempt): a claim
 	// sent to an etcd leader that died or hangs is given up, taken back
 	// below, and Dequeue claims again once another leader is elected.
-	actx, cancel := context.WithTimeout(ctx, try)
+	actx, cancel := context.WithTimeout(ctx, retry.Attempt(ttl))
 	resp, err := q.cli.Txn(actx).Then(ops...).Commit()
 	cancel()
 	if err == nil {
@@ -183,7 +183,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 			ix.release(e.id, resp.Header.Revision)
 			continue
 		}
-		t, err := q.claimed(ctx, ix, lease, e, resp.Header.Revision, sub.Responses, try)
+		t, err := q.claimed(ctx, ix, lease, e, resp.Header.Revision, sub.Responses, ttl)
 		switch {
 		case err != nil && i == 0:
 			firstErr = err
@@ -206,7 +206,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 // claimed turns one successful claim into a Task; rs are the responses of
 // its nested transaction. A task that went over its attempts goes to the
 // dead letters instead (nil, nil).
-func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease, e entry, token int64, rs []*etcdserverpb.ResponseOp, try time.Duration) (*Task, error) {
+func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease, e entry, token int64, rs []*etcdserverpb.ResponseOp, ttl time.Duration) (*Task, error) {
 	id := e.id
 	ck := q.keys.claim(id)
 	held := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ck), "=", token)}
@@ -280,7 +280,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		checkpoint:  checkpoint,
 		hasStatus:   statusKV != nil,
 		hasProgress: progressKV != nil,
-		try:         try,
+		ttl:         ttl,
 		op:          turn.New(),
 	}
 	t.bind(lease)

@@ -312,12 +312,15 @@ func (q *Queue) retentionTTL() int64 {
 // retentionLeaseID returns the current retention lease, granting a new one
 // if it is due or renew is set (the last one was not found). A grant that
 // fails leaves the current lease as it was, for the next caller to retry.
-func (q *Queue) retentionLeaseID(ctx context.Context, renew bool, try time.Duration) (clientv3.LeaseID, error) {
+//
+// wait bounds the wait for the turn of a grant in flight; ctx bounds the
+// grant.
+func (q *Queue) retentionLeaseID(wait, ctx context.Context, renew bool, try time.Duration) (clientv3.LeaseID, error) {
 	// A fresh lease needs no turn behind a grant in flight.
 	if id, ok := q.freshRetentionLease(); ok && !renew {
 		return id, nil
 	}
-	if err := q.retainG.Take(ctx); err != nil {
+	if err := q.retainG.Take(wait); err != nil {
 		return 0, fmt.Errorf("queue: grant retention lease: %w", err)
 	}
 	defer q.retainG.Done()

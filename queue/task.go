@@ -46,7 +46,7 @@ type Task struct {
 	dedup       string
 	maxAttempts int
 	checkpoint  []byte
-	try         time.Duration // bound of one try of a request (retry.Attempt of the keeper's TTL)
+	ttl         time.Duration // the claim's lease TTL: bound of a finishing call
 	// hasStatus and hasProgress say whether s/<id> and p/<id> may exist:
 	// the claim read them, and while the claim stands only this worker
 	// writes them, so Ack deletes only keys that are there.
@@ -98,6 +98,13 @@ func (t *Task) Context() context.Context { return t.ctx }
 // cli.Txn(ctx).If(t.Guard()...).Then(...).
 func (t *Task) Guard() []clientv3.Cmp { return append([]clientv3.Cmp(nil), t.held...) }
 
+// Key returns the etcd key of the task's claim, the key that represents
+// the holding: its create revision is the token.
+func (t *Task) Key() string { return t.claimKey }
+
+// Lease returns the lease the claim is bound to.
+func (t *Task) Lease() clientv3.LeaseID { return t.lease }
+
 // Checkpoint returns the checkpoint the last Progress call of an earlier
 // attempt saved, or nil.
 func (t *Task) Checkpoint() []byte { return t.checkpoint }
@@ -148,7 +155,7 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	return nil
 }
 
-// send runs one request of the task: each try bounded by t.try (about
+// send runs one request of the task: each try bounded by retry.Attempt (about
 // an election timeout, see retry.Attempt), tried again while its outcome is
 // unknown (a request to an etcd leader that died or hangs), until ctx ends
 // or the claim is lost (the task's context ends). fn must be safe to
@@ -162,7 +169,7 @@ func (t *Task) send(ctx context.Context, fn func(context.Context) error) error {
 	defer cancel(nil)
 	defer context.AfterFunc(t.ctx, func() { cancel(context.Cause(t.ctx)) })()
 	var last error
-	err := retry.Attempts(rctx, retry.RequestPolicy, t.try, func(ctx context.Context) error {
+	err := retry.Attempts(rctx, retry.RequestPolicy, retry.Attempt(t.ttl), func(ctx context.Context) error {
 		last = fn(ctx)
 		return last
 	})
@@ -220,12 +227,15 @@ func (t *Task) cleanup() {
 //
 // Ack is idempotent: once it succeeded, it returns nil again. It returns
 // ErrLost if the claim was lost (the task may run again elsewhere) and
-// ErrFinished if the task was nacked or failed.
+// ErrFinished if the task was nacked or failed. Like every finishing call
+// (Nack, Fail), it is not cut short when ctx ends: it goes on, bounded by
+// the claim's lease TTL, so that a worker that gives up does not leave the
+// task claimed by a lease its process keeps alive.
 func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes, t.q.keys.prefix); err != nil {
 		return err
 	}
-	return t.finish(ctx, "ack", func(lease clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, true, "ack", func(lease clientv3.LeaseID) []clientv3.Op {
 		out := t.endOps()
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.task(t.ID)),
@@ -264,7 +274,7 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 		return fmt.Errorf("queue: nack of task %s: retry at %s is past %s, the latest a task's record can hold",
 			t.ID, at.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	return t.finish(ctx, "nack", func(clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, true, "nack", func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now()
 		at := now.Add(retryAfter).UnixNano()
 		st := statusRecord{State: StateDelayed, Attempt: t.Attempt, Err: "nacked", At: now.UnixNano(),
@@ -300,7 +310,7 @@ func (t *Task) dead(ctx context.Context, kind, reason string) error {
 		}
 		reason = reason[:cut]
 	}
-	err := t.finish(ctx, kind, func(clientv3.LeaseID) []clientv3.Op {
+	err := t.finish(ctx, true, kind, func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now().UnixNano()
 		out := t.endOps()
 		out = append(out,
@@ -334,12 +344,23 @@ func (t *Task) dedupRelease() []clientv3.Op {
 }
 
 // finish runs one fenced finishing transaction. Local state changes only
-// after etcd answered.
-func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
+// after etcd answered. With detached, the requests are detached from ctx's
+// cancellation and bounded by the claim's TTL, as every release of a
+// holding is: a caller that gives up still finishes the task, instead of
+// leaving it claimed by a lease its process keeps alive. Waits behind
+// another call's turn (this task's, or the queue's retention grant) still
+// end with ctx.
+func (t *Task) finish(ctx context.Context, detached bool, kind string, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
 	if err := t.op.Take(ctx); err != nil {
 		return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
 	}
 	defer t.op.Done()
+	wait := ctx
+	if detached {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), t.ttl)
+		defer cancel()
+	}
 	switch err := t.ended(kind); {
 	case errors.Is(err, errAgain):
 		return nil
@@ -351,7 +372,7 @@ func (t *Task) finish(ctx context.Context, kind string, build func(clientv3.Leas
 	for try := 0; ; try++ {
 		if wantLease {
 			var err error
-			if lease, err = t.q.retentionLeaseID(ctx, try > 0, t.try); err != nil {
+			if lease, err = t.q.retentionLeaseID(wait, ctx, try > 0, retry.Attempt(t.ttl)); err != nil {
 				t.finishing.Store(false)
 				return err
 			}
@@ -440,7 +461,9 @@ func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
 // release gives an unused claim back without counting it as a failure: the
 // task keeps its place, and the next claim is not taken for a redelivery.
 func (t *Task) release(ctx context.Context) error {
-	return t.finish(ctx, "releas", func(clientv3.LeaseID) []clientv3.Op {
+	// Not detached: the give-back's caller bounds it, and gives back what
+	// it could not later.
+	return t.finish(ctx, false, "releas", func(clientv3.LeaseID) []clientv3.Op {
 		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, At: time.Now().UnixNano(),
 			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}
 		if !t.entry.ready {

@@ -41,8 +41,8 @@ type Permit struct {
 	released bool
 }
 
-// ID returns the etcd key that represents the permit.
-func (p *Permit) ID() string { return p.key }
+// Key returns the etcd key that represents the permit.
+func (p *Permit) Key() string { return p.key }
 
 // N returns how many permits it holds.
 func (p *Permit) N() int { return p.n }
