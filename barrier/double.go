@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
@@ -55,17 +55,15 @@ func NewDouble(k *leasekeeper.Keeper, name string, n int, opts ...Option) *Doubl
 	return d
 }
 
-// Seat is one participant's place in a double barrier, from Enter to Leave.
+// Seat is one participant's place in a double barrier, from Enter to Leave:
+// a fenced, lease-bound holding (see internal/holding). Token (the create
+// revision of its key), Key, Lease and Guard are the holding's. Context is
+// canceled with a cause that errors.Is ErrLost when the seat's lease is lost
+// or its key deleted by anyone but Leave, and with ErrLeft once Leave has
+// deleted the seat. Its methods are safe for concurrent use.
 type Seat struct {
-	d     *DoubleBarrier
-	key   string
-	rev   int64
-	lease *leasekeeper.Lease
-
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	stop   func() bool
-	wg     sync.WaitGroup // joins the seat's key watch
+	holding.Core
+	d *DoubleBarrier
 
 	leaving atomic.Bool // Leave is deleting the seat: its deletion is no loss
 
@@ -96,7 +94,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 	defer func() {
 		var tok int64
 		if s != nil {
-			tok = s.rev
+			tok = s.Token()
 		}
 		end(tok, err)
 	}()
@@ -233,32 +231,13 @@ func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, ke
 }
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &Seat{d: d, key: key, rev: rev, lease: l, ctx: ctx, cancel: cancel, leave: turn.New()}
-	s.stop = context.AfterFunc(l.Context(), func() {
-		cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
+	s := &Seat{d: d, leave: turn.New()}
+	s.Init(d.cli, l, d.k.TTL(), key, rev, func(cause error) error {
+		return fmt.Errorf("%w: %w", ErrLost, cause)
 	})
-	s.wg.Add(1)
-	go s.watchKey()
+	s.Follow(s.watchKey)
 	return s
 }
-
-// Token returns the seat's fencing token: the create revision of its key.
-func (s *Seat) Token() int64 { return s.rev }
-
-// Context is canceled with a cause that errors.Is ErrLost when the seat's
-// lease is lost or its key deleted by anyone but Leave, and with ErrLeft
-// once Leave has deleted the seat.
-func (s *Seat) Context() context.Context { return s.ctx }
-
-// Guard returns comparisons that hold only while the seat stands.
-func (s *Seat) Guard() []clientv3.Cmp { return guard.Held(s.key, s.rev) }
-
-// Key returns the seat's etcd key.
-func (s *Seat) Key() string { return s.key }
-
-// Lease returns the lease the seat is bound to.
-func (s *Seat) Lease() clientv3.LeaseID { return s.lease.ID() }
 
 var errNotOpen = errors.New("not open")
 
@@ -289,7 +268,7 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	}
 	d := s.d
 	ctx, end := d.tm.span(ctx, "double.leave", d.name)
-	defer func() { end(s.rev, err) }()
+	defer func() { end(s.Token(), err) }()
 	if !s.gone {
 		s.leaving.Store(true)
 		if err := s.deleteSeat(ctx); err != nil {
@@ -297,14 +276,13 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 			return fmt.Errorf("barrier: leave %q: %w", d.name, err)
 		}
 		s.gone = true
-		if s.lease.Err() != nil {
+		if s.LeaseLost() {
 			// The lease was lost: the seat ends as lost, whether the lease's
-			// own hook or this call gets to cancel it first.
-			s.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(s.lease.Context())))
+			// own hook or this call gets to end it first.
+			s.Lose(s.LeaseCause())
 		}
-		s.cancel(ErrLeft)
-		s.stop()
-		s.wg.Wait()
+		s.End(ErrLeft)
+		s.StopFollowing()
 	}
 	// The seats taken, as of the last read and the events after it: Leave
 	// returns once they were all gone at some revision, even if the next
@@ -362,46 +340,32 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	return nil
 }
 
-// deleteSeat deletes the seat's key under a detached context bounded by the
-// TTL. A key on a lost lease goes with it: nothing is deleted once the lease
-// is lost, before or meanwhile (etcd unreachable).
+// deleteSeat deletes the seat's key: the holding's release, guarded by its
+// create revision, detached and bounded by the TTL. A key on a lost lease
+// goes with it: nothing is deleted once the lease is lost, before or
+// meanwhile (etcd unreachable).
 func (s *Seat) deleteSeat(ctx context.Context) error {
-	if s.lease.Err() != nil {
-		return nil
-	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.k.TTL())
-	defer cancel()
-	defer context.AfterFunc(s.lease.Context(), cancel)()
-	// Guarded by the seat's create revision: safe to repeat, each attempt
-	// short (retry.Attempt).
-	err := retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(s.d.k.TTL()), func(ctx context.Context) error {
-		_, err := s.d.cli.Txn(ctx).If(s.Guard()...).Then(clientv3.OpDelete(s.key)).Commit()
-		return err
-	})
-	if err != nil && s.lease.Err() != nil {
-		return nil
-	}
+	_, err := s.Core.Release(ctx, nil, nil)
 	return err
 }
 
-// watchKey cancels the seat with ErrLost if its key is deleted by anyone but
-// Leave, until the seat's context ends.
-func (s *Seat) watchKey() {
-	defer s.wg.Done()
-	err := until(s.ctx, s.d.cli, s.key, func(ctx context.Context) (bool, int64, error) {
-		r, err := s.d.cli.Get(ctx, s.key)
+// watchKey ends the seat as lost if its key is deleted by anyone but Leave,
+// until the seat ends.
+func (s *Seat) watchKey(ctx context.Context) {
+	err := until(ctx, s.d.cli, s.Key(), func(ctx context.Context) (bool, int64, error) {
+		r, err := s.d.cli.Get(ctx, s.Key())
 		if err != nil {
 			return false, 0, err
 		}
-		return len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != s.rev, r.Header.Revision, nil
+		return len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != s.Token(), r.Header.Revision, nil
 	}, func(ev *clientv3.Event) (bool, error) {
-		return ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != s.rev, nil
+		return ev.Type == clientv3.EventTypeDelete || ev.Kv.CreateRevision != s.Token(), nil
 	})
 	if err == nil {
 		if s.leaving.Load() {
-			s.cancel(ErrLeft)
+			s.End(ErrLeft)
 		} else {
-			s.cancel(fmt.Errorf("%w: seat %s was deleted", ErrLost, s.key))
+			s.Lose(fmt.Errorf("seat %s was deleted", s.Key()))
 		}
 	}
 }

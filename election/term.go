@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/internal/watch"
@@ -19,17 +20,18 @@ import (
 )
 
 // Term is one leadership term: the time from winning a Campaign until
-// Resign or loss. Its methods are safe for concurrent use.
+// Resign or loss. It is a fenced, lease-bound holding (see
+// internal/holding): Token, Key (the candidate key), Lease, Guard, Done and
+// Err are the holding's. Its methods are safe for concurrent use.
+//
+// Context is canceled when the term ends: with a cause that errors.Is
+// ErrLost as soon as the term can no longer be trusted (before the server
+// can elect anyone else, barring process pauses), or ErrResigned after
+// Resign.
 type Term struct {
-	e     *Election
-	lease *leasekeeper.Lease
-	rev   int64 // create revision of the candidate key: the token
-	won   time.Time
-
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	stop   func() bool // unhooks the lease's AfterFunc
-	wg     sync.WaitGroup
+	holding.Core
+	e   *Election
+	won time.Time
 
 	endOnce sync.Once // releases the Election's slot and records the hold time
 
@@ -44,16 +46,13 @@ type Term struct {
 }
 
 func newTerm(e *Election, l *leasekeeper.Lease, rev int64, value string) *Term {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	t := &Term{e: e, lease: l, rev: rev, won: time.Now(), ctx: ctx, cancel: cancel, value: value,
-		proclaiming: turn.New()}
-	t.stop = context.AfterFunc(l.Context(), func() {
-		t.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context())))
+	t := &Term{e: e, won: time.Now(), value: value, proclaiming: turn.New()}
+	t.Init(e.cli, l, e.k.TTL(), e.key, rev, func(cause error) error {
+		return fmt.Errorf("%w: %w", ErrLost, cause)
 	})
 	// When the term ends for any reason, let the next campaign through.
-	context.AfterFunc(ctx, t.end)
-	t.wg.Add(1)
-	go t.watchKey()
+	context.AfterFunc(t.Context(), t.end)
+	t.Follow(t.watchKey)
 	return t
 }
 
@@ -65,36 +64,6 @@ func (t *Term) end() {
 		<-t.e.slot
 	})
 }
-
-// Token returns the fencing token: the create revision of the candidate key.
-// It strictly increases from one term of this election to the next.
-func (t *Term) Token() int64 { return t.rev }
-
-// Key returns the candidate key that holds the term.
-func (t *Term) Key() string { return t.e.key }
-
-// Lease returns the lease the term is bound to.
-func (t *Term) Lease() clientv3.LeaseID { return t.lease.ID() }
-
-// Context is canceled when the term ends: with a cause that errors.Is ErrLost
-// as soon as the term can no longer be trusted (before the server can elect
-// anyone else, barring process pauses), or ErrResigned after Resign.
-func (t *Term) Context() context.Context { return t.ctx }
-
-// Done is Context().Done().
-func (t *Term) Done() <-chan struct{} { return t.ctx.Done() }
-
-// Err returns nil while the term stands, and why it ended after.
-func (t *Term) Err() error {
-	if t.ctx.Err() == nil {
-		return nil
-	}
-	return context.Cause(t.ctx)
-}
-
-// Guard returns comparisons that hold only while this term stands, for
-// fenced writes: cli.Txn(ctx).If(t.Guard()...).Then(...).
-func (t *Term) Guard() []clientv3.Cmp { return guard.Held(t.e.key, t.rev) }
 
 // Value returns the value last campaigned or proclaimed with.
 func (t *Term) Value() string {
@@ -116,15 +85,15 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 	if resigned {
 		return ErrNotLeader
 	}
-	if t.ctx.Err() != nil {
-		return fmt.Errorf("election: proclaim: %w", context.Cause(t.ctx))
+	if err := t.Err(); err != nil {
+		return fmt.Errorf("election: proclaim: %w", err)
 	}
 	// Serialize with other Proclaims so Value matches what etcd holds last.
 	if err := t.proclaiming.Take(ctx); err != nil {
 		return fmt.Errorf("election: proclaim: %w", err)
 	}
 	defer t.proclaiming.Done()
-	_, err := guard.Do(ctx, t.e.cli, t.Guard(), ErrLost, clientv3.OpPut(t.e.key, value, clientv3.WithLease(t.lease.ID())))
+	_, err := guard.Do(ctx, t.e.cli, t.Guard(), ErrLost, clientv3.OpPut(t.Key(), value, clientv3.WithLease(t.Lease())))
 	if errors.Is(err, ErrLost) {
 		t.mu.Lock()
 		resigning := t.resigning || t.resigned
@@ -134,7 +103,7 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 			// the term ends as resigned, not lost.
 			return ErrNotLeader
 		}
-		t.cancel(fmt.Errorf("%w: candidate key %s is gone", ErrLost, t.e.key))
+		t.Lose(fmt.Errorf("candidate key %s is gone", t.Key()))
 		return fmt.Errorf("election: proclaim: %w", err)
 	}
 	if err != nil {
@@ -163,49 +132,27 @@ func (t *Term) Resign(ctx context.Context) error {
 	}
 	t.resigning = true
 	t.mu.Unlock()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.e.k.TTL())
-	defer cancel()
-	// A key on a lost lease goes with it: nothing to delete then, nor to wait
-	// for once the lease is lost meanwhile (etcd unreachable).
-	defer context.AfterFunc(t.lease.Context(), cancel)()
-	deleted := false
-	if t.lease.Err() == nil {
-		// Guarded by the create revision: never deletes a newer incarnation,
-		// so safe to repeat. A leader change or a member going away is
-		// worth waiting out (the key would otherwise stay on a live lease
-		// and keep this process leader without a term), each attempt short
-		// (retry.Attempt) so that one sent to an etcd leader that died or
-		// hangs is sent again once another is elected.
-		var last error
-		err := retry.Attempts(rctx, retry.RequestPolicy, retry.Attempt(t.e.k.TTL()), func(ctx context.Context) error {
-			_, last = t.e.cli.Txn(ctx).If(t.Guard()...).Then(clientv3.OpDelete(t.e.key)).Commit()
-			return last
-		})
-		switch {
-		case err == nil:
-			deleted = true
-		case t.lease.Err() != nil:
-		default:
-			t.mu.Lock()
-			t.resigning = false
-			t.mu.Unlock()
-			if last != nil && rctx.Err() != nil {
-				err = last
-			}
-			return fmt.Errorf("election: resign %q: %w", t.e.name, err)
-		}
+	// Guarded by the create revision: never deletes a newer incarnation. A
+	// leader change or a member going away is worth waiting out: the key
+	// would otherwise stay on a live lease and keep this process leader
+	// without a term.
+	lost, err := t.Core.Release(ctx, nil, nil)
+	if err != nil {
+		t.mu.Lock()
+		t.resigning = false
+		t.mu.Unlock()
+		return fmt.Errorf("election: resign %q: %w", t.e.name, err)
 	}
 	t.mu.Lock()
 	t.resigned = true
 	t.mu.Unlock()
-	if !deleted {
+	if lost {
 		// The lease was lost first: the term ends as lost, whether the
-		// lease's own hook or this call gets to cancel it first.
-		t.cancel(fmt.Errorf("%w: %w", ErrLost, context.Cause(t.lease.Context())))
+		// lease's own hook or this call gets to end it first.
+		t.Lose(t.LeaseCause())
 	}
-	t.cancel(ErrResigned)
-	t.stop()
-	t.wg.Wait()
+	t.End(ErrResigned)
+	t.StopFollowing()
 	t.end()
 	return nil
 }
@@ -215,13 +162,12 @@ func (t *Term) Resign(ctx context.Context) error {
 // watch has no start revision (so it is synced at once); each creation past
 // the term's revision is followed by a read that closes the gap since the
 // key was last known to exist.
-func (t *Term) watchKey() {
-	defer t.wg.Done()
-	w := watch.Open(t.ctx, t.e.cli, t.e.key, watch.Config{})
+func (t *Term) watchKey(ctx context.Context) {
+	w := watch.Open(ctx, t.e.cli, t.Key(), watch.Config{})
 	defer w.Stop()
-	seen := t.rev
+	seen := t.Token()
 	for {
-		resp, err := w.Next(t.ctx)
+		resp, err := w.Next(ctx)
 		if err != nil {
 			// Only the term's end, or a watch etcd refuses for good (a
 			// permission taken away), ends the watch; the term stands on
@@ -232,10 +178,10 @@ func (t *Term) watchKey() {
 		switch {
 		case resp.Created && resp.Header.Revision > seen:
 			var rev int64
-			err := retry.Do(t.ctx, retry.RequestPolicy, func(ctx context.Context) error {
-				g, err := t.e.cli.Get(ctx, t.e.key)
+			err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) error {
+				g, err := t.e.cli.Get(ctx, t.Key())
 				if err == nil {
-					gone = len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != t.rev
+					gone = len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != t.Token()
 					rev = g.Header.Revision
 				}
 				return err
@@ -246,8 +192,8 @@ func (t *Term) watchKey() {
 			seen = max(seen, rev)
 		default:
 			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete && ev.Kv.ModRevision > t.rev ||
-					ev.Type == clientv3.EventTypePut && ev.Kv.CreateRevision > t.rev {
+				if ev.Type == clientv3.EventTypeDelete && ev.Kv.ModRevision > t.Token() ||
+					ev.Type == clientv3.EventTypePut && ev.Kv.CreateRevision > t.Token() {
 					gone = true
 				}
 			}
@@ -257,9 +203,9 @@ func (t *Term) watchKey() {
 			resigning := t.resigning
 			t.mu.Unlock()
 			if resigning {
-				t.cancel(ErrResigned)
+				t.End(ErrResigned)
 			} else {
-				t.cancel(fmt.Errorf("%w: candidate key %s was deleted", ErrLost, t.e.key))
+				t.Lose(fmt.Errorf("candidate key %s was deleted", t.Key()))
 			}
 			return
 		}

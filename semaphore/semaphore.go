@@ -134,7 +134,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 	defer func() {
 		var tok int64
 		if p != nil {
-			tok = p.token
+			tok = p.Token()
 		}
 		sp.End(ctx, tok, err)
 	}()
