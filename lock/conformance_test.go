@@ -40,3 +40,13 @@ func TestConformanceRWMutexRead(t *testing.T) {
 		Release: unlock,
 	})
 }
+
+func TestConformanceMultiHold(t *testing.T) {
+	holdingtest.Run(t, cluster, "/conformance/multi", holdingtest.Kind{
+		ErrLost: lock.ErrLost, Exclusive: true,
+		Acquire: func(ctx context.Context, k *leasekeeper.Keeper, name string) (holdingtest.Holding, error) {
+			return lock.NewMulti(k, name+"/a", name+"/b").Lock(ctx)
+		},
+		Release: func(ctx context.Context, h holdingtest.Holding) error { return h.(*lock.MultiHold).Unlock(ctx) },
+	})
+}

@@ -9,15 +9,37 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/retry"
 	callturn "github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/internal/watch"
-	"github.com/concordkit/concord/leasekeeper"
 )
 
-// Hold is a granted lock: a fenced, lease-bound holding. Its methods are
-// safe for concurrent use.
+// Hold is a granted lock: a fenced, lease-bound holding (see
+// internal/holding). Its methods are safe for concurrent use.
+//
+// Token is the create revision of the lock's key in etcd: it strictly
+// increases across successive holders of the lock, so a protected resource
+// can refuse any token smaller than the largest it has seen. Key and Lease
+// are the key that represents the hold and the lease it is bound to.
+//
+// Context is canceled as soon as the hold can no longer be trusted, with a
+// cause that errors.Is ErrLost: the lease's safe deadline passed without
+// renewal (before the server can expire the lease and grant the lock to
+// the next waiter), etcd reported the lease gone, or the key was deleted by
+// someone else. After ForceRelease the cause also errors.Is ErrRevoked.
+// After Unlock it is canceled with ErrUnlocked.
+//
+// Guard returns comparisons that hold only while the lock is held, for
+// fenced writes: cli.Txn(ctx).If(h.Guard()...).Then(ops...). A guarded
+// transaction that writes goes through Raft, so it is refused once the
+// hold's key is gone, whichever member serves it. A transaction with no
+// operations, or only serializable reads, does not: etcd answers such a
+// read-only transaction from the serving member's own state, with no read
+// barrier, and a follower that has not yet applied the key's deletion still
+// lets the guard pass. To ask etcd whether the lock is still held, put a
+// linearizable read in the transaction (any clientv3.OpGet without
+// WithSerializable), which makes etcd confirm the member is up to date.
 //
 // Work done under the lock runs under Context, and writes into etcd that
 // must happen only while the lock is held go through Guard. Unlock releases
@@ -25,101 +47,29 @@ import (
 // follows its key; it ends with the hold (Unlock joins it, and it returns by
 // itself when the hold is lost).
 type Hold struct {
-	cli    *clientv3.Client
-	lease  *leasekeeper.Lease
+	holding.Core
 	prefix string // the lock's prefix
-	key    string
-	token  int64
-	parts  []*Hold // for a Multi: the holds it is made of, in lock order
 	tel    *telemetry
 	start  time.Time
-	expire time.Duration // bound of the detached unlock
 	// next is the key behind this one as the last read while waiting saw
 	// it, with its create revision; Unlock touches it (touchNext).
 	next    string
 	nextRev int64
 
-	ctx         context.Context
-	cancel      context.CancelCauseFunc
-	stopLease   func() bool   // stops the lease-loss hook
-	stopMonitor func()        // stops the key watch; nil for a Multi
-	monitorDone chan struct{} // closed when the monitor goroutine returns
-	free        func()        // returns the Mutex value's local slot; once
-	unlocking   chan struct{} // closed when Unlock starts talking to etcd
+	free      func()        // returns the Mutex value's local slot; once
+	unlocking chan struct{} // closed when Unlock starts talking to etcd
 
 	revokeOnce sync.Once
 	revoked    chan struct{}
 	armOnce    sync.Once
 	arm        chan struct{} // closed by the first Revoked call: watch for requests
-	onRevoke   func()        // a Multi's hook, set before the monitor starts
+	onRevoke   func()        // a MultiHold's hook, set before the monitor starts
 
 	// unlock serialises Unlock and protects released. A call waiting for
 	// it gives up when its context ends: the call ahead of it may be bound
 	// to wait up to the TTL for a cut-off etcd.
 	unlock   callturn.Turn
 	released bool
-}
-
-// Token returns the fencing token: the create revision of the lock's key in
-// etcd. It strictly increases across successive holders of the lock, so a
-// protected resource can refuse any token smaller than the largest it has
-// seen. A Multi's Token is the token of its first part (by sorted name); see
-// Tokens.
-func (h *Hold) Token() int64 {
-	if h.parts != nil {
-		return h.parts[0].token
-	}
-	return h.token
-}
-
-// Tokens returns the token of each part of a Multi in lock order (sorted
-// names), or the single token of a Mutex or RWMutex hold.
-func (h *Hold) Tokens() []int64 {
-	if h.parts == nil {
-		return []int64{h.token}
-	}
-	out := make([]int64, len(h.parts))
-	for i, p := range h.parts {
-		out[i] = p.token
-	}
-	return out
-}
-
-// Key returns the etcd key that represents the hold ("" for a Multi).
-func (h *Hold) Key() string { return h.key }
-
-// Lease returns the lease the hold is bound to.
-func (h *Hold) Lease() clientv3.LeaseID { return h.lease.ID() }
-
-// Context is canceled as soon as the hold can no longer be trusted, with a
-// cause that errors.Is ErrLost: the lease's safe deadline passed without
-// renewal (before the server can expire the lease and grant the lock to the
-// next waiter), etcd reported the lease gone, or the key was deleted by
-// someone else. After ForceRelease the cause also errors.Is ErrRevoked.
-// After Unlock it is canceled with ErrUnlocked.
-func (h *Hold) Context() context.Context { return h.ctx }
-
-// Guard returns comparisons that hold only while the lock is held, for
-// fenced writes: cli.Txn(ctx).If(h.Guard()...).Then(ops...). A Multi's guard
-// covers every part.
-//
-// A guarded transaction that writes goes through Raft, so it is refused once
-// the hold's key is gone, whichever member serves it. A transaction with no
-// operations, or only serializable reads, does not: etcd answers such a
-// read-only transaction from the serving member's own state, with no read
-// barrier, and a follower that has not yet applied the key's deletion still
-// lets the guard pass. To ask etcd whether the lock is still held, put a
-// linearizable read in the transaction (any clientv3.OpGet without
-// WithSerializable), which makes etcd confirm the member is up to date.
-func (h *Hold) Guard() []clientv3.Cmp {
-	if h.parts == nil {
-		return guard.Held(h.key, h.token)
-	}
-	var out []clientv3.Cmp
-	for _, p := range h.parts {
-		out = append(out, p.Guard()...)
-	}
-	return out
 }
 
 // Revoked is closed when someone asked the holder to release the lock
@@ -129,15 +79,7 @@ func (h *Hold) Guard() []clientv3.Cmp {
 // The first call makes the hold watch for release requests (one more watch,
 // on the request's key alone); holds whose owner never asks pay nothing.
 func (h *Hold) Revoked() <-chan struct{} {
-	h.armOnce.Do(func() {
-		if h.parts != nil {
-			for _, p := range h.parts {
-				p.Revoked()
-			}
-			return
-		}
-		close(h.arm)
-	})
+	h.armOnce.Do(func() { close(h.arm) })
 	return h.revoked
 }
 
@@ -148,14 +90,6 @@ func (h *Hold) fireRevoked() {
 			h.onRevoke()
 		}
 	})
-}
-
-// lose cancels the hold's context with cause and gives the Mutex value's
-// local slot back: the key is gone (or going with its lease), so another
-// goroutine may queue again.
-func (h *Hold) lose(cause error) {
-	h.cancel(cause)
-	h.free()
 }
 
 // Unlock releases the lock. It deletes the key with a context detached from
@@ -170,9 +104,6 @@ func (h *Hold) lose(cause error) {
 // lease). An Unlock made while another Unlock of the same hold is under way
 // waits for it, or returns ctx's cause if ctx ends first.
 func (h *Hold) Unlock(ctx context.Context) error {
-	if h.parts != nil {
-		return h.unlockMulti(ctx)
-	}
 	if err := h.unlock.Take(ctx); err != nil {
 		return err
 	}
@@ -182,71 +113,37 @@ func (h *Hold) Unlock(ctx context.Context) error {
 	}
 	// A lost lease needs no delete: the keeper revokes it, or the server
 	// expires it, and the key and any release request go with it.
-	lost := h.lease.Err() != nil
+	lost := h.LeaseLost()
 	if !lost {
 		select {
 		case <-h.unlocking:
 		default:
 			close(h.unlocking) // the monitor ignores our own delete from now on
 		}
+		// The release request, if any, goes in the same transaction; when
+		// the key is no longer ours (lost, forced) only the request is left
+		// to tidy.
+		rel := releaseKey(h.prefix, h.Token())
+		then := []clientv3.Op{clientv3.OpDelete(rel)}
+		if h.next != "" {
+			then = append(then, touchNext(h.next, h.nextRev))
+		}
 		var err error
-		if lost, err = h.deleteKey(ctx); err != nil {
-			return err
+		if lost, err = h.Core.Release(ctx, then, []clientv3.Op{clientv3.OpDelete(rel)}); err != nil {
+			return fmt.Errorf("lock: unlock %q: %w", h.Key(), err)
 		}
 	}
 	if lost {
 		// The lease was lost before the delete: the hold ends as lost,
-		// whether the lease's own hook or this call cancels it first.
-		h.cancel(lostErr(h.lease))
+		// whether the lease's own hook or this call ends it first.
+		h.Lose(h.LeaseCause())
 	}
 	h.released = true
-	h.cancel(ErrUnlocked)
-	h.stopLease()
-	h.stopMonitor()
-	<-h.monitorDone
+	h.End(ErrUnlocked)
+	h.StopFollowing()
 	h.free()
 	h.tel.Held(time.Since(h.start))
 	return nil
-}
-
-// deleteKey deletes the hold's key, and reports lost if the lease was lost
-// first (the key goes with it).
-func (h *Hold) deleteKey(ctx context.Context) (lost bool, err error) {
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), h.expire)
-	defer cancel()
-	// A key on a lost lease goes with it, and the release request with it:
-	// once the lease is lost meanwhile (etcd unreachable), there is nothing
-	// to wait for.
-	defer context.AfterFunc(h.lease.Context(), cancel)()
-	rel := releaseKey(h.prefix, h.token)
-	// The release request, if any, goes in the same transaction; when the
-	// key is no longer ours (lost, forced) only the request is left to
-	// tidy. Each attempt is short (retry.Attempt): one sent to an etcd
-	// leader that died or hangs is sent again once another is elected,
-	// instead of holding the lock for the whole TTL. The transaction is
-	// safe to repeat: it is guarded by the key's create revision.
-	then := []clientv3.Op{clientv3.OpDelete(h.key), clientv3.OpDelete(rel)}
-	if h.next != "" {
-		then = append(then, touchNext(h.next, h.nextRev))
-	}
-	var last error
-	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(h.expire), func(ctx context.Context) error {
-		_, last = h.cli.Txn(ctx).
-			If(guard.Held(h.key, h.token)...).
-			Then(then...).
-			Else(clientv3.OpDelete(rel)).
-			Commit()
-		return last
-	})
-	switch {
-	case err == nil:
-		return false, nil
-	case h.lease.Err() != nil:
-		return true, nil
-	case cctx.Err() != nil && last != nil:
-		return false, fmt.Errorf("lock: unlock %q: %w (last error: %w)", h.key, context.Cause(cctx), last)
-	}
-	return false, fmt.Errorf("lock: unlock %q: %w", h.key, err)
 }
 
 // touchNext is the part of an unlock that serves the key behind (as the
@@ -265,62 +162,37 @@ func touchNext(key string, rev int64) clientv3.Op {
 		nil)
 }
 
-func (h *Hold) unlockMulti(ctx context.Context) error {
-	if err := h.unlock.Take(ctx); err != nil {
-		return err
-	}
-	defer h.unlock.Done()
-	if h.released {
-		return nil
-	}
-	var errs []error
-	for i := len(h.parts) - 1; i >= 0; i-- {
-		errs = append(errs, h.parts[i].Unlock(ctx))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	h.released = true
-	h.cancel(ErrUnlocked)
-	h.stopLease()
-	h.tel.Held(time.Since(h.start))
-	return nil
-}
-
 // newHold turns a granted acquisition into a hold and starts its monitor,
 // which owns the acquisition's watch from now on.
 func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	// The monitor ends with the hold, also when it is blocked restarting a
-	// watch while etcd cannot be reached.
-	mctx, stopMonitor := context.WithCancel(ctx)
 	h := &Hold{
-		cli:         a.cli,
-		lease:       a.lease,
-		prefix:      a.t.prefix,
-		key:         a.t.key,
-		token:       a.t.rev,
-		tel:         tel,
-		start:       time.Now(),
-		expire:      a.timeout,
-		next:        a.t.next,
-		nextRev:     a.t.nextRev,
-		ctx:         ctx,
-		cancel:      cancel,
-		stopMonitor: stopMonitor,
-		monitorDone: make(chan struct{}),
-		free:        free,
-		unlocking:   make(chan struct{}),
-		revoked:     make(chan struct{}),
-		arm:         make(chan struct{}),
-		onRevoke:    onRevoke,
-		unlock:      callturn.New(),
+		prefix:    a.t.prefix,
+		tel:       tel,
+		start:     time.Now(),
+		next:      a.t.next,
+		nextRev:   a.t.nextRev,
+		free:      free,
+		unlocking: make(chan struct{}),
+		revoked:   make(chan struct{}),
+		arm:       make(chan struct{}),
+		onRevoke:  onRevoke,
+		unlock:    callturn.New(),
 	}
-	h.stopLease = context.AfterFunc(a.lease.Context(), func() { h.lose(lostErr(a.lease)) })
+	h.Init(a.cli, a.lease, a.timeout, a.t.key, a.t.rev, func(cause error) error {
+		return fmt.Errorf("%w: %w", ErrLost, cause)
+	})
+	// A lost hold gives the Mutex value's local slot back: the key is gone
+	// (or going with its lease), so another goroutine may queue again.
+	// Unlock gives it back itself, once its monitor is stopped.
+	context.AfterFunc(h.Context(), func() {
+		if !errors.Is(context.Cause(h.Context()), ErrUnlocked) {
+			h.free()
+		}
+	})
 	if a.t.requested {
 		h.fireRevoked()
 	}
-	go h.monitor(mctx, a)
+	h.Follow(func(ctx context.Context) { h.monitor(ctx, a) })
 	return h
 }
 
@@ -329,7 +201,6 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 // lease before the keeper noticed), and a release request fires Revoked. It
 // returns when the hold ends or Unlock stops it; Unlock joins it.
 func (h *Hold) monitor(ctx context.Context, a *acquisition) {
-	defer close(h.monitorDone)
 	defer a.putOwn()
 	t := &a.t
 	ended := func(err error) {
@@ -348,11 +219,11 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 		}
 		switch {
 		case errors.Is(err, errOwnGone) && t.forced:
-			h.lose(fmt.Errorf("%w: %w: key %s deleted by ForceRelease", ErrRevoked, ErrLost, h.key))
+			h.Lose(fmt.Errorf("%w: key %s deleted by ForceRelease", ErrRevoked, h.Key()))
 		case errors.Is(err, errOwnGone):
-			h.lose(fmt.Errorf("%w: key %s deleted", ErrLost, h.key))
+			h.Lose(fmt.Errorf("key %s deleted", h.Key()))
 		default:
-			h.lose(fmt.Errorf("%w: %w", ErrLost, err))
+			h.Lose(err)
 		}
 	}
 	// The release-request watch, started when Revoked is first called.
@@ -367,8 +238,6 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-h.ctx.Done():
 			return
 		case <-arm:
 			arm = nil

@@ -250,7 +250,7 @@ func TestMulti(t *testing.T) {
 // only serializable reads) is read-only, and etcd answers it from the
 // serving member's own state without a read barrier, so a follower that has
 // not yet applied the deletion would still let the guard pass.
-func requireFenced(t *testing.T, ctx context.Context, h *lock.Hold) {
+func requireFenced(t *testing.T, ctx context.Context, h interface{ Guard() []clientv3.Cmp }) {
 	t.Helper()
 	fenced := "/test/" + strings.ReplaceAll(t.Name(), "/", "_") + "_fenced"
 	t.Cleanup(func() { _, _ = cluster.Admin().Delete(context.Background(), fenced) })

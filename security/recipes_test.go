@@ -39,7 +39,7 @@ var recipes = []recipe{
 			mh, err := lock.NewMulti(tn.k, name+"-m1", name+"-m2").Lock(ctx)
 			require.NoError(t, err)
 			return func() {
-				for _, x := range []*lock.Hold{h, rh, mh} {
+				for _, x := range []interface{ Unlock(context.Context) error }{h, rh, mh} {
 					require.NoError(t, x.Unlock(context.Background()))
 				}
 			}
