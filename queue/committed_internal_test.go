@@ -46,8 +46,7 @@ func TestCommittedEarlier(t *testing.T) {
 		{"fail by another", "fail", 1, elseReads(nil, nil, dead(theirs)), false},
 		{"nothing", "nack", 3, elseReads(nil, nil, nil), false},
 	} {
-		task := &Task{Attempt: tc.attempt, maxAttempts: 3, token: mine}
-		if got := task.committedEarlier(tc.kind, tc.resp); got != tc.want {
+		if got := committedEarlier(tc.kind, tc.attempt, 3, mine, tc.resp); got != tc.want {
 			t.Errorf("%s: committedEarlier = %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -271,10 +271,6 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		q:           q,
 		ix:          ix,
 		entry:       e,
-		token:       token,
-		lease:       lease.ID(),
-		claimKey:    ck,
-		held:        held,
 		dedup:       meta.Dedup,
 		maxAttempts: meta.MaxAtt,
 		checkpoint:  checkpoint,
@@ -283,7 +279,11 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		ttl:         ttl,
 		op:          turn.New(),
 	}
-	t.bind(lease)
+	// The claim key lives exactly as long as the lease: the lease's loss
+	// is the claim's loss.
+	t.Init(q.cli, lease, ttl, ck, token, func(cause error) error {
+		return fmt.Errorf("%w: task %s: %w", ErrLost, id, cause)
+	})
 	ix.track(t)
 	ix.release(id, token)
 	if t.Redelivered {
@@ -300,9 +300,9 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
 			// Give the claim back rather than hide the task until the lease
 			// ends; the next claim dead-letters it.
-			ix.giveBackClaims(fctx, []claimRef{{t.claimKey, t.held[0]}}, lease)
+			ix.giveBackClaims(fctx, []claimRef{{t.Key(), t.Guard()[0]}}, lease)
 			ix.untrack(t)
-			t.cancel(fmt.Errorf("%w: task %s: dead-lettering failed: %w", ErrLost, t.ID, err))
+			t.Lose(fmt.Errorf("dead-lettering failed: %w", err))
 			return nil, err
 		}
 		return nil, nil

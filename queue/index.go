@@ -88,7 +88,7 @@ type giveBack struct {
 // claim was lost.
 func (g giveBack) gone() bool {
 	if g.task != nil {
-		return g.task.ctx.Err() != nil
+		return g.task.Context().Err() != nil
 	}
 	return g.lease.Err() != nil
 }
@@ -367,7 +367,7 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	// compaction, a lost leader) left no event: compare the tasks this
 	// process holds with the claims just read.
 	for id, t := range ix.tasks {
-		if claimed[id] != t.token && t.token <= readRev {
+		if claimed[id] != t.Token() && t.Token() <= readRev {
 			t.claimDeleted(readRev)
 		}
 	}
@@ -458,7 +458,7 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 			} else {
 				delete(ix.claimed, id)
 				ix.since[id] = time.Now()
-				if t := ix.tasks[id]; t != nil && ev.Kv.ModRevision > t.token {
+				if t := ix.tasks[id]; t != nil && ev.Kv.ModRevision > t.Token() {
 					// The claim key is gone: acknowledged by this Queue, or
 					// deleted by its lease's expiry or by someone else. Stop
 					// tracking it either way, so tasks a worker abandons
@@ -817,7 +817,7 @@ func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
 	defer ix.mu.Unlock()
 	for i := 0; i < len(ix.buffered); i++ {
 		t := ix.buffered[i]
-		if t.ctx.Err() != nil {
+		if t.Context().Err() != nil {
 			ix.buffered = slices.Delete(ix.buffered, i, i+1)
 			if ix.tasks[t.ID] == t {
 				delete(ix.tasks, t.ID)
@@ -825,7 +825,7 @@ func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
 			i--
 			continue
 		}
-		if t.lease == lease.ID() {
+		if t.Lease() == lease.ID() {
 			ix.buffered = slices.Delete(ix.buffered, i, i+1)
 			return t
 		}
@@ -868,7 +868,7 @@ func (ix *index) releaseStale(ctx context.Context) {
 	ix.mu.Unlock()
 	for _, t := range stale {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if err := t.release(rctx); err != nil && outcomeUnknown(err) && t.ctx.Err() == nil {
+		if err := t.release(rctx); err != nil && outcomeUnknown(err) && t.Context().Err() == nil {
 			ix.addGiveBack(giveBack{task: t})
 		}
 		cancel()

@@ -14,19 +14,25 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
-	"github.com/concordkit/concord/leasekeeper"
 )
 
 // Task is a claimed task. Its exported fields are read-only. Its methods are
 // safe for concurrent use; Ack, Nack, Fail and Progress are serialized, and
 // one waiting for another returns when its own ctx ends.
 //
-// A task is a holding in concord's sense: Token is the fencing token, Guard
-// fences writes into etcd, Context is canceled (cause: ErrLost) when the
-// claim can no longer be trusted, and Ack/Nack/Fail end it.
+// A task is a holding in concord's sense (see internal/holding), whose key
+// is its claim: Token is the claim's create revision, the fencing token,
+// which increases strictly across the claims of the task; Key and Lease are
+// the claim's key and lease; Guard fences writes into etcd that must not be
+// applied by a worker that lost the task. Context is canceled when the
+// claim is lost (cause errors.Is ErrLost) or the task is finished by this
+// worker (cause errors.Is ErrFinished): work on the task should run under
+// it. Ack, Nack and Fail end it.
 type Task struct {
+	holding.Core
 	ID          string
 	Payload     []byte
 	Attempt     int       // 1 for the first delivery
@@ -37,12 +43,8 @@ type Task struct {
 	q           *Queue
 	ix          *index
 	entry       entry
-	token       int64
-	lease       clientv3.LeaseID
 	buffered    time.Time // when a batch put it in the Queue's buffer
 	handedOut   time.Time // when Dequeue returned it, for the hold metric
-	claimKey    string
-	held        []clientv3.Cmp
 	dedup       string
 	maxAttempts int
 	checkpoint  []byte
@@ -53,10 +55,6 @@ type Task struct {
 	hasStatus   bool
 	hasProgress bool // also set by Progress (under op)
 
-	ctx       context.Context
-	cancel    context.CancelCauseFunc
-	stopWatch func() bool
-
 	finishing atomic.Bool // a finishing transaction is in flight or done
 	// op serializes Ack, Nack, Fail and Progress; a caller waiting behind
 	// one stalled on etcd still returns when its own ctx ends.
@@ -66,44 +64,13 @@ type Task struct {
 	result  error
 }
 
-// bind derives the task's context from the lease: the claim key lives
-// exactly as long as the lease, so the lease's loss is the claim's loss.
-func (t *Task) bind(l *leasekeeper.Lease) {
-	t.ctx, t.cancel = context.WithCancelCause(context.Background())
-	lctx := l.Context()
-	t.stopWatch = context.AfterFunc(lctx, func() {
-		t.cancel(fmt.Errorf("%w: task %s: %w", ErrLost, t.ID, context.Cause(lctx)))
-	})
-}
-
 // claimDeleted is called by the index when the claim key was deleted at rev.
 func (t *Task) claimDeleted(rev int64) {
-	if rev <= t.token || t.finishing.Load() {
+	if rev <= t.Token() || t.finishing.Load() {
 		return
 	}
-	t.cancel(fmt.Errorf("%w: task %s: claim key deleted at revision %d", ErrLost, t.ID, rev))
+	t.Lose(fmt.Errorf("claim key deleted at revision %d", rev))
 }
-
-// Token is the fencing token: the etcd revision at which the claim was
-// made. It increases strictly across the claims of the task.
-func (t *Task) Token() int64 { return t.token }
-
-// Context is canceled when the claim is lost (cause errors.Is ErrLost) or
-// the task is finished by this worker (cause errors.Is ErrFinished). Work on
-// the task should run under it.
-func (t *Task) Context() context.Context { return t.ctx }
-
-// Guard returns comparisons that hold only while this claim stands, for
-// writes into etcd that must not be applied by a worker that lost the task:
-// cli.Txn(ctx).If(t.Guard()...).Then(...).
-func (t *Task) Guard() []clientv3.Cmp { return append([]clientv3.Cmp(nil), t.held...) }
-
-// Key returns the etcd key of the task's claim, the key that represents
-// the holding: its create revision is the token.
-func (t *Task) Key() string { return t.claimKey }
-
-// Lease returns the lease the claim is bound to.
-func (t *Task) Lease() clientv3.LeaseID { return t.lease }
 
 // Checkpoint returns the checkpoint the last Progress call of an earlier
 // attempt saved, or nil.
@@ -140,10 +107,10 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	}
 	// Set before sending: a request whose answer is lost may have written it.
 	t.hasProgress = true
-	v := encodeProgress(progressRecord{Fraction: fraction, Message: message, Worker: t.q.worker, Attempt: t.Attempt, Token: t.token, At: time.Now().UnixNano()}, checkpoint)
+	v := encodeProgress(progressRecord{Fraction: fraction, Message: message, Worker: t.q.worker, Attempt: t.Attempt, Token: t.Token(), At: time.Now().UnixNano()}, checkpoint)
 	var resp *clientv3.TxnResponse
 	err := t.send(ctx, func(ctx context.Context) (err error) {
-		resp, err = t.q.cli.Txn(ctx).If(t.held...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
+		resp, err = t.q.cli.Txn(ctx).If(t.Guard()...).Then(clientv3.OpPut(t.q.keys.progress(t.ID), string(v))).Commit()
 		return err
 	})
 	if err != nil {
@@ -167,7 +134,7 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 func (t *Task) send(ctx context.Context, fn func(context.Context) error) error {
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	defer context.AfterFunc(t.ctx, func() { cancel(context.Cause(t.ctx)) })()
+	defer context.AfterFunc(t.Context(), func() { cancel(context.Cause(t.Context())) })()
 	var last error
 	err := retry.Attempts(rctx, retry.RequestPolicy, retry.Attempt(t.ttl), func(ctx context.Context) error {
 		last = fn(ctx)
@@ -202,17 +169,17 @@ var errAgain = errors.New("again")
 
 // lost records that the claim is gone. Called with op held.
 func (t *Task) lost(what string) error {
-	err := fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.token)
+	err := fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.Token())
 	t.mu.Lock()
 	t.outcome, t.result = "lost", err
 	t.mu.Unlock()
-	t.cancel(err)
+	t.End(err)
 	t.cleanup()
 	return err
 }
 
 func (t *Task) cleanup() {
-	t.stopWatch()
+	t.StopFollowing()
 	t.ix.untrack(t)
 }
 
@@ -251,7 +218,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 		}
 		out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
 			State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
-			Dedup: t.dedup, Token: t.token, Worker: t.q.worker,
+			Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker,
 		})), clientv3.WithLease(lease)))
 		out = append(out, t.dedupRelease()...)
 		return append(out, ops...)
@@ -278,7 +245,7 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 		now := time.Now()
 		at := now.Add(retryAfter).UnixNano()
 		st := statusRecord{State: StateDelayed, Attempt: t.Attempt, Err: "nacked", At: now.UnixNano(),
-			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}
 		pos := t.q.keys.delayed(at, int32(t.Priority), t.ID)
 		if retryAfter == 0 {
 			st.State = StateQueued
@@ -315,9 +282,9 @@ func (t *Task) dead(ctx context.Context, kind, reason string) error {
 		out := t.endOps()
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
-			clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.token}))),
+			clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.Token()}))),
 			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
-				Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}))),
+				Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}))),
 		)
 		return append(out, t.dedupRelease()...)
 	}, false)
@@ -329,7 +296,7 @@ func (t *Task) dead(ctx context.Context, kind, reason string) error {
 
 // endOps deletes the claim and the index key.
 func (t *Task) endOps() []clientv3.Op {
-	return []clientv3.Op{clientv3.OpDelete(t.claimKey), clientv3.OpDelete(t.entry.key)}
+	return []clientv3.Op{clientv3.OpDelete(t.Key()), clientv3.OpDelete(t.entry.key)}
 }
 
 // dedupRelease frees the dedup ID if this task still holds it.
@@ -387,7 +354,7 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 		// token in the record it wrote, rather than report a lost claim.
 		var resp *clientv3.TxnResponse
 		err := t.send(ctx, func(ctx context.Context) (err error) {
-			resp, err = t.q.cli.Txn(ctx).If(t.held...).Then(ops...).Else(
+			resp, err = t.q.cli.Txn(ctx).If(t.Guard()...).Then(ops...).Else(
 				clientv3.OpGet(t.q.keys.finished(t.ID)),
 				clientv3.OpGet(t.q.keys.status(t.ID)),
 				clientv3.OpGet(t.q.keys.dead(t.ID)),
@@ -408,7 +375,7 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 		t.mu.Lock()
 		t.outcome = kind
 		t.mu.Unlock()
-		t.cancel(fmt.Errorf("%w: task %s: %sed", ErrFinished, t.ID, kind))
+		t.End(fmt.Errorf("%w: task %s: %sed", ErrFinished, t.ID, kind))
 		t.cleanup()
 		t.q.tel.finished(ctx, t, kind)
 		return nil
@@ -419,6 +386,10 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 // transaction show that an earlier attempt of this worker, whose answer was
 // lost, committed the same outcome.
 func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
+	return committedEarlier(kind, t.Attempt, t.maxAttempts, t.Token(), resp)
+}
+
+func committedEarlier(kind string, attempt, maxAttempts int, token int64, resp *clientv3.TxnResponse) bool {
 	val := func(i int) []byte {
 		if i >= len(resp.Responses) {
 			return nil
@@ -433,26 +404,26 @@ func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
 	case "ack":
 		if b := val(0); b != nil {
 			st, err := decodeStatus(b)
-			return err == nil && st.State == StateDone && st.Token == t.token
+			return err == nil && st.State == StateDone && st.Token == token
 		}
 	case "nack":
 		if b := val(1); b != nil {
 			st, err := decodeStatus(b)
-			if err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == t.token {
+			if err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == token {
 				return true
 			}
 		}
 		// A Nack on the last attempt dead-letters the task, like Fail.
-		if t.Attempt >= t.maxAttempts {
+		if attempt >= maxAttempts {
 			if b := val(2); b != nil {
 				d, err := decodeDead(b)
-				return err == nil && d.Token == t.token
+				return err == nil && d.Token == token
 			}
 		}
 	case "fail":
 		if b := val(2); b != nil {
 			d, err := decodeDead(b)
-			return err == nil && d.Token == t.token
+			return err == nil && d.Token == token
 		}
 	}
 	return false
@@ -465,12 +436,12 @@ func (t *Task) release(ctx context.Context) error {
 	// it could not later.
 	return t.finish(ctx, false, "releas", func(clientv3.LeaseID) []clientv3.Op {
 		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, At: time.Now().UnixNano(),
-			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.token, Worker: t.q.worker}
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}
 		if !t.entry.ready {
 			st.State = StateDelayed
 		}
 		return []clientv3.Op{
-			clientv3.OpDelete(t.claimKey),
+			clientv3.OpDelete(t.Key()),
 			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(st))),
 		}
 	}, false)

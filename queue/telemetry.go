@@ -96,7 +96,7 @@ func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Ta
 		if task != nil {
 			span.SetAttributes(
 				attribute.String("queue.task_id", task.ID),
-				attribute.Int64("queue.token", task.token),
+				attribute.Int64("queue.token", task.Token()),
 				attribute.Int("queue.attempt", task.Attempt),
 			)
 		}
