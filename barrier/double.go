@@ -227,7 +227,7 @@ func (d *DoubleBarrier) deleteSeat(ctx context.Context, l *leasekeeper.Lease, ke
 	}
 	// Retried until the TTL: a seat left on a live lease would count as a
 	// participant.
-	guard.Withdraw(ctx, d.cli, l, d.k.TTL(), key, cmps...)
+	holding.Withdraw(ctx, d.cli, l, d.k.TTL(), key, cmps...)
 }
 
 func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Seat {

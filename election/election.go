@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/wait"
@@ -349,7 +350,7 @@ func (e *Election) cleanup(ctx context.Context, l *leasekeeper.Lease, rev int64)
 	}
 	// Retried until the TTL: a key left on a live lease would stand as a
 	// candidate with no Term, and could become leader.
-	guard.Withdraw(ctx, e.cli, l, e.k.TTL(), e.key, cmp)
+	holding.Withdraw(ctx, e.cli, l, e.k.TTL(), e.key, cmp)
 }
 
 // Leader describes who holds the election at revision Rev. The zero Token

@@ -16,7 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
@@ -812,5 +812,5 @@ func (a *acquisition) lockDelay(ctx context.Context) error {
 func (a *acquisition) cleanup(ctx context.Context) {
 	// Unconditional: the key name is unique to this request (or to this
 	// Mutex value, whose local slot this goroutine still holds).
-	guard.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
+	holding.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
 }

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/internal/guard"
+	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/watch"
@@ -436,7 +437,7 @@ func (a *acquisition) onCreated(ctx context.Context, rev int64) error {
 // with it.
 func (a *acquisition) cleanup(ctx context.Context) {
 	// Unconditional: the key name is unique to this request.
-	guard.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
+	holding.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
 }
 
 // Remove deletes the stored limit of the semaphore named name, if no permit

@@ -127,24 +127,39 @@ func (c *Core) StopFollowing() {
 // the lease. If etcd cannot be reached in time it returns the error, and the
 // key stands while the lease lives.
 func (c *Core) Release(ctx context.Context, then, els []clientv3.Op) (lost bool, err error) {
-	if c.LeaseLost() {
+	ops := append([]clientv3.Op{clientv3.OpDelete(c.key)}, then...)
+	return remove(ctx, c.cli, c.lease, c.ttl, c.Guard(), ops, els)
+}
+
+// Withdraw deletes key, a recipe's key on lease l, if cmps hold, after an
+// acquisition that failed (no holding was made): the same delete as a
+// release, detached from ctx's cancellation, bounded by ttl, each try short,
+// given up once l is lost. A key left on a live lease would stand for a
+// request nobody waits on, so errors are tried again until then; what is
+// left after that goes with the lease.
+func Withdraw(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl time.Duration, key string, cmps ...clientv3.Cmp) {
+	_, _ = remove(ctx, cli, l, ttl, cmps, []clientv3.Op{clientv3.OpDelete(key)}, nil)
+}
+
+// remove runs a delete guarded by cmps: see Release.
+func remove(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl time.Duration, cmps []clientv3.Cmp, ops, els []clientv3.Op) (lost bool, err error) {
+	if l.Err() != nil {
 		return true, nil
 	}
-	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), c.ttl)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), ttl)
 	defer cancel()
 	// A key on a lost lease goes with it: once the lease is lost meanwhile
 	// (etcd unreachable), there is nothing to wait for.
-	defer context.AfterFunc(c.lease.Context(), cancel)()
-	ops := append([]clientv3.Op{clientv3.OpDelete(c.key)}, then...)
+	defer context.AfterFunc(l.Context(), cancel)()
 	var last error
-	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(c.ttl), func(ctx context.Context) error {
-		_, last = c.cli.Txn(ctx).If(c.Guard()...).Then(ops...).Else(els...).Commit()
+	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(ttl), func(ctx context.Context) error {
+		_, last = cli.Txn(ctx).If(cmps...).Then(ops...).Else(els...).Commit()
 		return last
 	})
 	switch {
 	case err == nil:
 		return false, nil
-	case c.LeaseLost():
+	case l.Err() != nil:
 		return true, nil
 	case cctx.Err() != nil && last != nil:
 		return false, fmt.Errorf("%w (last error: %w)", context.Cause(cctx), last)
