@@ -241,9 +241,6 @@ func newSeat(d *DoubleBarrier, key string, rev int64, l *leasekeeper.Lease) *Sea
 
 var errNotOpen = errors.New("not open")
 
-// ErrLeft is the cause of a seat's context after Leave deleted it.
-var ErrLeft = errors.New("barrier: left the double barrier")
-
 // Leave gives up the seat and blocks until no participant holds a seat —
 // participants whose leases expire count as having left — or ctx ends. The
 // seat is deleted first, with a detached context bounded by the TTL, so a

@@ -12,19 +12,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-var (
-	// ErrLost is the cause of a double-barrier seat's context when the seat
-	// can no longer be trusted (its lease was lost or its key deleted), and
-	// the error of an Enter whose seat was lost while it waited.
-	ErrLost = errors.New("barrier: seat lost")
-	// ErrCorrupt reports a value under a barrier's keys that it did not write.
-	ErrCorrupt = errors.New("barrier: corrupt record")
-	// ErrCountMismatch reports a latch created elsewhere with another count.
-	ErrCountMismatch = errors.New("barrier: latch count mismatch")
-	// ErrDeleted reports a latch deleted while waited on.
-	ErrDeleted = errors.New("barrier: latch deleted")
-)
-
 // Option configures a Barrier, DoubleBarrier or Latch.
 type Option func(*options)
 

@@ -22,13 +22,6 @@ import (
 	"github.com/concordkit/concord/internal/watch"
 )
 
-// ErrClosed is returned by calls on a closed cache.
-var ErrClosed = errors.New("cache: closed")
-
-// ErrUnsupported reports an etcd server the cache cannot be right on (etcd
-// 3.4; see the package doc).
-var ErrUnsupported = compat.ErrUnsupported
-
 // errWatchEnded reports that the cache has no watch at the moment.
 var errWatchEnded = errors.New("cache: no watch")
 

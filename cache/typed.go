@@ -12,9 +12,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// ErrInvalid wraps every decoding or validation failure of a typed value.
-var ErrInvalid = errors.New("cache: invalid value")
-
 // Decoder turns a stored value into a T.
 type Decoder[T any] func([]byte) (T, error)
 

@@ -16,12 +16,6 @@ import (
 	callturn "github.com/concordkit/concord/internal/turn"
 )
 
-// ErrCommitted reports a Commit refused because the time's effects were
-// committed already: by an earlier attempt of the same time (whose leader
-// then lost its term before recording that fn returned), or by an earlier
-// Commit of the same run.
-var ErrCommitted = errors.New("cron: run already committed")
-
 // MaxCommitOps is the most operations one Commit takes: etcd's default limit
 // of 128 operations per transaction (--max-txn-ops) less the one that Commit
 // adds.

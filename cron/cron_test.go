@@ -226,7 +226,7 @@ func TestCorruptRecords(t *testing.T) {
 	require.NoError(t, s.Add("job", everySecond, nop))
 	err = s.Run(ctx)
 	require.ErrorIs(t, err, cron.ErrCorrupt)
-	assert.True(t, strings.HasPrefix(err.Error(), "cron: corrupt record"), err.Error())
+	assert.True(t, strings.HasPrefix(err.Error(), "cron: corrupt value"), err.Error())
 
 	_, err = cluster.Admin().Put(ctx, prefix+"claim/job", `{"time":1,"token":1,"attempt":1,"at":1}`)
 	require.NoError(t, err)

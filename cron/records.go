@@ -2,14 +2,9 @@ package cron
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
-
-// ErrCorrupt reports a value under the scheduler's keys that it did not
-// write or cannot read.
-var ErrCorrupt = errors.New("cron: corrupt record")
 
 // claim is the value of N/.cron/claim/<job>: the latest scheduled time
 // claimed for the job (the job's watermark: no time at or before it is ever

@@ -20,15 +20,6 @@ import (
 	"github.com/concordkit/concord/leasekeeper"
 )
 
-var (
-	// ErrBadSpec reports a schedule that cannot be parsed.
-	ErrBadSpec = errors.New("cron: bad schedule spec")
-	// ErrDuplicate reports a job name added twice.
-	ErrDuplicate = errors.New("cron: duplicate job")
-	// ErrStarted reports an Add or a second Run after Run started.
-	ErrStarted = errors.New("cron: scheduler already running")
-)
-
 // parser accepts standard 5-field specs, an optional leading seconds field,
 // and descriptors such as @hourly and @every 10s.
 var parser = robfig.NewParser(robfig.SecondOptional | robfig.Minute | robfig.Hour |

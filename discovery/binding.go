@@ -14,17 +14,6 @@ import (
 	"github.com/concordkit/concord/leasekeeper"
 )
 
-var (
-	// ErrExists reports that another process (another lease) holds the
-	// instance or member ID.
-	ErrExists = errors.New("discovery: ID already registered by another lease")
-	// ErrLost reports that the record is not in etcd right now: its lease
-	// was lost and the next generation has not re-registered it yet.
-	ErrLost = errors.New("discovery: record lost with its lease")
-	// ErrClosed is returned by calls on a deregistered record.
-	ErrClosed = errors.New("discovery: deregistered")
-)
-
 // binding keeps one key attached to the keeper's lease: written on the
 // current lease, and written again on each new lease generation until it is
 // closed. Registrations and memberships are bindings.

@@ -203,7 +203,7 @@ func TestCorruptRecordsSkipped(t *testing.T) {
 		require.NoError(t, err)
 	}
 	res, err := discovery.Resolve(ctx, cluster.Client(), svc)
-	require.ErrorIs(t, err, discovery.ErrCorruptRecord)
+	require.ErrorIs(t, err, discovery.ErrCorrupt)
 	assert.Equal(t, []string{"good"}, ids(res))
 
 	reported := make(chan string, 10)

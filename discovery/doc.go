@@ -22,7 +22,7 @@
 // equals etcd's records at some revision (see package cache). WatchGroup and
 // Members do the same for groups. Records that are not valid instance
 // records (foreign values, damaged JSON, an ID that does not match its key)
-// are skipped and reported (ErrCorruptRecord, WithErrorHandler), never
+// are skipped and reported (ErrCorrupt, WithErrorHandler), never
 // trusted and never a panic.
 //
 // NewResolverBuilder is a gRPC resolver for targets concord:///<service>:

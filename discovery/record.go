@@ -3,7 +3,6 @@ package discovery
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -14,11 +13,6 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
-
-// ErrCorruptRecord reports a value under a discovery key that is not an
-// instance record this package wrote (a foreign or damaged value). Such
-// records are skipped, never trusted.
-var ErrCorruptRecord = errors.New("discovery: corrupt record")
 
 // MaxIDLen is the longest instance or member ID accepted, in bytes.
 const MaxIDLen = 256
@@ -106,26 +100,26 @@ func slicesOf(md map[string]string) []string {
 }
 
 // decodeInstance reads the record stored at key under prefix. Anything but a
-// well-formed record whose ID matches the key is ErrCorruptRecord.
+// well-formed record whose ID matches the key is ErrCorrupt.
 func decodeInstance(service, prefix, key string, value []byte) (Instance, error) {
 	id, ok := strings.CutPrefix(key, prefix)
 	if !ok || checkID("instance ID", id) != nil {
-		return Instance{}, fmt.Errorf("%w: key %q is not an instance key", ErrCorruptRecord, key)
+		return Instance{}, fmt.Errorf("%w: key %q is not an instance key", ErrCorrupt, key)
 	}
 	var r record
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return Instance{}, fmt.Errorf("%w: %q: %v", ErrCorruptRecord, key, err)
+		return Instance{}, fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
 	}
 	if dec.More() {
-		return Instance{}, fmt.Errorf("%w: %q: trailing data", ErrCorruptRecord, key)
+		return Instance{}, fmt.Errorf("%w: %q: trailing data", ErrCorrupt, key)
 	}
 	if r.ID != id {
-		return Instance{}, fmt.Errorf("%w: %q: record is for instance %q", ErrCorruptRecord, key, r.ID)
+		return Instance{}, fmt.Errorf("%w: %q: record is for instance %q", ErrCorrupt, key, r.ID)
 	}
 	if r.Addr == "" {
-		return Instance{}, fmt.Errorf("%w: %q: empty address", ErrCorruptRecord, key)
+		return Instance{}, fmt.Errorf("%w: %q: empty address", ErrCorrupt, key)
 	}
 	return Instance{Service: service, ID: id, Addr: r.Addr, Metadata: maps.Clone(r.Metadata)}, nil
 }

@@ -25,7 +25,7 @@ type watchOptions struct {
 }
 
 // WithErrorHandler is called, from the watcher's goroutine, for each record
-// that cannot be decoded (ErrCorruptRecord); the record is skipped. It must
+// that cannot be decoded (ErrCorrupt); the record is skipped. It must
 // not block for long: the watcher waits for it.
 func WithErrorHandler(f func(key string, err error)) WatchOption {
 	return func(o *watchOptions) { o.onErr = f }
@@ -195,7 +195,7 @@ func (w *Watcher) Close() { w.v.close() }
 
 // Resolve reads the instances of service once (one linearizable range read),
 // ordered by ID. Records that cannot be decoded are left out and reported in
-// the error, which then errors.Is ErrCorruptRecord and comes with the valid
+// the error, which then errors.Is ErrCorrupt and comes with the valid
 // instances.
 func Resolve(ctx context.Context, cli *clientv3.Client, service string) ([]Instance, error) {
 	if err := names.Validate("discovery", service); err != nil {
@@ -282,7 +282,7 @@ func Members(ctx context.Context, cli *clientv3.Client, group string) ([]Member,
 func decodeMember(prefix, key string, value []byte, lease clientv3.LeaseID, rev int64) (Member, error) {
 	id, ok := strings.CutPrefix(key, prefix)
 	if !ok || checkID("member ID", id) != nil {
-		return Member{}, fmt.Errorf("%w: key %q is not a member key", ErrCorruptRecord, key)
+		return Member{}, fmt.Errorf("%w: key %q is not a member key", ErrCorrupt, key)
 	}
 	return Member{ID: id, Payload: value, Lease: lease, Revision: rev}, nil
 }

@@ -17,18 +17,6 @@ import (
 	"github.com/concordkit/concord/internal/compat"
 )
 
-var (
-	// ErrLeaseLost is the cause of every lease context's cancellation.
-	ErrLeaseLost = errors.New("leasekeeper: lease lost")
-	// ErrClosed is returned by calls on a closed keeper.
-	ErrClosed = errors.New("leasekeeper: keeper closed")
-	// ErrInvalidTTL reports a TTL etcd cannot honour as asked.
-	ErrInvalidTTL = errors.New("leasekeeper: invalid TTL")
-	// ErrUnsupported reports an etcd server concord cannot be right on
-	// (etcd 3.4; see New).
-	ErrUnsupported = compat.ErrUnsupported
-)
-
 // Keeper owns one lease at a time and keeps it alive. One per process is the
 // normal use; every recipe bound to it shares its lease. Its methods are safe
 // for concurrent use.

@@ -5,7 +5,7 @@ import "errors"
 var (
 	// ErrLocked is returned by TryLock when another holder or an earlier
 	// waiter is in the queue.
-	ErrLocked = errors.New("lock: held by another session")
+	ErrLocked = errors.New("lock: held by another holder")
 	// ErrLost is the cause of a holding's context when the holding can no
 	// longer be trusted (its lease was lost, or its key is gone), and the
 	// error of a Lock whose waiter lost its lease or key while waiting.
@@ -21,5 +21,5 @@ var (
 	ErrNotHeld = errors.New("lock: not held")
 	// ErrCorrupt reports a value under the lock's keys that concord did not
 	// write.
-	ErrCorrupt = errors.New("lock: unexpected value")
+	ErrCorrupt = errors.New("lock: corrupt value")
 )

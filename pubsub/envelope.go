@@ -2,15 +2,10 @@ package pubsub
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"time"
 )
-
-// ErrCorrupt reports a value under a topic's keys that this package did not
-// write or cannot read (a foreign writer, a newer format, a truncated value).
-var ErrCorrupt = errors.New("pubsub: corrupt value under the topic")
 
 // Stored formats. Both start with a format byte so that a later format can be
 // told apart from this one, and both are decoded without trusting any length

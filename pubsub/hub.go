@@ -2,16 +2,11 @@ package pubsub
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// ErrHubClosed is returned by a Hub's methods, and ends its subscriptions,
-// once it is closed.
-var ErrHubClosed = errors.New("pubsub: hub closed")
 
 // Hub is one client's publisher and subscriber for any number of topics. It
 // holds one etcd watch per topic that has subscriptions, whatever their

@@ -1,7 +1,6 @@
 package pubsub
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -20,10 +19,6 @@ const (
 	// that falls behind before it drops messages and owes a gap notice.
 	DefaultBuffer = 256
 )
-
-// ErrRetention reports retention options that are invalid, or that disagree
-// with the retention a topic was created with.
-var ErrRetention = errors.New("pubsub: bad retention")
 
 // PublishOption sets a topic's retention. Retention is fixed by the first
 // publish to a topic and stored in its head; a later publish that passes a

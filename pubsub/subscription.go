@@ -14,9 +14,6 @@ import (
 	"github.com/concordkit/concord/internal/names"
 )
 
-// ErrClosed is returned by Next after the subscription was closed with Close.
-var ErrClosed = errors.New("pubsub: subscription closed")
-
 // Subscription delivers one topic's messages and gaps in revision order. Its
 // methods are safe for concurrent use; events go to whichever Next call
 // takes them. A subscription ends when the context given to Subscribe ends

@@ -22,27 +22,6 @@ import (
 	"github.com/concordkit/concord/internal/turn"
 )
 
-var (
-	// ErrEmpty is returned by TryDequeue when no task is ready.
-	ErrEmpty = errors.New("queue: no task ready")
-	// ErrLost is the cause of a task context's cancellation when its claim
-	// can no longer be trusted, and the error of Ack, Nack, Fail and Progress
-	// on a task whose claim was lost (lease expired or revoked, claim key
-	// deleted): another worker may have the task now.
-	ErrLost = errors.New("queue: claim lost")
-	// ErrFinished is returned when a task already acknowledged, requeued or
-	// failed by this worker is finished in a different way.
-	ErrFinished = errors.New("queue: task already finished")
-	// ErrNotFound reports a task ID the queue does not know (never enqueued,
-	// or finished longer ago than the retention).
-	ErrNotFound = errors.New("queue: task not found")
-	// ErrClosed is returned by Dequeue on a closed Queue.
-	ErrClosed = errors.New("queue: closed")
-	// ErrNotDead is returned by Requeue and Purge for a task that is not a
-	// dead letter.
-	ErrNotDead = errors.New("queue: task is not a dead letter")
-)
-
 // Defaults.
 const (
 	DefaultMaxAttempts  = 5

@@ -9,10 +9,6 @@ import (
 	"unicode/utf8"
 )
 
-// ErrCorrupt reports a value under the queue's keys that this package did
-// not write, or cannot read.
-var ErrCorrupt = errors.New("queue: corrupt record")
-
 const recordVersion = 1
 
 // taskMeta is the JSON head of a task record; the payload follows it after a

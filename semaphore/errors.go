@@ -9,7 +9,7 @@ var (
 	// ErrLost is the cause of a permit's context when it can no longer be
 	// trusted (its lease was lost or its key deleted), and the error of an
 	// Acquire whose request lost its lease or key while waiting.
-	ErrLost = errors.New("semaphore: permit lost")
+	ErrLost = errors.New("semaphore: lost")
 	// ErrReleased is the cause of a permit's context after Release.
 	ErrReleased = errors.New("semaphore: released")
 	// ErrLimitMismatch is returned when the limit stored with the semaphore
@@ -18,7 +18,7 @@ var (
 	ErrLimitMismatch = errors.New("semaphore: stored limit differs")
 	// ErrCorrupt reports a value under the semaphore's keys that concord did
 	// not write.
-	ErrCorrupt = errors.New("semaphore: unexpected value")
+	ErrCorrupt = errors.New("semaphore: corrupt value")
 	// ErrInUse is returned by Remove while permits are held or requested.
 	ErrInUse = errors.New("semaphore: in use")
 )
