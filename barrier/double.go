@@ -2,8 +2,6 @@ package barrier
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -109,9 +107,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 	})
 	defer stop()
 
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	key := d.seats + hex.EncodeToString(nonce[:])
+	key := d.seats + names.NewID()
 	resp, err := d.cli.Txn(wctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, "", clientv3.WithLease(l.ID())),

@@ -2,8 +2,6 @@ package election
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -98,9 +96,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Election {
 		e.cli = k.Client()
 	}
 	e.prefix = names.Prefix(name, kind)
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never fails
-	e.key = e.prefix + hex.EncodeToString(nonce[:])
+	e.key = e.prefix + names.NewID()
 
 	const scope = "github.com/concordkit/concord/election"
 	e.tracer = o.tp.Tracer(scope)

@@ -56,7 +56,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 		tel:    newTelemetry(&o, name, "mutex"),
 		slot:   make(chan struct{}, 1),
 	}
-	m.key = m.prefix + "q/" + randomID()
+	m.key = m.prefix + "q/" + names.NewID()
 	m.err = validate(k, name, &o)
 	if m.err == nil {
 		m.w = newWatches(k.Client(), true, m.key)

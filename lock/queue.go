@@ -2,8 +2,6 @@ package lock
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/concordkit/concord/internal/names"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -65,12 +65,6 @@ const replyGrace = 250 * time.Millisecond
 
 // errOwnGone reports that the waiter's own key was deleted or replaced.
 var errOwnGone = errors.New("own key deleted")
-
-func randomID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go ≥ 1.24)
-	return hex.EncodeToString(b[:])
-}
 
 // watchOpts are those of the watches on keys ahead, and on an RWMutex
 // request's own key: one key, deletions only. A new request is always
@@ -272,7 +266,7 @@ func newWatches(cli *clientv3.Client, progress bool, ownKey string) watches {
 	if progress {
 		// Named by a random ID: gRPC metadata takes printable ASCII only,
 		// and a lock name may be any UTF-8.
-		w.stream = watch.NewStream(randomID())
+		w.stream = watch.NewStream(names.NewID())
 	}
 	// The keys ahead go on the same stream, so that one member serves all of
 	// a request's watches: its answer to confirm's progress request is then

@@ -84,10 +84,10 @@ func (rw *RWMutex) acquire(ctx context.Context, reader bool) (*Hold, error) {
 		return nil, err
 	}
 	queue := rw.prefix + "q/"
-	key := queue + "w" + randomID()
+	key := queue + "w" + names.NewID()
 	var yields func(string) bool // a writer yields to everyone earlier
 	if reader {
-		key = queue + "r" + randomID()
+		key = queue + "r" + names.NewID()
 		yields = func(k string) bool { return strings.HasPrefix(k, queue+"w") }
 	}
 	return acquire(ctx, rw.k, &rw.w, lease, rw.prefix, key, encodeValue(time.Now(), rw.value), yields, false, 0, rw.tel, func() {}, nil)

@@ -2,13 +2,13 @@ package queue
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 	"strings"
 	"time"
+
+	"github.com/concordkit/concord/internal/names"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -98,12 +98,6 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 	}
 }
 
-func newNonce() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // maxBatch is how many tasks one claim transaction takes at most. Extra
 // tasks are only this worker's own (see chooseLocked) and wait in this
 // Queue's buffer for its next Dequeue calls, so a batch saves round trips
@@ -123,7 +117,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 	ops := make([]clientv3.Op, len(es))
 	for i, e := range es {
 		ck := q.keys.claim(e.id)
-		vals[i] = string(encodeClaim(claimRecord{Worker: q.worker, Nonce: newNonce(), Lease: int64(lease.ID()), At: now}))
+		vals[i] = string(encodeClaim(claimRecord{Worker: q.worker, Nonce: names.NewID(), Lease: int64(lease.ID()), At: now}))
 		ops[i] = clientv3.OpTxn(
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.Version(e.key), ">", 0),

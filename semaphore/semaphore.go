@@ -154,7 +154,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 			prefix:   s.prefix,
 			queue:    s.prefix + "q/",
 			limitKey: s.limitKey(),
-			key:      s.prefix + "q/" + randomID(),
+			key:      s.prefix + "q/" + names.NewID(),
 			n:        n,
 			preds:    map[string]int{},
 		},
@@ -387,6 +387,11 @@ func (a *acquisition) enqueue(ctx context.Context, value string, limit int) erro
 
 // wait blocks until own request fits, own key is gone (errOwnGone), the
 // lease is lost (ErrLost) or ctx ends (its cause).
+//
+// It follows one watch on the semaphore's whole prefix, with no start
+// revision, pooled across acquisitions (internal/watch): unlike a lock's
+// waiter, which only needs the keys just ahead of it, a request for n
+// permits may fit as soon as any request ahead of it goes.
 func (a *acquisition) wait(ctx context.Context) error {
 	t := &a.t
 	for !t.granted() {
