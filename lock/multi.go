@@ -242,7 +242,8 @@ func (m *Mutex) lockPart(ctx context.Context, try bool, onRevoke func()) (*Hold,
 		}
 		return nil, err
 	}
-	h, err := acquire(ctx, m.k, &m.w, lease, m.prefix, m.key, encodeValue(time.Now(), m.value), nil, try, m.delay, m.tel, free, onRevoke)
+	h, err := acquire(ctx, request{k: m.k, w: &m.w, lease: lease, prefix: m.prefix, key: m.key,
+		value: encodeValue(time.Now(), m.value), try: try, delay: m.delay, tel: m.tel, free: free, onRevoke: onRevoke})
 	if err != nil {
 		free()
 		return nil, err

@@ -123,14 +123,32 @@ func (m *Mutex) lock(ctx context.Context, try bool) (*Hold, error) {
 	return m.lockPart(ctx, try, nil)
 }
 
+// request is one request for a lock: who asks, for which key, and how.
+type request struct {
+	k      *leasekeeper.Keeper
+	w      *watches // the lock value's watch pools
+	lease  *leasekeeper.Lease
+	prefix string // the lock's prefix
+	key    string // the request's key
+	value  string // the request's record
+	// yields reports whether the request must wait for the older key k (nil:
+	// for every older key).
+	yields   func(k string) bool
+	try      bool          // TryLock: never wait
+	delay    time.Duration // lock-delay
+	tel      *telemetry
+	free     func() // gives the lock value's local slot back
+	onRevoke func() // a MultiHold's revocation hook, or nil
+}
+
 // acquire runs one acquisition from enqueue to hold. On failure own key is
 // gone, and the watch stopped.
-func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leasekeeper.Lease, prefix, key, value string,
-	yields func(string) bool, try bool, delay time.Duration, tel *telemetry, free, onRevoke func()) (*Hold, error) {
+func acquire(ctx context.Context, r request) (*Hold, error) {
+	k, lease, key, try := r.k, r.lease, r.key, r.try
 	// The watch on own key is opened before the transaction, so that its
 	// creation revision is normally at or below the transaction's.
-	a := newAcquisition(ctx, k.Client(), lease, w, prefix, key, yields, delay, k.TTL())
-	err := a.enqueue(ctx, value, try)
+	a := newAcquisition(ctx, k.Client(), lease, r.w, r.prefix, key, r.yields, r.delay, k.TTL())
+	err := a.enqueue(ctx, r.value, try)
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		// etcd no longer knows the lease (revoked, or expired before the
 		// keeper noticed): have the keeper replace it now rather than at its
@@ -166,5 +184,5 @@ func acquire(ctx context.Context, k *leasekeeper.Keeper, w *watches, lease *leas
 		a.cleanup(ctx)
 		return nil, err
 	}
-	return newHold(a, tel, free, onRevoke), nil
+	return newHold(a, r.tel, r.free, r.onRevoke), nil
 }

@@ -90,5 +90,6 @@ func (rw *RWMutex) acquire(ctx context.Context, reader bool) (*Hold, error) {
 		key = queue + "r" + names.NewID()
 		yields = func(k string) bool { return strings.HasPrefix(k, queue+"w") }
 	}
-	return acquire(ctx, rw.k, &rw.w, lease, rw.prefix, key, encodeValue(time.Now(), rw.value), yields, false, 0, rw.tel, func() {}, nil)
+	return acquire(ctx, request{k: rw.k, w: &rw.w, lease: lease, prefix: rw.prefix, key: key,
+		value: encodeValue(time.Now(), rw.value), yields: yields, tel: rw.tel, free: func() {}})
 }

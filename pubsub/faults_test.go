@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/backoff"
 
 	"github.com/concordkit/concord/internal/names"
-
 	"github.com/concordkit/concord/pubsub"
 	"github.com/concordkit/concord/testcluster"
 )

@@ -8,13 +8,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/concordkit/concord/internal/names"
-
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
 	"github.com/concordkit/concord/leasekeeper"

@@ -1,0 +1,316 @@
+package cron
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/retry"
+)
+
+// runKind says why a time is dispatched.
+type runKind int
+
+// claimable reports whether (t, attempt) of kind may be claimed given j's
+// claim state: a fresh time only after the watermark (never twice), a retry
+// only of the watermark's time and attempt (a later time makes it moot), a
+// rerun only of an open run's next attempt. Called with wmu held.
+func (j *jobRun) claimable(t time.Time, attempt int, kind runKind) bool {
+	switch kind {
+	case retryRun:
+		return j.w.Equal(t) && j.attempt == attempt-1
+	case rerunRun:
+		a, ok := j.open[t.UnixNano()]
+		return ok && a == attempt-1
+	}
+	return j.w.IsZero() || t.After(j.w)
+}
+
+// dispatch claims (j, t, attempt) and starts the run, or records a skip.
+func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int, kind runKind) error {
+	j.wmu.Lock()
+	ok := j.claimable(t, attempt, kind)
+	j.wmu.Unlock()
+	if !ok {
+		return nil
+	}
+	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t}
+	r.commit = l.newCommit(j, r)
+	ok, err := l.claim(ctx, j, r, kind, skip)
+	if err != nil || !ok {
+		return err
+	}
+	l.start(ctx, j, r, skip)
+	return nil
+}
+
+func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
+	j := tr.job
+	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t}
+	r.commit = l.newCommit(j, r)
+	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip)
+	if err != nil || !ok {
+		return err
+	}
+	l.start(ctx, j, r, skip)
+	return nil
+}
+
+// claim writes the claim of (j, r.Time, r.Attempt), fenced by the term and
+// by the claim key's mod revision, so that no time is claimed twice: a
+// fresh time moves the watermark, a retry or rerun bumps the attempt of its
+// time; a run that starts is listed as open until it finishes. The same
+// transaction writes the status (running, or skipped) and deletes stale
+// commit records. An unknown outcome is settled by reading the claim back.
+// It reports false when the time turned out to be claimed already.
+func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip bool) (bool, error) {
+	j.startStatus(r, skip)
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	st, err := j.statusValue()
+	if err != nil {
+		return false, err
+	}
+	key := l.s.keys.claim(j.name)
+	at := time.Now().UnixNano()
+	bo := retry.RequestPolicy.New()
+	tr := newTries(l.try())
+	// adopted takes a claim record read back, reporting whether it is one
+	// of this call's own writes whose reply was lost: only this term writes
+	// its token, and it claims (r.Time, r.Attempt) once.
+	adopted := func(c claim, rev int64, deleted []staleRecord) bool {
+		j.adopt(c, rev)
+		ours := c.Token == r.Token
+		if skip {
+			ours = ours && c.Time == r.Time.UnixNano() && c.Attempt == r.Attempt
+		} else {
+			ours = ours && j.open[r.Time.UnixNano()] == r.Attempt
+		}
+		if ours {
+			j.dropStale(deleted)
+			j.closed = nil
+		}
+		return ours
+	}
+	for {
+		if !j.claimable(r.Time, r.Attempt, kind) {
+			return false, nil
+		}
+		c := j.claimWith(r, skip, at)
+		rec, err := encode(c)
+		if err != nil {
+			return false, err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)}
+		// Stale commit records go a batch at a time, well within etcd's
+		// limit on operations per transaction, and only those whose time
+		// this write leaves out of the open runs.
+		open := make(map[int64]bool, len(c.Open))
+		for _, o := range c.Open {
+			open[o.Time] = true
+		}
+		var deleted []staleRecord
+		for _, sr := range j.stale {
+			if len(deleted) == maxStaleDeletes {
+				break
+			}
+			if (sr.trigger || !open[sr.t]) && (sr.since.IsZero() || time.Since(sr.since) >= commitHold) {
+				deleted = append(deleted, sr)
+				ops = append(ops, clientv3.OpDelete(sr.key))
+			}
+		}
+		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+		// Each try is bounded, as in Commit: the fence on the claim's mod
+		// revision and the read-back below settle a try applied late.
+		tctx, cancel := tr.next(ctx)
+		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		tr.ended(err)
+		cancel()
+		if err == nil && resp.Succeeded {
+			j.adopt(c, resp.Header.Revision)
+			j.dropStale(deleted)
+			j.closed = nil // the record just written was built without them
+			return true, nil
+		}
+		if err == nil {
+			if errors.Is(l.t.Err(), election.ErrLost) || !l.termHeld(ctx) {
+				return false, errTermGone
+			}
+			// The claim moved under us: adopt it (the loop checks again
+			// whether r may still be claimed). Only a leader writes claims,
+			// so this is a foreign writer or our own write whose reply was
+			// lost.
+			kvs := resp.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				j.claimRev = 0
+				continue
+			}
+			c, derr := decodeClaim(kvs[0].Value)
+			if derr != nil {
+				return false, fmt.Errorf("%w (key %s)", derr, key)
+			}
+			if adopted(c, kvs[0].ModRevision, deleted) {
+				return true, nil
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		if !retry.Unknown(err) {
+			return false, fmt.Errorf("cron: claim %s: %w", key, err)
+		}
+		// Unknown outcome: read the claim back.
+		if werr := bo.Wait(ctx); werr != nil {
+			return false, werr
+		}
+		tctx, cancel = tr.next(ctx)
+		g, gerr := l.cli().Get(tctx, key)
+		tr.ended(gerr)
+		cancel()
+		if gerr != nil {
+			continue
+		}
+		if len(g.Kvs) == 0 {
+			j.claimRev = 0
+			continue
+		}
+		c, derr := decodeClaim(g.Kvs[0].Value)
+		if derr != nil {
+			return false, fmt.Errorf("%w (key %s)", derr, key)
+		}
+		if adopted(c, g.Kvs[0].ModRevision, deleted) {
+			return true, nil
+		}
+	}
+}
+
+// dropStale forgets the stale records a claim deleted. Called with wmu held.
+func (j *jobRun) dropStale(deleted []staleRecord) {
+	if len(deleted) == 0 {
+		return
+	}
+	gone := make(map[string]bool, len(deleted))
+	for _, sr := range deleted {
+		gone[sr.key] = true
+	}
+	kept := j.stale[:0]
+	for _, sr := range j.stale {
+		if !gone[sr.key] {
+			kept = append(kept, sr)
+		}
+	}
+	j.stale = kept
+}
+
+// claimWith returns j's claim record with r claimed at at. Called with wmu
+// held.
+func (j *jobRun) claimWith(r Run, skip bool, at int64) claim {
+	w, attempt := j.w, j.attempt
+	if w.IsZero() || r.Time.After(w) {
+		w, attempt = r.Time, r.Attempt
+	} else if r.Time.Equal(w) {
+		attempt = max(attempt, r.Attempt)
+	}
+	c := claim{Time: w.UnixNano(), Token: r.Token, Attempt: attempt, At: at}
+	for t, a := range j.open {
+		if t != r.Time.UnixNano() {
+			c.Open = append(c.Open, openRun{t, a})
+		}
+	}
+	if !skip {
+		c.Open = append(c.Open, openRun{r.Time.UnixNano(), r.Attempt})
+	}
+	sort.Slice(c.Open, func(a, b int) bool { return c.Open[a].Time < c.Open[b].Time })
+	if len(c.Open) > maxOpen {
+		c.Open = c.Open[len(c.Open)-maxOpen:]
+	}
+	return c
+}
+
+// recordWithout returns j's claim record as it stands, less the open run at
+// time t. Called with wmu held.
+func (j *jobRun) recordWithout(t int64, token int64) claim {
+	c := claim{Time: j.w.UnixNano(), Token: token, Attempt: j.attempt, At: time.Now().UnixNano()}
+	for ot, a := range j.open {
+		if ot != t {
+			c.Open = append(c.Open, openRun{ot, a})
+		}
+	}
+	sort.Slice(c.Open, func(a, b int) bool { return c.Open[a].Time < c.Open[b].Time })
+	return c
+}
+
+// termHeld reads whether the term's key still stands.
+func (l *leader) termHeld(ctx context.Context) bool {
+	// The Then op makes the transaction linearizable: etcd serves a
+	// transaction without operations as a serializable read, which a lagging
+	// member answers from its own, older state.
+	tctx, cancel := context.WithTimeout(ctx, l.try()) // bounded as in claim
+	defer cancel()
+	resp, err := l.cli().Txn(tctx).If(l.t.Guard()...).Then(clientv3.OpGet(l.s.keys.ctl(), clientv3.WithCountOnly())).Commit()
+	return err != nil || resp.Succeeded // on error, assume held and retry
+}
+
+// claimTrigger consumes the trigger key (deleting it, fenced by the term and
+// its mod revision). It reports false if the trigger was replaced or
+// withdrawn meanwhile (a replacement arrives on the watch).
+func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, skip bool) (bool, error) {
+	j.startStatus(r, skip)
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	st, err := j.statusValue()
+	if err != nil {
+		return false, err
+	}
+	key := l.s.keys.trigger(j.name)
+	bo := retry.RequestPolicy.New()
+	tr := newTries(l.try())
+	for {
+		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		// Each try is bounded, as in claim; the read-back below settles a
+		// try applied late.
+		tctx, cancel := tr.next(ctx)
+		resp, err := l.cli().Txn(tctx).If(cmps...).
+			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
+		tr.ended(err)
+		cancel()
+		if err == nil {
+			if resp.Succeeded {
+				return true, nil
+			}
+			if !l.termHeld(ctx) {
+				return false, errTermGone
+			}
+			return false, nil
+		}
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		if !retry.Unknown(err) {
+			return false, fmt.Errorf("cron: claim trigger %s: %w", key, err)
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return false, werr
+		}
+		tctx, cancel = tr.next(ctx)
+		g, gerr := l.cli().Get(tctx, key)
+		tr.ended(gerr)
+		cancel()
+		if gerr != nil {
+			continue
+		}
+		if len(g.Kvs) == 0 || g.Kvs[0].ModRevision != rev {
+			// Only the leader deletes triggers: ours went through (or a
+			// newer trigger replaced it, which the watch brings).
+			return len(g.Kvs) == 0, nil
+		}
+	}
+}
