@@ -18,8 +18,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -35,8 +33,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/concordkit/concord/internal/connect"
 	"github.com/concordkit/concord/testcluster"
 )
 
@@ -264,46 +262,9 @@ func (f *flags) clusterOptions() ([]testcluster.Option, error) {
 
 // dialConfig is the client configuration for -endpoints.
 func (f *flags) dialConfig() (clientv3.Config, error) {
-	cfg := clientv3.Config{
-		Endpoints:   strings.Split(f.endpoints, ","),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	}
-	if f.cacert != "" || f.cert != "" || f.key != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if f.cacert != "" {
-			pem, err := os.ReadFile(f.cacert)
-			if err != nil {
-				return cfg, err
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("-cacert %s: no PEM certificate", f.cacert)
-			}
-		}
-		if (f.cert == "") != (f.key == "") {
-			return cfg, errors.New("-cert and -key go together")
-		}
-		if f.cert != "" {
-			pair, err := tls.LoadX509KeyPair(f.cert, f.key)
-			if err != nil {
-				return cfg, fmt.Errorf("-cert %s / -key %s: %w", f.cert, f.key, err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
-		}
-		cfg.TLS = tc
-	}
-	if f.user != "" {
-		name, pw, ok := strings.Cut(f.user, ":")
-		if !ok {
-			pw = os.Getenv("CONCORD_PASSWORD")
-		}
-		if name == "" || pw == "" {
-			return cfg, fmt.Errorf("-user %s: give name:password, or the password in CONCORD_PASSWORD", name)
-		}
-		cfg.Username, cfg.Password = name, pw
-	}
-	return cfg, nil
+	return connect.Settings{
+		Endpoints: strings.Split(f.endpoints, ","), CACert: f.cacert, Cert: f.cert, Key: f.key, User: f.user,
+	}.Config("-")
 }
 
 // describe says what the run is on, for the table's header and each JSON

@@ -3,19 +3,18 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+
+	"github.com/concordkit/concord/internal/connect"
 )
 
 // session is what a command runs with: the options, the output streams and,
@@ -182,66 +181,14 @@ func clientConfig(o *options) (clientv3.Config, error) {
 	if o.dialTimeout <= 0 {
 		return clientv3.Config{}, usageError("--dial-timeout must be positive, got %v", o.dialTimeout)
 	}
-	cfg := clientv3.Config{
-		Endpoints:   eps,
-		DialTimeout: o.dialTimeout,
-		Logger:      zap.NewNop(),
+	cfg, err := connect.Settings{
+		Endpoints: eps, CACert: o.cacert, Cert: o.cert, Key: o.key, User: o.user, DialTimeout: o.dialTimeout,
+	}.Config("--")
+	if errors.Is(err, connect.ErrUsage) {
+		_, msg, _ := strings.Cut(err.Error(), ": ")
+		return clientv3.Config{}, usageError("%s", msg)
 	}
-	tlsCfg, err := tlsConfig(o)
-	if err != nil {
-		return clientv3.Config{}, err
-	}
-	cfg.TLS = tlsCfg
-	if o.user != "" {
-		name, password, ok := strings.Cut(o.user, ":")
-		if !ok {
-			password = os.Getenv("CONCORD_PASSWORD")
-		}
-		if name == "" {
-			return clientv3.Config{}, usageError("--user: empty user name")
-		}
-		if password == "" {
-			return clientv3.Config{}, usageError("--user %s: no password: give --user %s:PASSWORD or set CONCORD_PASSWORD", name, name)
-		}
-		cfg.Username, cfg.Password = name, password
-	}
-	return cfg, nil
-}
-
-// tlsConfig builds the client's TLS settings from --cacert, --cert and
-// --key, or returns nil when none is given (an https:// endpoint then uses
-// the system's roots).
-func tlsConfig(o *options) (*tls.Config, error) {
-	if o.cacert == "" && o.cert == "" && o.key == "" {
-		return nil, nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if o.cacert != "" {
-		pem, err := os.ReadFile(o.cacert)
-		if err != nil {
-			return nil, fmt.Errorf("--cacert: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--cacert %s: no PEM certificate in the file", o.cacert)
-		}
-		cfg.RootCAs = pool
-	}
-	switch {
-	case o.cert != "" && o.key != "":
-		pair, err := tls.LoadX509KeyPair(o.cert, o.key)
-		if err != nil {
-			// The error names what is wrong with the files, never their
-			// contents.
-			return nil, fmt.Errorf("--cert %s / --key %s: %w", o.cert, o.key, err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	case o.cert != "":
-		return nil, usageError("--cert needs --key")
-	case o.key != "":
-		return nil, usageError("--key needs --cert")
-	}
-	return cfg, nil
+	return cfg, err
 }
 
 // table prints rows aligned in columns, with a header.

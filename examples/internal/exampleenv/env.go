@@ -8,12 +8,9 @@ package exampleenv
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -23,9 +20,9 @@ import (
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/concordkit/concord/internal/connect"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/testcluster"
 )
@@ -116,44 +113,11 @@ func Setup(ctx context.Context, out io.Writer, o Options) (*Env, error) {
 
 // connect sets e up for the cluster at o.Endpoints.
 func (e *Env) connect(ctx context.Context, o Options) error {
-	cfg := clientv3.Config{
-		Endpoints:   strings.Split(o.Endpoints, ","),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	}
-	if o.CACert != "" || o.Cert != "" || o.Key != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if o.CACert != "" {
-			pem, err := os.ReadFile(o.CACert)
-			if err != nil {
-				return err
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return fmt.Errorf("-cacert %s: no PEM certificate", o.CACert)
-			}
-		}
-		if (o.Cert == "") != (o.Key == "") {
-			return fmt.Errorf("-cert and -key go together")
-		}
-		if o.Cert != "" {
-			pair, err := tls.LoadX509KeyPair(o.Cert, o.Key)
-			if err != nil {
-				return fmt.Errorf("-cert %s / -key %s: %w", o.Cert, o.Key, err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
-		}
-		cfg.TLS = tc
-	}
-	if o.User != "" {
-		name, pw, ok := strings.Cut(o.User, ":")
-		if !ok {
-			pw = os.Getenv("CONCORD_PASSWORD")
-		}
-		if name == "" || pw == "" {
-			return fmt.Errorf("-user %s: give name:password, or the password in CONCORD_PASSWORD", name)
-		}
-		cfg.Username, cfg.Password = name, pw
+	cfg, err := connect.Settings{
+		Endpoints: strings.Split(o.Endpoints, ","), CACert: o.CACert, Cert: o.Cert, Key: o.Key, User: o.User,
+	}.Config("-")
+	if err != nil {
+		return err
 	}
 	e.cfg = cfg
 	if e.ttl == 0 {
