@@ -1,15 +1,15 @@
 package cache
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"sigs.k8s.io/yaml"
+
+	"github.com/concordkit/concord/internal/codec"
 )
 
 // Decoder turns a stored value into a T.
@@ -20,14 +20,9 @@ type Decoder[T any] func([]byte) (T, error)
 func JSON[T any]() Decoder[T] {
 	return func(b []byte) (T, error) {
 		var v T
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&v); err != nil {
-			return v, err
-		}
-		if dec.More() {
+		if err := codec.Strict(b, &v); err != nil {
 			var zero T
-			return zero, errors.New("trailing data after the JSON value")
+			return zero, err
 		}
 		return v, nil
 	}

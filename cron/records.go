@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/concordkit/concord/internal/codec"
 )
 
 // claim is the value of N/.cron/claim/<job>: the latest scheduled time
@@ -30,7 +32,7 @@ const maxOpen = 256
 
 func decodeClaim(b []byte) (claim, error) {
 	var c claim
-	if err := strictJSON(b, &c); err != nil {
+	if err := codec.Strict(b, &c); err != nil {
 		return claim{}, fmt.Errorf("%w: claim: %w", ErrCorrupt, err)
 	}
 	if c.Time <= 0 || c.Token <= 0 || c.Attempt < 1 {
@@ -60,7 +62,7 @@ type doneRecord struct {
 
 func decodeDone(b []byte) (doneRecord, error) {
 	var d doneRecord
-	if err := strictJSON(b, &d); err != nil {
+	if err := codec.Strict(b, &d); err != nil {
 		return doneRecord{}, fmt.Errorf("%w: commit record: %w", ErrCorrupt, err)
 	}
 	if d.Token <= 0 || d.Attempt < 1 || d.At <= 0 {
@@ -107,7 +109,7 @@ type JobStatus struct {
 
 func decodeStatus(b []byte) (JobStatus, error) {
 	var s JobStatus
-	if err := strictJSON(b, &s); err != nil {
+	if err := codec.Strict(b, &s); err != nil {
 		return JobStatus{}, fmt.Errorf("%w: status: %w", ErrCorrupt, err)
 	}
 	if !s.Outcome.valid() || s.Duration < 0 || s.Attempt < 0 || s.Token < 0 {
@@ -123,20 +125,13 @@ type control struct {
 
 func decodeControl(b []byte) (control, error) {
 	var c control
-	if err := strictJSON(b, &c); err != nil {
+	if err := codec.Strict(b, &c); err != nil {
 		return control{}, fmt.Errorf("%w: control: %w", ErrCorrupt, err)
 	}
 	if c.At <= 0 {
 		return control{}, fmt.Errorf("%w: control: time %d out of range", ErrCorrupt, c.At)
 	}
 	return c, nil
-}
-
-func strictJSON(b []byte, v any) error {
-	if err := json.Unmarshal(b, v); err != nil {
-		return err
-	}
-	return nil
 }
 
 func encode(v any) (string, error) {

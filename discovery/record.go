@@ -1,7 +1,6 @@
 package discovery
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -10,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/codec"
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 )
@@ -107,13 +107,8 @@ func decodeInstance(service, prefix, key string, value []byte) (Instance, error)
 		return Instance{}, fmt.Errorf("%w: key %q is not an instance key", ErrCorrupt, key)
 	}
 	var r record
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := codec.Strict(value, &r); err != nil {
 		return Instance{}, fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-	}
-	if dec.More() {
-		return Instance{}, fmt.Errorf("%w: %q: trailing data", ErrCorrupt, key)
 	}
 	if r.ID != id {
 		return Instance{}, fmt.Errorf("%w: %q: record is for instance %q", ErrCorrupt, key, r.ID)

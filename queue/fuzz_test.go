@@ -3,6 +3,8 @@ package queue
 import (
 	"bytes"
 	"testing"
+
+	"github.com/concordkit/concord/internal/codec"
 )
 
 func FuzzDecodeTask(f *testing.F) {
@@ -132,7 +134,7 @@ func FuzzParseClaimExact(f *testing.F) {
 			return
 		}
 		var full claimRecord
-		if err := strictJSON(b, &full); err != nil || full != fast || full.Worker == "" || full.Nonce == "" {
+		if err := codec.Strict(b, &full); err != nil || full != fast || full.Worker == "" || full.Nonce == "" {
 			t.Fatalf("%q: fast %+v, full %+v (%v)", b, fast, full, err)
 		}
 	})

@@ -3,10 +3,11 @@ package queue
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/concordkit/concord/internal/codec"
 )
 
 const recordVersion = 1
@@ -37,7 +38,7 @@ func decodeTask(b []byte) (taskMeta, []byte, error) {
 	if i < 0 {
 		return m, nil, fmt.Errorf("%w: task record has no header", ErrCorrupt)
 	}
-	if err := strictJSON(b[:i], &m); err != nil {
+	if err := codec.Strict(b[:i], &m); err != nil {
 		return m, nil, fmt.Errorf("%w: task header: %v", ErrCorrupt, err)
 	}
 	if m.V != recordVersion {
@@ -75,7 +76,7 @@ func encodeStatus(s statusRecord) []byte {
 
 func decodeStatus(b []byte) (statusRecord, error) {
 	var s statusRecord
-	if err := strictJSON(b, &s); err != nil {
+	if err := codec.Strict(b, &s); err != nil {
 		return s, fmt.Errorf("%w: status: %v", ErrCorrupt, err)
 	}
 	if s.V != recordVersion {
@@ -123,7 +124,7 @@ func decodeProgress(b []byte) (progressRecord, []byte, error) {
 	if i < 0 {
 		return p, nil, fmt.Errorf("%w: progress record has no header", ErrCorrupt)
 	}
-	if err := strictJSON(b[:i], &p); err != nil {
+	if err := codec.Strict(b[:i], &p); err != nil {
 		return p, nil, fmt.Errorf("%w: progress header: %v", ErrCorrupt, err)
 	}
 	if p.V != recordVersion {
@@ -158,7 +159,7 @@ func decodeClaim(b []byte) (claimRecord, error) {
 		return c, nil
 	}
 	var c claimRecord
-	if err := strictJSON(b, &c); err != nil {
+	if err := codec.Strict(b, &c); err != nil {
 		return c, fmt.Errorf("%w: claim: %v", ErrCorrupt, err)
 	}
 	if c.Worker == "" || c.Nonce == "" {
@@ -171,7 +172,7 @@ func decodeClaim(b []byte) (claimRecord, error) {
 // strings without escapes, and reports false for anything else, which
 // decodeClaim then decodes in full. Every consumer process decodes every
 // claim of the queue from its watch, so this path avoids a reflective JSON
-// decoder per event; what it accepts, strictJSON accepts with the same
+// decoder per event; what it accepts, codec.Strict accepts with the same
 // result.
 func parseClaimExact(b []byte) (claimRecord, bool) {
 	var c claimRecord
@@ -262,24 +263,11 @@ func encodeDead(d deadRecord) []byte {
 
 func decodeDead(b []byte) (deadRecord, error) {
 	var d deadRecord
-	if err := strictJSON(b, &d); err != nil {
+	if err := codec.Strict(b, &d); err != nil {
 		return d, fmt.Errorf("%w: dead letter: %v", ErrCorrupt, err)
 	}
 	if d.V != recordVersion {
 		return d, fmt.Errorf("%w: dead letter version %d", ErrCorrupt, d.V)
 	}
 	return d, nil
-}
-
-// strictJSON decodes exactly one JSON object and nothing after it.
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data")
-	}
-	return nil
 }
