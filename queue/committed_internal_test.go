@@ -30,21 +30,21 @@ func TestCommittedEarlier(t *testing.T) {
 	dead := func(tok int64) []byte { return encodeDead(deadRecord{Reason: "r", Token: tok}) }
 	for _, tc := range []struct {
 		name    string
-		kind    string
+		kind    outcome
 		attempt int // of maxAttempts = 3
 		resp    *clientv3.TxnResponse
 		want    bool
 	}{
-		{"ack done", "ack", 1, elseReads(status(StateDone, mine), nil, nil), true},
-		{"ack by another", "ack", 1, elseReads(status(StateDone, theirs), nil, nil), false},
-		{"nack requeued", "nack", 1, elseReads(nil, status(StateDelayed, mine), nil), true},
-		{"nack requeued by another", "nack", 1, elseReads(nil, status(StateQueued, theirs), nil), false},
-		{"nack on the last attempt dead-lettered", "nack", 3, elseReads(nil, status(StateDead, mine), dead(mine)), true},
-		{"nack on the last attempt, another's dead letter", "nack", 3, elseReads(nil, status(StateDead, theirs), dead(theirs)), false},
-		{"nack before the last attempt, dead letter", "nack", 1, elseReads(nil, status(StateDead, mine), dead(mine)), false},
-		{"fail", "fail", 1, elseReads(nil, status(StateDead, mine), dead(mine)), true},
-		{"fail by another", "fail", 1, elseReads(nil, nil, dead(theirs)), false},
-		{"nothing", "nack", 3, elseReads(nil, nil, nil), false},
+		{"ack done", acked, 1, elseReads(status(StateDone, mine), nil, nil), true},
+		{"ack by another", acked, 1, elseReads(status(StateDone, theirs), nil, nil), false},
+		{"nack requeued", nacked, 1, elseReads(nil, status(StateDelayed, mine), nil), true},
+		{"nack requeued by another", nacked, 1, elseReads(nil, status(StateQueued, theirs), nil), false},
+		{"nack on the last attempt dead-lettered", nacked, 3, elseReads(nil, status(StateDead, mine), dead(mine)), true},
+		{"nack on the last attempt, another's dead letter", nacked, 3, elseReads(nil, status(StateDead, theirs), dead(theirs)), false},
+		{"nack before the last attempt, dead letter", nacked, 1, elseReads(nil, status(StateDead, mine), dead(mine)), false},
+		{"fail", failed, 1, elseReads(nil, status(StateDead, mine), dead(mine)), true},
+		{"fail by another", failed, 1, elseReads(nil, nil, dead(theirs)), false},
+		{"nothing", nacked, 3, elseReads(nil, nil, nil), false},
 	} {
 		if got := committedEarlier(tc.kind, tc.attempt, 3, mine, tc.resp); got != tc.want {
 			t.Errorf("%s: committedEarlier = %v, want %v", tc.name, got, tc.want)

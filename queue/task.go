@@ -60,7 +60,7 @@ type Task struct {
 	// one stalled on etcd still returns when its own ctx ends.
 	op      turn.Turn
 	mu      sync.Mutex // protects outcome, result
-	outcome string     // "ack", "nack", "fail" once finished; "lost" once lost
+	outcome outcome    // pending until finished or lost
 	result  error
 }
 
@@ -102,7 +102,7 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 		return fmt.Errorf("queue: progress: task %s: %w", t.ID, err)
 	}
 	defer t.op.Done()
-	if err := t.ended(""); err != nil {
+	if err := t.ended(pending); err != nil {
 		return err
 	}
 	// Set before sending: a request whose answer is lost may have written it.
@@ -150,18 +150,18 @@ func (t *Task) send(ctx context.Context, fn func(context.Context) error) error {
 // ended reports why the task can no longer be changed: the result of the
 // same finishing call again (idempotence), ErrFinished for a different one,
 // ErrLost once lost. Called with op held.
-func (t *Task) ended(kind string) error {
+func (t *Task) ended(kind outcome) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch t.outcome {
-	case "":
+	case pending:
 		return nil
-	case "lost":
+	case lostIt:
 		return t.result
 	case kind:
 		return errAgain
 	}
-	return fmt.Errorf("%w: task %s was %sed", ErrFinished, t.ID, t.outcome)
+	return fmt.Errorf("%w: task %s was %s", ErrFinished, t.ID, t.outcome)
 }
 
 // errAgain marks a repeated finishing call that already succeeded.
@@ -171,7 +171,7 @@ var errAgain = errors.New("again")
 func (t *Task) lost(what string) error {
 	err := fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.Token())
 	t.mu.Lock()
-	t.outcome, t.result = "lost", err
+	t.outcome, t.result = lostIt, err
 	t.mu.Unlock()
 	t.End(err)
 	t.cleanup()
@@ -202,7 +202,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes, t.q.keys.prefix); err != nil {
 		return err
 	}
-	return t.finish(ctx, true, "ack", func(lease clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, true, acked, func(lease clientv3.LeaseID) []clientv3.Op {
 		out := t.endOps()
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.task(t.ID)),
@@ -232,7 +232,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 // transaction. Idempotent like Ack.
 func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 	if t.Attempt >= t.maxAttempts {
-		return t.dead(ctx, "nack", fmt.Sprintf("nacked on attempt %d of %d", t.Attempt, t.maxAttempts))
+		return t.dead(ctx, nacked, fmt.Sprintf("nacked on attempt %d of %d", t.Attempt, t.maxAttempts))
 	}
 	if retryAfter <= 0 {
 		retryAfter = t.q.backoffFor(t.Attempt)
@@ -241,7 +241,7 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 		return fmt.Errorf("queue: nack of task %s: retry at %s is past %s, the latest a task's record can hold",
 			t.ID, at.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	return t.finish(ctx, true, "nack", func(clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, true, nacked, func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now()
 		at := now.Add(retryAfter).UnixNano()
 		st := statusRecord{State: StateDelayed, Attempt: t.Attempt, Err: "nacked", At: now.UnixNano(),
@@ -264,10 +264,10 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 // attempts remain. Its record and last checkpoint are kept there until it is
 // requeued or purged. One etcd transaction. Idempotent like Ack.
 func (t *Task) Fail(ctx context.Context, reason string) error {
-	return t.dead(ctx, "fail", reason)
+	return t.dead(ctx, failed, reason)
 }
 
-func (t *Task) dead(ctx context.Context, kind, reason string) error {
+func (t *Task) dead(ctx context.Context, kind outcome, reason string) error {
 	if len(reason) > MaxMessageLen {
 		// Cut at a character boundary: the record is JSON, which would
 		// replace a split character's bytes.
@@ -317,9 +317,9 @@ func (t *Task) dedupRelease() []clientv3.Op {
 // leaving it claimed by a lease its process keeps alive. Waits behind
 // another call's turn (this task's, or the queue's retention grant) still
 // end with ctx.
-func (t *Task) finish(ctx context.Context, detached bool, kind string, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
+func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
 	if err := t.op.Take(ctx); err != nil {
-		return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
+		return fmt.Errorf("queue: %s: task %s: %w", kind.verb(), t.ID, err)
 	}
 	defer t.op.Done()
 	wait := ctx
@@ -347,7 +347,7 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 		ops := build(lease)
 		if len(ops) > t.q.o.maxTxnOps {
 			t.finishing.Store(false)
-			return fmt.Errorf("queue: %s: %d operations in one transaction, over the %d etcd accepts", kind, len(ops), t.q.o.maxTxnOps)
+			return fmt.Errorf("queue: %s: %d operations in one transaction, over the %d etcd accepts", kind.verb(), len(ops), t.q.o.maxTxnOps)
 		}
 		// The Else reads let a retry after an answer that never came (the
 		// first attempt may have committed) recognise its own outcome by the
@@ -367,17 +367,17 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 			}
 			// Unknown outcome: the claim stands or is gone; a retry tells.
 			t.finishing.Store(false)
-			return fmt.Errorf("queue: %s: task %s: %w", kind, t.ID, err)
+			return fmt.Errorf("queue: %s: task %s: %w", kind.verb(), t.ID, err)
 		}
 		if !resp.Succeeded && !t.committedEarlier(kind, resp) {
-			return t.lost(kind)
+			return t.lost(kind.verb())
 		}
 		t.mu.Lock()
 		t.outcome = kind
 		t.mu.Unlock()
-		t.End(fmt.Errorf("%w: task %s: %sed", ErrFinished, t.ID, kind))
+		t.End(fmt.Errorf("%w: task %s: %s", ErrFinished, t.ID, kind))
 		t.cleanup()
-		t.q.tel.finished(ctx, t, kind)
+		t.q.tel.finished(ctx, t, kind.verb())
 		return nil
 	}
 }
@@ -385,11 +385,11 @@ func (t *Task) finish(ctx context.Context, detached bool, kind string, build fun
 // committedEarlier reports whether the records read by a failed finishing
 // transaction show that an earlier attempt of this worker, whose answer was
 // lost, committed the same outcome.
-func (t *Task) committedEarlier(kind string, resp *clientv3.TxnResponse) bool {
+func (t *Task) committedEarlier(kind outcome, resp *clientv3.TxnResponse) bool {
 	return committedEarlier(kind, t.Attempt, t.maxAttempts, t.Token(), resp)
 }
 
-func committedEarlier(kind string, attempt, maxAttempts int, token int64, resp *clientv3.TxnResponse) bool {
+func committedEarlier(kind outcome, attempt, maxAttempts int, token int64, resp *clientv3.TxnResponse) bool {
 	val := func(i int) []byte {
 		if i >= len(resp.Responses) {
 			return nil
@@ -401,12 +401,12 @@ func committedEarlier(kind string, attempt, maxAttempts int, token int64, resp *
 		return kvs[0].Value
 	}
 	switch kind {
-	case "ack":
+	case acked:
 		if b := val(0); b != nil {
 			st, err := decodeStatus(b)
 			return err == nil && st.State == StateDone && st.Token == token
 		}
-	case "nack":
+	case nacked:
 		if b := val(1); b != nil {
 			st, err := decodeStatus(b)
 			if err == nil && (st.State == StateQueued || st.State == StateDelayed) && st.Token == token {
@@ -420,7 +420,7 @@ func committedEarlier(kind string, attempt, maxAttempts int, token int64, resp *
 				return err == nil && d.Token == token
 			}
 		}
-	case "fail":
+	case failed:
 		if b := val(2); b != nil {
 			d, err := decodeDead(b)
 			return err == nil && d.Token == token
@@ -434,7 +434,7 @@ func committedEarlier(kind string, attempt, maxAttempts int, token int64, resp *
 func (t *Task) release(ctx context.Context) error {
 	// Not detached: the give-back's caller bounds it, and gives back what
 	// it could not later.
-	return t.finish(ctx, false, "releas", func(clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, false, released, func(clientv3.LeaseID) []clientv3.Op {
 		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, At: time.Now().UnixNano(),
 			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}
 		if !t.entry.ready {
