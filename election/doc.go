@@ -94,10 +94,11 @@
 //
 // # Telemetry
 //
-// Campaign records an "election.campaign" span (wait time, token, outcome)
+// Campaign records an "election.campaign" span (wait time, token, outcome:
+// "acquired", "canceled", "lost" or "error", as every recipe's acquisitions)
 // through the global tracer provider unless WithTracerProvider is given.
 // Metrics through the global meter provider unless WithMeterProvider is
 // given: concord.election.leadership_changes (terms won),
 // concord.election.wait.duration (seconds Campaign waited, by outcome) and
-// concord.election.term.duration (seconds a term was held).
+// concord.election.hold.duration (seconds a term was held).
 package election

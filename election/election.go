@@ -12,10 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/concordkit/concord/internal/acquiretel"
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
@@ -52,10 +52,8 @@ type Election struct {
 
 	slot chan struct{} // one campaign or term at a time per Election
 
-	tracer  trace.Tracer
+	tel     *acquiretel.Recorder
 	changes metric.Int64Counter
-	held    metric.Float64Histogram
-	waited  metric.Float64Histogram
 }
 
 // Option configures an Election.
@@ -99,14 +97,17 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Election {
 	e.key = e.prefix + names.NewID()
 
 	const scope = "github.com/concordkit/concord/election"
-	e.tracer = o.tp.Tracer(scope)
-	m := o.mp.Meter(scope)
-	e.changes, _ = m.Int64Counter("concord.election.leadership_changes",
+	e.tel = acquiretel.New(acquiretel.Config{
+		Scope:    scope,
+		Prefix:   "election",
+		Span:     "campaign",
+		Attrs:    []attribute.KeyValue{attribute.String("election.name", name)},
+		Lost:     ErrLost,
+		WaitHelp: "How long Campaign waited, by outcome.",
+		HoldHelp: "How long terms were held, from election to resignation or loss.",
+	}, o.tp, o.mp)
+	e.changes, _ = o.mp.Meter(scope).Int64Counter("concord.election.leadership_changes",
 		metric.WithDescription("Terms won by this process's candidates."))
-	e.waited, _ = m.Float64Histogram("concord.election.wait.duration",
-		metric.WithUnit("s"), metric.WithDescription("How long Campaign waited, by outcome."))
-	e.held, _ = m.Float64Histogram("concord.election.term.duration",
-		metric.WithUnit("s"), metric.WithDescription("How long terms were held, from election to resignation or loss."))
 	return e
 }
 
@@ -138,25 +139,13 @@ func (e *Election) Campaign(ctx context.Context, value string) (t *Term, err err
 	if err := guard.CheckValueSize("election", "value", len(value)); err != nil {
 		return nil, err
 	}
-	start := time.Now()
-	ctx, span := e.tracer.Start(ctx, "election.campaign", trace.WithAttributes(
-		attribute.String("election.name", e.name)))
+	ctx, span := e.tel.StartAcquire(ctx, false)
 	defer func() {
-		wait := time.Since(start)
-		span.SetAttributes(attribute.Float64("election.wait_ms", float64(wait)/float64(time.Millisecond)))
-		out := "elected"
-		if err != nil {
-			out = outcome(err)
+		var token int64
+		if err == nil {
+			token = t.Token()
 		}
-		e.waited.Record(context.WithoutCancel(ctx), wait.Seconds(), metric.WithAttributes(attribute.String("election.outcome", out)))
-		if err != nil {
-			span.SetAttributes(attribute.String("election.outcome", outcome(err)))
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		} else {
-			span.SetAttributes(attribute.String("election.outcome", "elected"), attribute.Int64("election.token", t.Token()))
-		}
-		span.End()
+		span.End(ctx, token, err)
 	}()
 
 	select {
@@ -171,16 +160,6 @@ func (e *Election) Campaign(ctx context.Context, value string) (t *Term, err err
 	}
 	e.changes.Add(context.WithoutCancel(ctx), 1, metric.WithAttributes(attribute.String("election.name", e.name)))
 	return t, nil
-}
-
-func outcome(err error) string {
-	switch {
-	case errors.Is(err, ErrLost):
-		return "lost"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
-	}
-	return "error"
 }
 
 // campaign runs with the slot held.

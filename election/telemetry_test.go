@@ -47,7 +47,7 @@ func TestTelemetry(t *testing.T) {
 
 	spans := exp.GetSpans()
 	require.Len(t, spans, 2)
-	for i, want := range []string{"elected", "canceled"} {
+	for i, want := range []string{"acquired", "canceled"} {
 		assert.Equal(t, "election.campaign", spans[i].Name)
 		a := attrs(spans[i].Attributes)
 		assert.Equal(t, want, a["election.outcome"].AsString())
@@ -74,7 +74,7 @@ func TestTelemetry(t *testing.T) {
 						v, _ := dp.Attributes.Value("election.outcome")
 						outcomes[v.AsString()] += dp.Count
 					}
-					assert.Equal(t, map[string]uint64{"elected": 1, "canceled": 1}, outcomes)
+					assert.Equal(t, map[string]uint64{"acquired": 1, "canceled": 1}, outcomes)
 					continue
 				}
 				require.Len(t, d.DataPoints, 1)
@@ -83,6 +83,6 @@ func TestTelemetry(t *testing.T) {
 		}
 	}
 	assert.True(t, found["concord.election.leadership_changes"], "%v", found)
-	assert.True(t, found["concord.election.term.duration"], "%v", found)
+	assert.True(t, found["concord.election.hold.duration"], "%v", found)
 	assert.True(t, found["concord.election.wait.duration"], "%v", found)
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/holding"
@@ -59,8 +57,7 @@ func newTerm(e *Election, l *leasekeeper.Lease, rev int64, value string) *Term {
 // end releases the Election's slot once.
 func (t *Term) end() {
 	t.endOnce.Do(func() {
-		t.e.held.Record(context.Background(), time.Since(t.won).Seconds(),
-			metric.WithAttributes(attribute.String("election.name", t.e.name)))
+		t.e.tel.Held(time.Since(t.won))
 		<-t.e.slot
 	})
 }

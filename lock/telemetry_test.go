@@ -47,7 +47,7 @@ func TestTelemetry(t *testing.T) {
 	require.Equal(t, h.Token(), a["lock.token"].AsInt64())
 	require.Equal(t, name, a["lock.name"].AsString())
 	require.GreaterOrEqual(t, a["lock.wait_ms"].AsFloat64(), 0.0)
-	require.Equal(t, "locked", attrs(got[1])["lock.outcome"].AsString())
+	require.Equal(t, "busy", attrs(got[1])["lock.outcome"].AsString())
 
 	var rm metricdata.ResourceMetrics
 	require.NoError(t, reader.Collect(ctx, &rm))

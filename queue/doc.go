@@ -161,11 +161,14 @@
 //
 // # Telemetry
 //
-// Dequeue opens a "queue.dequeue" span (wait time, token, attempt, outcome)
-// through the global tracer provider unless WithTracerProvider is given.
+// Dequeue opens a "queue.dequeue" span (wait time, token, attempt, outcome:
+// "acquired", "busy" when TryDequeue found nothing, "canceled" or "error",
+// the vocabulary of every recipe's acquisitions) through the global tracer provider unless WithTracerProvider is given.
 // Metrics through the global meter provider unless WithMeterProvider is
 // given: concord.queue.depth (observable gauge by state, from the consumer's
 // view), concord.queue.redeliveries, concord.queue.dead_letters,
 // concord.queue.claims (by conflict), concord.queue.wait.duration and
-// concord.queue.hold.duration (seconds, Dequeue to Ack/Nack/Fail, by outcome).
+// concord.queue.hold.duration (seconds, Dequeue to Ack/Nack/Fail, by outcome:
+// "ack", "nack", "fail", or "release" for a claim the consumer gave back
+// unused).
 package queue

@@ -9,6 +9,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/concordkit/concord/internal/acquiretel"
 )
 
 const instrumentation = "github.com/concordkit/concord/queue"
@@ -79,15 +81,15 @@ func (t *telemetry) close() {
 func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Task, error, time.Duration)) {
 	ctx, span := t.tracer.Start(ctx, "queue.dequeue", trace.WithAttributes(t.queueAttr))
 	return ctx, func(task *Task, err error, wait time.Duration) {
-		outcome := "claimed"
+		outcome := acquiretel.Acquired
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrEmpty):
-			outcome = "empty"
+			outcome = acquiretel.Busy
 		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-			outcome = "canceled"
+			outcome = acquiretel.Canceled
 		default:
-			outcome = "error"
+			outcome = acquiretel.Error
 		}
 		span.SetAttributes(
 			attribute.String("queue.outcome", outcome),
@@ -100,7 +102,7 @@ func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Ta
 				attribute.Int("queue.attempt", task.Attempt),
 			)
 		}
-		if outcome == "error" {
+		if outcome == acquiretel.Error {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
 		}

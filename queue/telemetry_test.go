@@ -66,7 +66,7 @@ func TestTelemetry(t *testing.T) {
 	for _, kv := range first.Attributes() {
 		attrs[kv.Key] = kv.Value
 	}
-	assert.Equal(t, "claimed", attrs["queue.outcome"].AsString())
+	assert.Equal(t, "acquired", attrs["queue.outcome"].AsString())
 	assert.Equal(t, task.Token(), attrs["queue.token"].AsInt64())
 	assert.Contains(t, attrs, attribute.Key("queue.wait_ms"))
 	last := ended[len(ended)-1]

@@ -46,7 +46,7 @@ func TestTelemetry(t *testing.T) {
 	require.Equal(t, "acquired", a["semaphore.outcome"].AsString())
 	require.Equal(t, p.Token(), a["semaphore.token"].AsInt64())
 	require.GreaterOrEqual(t, a["semaphore.wait_ms"].AsFloat64(), 0.0)
-	require.Equal(t, "unavailable", attrs(got[1])["semaphore.outcome"].AsString())
+	require.Equal(t, "busy", attrs(got[1])["semaphore.outcome"].AsString())
 
 	var rm metricdata.ResourceMetrics
 	require.NoError(t, reader.Collect(ctx, &rm))

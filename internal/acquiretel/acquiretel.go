@@ -1,6 +1,13 @@
 // Package acquiretel records the telemetry of recipes that wait to acquire a
-// holding (a lock, semaphore permits): a "<recipe>.acquire" span carrying the
-// wait, token and outcome, and wait and hold duration histograms in seconds.
+// holding (a lock, semaphore permits, a leadership term): a
+// "<recipe>.acquire" span (election: "election.campaign") carrying the wait,
+// token and outcome, and the concord.<recipe>.wait.duration and
+// concord.<recipe>.hold.duration histograms in seconds.
+//
+// Every acquisition ends with one outcome of one vocabulary, the same in
+// every recipe: Acquired, Busy (a Try call found the holding taken),
+// Canceled (the caller's context ended), Lost (the lease or key went while
+// waiting) or Error.
 package acquiretel
 
 import (
@@ -19,15 +26,25 @@ import (
 type Config struct {
 	Scope  string // instrumentation scope, the recipe's import path
 	Prefix string // "lock" → span lock.acquire, attributes lock.*, metrics concord.lock.*
+	Span   string // the span's name after the prefix; empty: "acquire"
 	Attrs  []attribute.KeyValue
-	// Busy is the error of a Try call that found the holding taken, reported
-	// as outcome BusyOutcome; Lost is the recipe's ErrLost (outcome "lost").
-	Busy        error
-	BusyOutcome string
-	Lost        error
+	// Busy is the error of a Try call that found the holding taken (outcome
+	// Busy); Lost is the recipe's ErrLost (outcome Lost).
+	Busy error
+	Lost error
 	// WaitHelp and HoldHelp describe the two histograms.
 	WaitHelp, HoldHelp string
 }
+
+// The outcomes of an acquisition, as the <recipe>.outcome attribute of the
+// span and of the wait histogram.
+const (
+	Acquired = "acquired"
+	Busy     = "busy"
+	Canceled = "canceled"
+	Lost     = "lost"
+	Error    = "error"
+)
 
 // Recorder holds one recipe value's instruments. With no provider installed
 // the global ones are no-ops and cost a few nanoseconds.
@@ -66,34 +83,38 @@ type Span struct {
 
 // StartAcquire opens the acquisition's span.
 func (r *Recorder) StartAcquire(ctx context.Context, try bool) (context.Context, *Span) {
-	ctx, sp := r.tracer.Start(ctx, r.cfg.Prefix+".acquire", trace.WithAttributes(r.attrs.ToSlice()...),
+	name := r.cfg.Span
+	if name == "" {
+		name = "acquire"
+	}
+	ctx, sp := r.tracer.Start(ctx, r.cfg.Prefix+"."+name, trace.WithAttributes(r.attrs.ToSlice()...),
 		trace.WithAttributes(attribute.Bool(r.cfg.Prefix+".try", try)))
 	return ctx, &Span{r: r, sp: sp, start: time.Now()}
 }
 
-// End records the outcome of an acquisition: "acquired", the busy outcome,
-// "canceled", "lost" or "error", with the wait and, on success, the token.
+// End records the outcome of an acquisition with the wait and, on success,
+// the token.
 func (s *Span) End(ctx context.Context, token int64, err error) {
 	c := s.r.cfg
 	waited := time.Since(s.start)
-	outcome := "acquired"
+	outcome := Acquired
 	switch {
 	case err == nil:
 	case c.Busy != nil && errors.Is(err, c.Busy):
-		outcome = c.BusyOutcome
+		outcome = Busy
 	case c.Lost != nil && errors.Is(err, c.Lost):
-		outcome = "lost"
+		outcome = Lost
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
-		outcome = "canceled"
+		outcome = Canceled
 	default:
-		outcome = "error"
+		outcome = Error
 	}
 	s.sp.SetAttributes(
 		attribute.Float64(c.Prefix+".wait_ms", float64(waited)/float64(time.Millisecond)),
 		attribute.String(c.Prefix+".outcome", outcome))
 	if err == nil {
 		s.sp.SetAttributes(attribute.Int64(c.Prefix+".token", token))
-	} else if outcome == "error" || outcome == "lost" {
+	} else if outcome == Error || outcome == Lost {
 		s.sp.RecordError(err)
 		s.sp.SetStatus(codes.Error, err.Error())
 	}

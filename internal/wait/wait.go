@@ -3,7 +3,7 @@
 // their immediate predecessor, ordered by create revision, so that a release
 // wakes exactly one waiter.
 //
-// Three etcd behaviours shape it (see ETCD-NOTES.md):
+// Three etcd behaviours shape it:
 //
 //   - A watch that starts at an already-written revision joins etcd's unsynced
 //     watcher group, caught up only every 100 ms; under contention even
