@@ -98,7 +98,7 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 }
 
 // maxBatch is how many tasks one claim transaction takes at most. Extra
-// tasks are only this worker's own (see chooseLocked) and wait in this
+// tasks are only this worker's own (see choose) and wait in this
 // Queue's buffer for its next Dequeue calls, so a batch saves round trips
 // and Raft writes when a backlog exists, and is never larger than one when
 // the queue is idle.

@@ -41,21 +41,9 @@ func (ix *index) observeClaim(d time.Duration) {
 	ix.claimRTT += (d - ix.claimRTT) / 8
 }
 
-// chooseLocked picks the candidate for this process's next claim. It
-// reports none when nothing is available, with the time to look again: when
-// the next delayed task becomes due, or when another worker's turn on a task
-// runs out.
-//
-// Consumers in different processes do not all race for the first task. The
-// workers seen claiming recently, sorted by name, give each a rank r among
-// w workers; a task whose ID hashes to r (mod w) is r's own, and r claims
-// the first own task among the first 4·w available at once. Ownership
-// depends on the task alone, not on how up to date each view is, so views
-// that lag each other by a claim or two still pick different tasks. A task
-// owned by another worker is taken only after it stayed unclaimed for
-// step × ((r − owner) mod w) (see handoffStepLocked): a new task wakes one claim, not all,
-// and a busy owner holds it up for a few milliseconds at most. A worker alone
-// owns every task and takes them strictly in order.
+// chooseLocked picks the candidates for this process's next claim from the
+// view (see choose), first forgetting the workers not seen claiming for
+// activeWindow and the skips the view has caught up with.
 func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 	active := []string{ix.q.worker}
 	for w, seen := range ix.workers {
@@ -68,93 +56,121 @@ func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 		}
 		active = append(active, w)
 	}
-	slices.Sort(active)
-	rank := slices.Index(active, ix.q.worker)
-	workers := len(active)
-	want := 4 * workers
+	for id, r := range ix.skip {
+		if ix.rev >= r {
+			delete(ix.skip, id)
+		}
+	}
+	return choose(pickView{
+		self:    ix.q.worker,
+		workers: active,
+		ready:   ix.ready,
+		delayed: ix.delayed,
+		taken: func(id string) bool {
+			_, claimed := ix.claimed[id]
+			_, skipped := ix.skip[id]
+			return claimed || skipped || ix.reserved[id]
+		},
+		since: ix.since,
+		step:  ix.handoffStepLocked(),
+	}, now, batch)
+}
 
-	usable := func(e entry) bool {
-		if _, ok := ix.claimed[e.id]; ok {
-			return false
-		}
-		if ix.reserved[e.id] {
-			return false
-		}
-		if r, ok := ix.skip[e.id]; ok {
-			if ix.rev < r {
-				return false
-			}
-			delete(ix.skip, e.id)
-		}
-		return true
-	}
-	var cands []entry
-	for _, e := range ix.ready {
-		if len(cands) == want {
-			break
-		}
-		if usable(e) {
-			cands = append(cands, e)
-		}
-	}
-	// Due delayed tasks compete with ready ones by priority and ready time.
-	var next time.Time
-	nowNs := now.UnixNano()
-	for _, e := range ix.delayed {
-		if e.at > nowNs {
-			next = time.Unix(0, e.at)
-			break
-		}
-		if !usable(e) {
-			continue
-		}
-		i, _ := slices.BinarySearchFunc(cands, e, cmpReady)
-		if i < want {
-			cands = slices.Insert(cands, i, e)
-			if len(cands) > want {
-				cands = cands[:want]
-			}
-		}
-	}
-	if workers == 1 {
+// pickView is what choose decides from.
+type pickView struct {
+	self    string
+	workers []string // the workers seen claiming recently, self included
+	ready   []entry  // in claim order (cmpReady)
+	delayed []entry  // by ready time (cmpDelayed)
+	// taken reports a task claimed, reserved by a local Dequeue, or hidden
+	// until the view catches up with a claim's outcome.
+	taken func(id string) bool
+	since map[string]time.Time // id → when the view saw it become claimable
+	step  time.Duration        // a handoff step (handoffStepLocked)
+}
+
+// choose picks up to batch candidates for this worker's next claim. It
+// reports none when nothing is available, with the time to look again: when
+// the next delayed task becomes due, or when another worker's turn on a task
+// runs out. It changes nothing: what it returns depends on its arguments
+// alone.
+//
+// Consumers in different processes do not all race for the first task. The
+// workers, sorted by name, give each a rank r among w workers; a task whose
+// ID hashes to r (mod w) is r's own, and r claims its own tasks among the
+// first 4·w available. Ownership depends on the task alone, not on how up
+// to date each view is, so views that lag each other by a claim or two
+// still pick different tasks. A task owned by another worker is taken, one
+// at a time, only after it stayed unclaimed for step × ((r − owner) mod w):
+// a new task wakes one claim, not all, and a busy owner holds it up for a
+// few milliseconds at most. A worker alone owns every task and takes them
+// strictly in order.
+func choose(v pickView, now time.Time, batch int) ([]entry, time.Time) {
+	workers := slices.Sorted(slices.Values(v.workers))
+	rank := slices.Index(workers, v.self)
+	w := len(workers)
+	cands, next := candidates(v, now, 4*w)
+	if w == 1 {
 		return cands[:min(batch, len(cands))], next
 	}
 	var own []entry
 	for _, e := range cands {
-		if int(ownerHash(e.id)%uint32(workers)) == rank {
+		if int(ownerHash(e.id)%uint32(w)) == rank {
 			own = append(own, e)
 			if len(own) == batch {
-				break
+				return own, next
 			}
 		}
 	}
 	if len(own) > 0 {
 		return own, next
 	}
-	var fallback *entry
-	step := ix.handoffStepLocked()
-	for i, e := range cands {
-		owner := int(ownerHash(e.id) % uint32(workers))
-		if fallback != nil {
-			continue
-		}
-		since := ix.since[e.id]
+	for _, e := range cands {
+		owner := int(ownerHash(e.id) % uint32(w))
+		since := v.since[e.id]
 		if !e.ready && time.Unix(0, e.at).After(since) {
 			since = time.Unix(0, e.at)
 		}
-		turn := since.Add(step * time.Duration((rank-owner+workers)%workers))
+		turn := since.Add(v.step * time.Duration((rank-owner+w)%w))
 		if !now.Before(turn) {
-			fallback = &cands[i]
-			continue
+			return []entry{e}, next
 		}
 		if next.IsZero() || turn.Before(next) {
 			next = turn
 		}
 	}
-	if fallback != nil {
-		return []entry{*fallback}, next
-	}
 	return nil, next
+}
+
+// candidates returns the first want tasks free to claim, ready ones and
+// due delayed ones merged in claim order, and when the next delayed task
+// becomes due (zero if none is waiting).
+func candidates(v pickView, now time.Time, want int) ([]entry, time.Time) {
+	var cands []entry
+	for _, e := range v.ready {
+		if len(cands) == want {
+			break
+		}
+		if !v.taken(e.id) {
+			cands = append(cands, e)
+		}
+	}
+	var next time.Time
+	nowNs := now.UnixNano()
+	for _, e := range v.delayed {
+		if e.at > nowNs {
+			next = time.Unix(0, e.at)
+			break
+		}
+		if v.taken(e.id) {
+			continue
+		}
+		if i, _ := slices.BinarySearchFunc(cands, e, cmpReady); i < want {
+			cands = slices.Insert(cands, i, e)
+			cands = cands[:min(len(cands), want)]
+		}
+	}
+	return cands, next
 }
 
 // ownerHash is FNV-1a of a task ID: IDs end in random bits, so tasks spread
