@@ -202,30 +202,6 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 // returns when the hold ends or Unlock stops it; Unlock joins it.
 func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 	defer a.putOwn()
-	t := &a.t
-	ended := func(err error) {
-		select {
-		case <-h.unlocking:
-			return // our own delete
-		default:
-		}
-		if errors.Is(err, errOwnGone) && !t.forced {
-			// A deletion event does not say who deleted; a forced release
-			// left its marker next to the key, which tells why the key went.
-			a.readRelease(ctx)
-		}
-		if t.requested {
-			h.fireRevoked()
-		}
-		switch {
-		case errors.Is(err, errOwnGone) && t.forced:
-			h.Lose(fmt.Errorf("%w: key %s deleted by ForceRelease", ErrRevoked, h.Key()))
-		case errors.Is(err, errOwnGone):
-			h.Lose(fmt.Errorf("key %s deleted", h.Key()))
-		default:
-			h.Lose(err)
-		}
-	}
 	// The release-request watch, started when Revoked is first called.
 	arm := h.arm
 	var rel *watch.Watch
@@ -241,62 +217,100 @@ func (h *Hold) monitor(ctx context.Context, a *acquisition) {
 			return
 		case <-arm:
 			arm = nil
-			rel = watch.Open(ctx, a.cli, releaseKey(t.prefix, t.rev), watch.Config{})
+			rel = watch.Open(ctx, a.cli, releaseKey(a.t.prefix, a.t.rev), watch.Config{})
 			relCh = rel.C
 		case resp, ok := <-relCh:
-			switch {
-			case !ok:
+			if !ok {
 				// Refused for good (a permission): release requests go
 				// unheard; the hold itself stands.
 				relCh = nil
-			case resp.Created:
-				// A request made before the watch started, or while it was
-				// broken: read it once.
-				a.readRelease(ctx)
-			default:
-				for _, ev := range resp.Events {
-					if ev.Type == clientv3.EventTypePut {
-						if force, err := decodeRelease(ev.Kv.Value); err == nil {
-							t.requested = true
-							t.forced = t.forced || force
-						}
-					}
-				}
+				continue
 			}
-			if t.requested {
-				h.fireRevoked()
-			}
+			a.onRelease(ctx, resp)
 		case resp, ok := <-a.w.C:
 			if !ok {
 				// Refused for good (a permission): the hold can no longer
 				// be followed, so it cannot be trusted.
-				ended(a.w.Err())
+				h.keyEnded(ctx, a, a.w.Err())
 				return
 			}
-			if resp.Created {
-				err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) error {
-					return a.onCreatedHeld(ctx, resp.Header.Revision)
-				})
-				switch {
-				case err == nil:
-				case errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() == nil:
-					ended(err)
-					return
-				default:
-					return // the hold ends
-				}
-			} else {
-				for _, ev := range resp.Events {
-					if err := t.apply(ev); err != nil {
-						ended(err)
-						return
-					}
-				}
-			}
-			if t.requested {
-				h.fireRevoked()
+			if !h.onOwnHeld(ctx, a, resp) {
+				return
 			}
 		}
+		if a.t.requested {
+			h.fireRevoked()
+		}
+	}
+}
+
+// onRelease takes in what the release-request watch reports.
+func (a *acquisition) onRelease(ctx context.Context, resp clientv3.WatchResponse) {
+	if resp.Created {
+		// A request made before the watch started, or while it was broken:
+		// read it once.
+		a.readRelease(ctx)
+		return
+	}
+	for _, ev := range resp.Events {
+		if ev.Type == clientv3.EventTypePut {
+			if force, err := decodeRelease(ev.Kv.Value); err == nil {
+				a.t.requested = true
+				a.t.forced = a.t.forced || force
+			}
+		}
+	}
+}
+
+// onOwnHeld takes in what the watch on the hold's own key reports, and
+// reports whether the hold still stands.
+func (h *Hold) onOwnHeld(ctx context.Context, a *acquisition, resp clientv3.WatchResponse) bool {
+	if !resp.Created {
+		for _, ev := range resp.Events {
+			if err := a.t.apply(ev); err != nil {
+				h.keyEnded(ctx, a, err)
+				return false
+			}
+		}
+		return true
+	}
+	err := retry.Do(ctx, retry.RequestPolicy, func(ctx context.Context) error {
+		return a.onCreatedHeld(ctx, resp.Header.Revision)
+	})
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errOwnGone) || errors.Is(err, ErrCorrupt) || ctx.Err() == nil:
+		h.keyEnded(ctx, a, err)
+	}
+	// Otherwise ctx ended: the hold is ending already.
+	return false
+}
+
+// keyEnded ends the hold after its key went or could no longer be
+// followed, unless Unlock deleted it.
+func (h *Hold) keyEnded(ctx context.Context, a *acquisition, err error) {
+	select {
+	case <-h.unlocking:
+		return // our own delete
+	default:
+	}
+	t := &a.t
+	if errors.Is(err, errOwnGone) && !t.forced {
+		// A deletion event does not say who deleted; a forced release left
+		// its marker next to the key, which tells why the key went.
+		a.readRelease(ctx)
+	}
+	if t.requested {
+		h.fireRevoked()
+	}
+	switch {
+	case errors.Is(err, errOwnGone) && t.forced:
+		h.Lose(fmt.Errorf("%w: key %s deleted by ForceRelease", ErrRevoked, h.Key()))
+	case errors.Is(err, errOwnGone):
+		h.Lose(fmt.Errorf("key %s deleted", h.Key()))
+	default:
+		h.Lose(err)
 	}
 }
 
