@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/enqueue"
 )
 
 // confirmsBy counts how Mutex confirms ended: by a touch of own key, or by
@@ -105,7 +107,7 @@ func (a *acquisition) confirmByProgress(ctx context.Context, minRev int64) error
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-a.lease.Done():
-			return lostErr(a.lease)
+			return enqueue.Lost(ErrLost, a.lease)
 		case <-timer.C:
 			return a.refresh(ctx, minRev)
 		case resp, ok := <-a.w.C:

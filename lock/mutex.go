@@ -8,6 +8,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/concordkit/concord/internal/enqueue"
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/leasekeeper"
@@ -164,7 +165,7 @@ func acquire(ctx context.Context, r request) (*Hold, error) {
 	if err == nil && lease.Err() != nil {
 		// The wait can end (an event won the select) just as the lease was
 		// lost: never hand out a Hold on a lost lease.
-		err = lostErr(lease)
+		err = enqueue.Lost(ErrLost, lease)
 	}
 	if err != nil {
 		a.putOwn()

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/enqueue"
 	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/internal/retry"
@@ -51,11 +51,6 @@ import (
 // internal/watch opens a failed watch again and announces the new creation,
 // which is handled like the first: a read closes the gap.
 // A watch created after the last read costs one read to close the gap.
-
-// replyGrace is how long an acquire transaction in flight may still answer
-// after the caller's context ended: long enough for a healthy cluster, short
-// enough that Lock returns promptly when etcd is unreachable.
-const replyGrace = 250 * time.Millisecond
 
 // errOwnGone reports that the waiter's own key was deleted or replaced.
 var errOwnGone = errors.New("own key deleted")
@@ -173,72 +168,34 @@ func (a *acquisition) putOwn() {
 	}
 }
 
-func lostErr(l *leasekeeper.Lease) error {
-	return fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context()))
-}
-
-// enqueue puts own key and reads the prefix in one transaction. With try, it
-// puts the key only if the queue is empty, and returns ErrLocked otherwise.
-//
-// The transaction runs under a detached, bounded context: if the caller's
-// ctx ends while it is in flight, waiting for its answer (a millisecond)
-// tells whether the key was written, so cleanup never races a put still on
-// its way. Only when no answer comes is own key deleted blindly, which is
-// safe because the key is unique to this request.
+// enqueue puts own key and reads the prefix in one transaction, sent by
+// internal/enqueue (attempts bounded, a grace for the answer after ctx
+// ends). With try, it puts the key only if the queue is empty, and returns
+// ErrLocked otherwise.
 func (a *acquisition) enqueue(ctx context.Context, value string, try bool) error {
 	t := &a.t
-	bo := retry.RequestPolicy.New()
-	bounds := retry.NewBounds(retry.Attempt(a.timeout))
-	timedOut := false
+	send := enqueue.New(a.lease, a.timeout, ErrLost, "lock: enqueue")
 	for attempt := 0; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		if err := a.lease.Err(); err != nil {
-			return lostErr(a.lease)
-		}
-		// Each attempt is short (retry.Attempt): a transaction sent to an
-		// etcd leader that died or hangs is sent again once another is
-		// elected. A later attempt finds an earlier one's key (below).
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), bounds.Next(timedOut))
-		// If ctx ends first, give the answer a short grace to arrive.
-		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
-		a.sent = true
-		put := clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID()))
-		var txn clientv3.Txn
-		if try {
-			// Own key counts too: a leftover of an earlier attempt is
-			// deleted below and the transaction tried again.
-			txn = a.cli.Txn(tctx).
-				If(clientv3.Compare(clientv3.CreateRevision(t.queue), "=", 0).WithPrefix()).
-				Then(put, a.enqueueRead()).
-				Else(clientv3.OpGet(t.key), clientv3.OpGet(t.queue, clientv3.WithPrefix(), clientv3.WithKeysOnly()))
-		} else {
-			txn = a.cli.Txn(tctx).
+		resp, err := send.Send(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			a.sent = true
+			put := clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID()))
+			if try {
+				// Own key counts too: a leftover of an earlier attempt is
+				// deleted below and the transaction tried again.
+				return a.cli.Txn(ctx).
+					If(clientv3.Compare(clientv3.CreateRevision(t.queue), "=", 0).WithPrefix()).
+					Then(put, a.enqueueRead()).
+					Else(clientv3.OpGet(t.key), clientv3.OpGet(t.queue, clientv3.WithPrefix(), clientv3.WithKeysOnly())).
+					Commit()
+			}
+			return a.cli.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(t.key), "=", 0)).
 				Then(put, a.enqueueRead()).
-				Else(clientv3.OpGet(t.key))
-		}
-		resp, err := txn.Commit()
-		timedOut = err != nil && tctx.Err() != nil && ctx.Err() == nil
-		stopGrace()
-		cancel()
-		switch {
-		case err == nil:
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return fmt.Errorf("%w: lease %x gone before the request was queued: %w", ErrLost, int64(a.lease.ID()), err)
-		case retry.Unknown(err) && ctx.Err() == nil:
-			// The put may have been applied: the next attempt finds the key
-			// and replaces it, or the caller's cleanup deletes it.
-			if werr := bo.Wait(ctx); werr != nil {
-				return werr
-			}
-			continue
-		case ctx.Err() != nil:
-			// The answer's grace after ctx ended ran out.
-			return context.Cause(ctx)
-		default:
-			return fmt.Errorf("lock: enqueue: %w", err)
+				Else(clientv3.OpGet(t.key)).
+				Commit()
+		})
+		if err != nil {
+			return err
 		}
 		if resp.Succeeded {
 			t.rev = resp.Header.Revision

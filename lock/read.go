@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/enqueue"
 	"github.com/concordkit/concord/internal/retry"
 )
 
@@ -133,7 +134,7 @@ func (a *acquisition) lockDelay(ctx context.Context) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	case <-a.lease.Done():
-		return lostErr(a.lease)
+		return enqueue.Lost(ErrLost, a.lease)
 	case <-timer.C:
 	}
 	// Linearizable: own key must still be there now, not on a member that

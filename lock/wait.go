@@ -6,6 +6,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/enqueue"
 	"github.com/concordkit/concord/internal/watch"
 )
 
@@ -49,7 +50,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-a.lease.Done():
-			return lostErr(a.lease)
+			return enqueue.Lost(ErrLost, a.lease)
 		case resp, ok := <-a.w.C:
 			if !ok {
 				return fmt.Errorf("lock: watch own key: %w", a.w.Err())

@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/concordkit/concord/internal/enqueue"
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/names"
@@ -176,7 +177,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 	if err == nil && a.lease.Err() != nil {
 		// The wait can end just as the lease was lost: never hand out a
 		// Permit on a lost lease.
-		err = lostErr(a.lease)
+		err = enqueue.Lost(ErrLost, a.lease)
 	}
 	if err != nil {
 		s.pool.Put(a.w)
@@ -281,63 +282,27 @@ type acquisition struct {
 	sent    bool          // an enqueue transaction was sent: own key may exist
 }
 
-func lostErr(l *leasekeeper.Lease) error {
-	return fmt.Errorf("%w: %w", ErrLost, context.Cause(l.Context()))
-}
-
-// replyGrace is how long an acquire transaction in flight may still answer
-// after the caller's context ended.
-const replyGrace = 250 * time.Millisecond
-
 // enqueue puts own key, if the stored limit is the one expected, and reads
 // the whole prefix in the same transaction. It stores the limit first if
-// the semaphore has none.
+// the semaphore has none. internal/enqueue sends it: attempts bounded, a
+// grace for the answer after ctx ends.
 func (a *acquisition) enqueue(ctx context.Context, value string, limit int) error {
 	t := &a.t
-	bo := retry.RequestPolicy.New()
-	bounds := retry.NewBounds(retry.Attempt(a.timeout))
-	timedOut := false
+	send := enqueue.New(a.lease, a.timeout, ErrLost, "semaphore: enqueue")
 	want := encodeLimit(limit)
 	for {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		if err := a.lease.Err(); err != nil {
-			return lostErr(a.lease)
-		}
-		// Detached and bounded, with a short grace after ctx ends: waiting
-		// for the answer tells whether the key was written, so cleanup never
-		// races a put still on its way.
-		// Each attempt is short (retry.Attempt): a transaction sent to an
-		// etcd leader that died or hangs is sent again once another is
-		// elected. A later attempt adopts an earlier one's key (below).
-		tctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), bounds.Next(timedOut))
-		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(replyGrace, cancel) })
-		a.sent = true
-		resp, err := a.cli.Txn(tctx).
-			If(clientv3.Compare(clientv3.Value(t.limitKey), "=", want),
-				clientv3.Compare(clientv3.CreateRevision(t.key), "=", 0)).
-			Then(clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID())),
-				clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
-			Else(clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
-			Commit()
-		timedOut = err != nil && tctx.Err() != nil && ctx.Err() == nil
-		stopGrace()
-		cancel()
-		switch {
-		case err == nil:
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return fmt.Errorf("%w: lease %x gone before the request was queued: %w", ErrLost, int64(a.lease.ID()), err)
-		case retry.Unknown(err) && ctx.Err() == nil:
-			if werr := bo.Wait(ctx); werr != nil {
-				return werr
-			}
-			continue
-		case ctx.Err() != nil:
-			// The answer's grace after ctx ended ran out.
-			return context.Cause(ctx)
-		default:
-			return fmt.Errorf("semaphore: enqueue: %w", err)
+		resp, err := send.Send(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			a.sent = true
+			return a.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.Value(t.limitKey), "=", want),
+					clientv3.Compare(clientv3.CreateRevision(t.key), "=", 0)).
+				Then(clientv3.OpPut(t.key, value, clientv3.WithLease(a.lease.ID())),
+					clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
+				Else(clientv3.OpGet(t.prefix, clientv3.WithPrefix())).
+				Commit()
+		})
+		if err != nil {
+			return err
 		}
 		if resp.Succeeded {
 			t.rev = resp.Header.Revision
@@ -399,7 +364,7 @@ func (a *acquisition) wait(ctx context.Context) error {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-a.lease.Done():
-			return lostErr(a.lease)
+			return enqueue.Lost(ErrLost, a.lease)
 		case resp, ok := <-a.w.C:
 			if !ok {
 				return fmt.Errorf("semaphore: watch: %w", a.w.Err())
