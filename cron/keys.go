@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/concordkit/concord/internal/names"
 )
@@ -82,21 +81,5 @@ func (k keys) parseCtl(key string) (job, what string, ok bool) {
 const MaxJobLen = 256
 
 func validateJob(job string) error {
-	bad := func(why string) error { return fmt.Errorf("cron: invalid job name %q: %s", job, why) }
-	switch {
-	case job == "":
-		return fmt.Errorf("cron: invalid job name: empty")
-	case len(job) > MaxJobLen:
-		return fmt.Errorf("cron: invalid job name (%d bytes): longer than %d bytes", len(job), MaxJobLen)
-	case !utf8.ValidString(job):
-		return bad("not valid UTF-8")
-	case strings.ContainsRune(job, '/'):
-		return bad("contains '/'")
-	}
-	for _, r := range job {
-		if r < 0x20 || r == 0x7f {
-			return bad("contains a control character")
-		}
-	}
-	return nil
+	return names.ValidateSegment("cron", "job name", job, MaxJobLen)
 }

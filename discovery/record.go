@@ -45,23 +45,11 @@ func membersPrefix(group string) string { return names.Prefix(group, "group") }
 // checkID validates an instance or member ID: it becomes the last segment of
 // a key.
 func checkID(what, id string) error {
-	bad := func(why string) error { return fmt.Errorf("discovery: invalid %s %q: %s", what, id, why) }
-	switch {
-	case id == "":
-		return fmt.Errorf("discovery: invalid %s: empty", what)
-	case len(id) > MaxIDLen:
-		return fmt.Errorf("discovery: invalid %s (%d bytes): longer than %d bytes", what, len(id), MaxIDLen)
-	case !utf8.ValidString(id):
-		return bad("not valid UTF-8")
-	case strings.Contains(id, "/"):
-		return bad("contains '/'")
-	case strings.HasPrefix(id, "."):
-		return bad("starts with '.'")
+	if err := names.ValidateSegment("discovery", what, id, MaxIDLen); err != nil {
+		return err
 	}
-	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
-			return bad("contains a control character")
-		}
+	if strings.HasPrefix(id, ".") {
+		return fmt.Errorf("discovery: invalid %s %q: starts with '.'", what, id)
 	}
 	return nil
 }

@@ -50,6 +50,30 @@ func Validate(pkg, name string) error {
 	return nil
 }
 
+// ValidateSegment reports why s cannot be the last segment of a key a
+// recipe names after it (a cron job, a discovery instance), or nil: empty,
+// longer than max bytes, not UTF-8, or holding '/' or a control character.
+// The error reads "<pkg>: invalid <what> …".
+func ValidateSegment(pkg, what, s string, max int) error {
+	bad := func(why string) error { return fmt.Errorf("%s: invalid %s %q: %s", pkg, what, s, why) }
+	switch {
+	case s == "":
+		return fmt.Errorf("%s: invalid %s: empty", pkg, what)
+	case len(s) > max:
+		return fmt.Errorf("%s: invalid %s (%d bytes): longer than %d bytes", pkg, what, len(s), max)
+	case !utf8.ValidString(s):
+		return bad("not valid UTF-8")
+	case strings.ContainsRune(s, '/'):
+		return bad("contains '/'")
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return bad("contains a control character")
+		}
+	}
+	return nil
+}
+
 // Prefix returns the key prefix a recipe of the given kind owns under name:
 // name + "/." + kind + "/". name must be valid.
 func Prefix(name, kind string) string { return name + "/." + kind + "/" }

@@ -100,3 +100,25 @@ func TestIsID(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateSegment(t *testing.T) {
+	for _, tc := range []struct {
+		s, why string
+	}{
+		{"job-1", ""},
+		{"ünï .x", ""},
+		{"", "cron: invalid job name: empty"},
+		{strings.Repeat("x", 9), "longer than 8 bytes"},
+		{"a/b", "contains '/'"},
+		{"a\x7fb", "control character"},
+		{"a\nb", "control character"},
+		{"\xff", "not valid UTF-8"},
+	} {
+		err := ValidateSegment("cron", "job name", tc.s, 8)
+		if tc.why == "" {
+			assert.NoError(t, err, "%q", tc.s)
+			continue
+		}
+		assert.ErrorContains(t, err, tc.why, "%q", tc.s)
+	}
+}
