@@ -249,7 +249,7 @@ func (f *flags) clusterOptions() ([]testcluster.Option, error) {
 		if !ok || err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("-timing %q: want TICK/ELECTION in ms, e.g. 100/1000", f.timing)
 		}
-		opts = append(opts, testcluster.Timing(uint(t), uint(e)))
+		opts = append(opts, testcluster.WithTiming(uint(t), uint(e)))
 	}
 	if f.delay < 0 {
 		return nil, fmt.Errorf("-delay %v: negative", f.delay)

@@ -19,7 +19,7 @@ func TestBindingTakeover(t *testing.T) {
 	defer cancel()
 	// A one-member cluster of its own: this internal test cannot reach the
 	// package's shared cluster, which lives in the external test package.
-	cli := testcluster.New(t, testcluster.Size(1)).Client()
+	cli := testcluster.New(t, testcluster.WithSize(1)).Client()
 	key := "/discovery-test/TestBindingTakeover/.discovery/x"
 	defer cli.Delete(context.Background(), key)
 	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(5*time.Second))

@@ -310,7 +310,7 @@ func TestSurvivesMemberRestart(t *testing.T) {
 // etcd raises a TTL below its minimum (ceil(1.5 × election timeout)); New
 // refuses to hold a lease longer than asked and revokes what was granted.
 func TestBelowServerMinimumTTL(t *testing.T) {
-	c := testcluster.New(t, testcluster.Size(1), testcluster.Timing(100, 1000))
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithTiming(100, 1000))
 	ctx := ctxT(t, 10*time.Second)
 	_, err := leasekeeper.New(ctx, c.Client(), leasekeeper.WithTTL(time.Second))
 	require.ErrorIs(t, err, leasekeeper.ErrInvalidTTL)
@@ -385,7 +385,7 @@ func TestInvalidate(t *testing.T) {
 // costs a login (clientv3 authenticates per stream), so a stream per renewal
 // would make every renewal a password check on the server.
 func TestRenewalsShareOneStream(t *testing.T) {
-	c := testcluster.New(t, testcluster.Size(1), testcluster.WithAuth())
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithAuth())
 	ctx := ctxT(t, 20*time.Second)
 	var streams atomic.Int64
 	cfg := c.ClientConfig()

@@ -588,7 +588,7 @@ func TestBufferedTasksReleasedWhenIdle(t *testing.T) {
 func TestEnqueueBatchSplits(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	name := qname(t)
-	c := testcluster.New(t, testcluster.Size(1), testcluster.MaxTxnOps(8))
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithMaxTxnOps(8))
 	cli := c.Client()
 	q, err := queue.New(cli, name, queue.WithMaxTxnOps(8), queue.WithRetention(0))
 	require.NoError(t, err)

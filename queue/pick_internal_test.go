@@ -96,8 +96,8 @@ func TestChoose(t *testing.T) {
 			since: map[string]time.Time{ownB[0]: now.Add(-time.Hour)}, step: step},
 		batch: 1, want: []string{}, wantNext: now.Add(step - step/4),
 	}, {
-		name: "two workers: own tasks up to the batch",
-		view: pickView{self: "a", workers: []string{"a", "b"}, ready: []entry{ready(ownA[0], 0, 1), ready(ownB[0], 0, 2), ready(ownA[1], 0, 3), ready(ownA[2], 0, 4)}, taken: none, step: step},
+		name:  "two workers: own tasks up to the batch",
+		view:  pickView{self: "a", workers: []string{"a", "b"}, ready: []entry{ready(ownA[0], 0, 1), ready(ownB[0], 0, 2), ready(ownA[1], 0, 3), ready(ownA[2], 0, 4)}, taken: none, step: step},
 		batch: 2, want: []string{ownA[0], ownA[1]},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {

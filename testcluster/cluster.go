@@ -2,9 +2,6 @@ package testcluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -18,82 +15,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
-
-// Option configures a cluster.
-type Option func(*config)
-
-type config struct {
-	size            int
-	tls             bool
-	auth            bool
-	compactMode     string
-	compactRetain   string
-	maxRequestBytes uint
-	maxTxnOps       uint
-	tickMs          uint
-	electionMs      uint
-	timingSet       bool
-	binary          string // process mode's etcd binary; "" embeds
-	binarySet       bool
-	latency         Latency
-}
-
-// EnvBinary is the environment variable that puts every cluster of a test
-// run into process mode: the path of an etcd binary (see
-// testcluster/cmd/etcdbin), for example
-//
-//	CONCORD_ETCD=$(go run ./testcluster/cmd/etcdbin v3.6.17) go test ./...
-const EnvBinary = "CONCORD_ETCD"
-
-// WithBinary starts each member as its own etcd process from the binary at
-// path, instead of embedding it, whatever CONCORD_ETCD says. Members then
-// run with fsync on and, unless Timing says otherwise, etcd's default
-// timings (heartbeat 100 ms, election 1000 ms), as users' clusters do. An
-// empty path embeds the members.
-func WithBinary(path string) Option {
-	return func(c *config) { c.binary, c.binarySet = path, true }
-}
-
-// WithClientLatency delays the traffic of every client the cluster makes
-// through its proxies (all but Admin and Direct clients), in each direction,
-// by delay plus a uniformly random part of jitter, to model a network
-// between clients and members. Order is kept.
-func WithClientLatency(delay, jitter time.Duration) Option {
-	return func(c *config) { c.latency = Latency{Delay: delay, Jitter: jitter} }
-}
-
-// Size sets the number of members (default 3).
-func Size(n int) Option { return func(c *config) { c.size = n } }
-
-// WithTLS serves clients over mutual TLS with an ephemeral CA made in-process;
-// clients made by the cluster get the matching configuration.
-func WithTLS() Option { return func(c *config) { c.tls = true } }
-
-// WithAuth enables etcd authentication with a root user; clients made by the
-// cluster are root unless made with AsUser. See AddUser.
-func WithAuth() Option { return func(c *config) { c.auth = true } }
-
-// AutoCompaction sets etcd's auto-compaction mode ("periodic" or "revision")
-// and retention (a duration such as "1m" or a revision count such as "1000").
-func AutoCompaction(mode, retention string) Option {
-	return func(c *config) { c.compactMode, c.compactRetain = mode, retention }
-}
-
-// MaxRequestBytes sets the members' request size limit (etcd default 1.5 MiB).
-func MaxRequestBytes(n uint) Option { return func(c *config) { c.maxRequestBytes = n } }
-
-// MaxTxnOps sets the members' limit on operations per transaction (etcd
-// default 128).
-func MaxTxnOps(n uint) Option { return func(c *config) { c.maxTxnOps = n } }
-
-// Timing sets the raft heartbeat tick and election timeout in milliseconds
-// (defaults: 10 and 100 for embedded members, for fast failover in tests;
-// etcd's own 100 and 1000 in process mode; election must be at least 5 ×
-// tick). etcd's shortest lease TTL is ceil(1.5 × election) seconds: see
-// MinLeaseTTL.
-func Timing(tickMs, electionMs uint) Option {
-	return func(c *config) { c.tickMs, c.electionMs, c.timingSet = tickMs, electionMs, true }
-}
 
 // Cluster is a set of etcd members on loopback, embedded in the test
 // process or running as processes of their own. Its methods are safe for
@@ -499,94 +420,4 @@ func (c *Cluster) Close() error {
 		}
 	}
 	return os.RemoveAll(c.dir)
-}
-
-// Size returns the number of members, running or not.
-func (c *Cluster) Size() int { return len(c.members) }
-
-// Endpoints returns the members' client URLs, without proxies.
-func (c *Cluster) Endpoints() []string {
-	eps := make([]string, len(c.members))
-	for i, m := range c.members {
-		eps[i] = c.scheme() + "://" + m.clientAddr
-	}
-	return eps
-}
-
-func (c *Cluster) scheme() string {
-	if c.certs != nil {
-		return "https"
-	}
-	return "http"
-}
-
-// Member returns member i's embedded server, or nil while it is stopped or
-// when members run as processes.
-func (c *Cluster) Member(i int) *embed.Etcd {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.members[i].etcd
-}
-
-// Root returns the root user's credentials when the cluster runs WithAuth.
-func (c *Cluster) Root() User { return c.root }
-
-// Binary returns the etcd binary members run from in process mode, or ""
-// when they are embedded.
-func (c *Cluster) Binary() string { return c.cfg.binary }
-
-// Version returns the members' etcd version, such as "3.6.17".
-func (c *Cluster) Version() string { return c.version }
-
-// ElectionTimeout returns the members' raft election timeout: a dead or
-// paused leader is replaced about this long (plus up to as much again,
-// randomised) after it stopped answering.
-func (c *Cluster) ElectionTimeout() time.Duration {
-	return time.Duration(c.cfg.electionMs) * time.Millisecond
-}
-
-// LeaseTTL returns d, or MinLeaseTTL if that is longer: the TTL for a test
-// that wants leases to expire soon after a holder is cut off, on any
-// cluster.
-func (c *Cluster) LeaseTTL(d time.Duration) time.Duration { return max(d, c.MinLeaseTTL()) }
-
-// FailoverTTL returns the shortest whole-second TTL that keeps a lease
-// alive through the death of the etcd leader, for tests in which leases
-// must outlive member faults. A keeper renews every third of the TTL and
-// declares the lease lost a tenth of the TTL before its safe deadline; the
-// members elect a new leader up to two election timeouts after the old one
-// stopped, and the first renewal after that needs a little more. So the
-// TTL must satisfy TTL × (1 − 1/3 − 1/10) > 2 × election + 0.5 s: 2 s for
-// embedded members' 100 ms elections, 5 s for etcd's default 1 s.
-func (c *Cluster) FailoverTTL() time.Duration {
-	need := (2*c.ElectionTimeout() + 500*time.Millisecond) * 30 / 17
-	ttl := (need + time.Second - 1).Truncate(time.Second)
-	return max(ttl, c.MinLeaseTTL())
-}
-
-// MinLeaseTTL returns the shortest lease TTL the members grant as asked:
-// etcd raises shorter TTLs to ceil(1.5 × election timeout), in whole seconds.
-func (c *Cluster) MinLeaseTTL() time.Duration {
-	// As etcdserver computes it: 1.5 election timeouts counted in ticks.
-	ticks := c.cfg.electionMs / c.cfg.tickMs
-	ms := (3 * ticks / 2) * c.cfg.tickMs
-	return time.Duration((ms+999)/1000) * time.Second
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-var errClosed = errors.New("testcluster: cluster closed")
-
-// CertFiles returns the paths of the CA certificate and of the client
-// certificate and key when the cluster runs WithTLS (empty strings otherwise),
-// for programs that take TLS settings as files.
-func (c *Cluster) CertFiles() (ca, cert, key string) {
-	if c.certs == nil {
-		return "", "", ""
-	}
-	return c.certs.caFile, c.certs.clientCert, c.certs.clientKey
 }

@@ -162,7 +162,7 @@ func TestRevokeLeaseAndCompact(t *testing.T) {
 }
 
 func TestLimits(t *testing.T) {
-	c := testcluster.New(t, testcluster.Size(1), testcluster.MaxTxnOps(4), testcluster.MaxRequestBytes(4096))
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithMaxTxnOps(4), testcluster.WithMaxRequestBytes(4096))
 	ctx := ctxT(t, 10*time.Second)
 	var ops []clientv3.Op
 	for i := range 5 {
@@ -208,12 +208,12 @@ func TestTLSAndAuth(t *testing.T) {
 	}
 	require.Error(t, err)
 
-	_, err = testcluster.New(t, testcluster.Size(1)).AddUser(ctx, "bob", "b/")
+	_, err = testcluster.New(t, testcluster.WithSize(1)).AddUser(ctx, "bob", "b/")
 	require.Error(t, err, "AddUser needs WithAuth")
 }
 
 func TestBadSize(t *testing.T) {
-	_, err := testcluster.Start(context.Background(), testcluster.Size(0))
+	_, err := testcluster.Start(context.Background(), testcluster.WithSize(0))
 	require.Error(t, err)
 	require.False(t, errors.Is(err, context.Canceled))
 }

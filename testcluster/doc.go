@@ -26,7 +26,7 @@
 // Process mode: with CONCORD_ETCD set to the path of an etcd binary (or the
 // WithBinary option), each member is an etcd process of its own, as users
 // run etcd: fsync on and etcd's default timings (heartbeat 100 ms, election
-// 1000 ms, so the shortest lease TTL is 2 s) unless Timing says otherwise,
+// 1000 ms, so the shortest lease TTL is 2 s) unless WithTiming says otherwise,
 // logs at level warn in the cluster's folder. Binaries of any release from
 // 3.5 on come from the Go module proxy with nothing installed:
 //

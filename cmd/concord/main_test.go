@@ -279,7 +279,7 @@ func TestWatchCompacted(t *testing.T) {
 // CONCORD_PASSWORD.
 func TestTLSAndAuth(t *testing.T) {
 	ctx := context.Background()
-	c := testcluster.New(t, testcluster.Size(1), testcluster.WithTLS(), testcluster.WithAuth())
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithTLS(), testcluster.WithAuth())
 	ca, cert, key := c.CertFiles()
 	require.NotEmpty(t, ca)
 	user, err := c.AddUser(ctx, "cli-tenant", "tenant/")

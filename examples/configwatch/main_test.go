@@ -74,7 +74,7 @@ func checkStory(t *testing.T, s string) {
 // once, as root, with the password from CONCORD_PASSWORD.
 func TestConfigWatchRealCluster(t *testing.T) {
 	defer testcluster.VerifyNone(t)
-	c, err := testcluster.Start(context.Background(), testcluster.Size(1), testcluster.WithTLS(), testcluster.WithAuth())
+	c, err := testcluster.Start(context.Background(), testcluster.WithSize(1), testcluster.WithTLS(), testcluster.WithAuth())
 	require.NoError(t, err)
 	defer c.Close()
 	ca, cert, key := c.CertFiles()

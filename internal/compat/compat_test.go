@@ -25,7 +25,7 @@ func TestSupported(t *testing.T) {
 
 var cluster *testcluster.Cluster
 
-func TestMain(m *testing.M) { testcluster.Main(m, &cluster, testcluster.Size(1)) }
+func TestMain(m *testing.M) { testcluster.Main(m, &cluster, testcluster.WithSize(1)) }
 
 func TestCheck(t *testing.T) {
 	c := cluster

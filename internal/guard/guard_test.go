@@ -16,7 +16,7 @@ import (
 
 var cluster *testcluster.Cluster
 
-func TestMain(m *testing.M) { testcluster.Main(m, &cluster, testcluster.Size(1)) }
+func TestMain(m *testing.M) { testcluster.Main(m, &cluster, testcluster.WithSize(1)) }
 
 var errLost = errors.New("x: lost")
 

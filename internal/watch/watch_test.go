@@ -176,7 +176,7 @@ func TestEndsForGood(t *testing.T) {
 }
 
 func TestPermissionDeniedEnds(t *testing.T) {
-	c := testcluster.New(t, testcluster.Size(1), testcluster.WithAuth())
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithAuth())
 	ctx := ctxT(t, 20*time.Second)
 	u, err := c.AddUser(ctx, "alice", "a/")
 	require.NoError(t, err)
@@ -200,7 +200,7 @@ func TestSurvivesAuthRace(t *testing.T) {
 	// etcd's default election timeout: the cut-off member keeps believing
 	// in its leader, so it refuses the stream for its token rather than for
 	// having no leader.
-	c := testcluster.New(t, testcluster.WithAuth(), testcluster.Timing(100, 1000))
+	c := testcluster.New(t, testcluster.WithAuth(), testcluster.WithTiming(100, 1000))
 	ctx := ctxT(t, 60*time.Second)
 	lead, err := c.WaitLeader(ctx)
 	require.NoError(t, err)
