@@ -225,7 +225,7 @@ func runQueue(t *testing.T, c *testcluster.Cluster, seed int64, cfg queueRun) (*
 		for j := 0; j < cfg.tasks && wctx.Err() == nil; j++ {
 			for wctx.Err() == nil {
 				ectx, cancel := context.WithTimeout(wctx, 5*time.Second)
-				id, err := producer.Enqueue(ectx, []byte(fmt.Sprint(j)), queue.DedupID(fmt.Sprint("task-", j)))
+				id, err := producer.Enqueue(ectx, []byte(fmt.Sprint(j)), queue.WithDedupID(fmt.Sprint("task-", j)))
 				cancel()
 				if err == nil {
 					enqueued.Store(id, struct{}{})

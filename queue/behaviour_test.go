@@ -31,11 +31,11 @@ func TestPriorityAndOrder(t *testing.T) {
 	var want []string
 	lows, err := q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("l1")}, {Payload: []byte("l2")}})
 	require.NoError(t, err)
-	high, err := q.Enqueue(ctx, []byte("h"), queue.Priority(10))
+	high, err := q.Enqueue(ctx, []byte("h"), queue.WithPriority(10))
 	require.NoError(t, err)
-	neg, err := q.Enqueue(ctx, []byte("n"), queue.Priority(-3))
+	neg, err := q.Enqueue(ctx, []byte("n"), queue.WithPriority(-3))
 	require.NoError(t, err)
-	mid, err := q.Enqueue(ctx, []byte("m"), queue.Priority(5))
+	mid, err := q.Enqueue(ctx, []byte("m"), queue.WithPriority(5))
 	require.NoError(t, err)
 	want = append(want, high, mid, lows[0], lows[1], neg)
 
@@ -58,9 +58,9 @@ func TestDelay(t *testing.T) {
 	k := newKeeper(t, cli, 5*time.Second)
 
 	start := time.Now()
-	late, err := q.Enqueue(ctx, []byte("late"), queue.Delay(400*time.Millisecond))
+	late, err := q.Enqueue(ctx, []byte("late"), queue.WithDelay(400*time.Millisecond))
 	require.NoError(t, err)
-	early, err := q.Enqueue(ctx, []byte("early"), queue.NotBefore(time.Now().Add(200*time.Millisecond)))
+	early, err := q.Enqueue(ctx, []byte("early"), queue.WithNotBefore(time.Now().Add(200*time.Millisecond)))
 	require.NoError(t, err)
 	now, err := q.Enqueue(ctx, []byte("now"))
 	require.NoError(t, err)
@@ -103,7 +103,7 @@ func TestDedupConcurrent(t *testing.T) {
 			if !assert.NoError(t, err) {
 				return
 			}
-			ids[i], err = other.Enqueue(ctx, []byte(fmt.Sprint(i)), queue.DedupID("job-1"))
+			ids[i], err = other.Enqueue(ctx, []byte(fmt.Sprint(i)), queue.WithDedupID("job-1"))
 			assert.NoError(t, err)
 		}()
 	}
@@ -117,12 +117,12 @@ func TestDedupConcurrent(t *testing.T) {
 
 	task, err := q.Dequeue(ctx, k)
 	require.NoError(t, err)
-	again, err := q.Enqueue(ctx, nil, queue.DedupID("job-1"))
+	again, err := q.Enqueue(ctx, nil, queue.WithDedupID("job-1"))
 	require.NoError(t, err)
 	assert.Equal(t, task.ID, again, "running task still holds the dedup ID")
 	require.NoError(t, task.Ack(ctx))
 
-	fresh, err := q.Enqueue(ctx, nil, queue.DedupID("job-1"))
+	fresh, err := q.Enqueue(ctx, nil, queue.WithDedupID("job-1"))
 	require.NoError(t, err)
 	assert.NotEqual(t, task.ID, fresh, "a finished task frees its dedup ID")
 	task, err = q.Dequeue(ctx, k)
@@ -395,18 +395,18 @@ func TestBadInput(t *testing.T) {
 	q := newQueue(t, cli, name)
 	_, err = q.Enqueue(ctx, make([]byte, 1536*1024))
 	assert.ErrorContains(t, err, "queue: enqueue: payload of")
-	_, err = q.Enqueue(ctx, nil, queue.Delay(-time.Second))
+	_, err = q.Enqueue(ctx, nil, queue.WithDelay(-time.Second))
 	assert.ErrorContains(t, err, "queue:")
-	_, err = q.Enqueue(ctx, nil, queue.DedupID(""))
+	_, err = q.Enqueue(ctx, nil, queue.WithDedupID(""))
 	assert.ErrorContains(t, err, "queue:")
 	// Past 2262 a ready time does not fit the records' Unix nanoseconds.
-	_, err = q.Enqueue(ctx, nil, queue.NotBefore(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)))
+	_, err = q.Enqueue(ctx, nil, queue.WithNotBefore(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)))
 	assert.ErrorContains(t, err, "queue: enqueue: ready time")
-	_, err = q.Enqueue(ctx, nil, queue.Delay(math.MaxInt64))
+	_, err = q.Enqueue(ctx, nil, queue.WithDelay(math.MaxInt64))
 	assert.ErrorContains(t, err, "queue: enqueue: ready time")
-	_, err = q.Enqueue(ctx, nil, queue.Priority(1<<40))
+	_, err = q.Enqueue(ctx, nil, queue.WithPriority(1<<40))
 	assert.ErrorContains(t, err, "queue:")
-	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.Delay(-1)}}})
+	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.WithDelay(-1)}}})
 	assert.ErrorContains(t, err, "queue: batch item 1")
 	_, err = q.Status(ctx, "nope")
 	assert.ErrorContains(t, err, "queue: status: invalid task ID")
@@ -500,7 +500,7 @@ func TestListAndDestroy(t *testing.T) {
 	k := newKeeper(t, cli, 5*time.Second)
 	a, err := q.Enqueue(ctx, nil)
 	require.NoError(t, err)
-	b, err := q.Enqueue(ctx, nil, queue.Delay(time.Hour))
+	b, err := q.Enqueue(ctx, nil, queue.WithDelay(time.Hour))
 	require.NoError(t, err)
 	task, err := q.Dequeue(ctx, k)
 	require.NoError(t, err)
@@ -771,13 +771,13 @@ func TestRequeueTakesDedupIDAgain(t *testing.T) {
 	k := newKeeper(t, cli, 5*time.Second)
 
 	// Free while dead: the requeued task takes it back.
-	a, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	a, err := q.Enqueue(ctx, nil, queue.WithDedupID("job-a"))
 	require.NoError(t, err)
 	task, err := q.Dequeue(ctx, k)
 	require.NoError(t, err)
 	require.NoError(t, task.Fail(ctx, "broken"))
 	require.NoError(t, q.Requeue(ctx, a))
-	again, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	again, err := q.Enqueue(ctx, nil, queue.WithDedupID("job-a"))
 	require.NoError(t, err)
 	assert.Equal(t, a, again, "the requeued task holds its dedup ID again")
 	s, err := q.Stats(ctx)
@@ -788,11 +788,11 @@ func TestRequeueTakesDedupIDAgain(t *testing.T) {
 	task, err = q.Dequeue(ctx, k)
 	require.NoError(t, err)
 	require.NoError(t, task.Fail(ctx, "broken"))
-	b, err := q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	b, err := q.Enqueue(ctx, nil, queue.WithDedupID("job-a"))
 	require.NoError(t, err)
 	require.NotEqual(t, a, b)
 	require.NoError(t, q.Requeue(ctx, a))
-	again, err = q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	again, err = q.Enqueue(ctx, nil, queue.WithDedupID("job-a"))
 	require.NoError(t, err)
 	assert.Equal(t, b, again, "the task that took the ID while the other was dead keeps it")
 
@@ -804,7 +804,7 @@ func TestRequeueTakesDedupIDAgain(t *testing.T) {
 		byID[task.ID] = task
 	}
 	require.NoError(t, byID[a].Ack(ctx))
-	again, err = q.Enqueue(ctx, nil, queue.DedupID("job-a"))
+	again, err = q.Enqueue(ctx, nil, queue.WithDedupID("job-a"))
 	require.NoError(t, err)
 	assert.Equal(t, b, again)
 	require.NoError(t, byID[b].Ack(ctx))

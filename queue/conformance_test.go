@@ -22,7 +22,7 @@ func TestConformanceTask(t *testing.T) {
 				return nil, err
 			}
 			// The first caller enqueues the task; later ones find it.
-			if _, err := q.Enqueue(ctx, nil, queue.DedupID("the-task")); err != nil {
+			if _, err := q.Enqueue(ctx, nil, queue.WithDedupID("the-task")); err != nil {
 				return nil, err
 			}
 			t, err := q.Dequeue(ctx, k)

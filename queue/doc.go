@@ -4,7 +4,7 @@
 // in dead letters that can be listed, requeued and purged.
 //
 //	q, err := queue.New(cli, "/jobs/thumbnails")
-//	id, err := q.Enqueue(ctx, payload, queue.Priority(5), queue.Delay(time.Minute))
+//	id, err := q.Enqueue(ctx, payload, queue.WithPriority(5), queue.WithDelay(time.Minute))
 //
 //	k, err := leasekeeper.New(ctx, cli)          // one per worker process
 //	t, err := q.Dequeue(ctx, k)                  // blocks until a task is ready

@@ -23,9 +23,9 @@ type enqueueOptions struct {
 	errs      []error
 }
 
-// Priority sets the task's priority: higher is dequeued first. Default 0;
+// WithPriority sets the task's priority: higher is dequeued first. Default 0;
 // any value that fits in an int32.
-func Priority(p int) EnqueueOption {
+func WithPriority(p int) EnqueueOption {
 	return func(o *enqueueOptions) {
 		if p < math.MinInt32 || p > math.MaxInt32 {
 			o.errs = append(o.errs, fmt.Errorf("priority %d: out of int32 range", p))
@@ -35,13 +35,13 @@ func Priority(p int) EnqueueOption {
 	}
 }
 
-// NotBefore makes the task ready at t rather than now.
-func NotBefore(t time.Time) EnqueueOption {
+// WithNotBefore makes the task ready at t rather than now.
+func WithNotBefore(t time.Time) EnqueueOption {
 	return func(o *enqueueOptions) { o.notBefore = t }
 }
 
-// Delay makes the task ready d from now.
-func Delay(d time.Duration) EnqueueOption {
+// WithDelay makes the task ready d from now.
+func WithDelay(d time.Duration) EnqueueOption {
 	return func(o *enqueueOptions) {
 		if d < 0 {
 			o.errs = append(o.errs, fmt.Errorf("delay %v: must not be negative", d))
@@ -53,10 +53,10 @@ func Delay(d time.Duration) EnqueueOption {
 // MaxDedupIDLen is the longest dedup ID accepted, in bytes.
 const MaxDedupIDLen = 512
 
-// DedupID makes the enqueue idempotent: while a task enqueued with the same
+// WithDedupID makes the enqueue idempotent: while a task enqueued with the same
 // dedup ID is not finished (acknowledged or dead), Enqueue returns that
 // task's ID and writes nothing.
-func DedupID(s string) EnqueueOption {
+func WithDedupID(s string) EnqueueOption {
 	return func(o *enqueueOptions) {
 		switch {
 		case s == "" || len(s) > MaxDedupIDLen:

@@ -25,7 +25,7 @@ func Example() {
 	defer q.Destroy(context.WithoutCancel(ctx))
 
 	_, _ = q.Enqueue(ctx, []byte("cat.jpg"))
-	_, _ = q.Enqueue(ctx, []byte("ceo.jpg"), queue.Priority(10))
+	_, _ = q.Enqueue(ctx, []byte("ceo.jpg"), queue.WithPriority(10))
 
 	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(5*time.Second))
 	if err != nil {

@@ -34,7 +34,7 @@ func TestTelemetry(t *testing.T) {
 
 	_, err := q.Enqueue(ctx, []byte("a"))
 	require.NoError(t, err)
-	_, err = q.Enqueue(ctx, []byte("b"), queue.Delay(time.Hour))
+	_, err = q.Enqueue(ctx, []byte("b"), queue.WithDelay(time.Hour))
 	require.NoError(t, err)
 	task, err := q.Dequeue(ctx, k1)
 	require.NoError(t, err)

@@ -28,7 +28,7 @@ func queueFixture(t *testing.T, name string) (running *queue.Task, deadIDs []str
 
 	// Dequeued first (priority), then made dead.
 	for _, p := range []string{"poison-1", "poison-2"} {
-		_, err := q.Enqueue(ctx, []byte(p), queue.Priority(10))
+		_, err := q.Enqueue(ctx, []byte(p), queue.WithPriority(10))
 		require.NoError(t, err)
 	}
 	for range 2 {
@@ -37,7 +37,7 @@ func queueFixture(t *testing.T, name string) (running *queue.Task, deadIDs []str
 		require.NoError(t, task.Fail(ctx, "cannot parse "+string(task.Payload)))
 		deadIDs = append(deadIDs, task.ID)
 	}
-	_, err = q.Enqueue(ctx, []byte("long job"), queue.Priority(5))
+	_, err = q.Enqueue(ctx, []byte("long job"), queue.WithPriority(5))
 	require.NoError(t, err)
 	running, err = q.Dequeue(ctx, k)
 	require.NoError(t, err)
@@ -46,7 +46,7 @@ func queueFixture(t *testing.T, name string) (running *queue.Task, deadIDs []str
 		_, err := q.Enqueue(ctx, []byte(p))
 		require.NoError(t, err)
 	}
-	_, err = q.Enqueue(ctx, []byte("later"), queue.Delay(time.Hour))
+	_, err = q.Enqueue(ctx, []byte("later"), queue.WithDelay(time.Hour))
 	require.NoError(t, err)
 	return running, deadIDs
 }

@@ -154,15 +154,15 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		var id string
 		err := e.Retry(ctx, func(ctx context.Context) error {
 			var err error
-			id, err = q.Enqueue(ctx, payload(name, steps), append(opts, queue.DedupID(name))...)
+			id, err = q.Enqueue(ctx, payload(name, steps), append(opts, queue.WithDedupID(name))...)
 			return err
 		})
 		return id, err
 	}
-	if _, err := enqueue(ctx, admin, longTask, longSteps, queue.Priority(10)); err != nil {
+	if _, err := enqueue(ctx, admin, longTask, longSteps, queue.WithPriority(10)); err != nil {
 		return err
 	}
-	poisonID, err := enqueue(ctx, admin, poisonTask, 4, queue.Priority(5))
+	poisonID, err := enqueue(ctx, admin, poisonTask, 4, queue.WithPriority(5))
 	if err != nil {
 		return err
 	}
