@@ -34,7 +34,7 @@ func runCron(ctx context.Context, env *Env) ([]Result, error) {
 		return nil, err
 	}
 	defer k.Close(context.WithoutCancel(ctx))
-	defer func() { _ = cron.Purge(context.WithoutCancel(ctx), cli, name) }()
+	defer func() { _ = cron.Delete(context.WithoutCancel(ctx), cli, name) }()
 
 	lags := make(chan time.Duration, 1024)
 	s := cron.New(k, name)

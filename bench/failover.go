@@ -227,7 +227,7 @@ func runFailover(ctx context.Context, env *Env) ([]Result, error) {
 	}); err != nil {
 		return nil, err
 	}
-	defer func() { _ = cron.Purge(context.WithoutCancel(ctx), c.Admin(), prefix+"cron") }()
+	defer func() { _ = cron.Delete(context.WithoutCancel(ctx), c.Admin(), prefix+"cron") }()
 
 	wctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup

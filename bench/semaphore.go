@@ -38,7 +38,7 @@ func runSemaphore(ctx context.Context, env *Env) ([]Result, error) {
 		defer k.Close(context.WithoutCancel(ctx))
 		sems[i] = semaphore.New(k, name, limit)
 	}
-	defer func() { _ = semaphore.Remove(context.WithoutCancel(ctx), clis[0], name) }()
+	defer func() { _ = semaphore.Delete(context.WithoutCancel(ctx), clis[0], name) }()
 	dur := time.Duration(env.Scale(3000, 800)) * time.Millisecond
 
 	var rates []float64

@@ -153,12 +153,13 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 	return out, nil
 }
 
-// Purge deletes every record of the scheduler called name: claims
-// (watermarks and open runs), commit records, statuses, pauses and triggers. Call it only when no replica
+// Delete deletes every record of the scheduler called name: claims
+// (watermarks and open runs), commit records, statuses, pauses and
+// triggers. Call it only when no replica
 // runs: a running leader would claim times again from scratch. The leader
 // election's keys are the election's and go with their leases. Cost: one
 // delete.
-func Purge(ctx context.Context, cli *clientv3.Client, name string) error {
+func Delete(ctx context.Context, cli *clientv3.Client, name string) error {
 	if err := names.Validate("cron", name); err != nil {
 		return err
 	}
@@ -166,7 +167,7 @@ func Purge(ctx context.Context, cli *clientv3.Client, name string) error {
 		return err
 	}
 	if _, err := cli.Delete(ctx, keysOf(name).prefix, clientv3.WithPrefix()); err != nil {
-		return fmt.Errorf("cron: purge %s: %w", name, err)
+		return fmt.Errorf("cron: delete %s: %w", name, err)
 	}
 	return nil
 }

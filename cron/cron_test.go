@@ -371,7 +371,7 @@ func TestNilClient(t *testing.T) {
 	ctx := ctxT(t, 5*time.Second)
 	_, err := cron.Status(ctx, nil, "n")
 	for i, err := range []error{err, cron.Pause(ctx, nil, "n", "j"), cron.Resume(ctx, nil, "n", "j"),
-		cron.Trigger(ctx, nil, "n", "j"), cron.Purge(ctx, nil, "n")} {
+		cron.Trigger(ctx, nil, "n", "j"), cron.Delete(ctx, nil, "n")} {
 		require.ErrorContains(t, err, "cron: nil client", "call %d", i)
 	}
 }

@@ -104,7 +104,7 @@
 //	N/.cron/ctl/<job>/paused     {"at"}: present while the job is paused
 //	N/.cron/ctl/<job>/trigger    {"at"}: a pending Trigger
 //
-// Purge deletes them all. A record that does not decode stops Run with
+// Delete deletes them all. A record that does not decode stops Run with
 // ErrCorrupt and makes Status fail, rather than risk running a time twice.
 //
 // # Cost in etcd round trips
@@ -116,7 +116,7 @@
 //   - On becoming leader: one read of N/.cron/, one fenced status write per
 //     job (its next time), the claims of reruns and triggers that are due,
 //     and one watch on N/.cron/ctl/, on top of the election's Campaign.
-//   - Pause, Resume, Trigger: one write each. Status, Purge: one request.
+//   - Pause, Resume, Trigger: one write each. Status, Delete: one request.
 //
 // # Telemetry
 //

@@ -48,7 +48,7 @@ func ExampleScheduler() {
 		return
 	}
 	fmt.Println(st[0].Job, st[0].Outcome, st[0].Next.After(time.Now()))
-	_ = cron.Purge(ctx, cli, "examples/cron")
+	_ = cron.Delete(ctx, cli, "examples/cron")
 	// Output:
 	// ran report triggered: true
 	// report ok true

@@ -52,7 +52,7 @@ func cleanupName(t *testing.T, c *testcluster.Cluster, name string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := cron.Purge(ctx, c.Admin(), name); err != nil {
+		if err := cron.Delete(ctx, c.Admin(), name); err != nil {
 			t.Errorf("purge: %v", err)
 		}
 		if _, err := c.Admin().Delete(ctx, name+"/ledger/", clientv3.WithPrefix()); err != nil {

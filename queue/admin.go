@@ -231,12 +231,12 @@ func (q *Queue) PurgeDead(ctx context.Context) (int, error) {
 	}
 }
 
-// Destroy deletes every key of the queue — tasks in every state, claims and
+// Delete deletes every key of the queue — tasks in every state, claims and
 // records — in one request. Workers holding claims lose them (their Ack
 // fails with ErrLost).
-func (q *Queue) Destroy(ctx context.Context) error {
+func (q *Queue) Delete(ctx context.Context) error {
 	if _, err := q.cli.Delete(ctx, q.keys.prefix, clientv3.WithPrefix()); err != nil {
-		return fmt.Errorf("queue: destroy: %w", err)
+		return fmt.Errorf("queue: delete: %w", err)
 	}
 	return nil
 }

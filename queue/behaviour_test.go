@@ -492,7 +492,7 @@ func TestForeignValues(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestListAndDestroy(t *testing.T) {
+func TestListAndDelete(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	name := qname(t)
 	cli := cluster.Client()
@@ -512,7 +512,7 @@ func TestListAndDestroy(t *testing.T) {
 	assert.Equal(t, b, ls[1].ID)
 	assert.Equal(t, queue.StateDelayed, ls[1].State)
 
-	require.NoError(t, q.Destroy(ctx))
+	require.NoError(t, q.Delete(ctx))
 	select {
 	case <-task.Context().Done():
 	case <-ctx.Done():

@@ -22,7 +22,7 @@ func Example() {
 		return
 	}
 	defer q.Close()
-	defer q.Destroy(context.WithoutCancel(ctx))
+	defer q.Delete(context.WithoutCancel(ctx))
 
 	_, _ = q.Enqueue(ctx, []byte("cat.jpg"))
 	_, _ = q.Enqueue(ctx, []byte("ceo.jpg"), queue.WithPriority(10))

@@ -77,7 +77,7 @@ func TestTelemetry(t *testing.T) {
 	}
 	_, err = q.PurgeDead(ctx)
 	require.NoError(t, err)
-	require.NoError(t, q.Destroy(ctx))
+	require.NoError(t, q.Delete(ctx))
 }
 
 func gauge(t *testing.T, rm metricdata.ResourceMetrics, name string) map[string]int64 {
@@ -155,5 +155,5 @@ func TestHoldMetric(t *testing.T) {
 	assert.Equal(t, map[string]uint64{"ack": 1, "fail": 1}, got)
 	_, err = q.PurgeDead(ctx)
 	require.NoError(t, err)
-	require.NoError(t, q.Destroy(ctx))
+	require.NoError(t, q.Delete(ctx))
 }

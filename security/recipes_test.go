@@ -76,7 +76,7 @@ var recipes = []recipe{
 				{"TryAcquire", func(ctx context.Context) error { return firstErr(semaphore.New(tn.k, name, 2).TryAcquire(ctx, 1)) }},
 				{"SetLimit", func(ctx context.Context) error { return semaphore.New(tn.k, name, 2).SetLimit(ctx, 5) }},
 				{"Inspect", func(ctx context.Context) error { return firstErr(semaphore.Inspect(ctx, tn.cli, name)) }},
-				{"Remove", func(ctx context.Context) error { return semaphore.Remove(ctx, tn.cli, name) }},
+				{"Delete", func(ctx context.Context) error { return semaphore.Delete(ctx, tn.cli, name) }},
 			}
 		},
 	},
@@ -155,7 +155,7 @@ var recipes = []recipe{
 				{"Pause", func(ctx context.Context) error { return cron.Pause(ctx, tn.cli, name, "job") }},
 				{"Resume", func(ctx context.Context) error { return cron.Resume(ctx, tn.cli, name, "job") }},
 				{"Trigger", func(ctx context.Context) error { return cron.Trigger(ctx, tn.cli, name, "job") }},
-				{"Purge", func(ctx context.Context) error { return cron.Purge(ctx, tn.cli, name) }},
+				{"Delete", func(ctx context.Context) error { return cron.Delete(ctx, tn.cli, name) }},
 			}
 		},
 	},
@@ -246,7 +246,7 @@ var recipes = []recipe{
 				})},
 				{"DeadLetters", withQ(func(ctx context.Context, q *queue.Queue) error { return firstErr(q.DeadLetters(ctx, 0)) })},
 				{"PurgeDead", withQ(func(ctx context.Context, q *queue.Queue) error { return firstErr(q.PurgeDead(ctx)) })},
-				{"Destroy", withQ(func(ctx context.Context, q *queue.Queue) error { return q.Destroy(ctx) })},
+				{"Delete", withQ(func(ctx context.Context, q *queue.Queue) error { return q.Delete(ctx) })},
 			}
 		},
 	},

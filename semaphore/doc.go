@@ -43,7 +43,7 @@
 //
 // A semaphore named N writes only under N + "/.semaphore/":
 //
-//	N/.semaphore/limit     the limit, in decimal; no lease (Remove deletes it)
+//	N/.semaphore/limit     the limit, in decimal; no lease (Delete deletes it)
 //	N/.semaphore/q/<id>    one per request, attached to the requester's
 //	                       lease; value "s1:<n>:<unix ns of the request>:<WithValue>"
 //
@@ -63,5 +63,5 @@
 //   - TryAcquire: one transaction, and one delete when the permits are not
 //     free.
 //   - Release: one transaction. SetLimit: one write. Inspect: one read.
-//     Remove: one transaction.
+//     Delete: one transaction.
 package semaphore

@@ -19,6 +19,6 @@ var (
 	// ErrCorrupt reports a value under the semaphore's keys that concord did
 	// not write.
 	ErrCorrupt = errors.New("semaphore: corrupt value")
-	// ErrInUse is returned by Remove while permits are held or requested.
+	// ErrInUse is returned by Delete while permits are held or requested.
 	ErrInUse = errors.New("semaphore: in use")
 )

@@ -19,7 +19,7 @@ func ExampleSemaphore() {
 		return
 	}
 	defer k.Close(context.WithoutCancel(ctx))
-	defer semaphore.Remove(context.WithoutCancel(ctx), cluster.Client(), "/examples/gpus")
+	defer semaphore.Delete(context.WithoutCancel(ctx), cluster.Client(), "/examples/gpus")
 
 	s := semaphore.New(k, "/examples/gpus", 3)
 	p, err := s.Acquire(ctx, 2)

@@ -410,10 +410,10 @@ func (a *acquisition) cleanup(ctx context.Context) {
 	holding.Withdraw(ctx, a.cli, a.lease, a.timeout, a.t.key)
 }
 
-// Remove deletes the stored limit of the semaphore named name, if no permit
+// Delete deletes the stored limit of the semaphore named name, if no permit
 // is held or requested (ErrInUse otherwise). Permit keys go with their
 // leases; the limit is the one key a semaphore leaves behind.
-func Remove(ctx context.Context, cli *clientv3.Client, name string) error {
+func Delete(ctx context.Context, cli *clientv3.Client, name string) error {
 	if err := names.Validate("semaphore", name); err != nil {
 		return err
 	}
@@ -425,7 +425,7 @@ func Remove(ctx context.Context, cli *clientv3.Client, name string) error {
 		If(clientv3.Compare(clientv3.CreateRevision(prefix+"q/"), "=", 0).WithPrefix()).
 		Then(clientv3.OpDelete(prefix + "limit")).Commit()
 	if err != nil {
-		return fmt.Errorf("semaphore: remove: %w", err)
+		return fmt.Errorf("semaphore: delete: %w", err)
 	}
 	if !resp.Succeeded {
 		return ErrInUse

@@ -53,7 +53,7 @@ func semName(t testing.TB) string {
 	name := "/test/" + strings.ReplaceAll(t.Name(), "/", "_")
 	t.Cleanup(func() {
 		ctx := ctxT(t, 5*time.Second)
-		require.NoError(t, semaphore.Remove(ctx, cluster.Admin(), name))
+		require.NoError(t, semaphore.Delete(ctx, cluster.Admin(), name))
 		requireNoKeys(t, name)
 	})
 	return name
@@ -176,7 +176,7 @@ func TestAcquireRelease(t *testing.T) {
 	require.Len(t, info.Holders, 2)
 	assert.Equal(t, "worker-1", info.Holders[0].Value)
 	assert.Equal(t, 2, info.Holders[0].N)
-	require.ErrorIs(t, semaphore.Remove(ctx, cli, name), semaphore.ErrInUse)
+	require.ErrorIs(t, semaphore.Delete(ctx, cli, name), semaphore.ErrInUse)
 
 	resp, err := cli.Txn(ctx).If(p1.Guard()...).Then(clientv3.OpPut(name+"/data", "x")).Commit()
 	require.NoError(t, err)
@@ -402,7 +402,7 @@ func TestAcquireCutOffReturnsOnTime(t *testing.T) {
 	used := semaphore.New(k, usedName, 1)
 	t.Cleanup(func() {
 		cctx := ctxT(t, 5*time.Second)
-		require.NoError(t, semaphore.Remove(cctx, cluster.Admin(), usedName))
+		require.NoError(t, semaphore.Delete(cctx, cluster.Admin(), usedName))
 		requireNoKeys(t, usedName)
 	})
 	p, err := semaphore.New(newKeeper(t, newClient(t), 5*time.Second), name, 1).Acquire(ctx, 1)
@@ -536,7 +536,7 @@ func TestNilClient(t *testing.T) {
 	ctx := ctxT(t, 5*time.Second)
 	_, err := semaphore.Inspect(ctx, nil, "n")
 	require.ErrorContains(t, err, "semaphore: nil client")
-	require.ErrorContains(t, semaphore.Remove(ctx, nil, "n"), "semaphore: nil client")
+	require.ErrorContains(t, semaphore.Delete(ctx, nil, "n"), "semaphore: nil client")
 }
 
 // A value or key under the semaphore's prefix that concord did not write stops

@@ -376,7 +376,7 @@ func wipe(ctx context.Context, admin *clientv3.Client, ttl time.Duration) error 
 		return err
 	}
 	return exampleenv.Retry(ctx, ttl, func(ctx context.Context) error {
-		return cron.Purge(ctx, admin, schedulerName)
+		return cron.Delete(ctx, admin, schedulerName)
 	})
 }
 

@@ -142,7 +142,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	defer admin.Close()
-	if err := e.Retry(ctx, admin.Destroy); err != nil { // start from an empty queue
+	if err := e.Retry(ctx, admin.Delete); err != nil { // start from an empty queue
 		return err
 	}
 
@@ -328,7 +328,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 	d.say("%d tasks done, %d dead letter; %s ran steps %s: no step lost, none done twice",
 		finished, dead, longTask, strings.Join(runs, ", "))
-	return e.Retry(ctx, admin.Destroy)
+	return e.Retry(ctx, admin.Delete)
 }
 
 // loop takes tasks until ctx ends. It reports each finished task, and asks
