@@ -2,8 +2,6 @@ package queue
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -179,9 +177,7 @@ func New(cli *clientv3.Client, name string, opts ...Option) (*Queue, error) {
 		return nil, fmt.Errorf("queue: invalid option: %w", errors.Join(o.errs...))
 	}
 	if o.worker == "" {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		o.worker = "w-" + hex.EncodeToString(b[:])
+		o.worker = "w-" + names.NewID()
 	}
 	if o.tp == nil {
 		o.tp = otel.GetTracerProvider()
