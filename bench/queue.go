@@ -176,10 +176,7 @@ func (f *firstErr) set(err error) {
 func concordThroughput(ctx context.Context, name string, producers []*clientv3.Client, cons []qConsumer, n int) (float64, float64, error) {
 	qs := make([]*queue.Queue, len(cons))
 	for i, c := range cons {
-		q, err := queue.New(c.cli, name, queue.WithRetention(0))
-		if err != nil {
-			return 0, 0, err
-		}
+		q := queue.New(c.cli, name, queue.WithRetention(0))
 		defer q.Close()
 		qs[i] = q
 	}
@@ -222,12 +219,7 @@ func concordThroughput(ctx context.Context, name string, producers []*clientv3.C
 	}
 	enqueue := make([]func(context.Context) error, len(producers))
 	for i, p := range producers {
-		q, err := queue.New(p, name, queue.WithRetention(0))
-		if err != nil {
-			cancel()
-			wg.Wait()
-			return 0, 0, err
-		}
+		q := queue.New(p, name, queue.WithRetention(0))
 		enqueue[i] = func(ctx context.Context) error {
 			_, err := q.Enqueue(ctx, []byte("payload"))
 			return err
@@ -253,15 +245,9 @@ func concordThroughput(ctx context.Context, name string, producers []*clientv3.C
 // concordIdle measures enqueue → Dequeue returning on a worker already
 // waiting, samples times, and returns the p99 in ms.
 func concordIdle(ctx context.Context, name string, producer *clientv3.Client, c qConsumer, samples int) (float64, error) {
-	q, err := queue.New(c.cli, name, queue.WithRetention(0))
-	if err != nil {
-		return 0, err
-	}
+	q := queue.New(c.cli, name, queue.WithRetention(0))
 	defer q.Close()
-	p, err := queue.New(producer, name, queue.WithRetention(0))
-	if err != nil {
-		return 0, err
-	}
+	p := queue.New(producer, name, queue.WithRetention(0))
 	if _, err := q.TryDequeue(ctx, c.k); !errors.Is(err, queue.ErrEmpty) {
 		return 0, warmUpErr(err)
 	}

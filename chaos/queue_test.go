@@ -187,9 +187,8 @@ func runQueue(t *testing.T, c *testcluster.Cluster, seed int64, cfg queueRun) (*
 	defer closeKeepers()
 	var queues []*queue.Queue
 	for i, k := range keepers {
-		q, err := queue.New(k.Client(), name, queue.WithMaxAttempts(1000), queue.WithWorkerName(fmt.Sprint("w", i)),
+		q := queue.New(k.Client(), name, queue.WithMaxAttempts(1000), queue.WithWorkerName(fmt.Sprint("w", i)),
 			queue.WithRetryBackoff(10*time.Millisecond, 100*time.Millisecond))
-		require.NoError(t, err)
 		queues = append(queues, q)
 	}
 	defer func() {
@@ -199,8 +198,7 @@ func runQueue(t *testing.T, c *testcluster.Cluster, seed int64, cfg queueRun) (*
 	}()
 	pcli, err := c.NewClient()
 	require.NoError(t, err)
-	producer, err := queue.New(pcli, name)
-	require.NoError(t, err)
+	producer := queue.New(pcli, name)
 	defer producer.Close()
 
 	// holding[i] counts the tasks worker i holds, for aiming client cuts.

@@ -23,6 +23,9 @@ type Stats struct {
 // keys not yet compacted, under the queue: it is for inspection, not for
 // the hot path (the depth metric comes from each consumer's watched view).
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
+	if q.err != nil {
+		return Stats{}, q.err
+	}
 	now := time.Now().UnixNano()
 	dp := q.keys.delayedPrefix()
 	dueEnd := dp + encTime(now+1)
@@ -60,6 +63,9 @@ type Entry struct {
 // running tasks marked. limit ≤ 0 means 1000. Keys under the queue that this
 // package did not write are reported as an error wrapping ErrCorrupt.
 func (q *Queue) List(ctx context.Context, limit int) ([]Entry, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -114,6 +120,9 @@ type DeadLetter struct {
 // DeadLetters returns up to limit dead letters (limit ≤ 0: 1000), oldest
 // task first.
 func (q *Queue) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -141,6 +150,9 @@ func (q *Queue) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error
 // It returns ErrNotDead if the task is not a dead letter. Two etcd requests
 // (a read, a guarded write).
 func (q *Queue) Requeue(ctx context.Context, id string) error {
+	if q.err != nil {
+		return q.err
+	}
 	if !validID(id) {
 		return fmt.Errorf("queue: requeue: invalid task ID %q", id)
 	}
@@ -191,6 +203,9 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 // Purge deletes a dead letter for good. It returns ErrNotDead if the task is
 // not a dead letter. One etcd transaction.
 func (q *Queue) Purge(ctx context.Context, id string) error {
+	if q.err != nil {
+		return q.err
+	}
 	if !validID(id) {
 		return fmt.Errorf("queue: purge: invalid task ID %q", id)
 	}
@@ -213,6 +228,9 @@ func (q *Queue) Purge(ctx context.Context, id string) error {
 
 // PurgeDead deletes every dead letter and returns how many.
 func (q *Queue) PurgeDead(ctx context.Context) (int, error) {
+	if q.err != nil {
+		return 0, q.err
+	}
 	n := 0
 	for {
 		ds, err := q.DeadLetters(ctx, 100)
@@ -235,6 +253,9 @@ func (q *Queue) PurgeDead(ctx context.Context) (int, error) {
 // records — in one request. Workers holding claims lose them (their Ack
 // fails with ErrLost).
 func (q *Queue) Delete(ctx context.Context) error {
+	if q.err != nil {
+		return q.err
+	}
 	if _, err := q.cli.Delete(ctx, q.keys.prefix, clientv3.WithPrefix()); err != nil {
 		return fmt.Errorf("queue: delete: %w", err)
 	}

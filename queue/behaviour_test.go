@@ -99,10 +99,8 @@ func TestDedupConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			other, err := queue.New(cluster.Client(), name)
-			if !assert.NoError(t, err) {
-				return
-			}
+			other := queue.New(cluster.Client(), name)
+			var err error
 			ids[i], err = other.Enqueue(ctx, []byte(fmt.Sprint(i)), queue.WithDedupID("job-1"))
 			assert.NoError(t, err)
 		}()
@@ -380,16 +378,37 @@ func TestWatchStatus(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	cli := cluster.Client()
+	// A bad construction is reported by every call, before anything is
+	// written.
+	refused := func(q *queue.Queue, want string) {
+		t.Helper()
+		_, err := q.Enqueue(ctx, []byte("x"))
+		assert.ErrorContains(t, err, want)
+		_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("x")}})
+		assert.ErrorContains(t, err, want)
+		_, err = q.TryDequeue(ctx, nil)
+		assert.ErrorContains(t, err, want)
+		_, err = q.Stats(ctx)
+		assert.ErrorContains(t, err, want)
+		_, err = q.Status(ctx, "x")
+		assert.ErrorContains(t, err, want)
+		_, err = q.WatchStatus(ctx, "x")
+		assert.ErrorContains(t, err, want)
+		_, err = q.List(ctx, 1)
+		assert.ErrorContains(t, err, want)
+		assert.ErrorContains(t, q.Delete(ctx), want)
+		assert.NoError(t, q.Close())
+	}
 	for _, name := range []string{"", "a/", "a//b", "a/.x", "bad\x00"} {
-		_, err := queue.New(cli, name)
-		assert.ErrorContains(t, err, "queue:", "%q", name)
+		refused(queue.New(cli, name), "queue: invalid name")
 	}
-	_, err := queue.New(nil, "a")
-	assert.ErrorContains(t, err, "queue:")
+	refused(queue.New(nil, "a"), "queue: nil client")
 	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName(""), queue.WithWorkerName("\xff")} {
-		_, err := queue.New(cli, "a", opt)
-		assert.ErrorContains(t, err, "queue: invalid option")
+		refused(queue.New(cli, "a", opt), "queue: invalid option")
 	}
+	resp, err := cluster.Admin().Get(ctx, "a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count, "a refused queue wrote nothing")
 
 	name := qname(t)
 	q := newQueue(t, cli, name)
@@ -413,7 +432,7 @@ func TestBadInput(t *testing.T) {
 	_, err = q.Dequeue(ctx, nil)
 	assert.ErrorContains(t, err, "queue:")
 
-	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err = cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	assert.Zero(t, resp.Count, "nothing written for bad input")
 
@@ -535,8 +554,7 @@ func TestBatchedClaimsReleasedOnClose(t *testing.T) {
 	_, err := producer.EnqueueBatch(ctx, []queue.Item{{}, {}, {}})
 	require.NoError(t, err)
 
-	q1, err := queue.New(cli, name, queue.WithRetention(0))
-	require.NoError(t, err)
+	q1 := queue.New(cli, name, queue.WithRetention(0))
 	k1 := newKeeper(t, cli, 5*time.Second)
 	first, err := q1.Dequeue(ctx, k1)
 	require.NoError(t, err)
@@ -590,8 +608,7 @@ func TestEnqueueBatchSplits(t *testing.T) {
 	name := qname(t)
 	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithMaxTxnOps(8))
 	cli := c.Client()
-	q, err := queue.New(cli, name, queue.WithMaxTxnOps(8), queue.WithRetention(0))
-	require.NoError(t, err)
+	q := queue.New(cli, name, queue.WithMaxTxnOps(8), queue.WithRetention(0))
 	defer q.Close()
 	items := make([]queue.Item, 30)
 	for i := range items {
@@ -608,8 +625,7 @@ func TestEnqueueBatchSplits(t *testing.T) {
 	}
 
 	// A queue not told of the lower limit gets etcd's refusal, not a panic.
-	big, err := queue.New(cli, name)
-	require.NoError(t, err)
+	big := queue.New(cli, name)
 	_, err = big.EnqueueBatch(ctx, items)
 	assert.ErrorContains(t, err, "queue: enqueue batch")
 }

@@ -107,11 +107,7 @@ func (w *chaosWorker) generation(ctx context.Context, t *testing.T) {
 	if err != nil {
 		return
 	}
-	q, err := queue.New(cli, w.name, queue.WithRetention(0), queue.WithMaxAttempts(1000))
-	if err != nil {
-		t.Error(err)
-		return
-	}
+	q := queue.New(cli, w.name, queue.WithRetention(0), queue.WithMaxAttempts(1000))
 	gctx, cancel := context.WithCancel(ctx)
 	g := &chaosGen{cli: cli, k: k, cancel: cancel}
 	w.mu.Lock()
@@ -203,8 +199,7 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	name := "/qt/chaos"
 	admin := c.Admin()
 
-	producer, err := queue.New(c.Client(), name, queue.WithMaxAttempts(1000))
-	require.NoError(t, err)
+	producer := queue.New(c.Client(), name, queue.WithMaxAttempts(1000))
 	items := make([]queue.Item, n)
 	for i := range items {
 		items[i] = queue.Item{Payload: []byte(strconv.Itoa(i))}
@@ -518,8 +513,7 @@ func TestTaskOpsGoOnWhileLeaderHangs(t *testing.T) {
 	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(ttl))
 	require.NoError(t, err)
 	defer k.Close(context.Background())
-	q, err := queue.New(cli, "/qt/"+t.Name(), queue.WithRetention(0))
-	require.NoError(t, err)
+	q := queue.New(cli, "/qt/"+t.Name(), queue.WithRetention(0))
 	defer q.Close()
 	_, err = q.Enqueue(ctx, []byte("x"))
 	require.NoError(t, err)

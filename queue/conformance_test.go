@@ -17,10 +17,7 @@ func TestConformanceTask(t *testing.T) {
 	holdingtest.Run(t, cluster, "/conformance/task", holdingtest.Kind{
 		ErrLost: queue.ErrLost, Exclusive: true,
 		Acquire: func(ctx context.Context, k *leasekeeper.Keeper, name string) (holdingtest.Holding, error) {
-			q, err := queue.New(k.Client(), name, queue.WithRetention(0), queue.WithMaxAttempts(100))
-			if err != nil {
-				return nil, err
-			}
+			q := queue.New(k.Client(), name, queue.WithRetention(0), queue.WithMaxAttempts(100))
 			// The first caller enqueues the task; later ones find it.
 			if _, err := q.Enqueue(ctx, nil, queue.WithDedupID("the-task")); err != nil {
 				return nil, err

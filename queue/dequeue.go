@@ -48,6 +48,9 @@ func (q *Queue) TryDequeue(ctx context.Context, k *leasekeeper.Keeper) (*Task, e
 }
 
 func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (t *Task, err error) {
+	if q.err != nil {
+		return nil, q.err
+	}
 	if k == nil {
 		return nil, errors.New("queue: dequeue: nil lease keeper")
 	}

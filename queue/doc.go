@@ -3,7 +3,7 @@
 // progress, and acknowledge, retry or fail them; tasks that keep failing end
 // in dead letters that can be listed, requeued and purged.
 //
-//	q, err := queue.New(cli, "/jobs/thumbnails")
+//	q := queue.New(cli, "/jobs/thumbnails")     // no I/O; bad input is reported by each call
 //	id, err := q.Enqueue(ctx, payload, queue.WithPriority(5), queue.WithDelay(time.Minute))
 //
 //	k, err := leasekeeper.New(ctx, cli)          // one per worker process

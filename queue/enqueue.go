@@ -141,6 +141,9 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 // anything is written. On a context or etcd error the task may or may not
 // have been written; use DedupID to make a retry safe.
 func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
+	if q.err != nil {
+		return "", q.err
+	}
 	p, err := q.prepare(payload, opts)
 	if err != nil {
 		return "", err
@@ -183,6 +186,9 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 // written; on an etcd error, the IDs of the transactions that committed are
 // returned with the error.
 func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
 	ps := make([]prepared, len(items))
 	for i, it := range items {
 		p, err := q.prepare(it.Payload, it.Options)

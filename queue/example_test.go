@@ -16,11 +16,7 @@ func Example() {
 	defer cancel()
 	cli := cluster.Client()
 
-	q, err := queue.New(cli, "/examples/thumbnails")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	q := queue.New(cli, "/examples/thumbnails")
 	defer q.Close()
 	defer q.Delete(context.WithoutCancel(ctx))
 

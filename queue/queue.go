@@ -35,6 +35,7 @@ const (
 type Queue struct {
 	cli  *clientv3.Client
 	name string
+	err  error // from validation; reported by every call
 	keys layout
 	o    options
 
@@ -153,9 +154,19 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return func(o *options) { o.mp = mp }
 }
 
-// New returns the queue named name. It does no I/O. It returns an error for
-// a nil client, an invalid name or invalid options.
-func New(cli *clientv3.Client, name string, opts ...Option) (*Queue, error) {
+// New returns the queue named name. It does no I/O and never fails: a nil
+// client, an invalid name or invalid options are reported by every call on
+// the Queue, before anything is written, as every recipe's constructor
+// does.
+func New(cli *clientv3.Client, name string, opts ...Option) *Queue {
+	q, err := newQueue(cli, name, opts)
+	if err != nil {
+		return &Queue{name: name, err: err}
+	}
+	return q
+}
+
+func newQueue(cli *clientv3.Client, name string, opts []Option) (*Queue, error) {
 	if cli == nil {
 		return nil, errors.New("queue: nil client")
 	}
@@ -209,6 +220,9 @@ func (q *Queue) Worker() string { return q.worker }
 // usable. Dequeue on a closed Queue returns ErrClosed; producer and
 // inspection calls keep working.
 func (q *Queue) Close() error {
+	if q.err != nil {
+		return nil // nothing was started
+	}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()

@@ -81,8 +81,7 @@ func newKeeper(t *testing.T, cli *clientv3.Client, ttl time.Duration) *leasekeep
 
 func newQueue(t *testing.T, cli *clientv3.Client, name string, opts ...queue.Option) *queue.Queue {
 	t.Helper()
-	q, err := queue.New(cli, name, opts...)
-	require.NoError(t, err)
+	q := queue.New(cli, name, opts...)
 	t.Cleanup(func() { _ = q.Close() })
 	return q
 }

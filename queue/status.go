@@ -45,6 +45,9 @@ type Status struct {
 // transaction (which reads the task record, payload included, for a task
 // that has not moved since it was enqueued).
 func (q *Queue) Status(ctx context.Context, id string) (Status, error) {
+	if q.err != nil {
+		return Status{}, q.err
+	}
 	st, _, err := q.status(ctx, id)
 	return st, err
 }
@@ -150,6 +153,9 @@ func (st *Status) fill(rec statusRecord) {
 // Broken watches resume where they stopped; after a compaction the status
 // is read again and watched from there.
 func (q *Queue) WatchStatus(ctx context.Context, id string) (<-chan Status, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
 	first, rev, err := q.status(ctx, id)
 	if err != nil {
 		return nil, err

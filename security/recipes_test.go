@@ -199,8 +199,7 @@ var recipes = []recipe{
 		kind: "queue",
 		own: func(t *testing.T, tn *tenant, name string) func() {
 			ctx := ctxT(t, 20*time.Second)
-			q, err := queue.New(tn.cli, name)
-			require.NoError(t, err)
+			q := queue.New(tn.cli, name)
 			for _, p := range []string{"one", "two"} {
 				_, err := q.Enqueue(ctx, []byte(p))
 				require.NoError(t, err)
@@ -218,10 +217,7 @@ var recipes = []recipe{
 		foreign: func(tn *tenant, name string) []op {
 			withQ := func(f func(ctx context.Context, q *queue.Queue) error) func(context.Context) error {
 				return func(ctx context.Context) error {
-					q, err := queue.New(tn.cli, name)
-					if err != nil {
-						return err
-					}
+					q := queue.New(tn.cli, name)
 					defer q.Close()
 					return f(ctx, q)
 				}

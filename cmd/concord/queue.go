@@ -16,8 +16,9 @@ func openQueue(ctx context.Context, s *session, name string) (*queue.Queue, erro
 	if err != nil {
 		return nil, err
 	}
-	// New does no I/O; inspection and admin calls start no goroutine.
-	return queue.New(cli, name)
+	// New does no I/O; inspection and admin calls start no goroutine. A bad
+	// name is reported by the first call.
+	return queue.New(cli, name), nil
 }
 
 func queueStats(ctx context.Context, s *session, args []string) error {

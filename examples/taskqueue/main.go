@@ -137,10 +137,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	leaseTTL := e.LeaseTTL()
 
 	opts := []queue.Option{queue.WithMaxAttempts(maxAttempts), queue.WithRetryBackoff(50*time.Millisecond, 200*time.Millisecond), queue.WithRetention(0)}
-	admin, err := queue.New(e.Admin, queueName, opts...)
-	if err != nil {
-		return err
-	}
+	admin := queue.New(e.Admin, queueName, opts...)
 	defer admin.Close()
 	if err := e.Retry(ctx, admin.Delete); err != nil { // start from an empty queue
 		return err
@@ -207,9 +204,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		if w.k, err = leasekeeper.New(ctx, w.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
 			return err
 		}
-		if w.q, err = queue.New(w.cli, queueName, append(opts, queue.WithWorkerName(w.name))...); err != nil {
-			return err
-		}
+		w.q = queue.New(w.cli, queueName, append(opts, queue.WithWorkerName(w.name))...)
 		var wctx context.Context
 		wctx, w.cancel = context.WithCancel(ctx)
 		ws[i] = w
@@ -233,11 +228,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 				perr <- err
 				return
 			}
-			q, err := queue.New(cli, queueName, opts...)
-			if err != nil {
-				perr <- err
-				return
-			}
+			q := queue.New(cli, queueName, opts...)
 			defer q.Close()
 			for _, n := range names {
 				if _, err := enqueue(ctx, q, n, 6); err != nil {
