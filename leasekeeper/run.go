@@ -8,6 +8,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/retry"
 )
 
 type rpcKind int
@@ -49,143 +51,173 @@ func (k *Keeper) grantTimeout() time.Duration {
 // each RPC runs in its own goroutine and reports on results.
 func (k *Keeper) run(ctx context.Context) {
 	defer k.wg.Done()
-	results := make(chan rpcResult, 4)
-	inFlight := false
-	backoff := 100 * time.Millisecond
-
 	k.mu.Lock()
-	deadline := time.NewTimer(time.Until(k.safeUntil.Add(-k.margin)))
-	k.mu.Unlock()
-	defer deadline.Stop()
-	next := time.NewTimer(k.ttl / 3)
-	defer next.Stop()
-
-	launch := func(kind rpcKind, l *Lease) {
-		inFlight = true
-		k.wg.Add(1)
-		go func() {
-			defer k.wg.Done()
-			r := rpcResult{kind: kind, sent: time.Now()}
-			switch kind {
-			case renewRPC:
-				r.gen, r.id = l.gen, l.id
-				actx, cancel := context.WithTimeout(ctx, k.attemptTimeout())
-				r.ttl, r.err = k.renew(ctx, actx, l.id)
-				cancel()
-			case grantRPC:
-				actx, cancel := context.WithTimeout(ctx, k.grantTimeout())
-				resp, err := k.cli.Grant(actx, int64(k.ttl/time.Second))
-				cancel()
-				if err == nil {
-					r.id, r.ttl = resp.ID, resp.TTL
-				}
-				r.err = err
-			}
-			results <- r // buffered: run may have returned already
-		}()
+	r := &runner{
+		k:       k,
+		results: make(chan rpcResult, 4),
+		// Grants after a failed one are paced with jitter, so that the
+		// keepers of many processes that lost etcd together do not grant
+		// together when it comes back.
+		grants:   retry.Policy{Min: 100 * time.Millisecond, Max: max(k.ttl, time.Second)}.New(),
+		deadline: time.NewTimer(time.Until(k.safeUntil.Add(-k.margin))),
+		next:     time.NewTimer(k.ttl / 3),
 	}
-
+	k.mu.Unlock()
+	defer r.deadline.Stop()
+	defer r.next.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			// Wait for the RPC in flight: a lease granted just now must be
 			// installed so that Close revokes it instead of leaving it to
 			// expire.
-			if inFlight {
-				if r := <-results; r.kind == grantRPC && r.err == nil {
-					k.install(r.id, r.sent, Reconnected)
+			if r.inFlight {
+				if res := <-r.results; res.kind == grantRPC && res.err == nil {
+					k.install(res.id, res.sent, Reconnected)
 				}
 			}
 			return
-
 		case <-k.kick:
 			// Invalidate declared the lease lost; start granting now.
-			backoff = 100 * time.Millisecond
-			if !inFlight {
-				next.Reset(0)
-			}
-
-		case <-next.C:
-			if inFlight {
+			r.grantNow()
+		case <-r.next.C:
+			if r.inFlight {
 				continue // the result will reschedule
 			}
-			l := k.Current()
-			if l.ctx.Err() != nil {
-				launch(grantRPC, nil)
+			if l := k.Current(); l.ctx.Err() != nil {
+				r.launch(ctx, grantRPC, nil)
 			} else {
-				launch(renewRPC, l)
+				r.launch(ctx, renewRPC, l)
 			}
-
-		case <-deadline.C:
-			k.mu.Lock()
-			l, until := k.cur, k.safeUntil
-			k.mu.Unlock()
-			if time.Now().Before(until.Add(-k.margin)) {
-				// A renewal extended the deadline as the timer fired.
-				deadline.Reset(time.Until(until.Add(-k.margin)))
-				continue
-			}
-			if k.lose(l, fmt.Errorf("%w: no renewal confirmed; safe deadline %s passed", ErrLeaseLost, until.Format(time.RFC3339Nano))) {
-				k.revokeLost(ctx, l)
-				backoff = 100 * time.Millisecond
-				if !inFlight {
-					next.Reset(0)
-				}
-			}
-
-		case r := <-results:
-			inFlight = false
-			switch r.kind {
-			case renewRPC:
-				l := k.Current()
-				if l.gen != r.gen || l.ctx.Err() != nil {
-					// A late answer for a lease already given up.
-					next.Reset(0)
-					continue
-				}
-				switch {
-				case r.err == nil:
-					until := r.sent.Add(time.Duration(r.ttl) * time.Second)
-					k.mu.Lock()
-					if until.After(k.safeUntil) {
-						k.safeUntil = until
-					}
-					if k.state == Suspended {
-						k.setStateLocked(Connected, nil)
-					}
-					k.mu.Unlock()
-					deadline.Reset(time.Until(until.Add(-k.margin)))
-					next.Reset(time.Until(r.sent.Add(k.ttl / 3)))
-				case errors.Is(r.err, rpctypes.ErrLeaseNotFound):
-					if k.lose(l, fmt.Errorf("%w: etcd reports lease %x gone (revoked or expired)", ErrLeaseLost, int64(l.id))) {
-						backoff = 100 * time.Millisecond
-					}
-					next.Reset(0)
-				default:
-					k.mu.Lock()
-					if k.state != Suspended {
-						k.setStateLocked(Suspended, fmt.Errorf("leasekeeper: renewal failed: %w", r.err))
-					}
-					k.mu.Unlock()
-					next.Reset(k.retryEvery())
-				}
-
-			case grantRPC:
-				if r.err != nil {
-					k.log.Debug("leasekeeper: grant failed", "err", r.err, "retry_in", backoff)
-					next.Reset(backoff)
-					backoff = min(backoff*2, max(k.ttl, time.Second))
-					continue
-				}
-				k.install(r.id, r.sent, Reconnected)
-				k.mu.Lock()
-				until := k.safeUntil
-				k.mu.Unlock()
-				deadline.Reset(time.Until(until.Add(-k.margin)))
-				next.Reset(k.ttl / 3)
+		case <-r.deadline.C:
+			r.onDeadline(ctx)
+		case res := <-r.results:
+			r.inFlight = false
+			if res.kind == renewRPC {
+				r.onRenewed(res)
+			} else {
+				r.onGranted(res)
 			}
 		}
 	}
+}
+
+// runner is run's state.
+type runner struct {
+	k        *Keeper
+	results  chan rpcResult
+	inFlight bool           // one RPC at a time
+	grants   *retry.Backoff // delays between failed grants
+	deadline *time.Timer    // fires at the safe deadline less the margin
+	next     *time.Timer    // the next RPC
+}
+
+// launch starts one RPC in its own goroutine.
+func (r *runner) launch(ctx context.Context, kind rpcKind, l *Lease) {
+	k := r.k
+	r.inFlight = true
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		res := rpcResult{kind: kind, sent: time.Now()}
+		switch kind {
+		case renewRPC:
+			res.gen, res.id = l.gen, l.id
+			actx, cancel := context.WithTimeout(ctx, k.attemptTimeout())
+			res.ttl, res.err = k.renew(ctx, actx, l.id)
+			cancel()
+		case grantRPC:
+			actx, cancel := context.WithTimeout(ctx, k.grantTimeout())
+			resp, err := k.cli.Grant(actx, int64(k.ttl/time.Second))
+			cancel()
+			if err == nil {
+				res.id, res.ttl = resp.ID, resp.TTL
+			}
+			res.err = err
+		}
+		r.results <- res // buffered: run may have returned already
+	}()
+}
+
+// grantNow starts granting a new lease at once, its delays from the
+// shortest.
+func (r *runner) grantNow() {
+	r.grants.Reset()
+	if !r.inFlight {
+		r.next.Reset(0)
+	}
+}
+
+// onDeadline declares the lease lost at its safe deadline, whatever RPCs
+// are still in flight, unless a renewal extended it as the timer fired.
+func (r *runner) onDeadline(ctx context.Context) {
+	k := r.k
+	k.mu.Lock()
+	l, until := k.cur, k.safeUntil
+	k.mu.Unlock()
+	if time.Now().Before(until.Add(-k.margin)) {
+		r.deadline.Reset(time.Until(until.Add(-k.margin)))
+		return
+	}
+	if k.lose(l, fmt.Errorf("%w: no renewal confirmed; safe deadline %s passed", ErrLeaseLost, until.Format(time.RFC3339Nano))) {
+		k.revokeLost(ctx, l)
+		r.grantNow()
+	}
+}
+
+// onRenewed takes a renewal's answer: a later deadline, a lease etcd no
+// longer knows, or a failure that suspends the keeper until a retry works.
+func (r *runner) onRenewed(res rpcResult) {
+	k := r.k
+	l := k.Current()
+	if l.gen != res.gen || l.ctx.Err() != nil {
+		// A late answer for a lease already given up.
+		r.next.Reset(0)
+		return
+	}
+	switch {
+	case res.err == nil:
+		until := res.sent.Add(time.Duration(res.ttl) * time.Second)
+		k.mu.Lock()
+		if until.After(k.safeUntil) {
+			k.safeUntil = until
+		}
+		if k.state == Suspended {
+			k.setStateLocked(Connected, nil)
+		}
+		k.mu.Unlock()
+		r.deadline.Reset(time.Until(until.Add(-k.margin)))
+		r.next.Reset(time.Until(res.sent.Add(k.ttl / 3)))
+	case errors.Is(res.err, rpctypes.ErrLeaseNotFound):
+		if k.lose(l, fmt.Errorf("%w: etcd reports lease %x gone (revoked or expired)", ErrLeaseLost, int64(l.id))) {
+			r.grants.Reset()
+		}
+		r.next.Reset(0)
+	default:
+		k.mu.Lock()
+		if k.state != Suspended {
+			k.setStateLocked(Suspended, fmt.Errorf("leasekeeper: renewal failed: %w", res.err))
+		}
+		k.mu.Unlock()
+		r.next.Reset(k.retryEvery())
+	}
+}
+
+// onGranted installs a granted lease, or schedules the next grant.
+func (r *runner) onGranted(res rpcResult) {
+	k := r.k
+	if res.err != nil {
+		delay := r.grants.Next()
+		k.log.Debug("leasekeeper: grant failed", "err", res.err, "retry_in", delay)
+		r.next.Reset(delay)
+		return
+	}
+	k.install(res.id, res.sent, Reconnected)
+	k.mu.Lock()
+	until := k.safeUntil
+	k.mu.Unlock()
+	r.deadline.Reset(time.Until(until.Add(-k.margin)))
+	r.next.Reset(k.ttl / 3)
 }
 
 // lose cancels lease l's context with cause and moves to Lost, unless l is no
