@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/election"
@@ -82,23 +83,6 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 	at := time.Now().UnixNano()
 	bo := retry.RequestPolicy.New()
 	tr := newTries(l.try())
-	// adopted takes a claim record read back, reporting whether it is one
-	// of this call's own writes whose reply was lost: only this term writes
-	// its token, and it claims (r.Time, r.Attempt) once.
-	adopted := func(c claim, rev int64, deleted []staleRecord) bool {
-		j.adopt(c, rev)
-		ours := c.Token == r.Token
-		if skip {
-			ours = ours && c.Time == r.Time.UnixNano() && c.Attempt == r.Attempt
-		} else {
-			ours = ours && j.open[r.Time.UnixNano()] == r.Attempt
-		}
-		if ours {
-			j.dropStale(deleted)
-			j.closed = nil
-		}
-		return ours
-	}
 	for {
 		if !j.claimable(r.Time, r.Attempt, kind) {
 			return false, nil
@@ -108,23 +92,10 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if err != nil {
 			return false, err
 		}
+		deleted := j.staleDeletes(c)
 		ops := []clientv3.Op{clientv3.OpPut(key, rec), clientv3.OpPut(l.s.keys.status(j.name), st)}
-		// Stale commit records go a batch at a time, well within etcd's
-		// limit on operations per transaction, and only those whose time
-		// this write leaves out of the open runs.
-		open := make(map[int64]bool, len(c.Open))
-		for _, o := range c.Open {
-			open[o.Time] = true
-		}
-		var deleted []staleRecord
-		for _, sr := range j.stale {
-			if len(deleted) == maxStaleDeletes {
-				break
-			}
-			if (sr.trigger || !open[sr.t]) && (sr.since.IsZero() || time.Since(sr.since) >= commitHold) {
-				deleted = append(deleted, sr)
-				ops = append(ops, clientv3.OpDelete(sr.key))
-			}
+		for _, sr := range deleted {
+			ops = append(ops, clientv3.OpDelete(sr.key))
 		}
 		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
 		// Each try is bounded, as in Commit: the fence on the claim's mod
@@ -133,13 +104,14 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		tr.ended(err)
 		cancel()
-		if err == nil && resp.Succeeded {
+		var read *mvccpb.KeyValue // the claim record as it stands
+		switch {
+		case err == nil && resp.Succeeded:
 			j.adopt(c, resp.Header.Revision)
 			j.dropStale(deleted)
 			j.closed = nil // the record just written was built without them
 			return true, nil
-		}
-		if err == nil {
+		case err == nil:
 			if errors.Is(l.t.Err(), election.ErrLost) || !l.termHeld(ctx) {
 				return false, errTermGone
 			}
@@ -147,49 +119,81 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			// whether r may still be claimed). Only a leader writes claims,
 			// so this is a foreign writer or our own write whose reply was
 			// lost.
-			kvs := resp.Responses[0].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				j.claimRev = 0
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				read = kvs[0]
+			}
+		case ctx.Err() != nil:
+			return false, context.Cause(ctx)
+		case !retry.Unknown(err):
+			return false, fmt.Errorf("cron: claim %s: %w", key, err)
+		default:
+			// Unknown outcome: read the claim back.
+			if werr := bo.Wait(ctx); werr != nil {
+				return false, werr
+			}
+			tctx, cancel = tr.next(ctx)
+			g, gerr := l.cli().Get(tctx, key)
+			tr.ended(gerr)
+			cancel()
+			if gerr != nil {
 				continue
 			}
-			c, derr := decodeClaim(kvs[0].Value)
-			if derr != nil {
-				return false, fmt.Errorf("%w (key %s)", derr, key)
+			if len(g.Kvs) > 0 {
+				read = g.Kvs[0]
 			}
-			if adopted(c, kvs[0].ModRevision, deleted) {
-				return true, nil
-			}
-			continue
 		}
-		if ctx.Err() != nil {
-			return false, context.Cause(ctx)
-		}
-		if !retry.Unknown(err) {
-			return false, fmt.Errorf("cron: claim %s: %w", key, err)
-		}
-		// Unknown outcome: read the claim back.
-		if werr := bo.Wait(ctx); werr != nil {
-			return false, werr
-		}
-		tctx, cancel = tr.next(ctx)
-		g, gerr := l.cli().Get(tctx, key)
-		tr.ended(gerr)
-		cancel()
-		if gerr != nil {
-			continue
-		}
-		if len(g.Kvs) == 0 {
-			j.claimRev = 0
-			continue
-		}
-		c, derr := decodeClaim(g.Kvs[0].Value)
-		if derr != nil {
-			return false, fmt.Errorf("%w (key %s)", derr, key)
-		}
-		if adopted(c, g.Kvs[0].ModRevision, deleted) {
-			return true, nil
+		if ours, err := j.adoptRead(key, read, r, skip, deleted); err != nil || ours {
+			return ours, err
 		}
 	}
+}
+
+// staleDeletes picks the stale commit records a write of claim c deletes:
+// a batch at a time, well within etcd's limit on operations per
+// transaction, and only those whose time c leaves out of the open runs.
+// Called with wmu held.
+func (j *jobRun) staleDeletes(c claim) []staleRecord {
+	open := make(map[int64]bool, len(c.Open))
+	for _, o := range c.Open {
+		open[o.Time] = true
+	}
+	var deleted []staleRecord
+	for _, sr := range j.stale {
+		if len(deleted) == maxStaleDeletes {
+			break
+		}
+		if (sr.trigger || !open[sr.t]) && (sr.since.IsZero() || time.Since(sr.since) >= commitHold) {
+			deleted = append(deleted, sr)
+		}
+	}
+	return deleted
+}
+
+// adoptRead adopts the claim record read back at key (nil: there is none)
+// and reports whether it is this claim's own write whose reply was lost:
+// only this term writes its token, and it claims (r.Time, r.Attempt) once.
+// deleted are the stale records that write deleted. Called with wmu held.
+func (j *jobRun) adoptRead(key string, kv *mvccpb.KeyValue, r Run, skip bool, deleted []staleRecord) (bool, error) {
+	if kv == nil {
+		j.claimRev = 0
+		return false, nil
+	}
+	c, err := decodeClaim(kv.Value)
+	if err != nil {
+		return false, fmt.Errorf("%w (key %s)", err, key)
+	}
+	j.adopt(c, kv.ModRevision)
+	ours := c.Token == r.Token
+	if skip {
+		ours = ours && c.Time == r.Time.UnixNano() && c.Attempt == r.Attempt
+	} else {
+		ours = ours && j.open[r.Time.UnixNano()] == r.Attempt
+	}
+	if ours {
+		j.dropStale(deleted)
+		j.closed = nil
+	}
+	return ours, nil
 }
 
 // dropStale forgets the stale records a claim deleted. Called with wmu held.

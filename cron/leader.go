@@ -124,6 +124,70 @@ func (l *leader) run(ctx context.Context) error {
 }
 
 func (l *leader) loop(ctx context.Context) error {
+	rev, err := l.begin(ctx)
+	if err != nil {
+		return err
+	}
+	w := l.watchCtl(ctx, rev)
+	defer func() { w.Stop() }()
+	wch := w.C
+	var rewatch <-chan time.Time
+	bo := retry.WatchPolicy.New() // before reading the controls again after a lost watch
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		if err := l.fireAll(ctx, now); err != nil {
+			return err
+		}
+		timer.Reset(time.Until(l.nextFire(now)))
+
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-timer.C:
+		case r := <-l.retries:
+			if err := l.dispatch(ctx, r.job, r.t, r.attempt, retryRun); err != nil {
+				return err
+			}
+		case <-rewatch:
+			rewatch = nil
+			nw, err := l.reloadCtl(ctx)
+			switch {
+			case err != nil:
+				return err
+			case nw == nil:
+				rewatch = time.After(bo.Next())
+				continue
+			}
+			bo.Reset()
+			w.Stop()
+			w, wch = nw, nw.C
+		case wr, ok := <-wch:
+			if !ok {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				// internal/watch resumes a broken watch by itself; it ends
+				// when its history was compacted (or etcd refuses it).
+				// Read the controls afresh, then watch from there.
+				wch = nil
+				rewatch = time.After(bo.Next())
+				continue
+			}
+			for _, ev := range wr.Events {
+				if err := l.onCtl(ctx, ev); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// begin starts a term: it loads the jobs' records, reruns the runs the last
+// leader left open, runs the pending triggers and publishes every job's
+// next time. It returns the revision the loaded records were read at.
+func (l *leader) begin(ctx context.Context) (int64, error) {
 	var triggers []trigger
 	rev, err := retryRead(ctx, l.try(), func(tctx context.Context) (int64, error) {
 		var err error
@@ -132,7 +196,7 @@ func (l *leader) loop(ctx context.Context) error {
 		return rev, err
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	now := time.Now()
 	for _, j := range l.order {
@@ -145,96 +209,58 @@ func (l *leader) loop(ctx context.Context) error {
 	for _, j := range l.order {
 		for _, o := range j.takeOver(now) {
 			if err := l.dispatch(ctx, j, time.Unix(0, o.Time), o.Attempt+1, rerunRun); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
 	for _, tr := range triggers {
 		if err := l.dispatchTrigger(ctx, tr); err != nil {
-			return err
+			return 0, err
 		}
 	}
-
 	// Publish every job's next time now, so Status shows it before the
 	// job's first run (a daily job would otherwise show nothing all day).
 	if err := l.fireAll(ctx, time.Now()); err != nil {
-		return err
+		return 0, err
 	}
 	l.publishNext(ctx)
+	return rev, nil
+}
 
-	w := l.watchCtl(ctx, rev)
-	defer func() { w.Stop() }()
-	wch := w.C
-	var rewatch <-chan time.Time
-	delay := 20 * time.Millisecond // before reading the controls again after a lost watch
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		now := time.Now()
-		if err := l.fireAll(ctx, now); err != nil {
-			return err
-		}
-		var next time.Time
-		for _, j := range l.order {
-			if !j.paused && !j.next.IsZero() && (next.IsZero() || j.next.Before(next)) {
-				next = j.next
-			}
-		}
-		if next.IsZero() {
-			next = now.Add(time.Hour)
-		}
-		timer.Reset(time.Until(next))
-
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-timer.C:
-		case r := <-l.retries:
-			if err := l.dispatch(ctx, r.job, r.t, r.attempt, retryRun); err != nil {
-				return err
-			}
-		case <-rewatch:
-			rewatch = nil
-			tctx, cancel := context.WithTimeout(ctx, l.try())
-			r, trs, err := l.loadCtl(tctx)
-			cancel()
-			if err != nil {
-				if errors.Is(err, ErrCorrupt) {
-					return err
-				}
-				rewatch = time.After(delay)
-				delay = min(delay*2, time.Second)
-				continue
-			}
-			delay = 20 * time.Millisecond
-			for _, tr := range trs {
-				if err := l.dispatchTrigger(ctx, tr); err != nil {
-					return err
-				}
-			}
-			w.Stop()
-			w = l.watchCtl(ctx, r)
-			wch = w.C
-		case wr, ok := <-wch:
-			if !ok {
-				if ctx.Err() != nil {
-					return context.Cause(ctx)
-				}
-				// internal/watch resumes a broken watch by itself; it ends
-				// when its history was compacted (or etcd refuses it).
-				// Read the controls afresh, then watch from there.
-				wch = nil
-				rewatch = time.After(delay)
-				delay = min(delay*2, time.Second)
-				continue
-			}
-			for _, ev := range wr.Events {
-				if err := l.onCtl(ctx, ev); err != nil {
-					return err
-				}
-			}
+// nextFire is when the next unpaused job is due, or an hour from now if
+// none is.
+func (l *leader) nextFire(now time.Time) time.Time {
+	var next time.Time
+	for _, j := range l.order {
+		if !j.paused && !j.next.IsZero() && (next.IsZero() || j.next.Before(next)) {
+			next = j.next
 		}
 	}
+	if next.IsZero() {
+		next = now.Add(time.Hour)
+	}
+	return next
+}
+
+// reloadCtl reads the control records afresh after the control watch
+// ended, runs the triggers it finds, and returns a watch from there. After
+// a transient failure it returns no watch and no error: try again later.
+func (l *leader) reloadCtl(ctx context.Context) (*watch.Watch, error) {
+	tctx, cancel := context.WithTimeout(ctx, l.try())
+	r, trs, err := l.loadCtl(tctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
+		return nil, nil
+	}
+	for _, tr := range trs {
+		if err := l.dispatchTrigger(ctx, tr); err != nil {
+			return nil, err
+		}
+	}
+	return l.watchCtl(ctx, r), nil
 }
 
 // try bounds one try of a request that is retried on an unknown outcome:
