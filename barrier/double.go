@@ -122,33 +122,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
 	}
 	rev := resp.Header.Revision
-	// check reports whether the barrier is open, opening it when n seats are
-	// taken. The ready key is bound to the opener's lease, so it cannot
-	// outlive every participant.
-	check := func(ctx context.Context) (bool, int64, error) {
-		r, err := d.cli.Txn(ctx).If(guard.Held(key, rev)...).
-			Then(clientv3.OpGet(d.ready),
-				clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
-		if err != nil {
-			return false, 0, err
-		}
-		if !r.Succeeded {
-			return false, 0, fmt.Errorf("%w: seat %s deleted while entering (lease expired or revoked)", ErrLost, key)
-		}
-		open, err := d.isReady(r.Responses[0].GetResponseRange().Kvs)
-		if err != nil || open {
-			return open, r.Header.Revision, err
-		}
-		seats, err := d.countSeats(r.Responses[1].GetResponseRange().Kvs)
-		if err != nil || seats < d.n {
-			return false, r.Header.Revision, err
-		}
-		if _, err := d.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
-			Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit(); err != nil {
-			return false, 0, err
-		}
-		return true, r.Header.Revision, nil
-	}
+	check := func(ctx context.Context) (bool, int64, error) { return d.checkOpen(ctx, l, key, rev) }
 	if !resp.Succeeded || len(resp.Responses) < 3 {
 		// The seat's key is random and new: only a foreign write at the same
 		// name can make the put's condition fail.
@@ -163,8 +137,7 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		err = errNotOpen
 		if seats >= d.n {
 			// The n-th participant opens the barrier at once.
-			_, err = d.cli.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
-				Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit()
+			err = d.open(wctx, l)
 		}
 		if err != nil {
 			err = until(wctx, d.cli, d.ready, check, nil)
@@ -184,6 +157,41 @@ func (d *DoubleBarrier) Enter(ctx context.Context) (s *Seat, err error) {
 		return nil, fmt.Errorf("barrier: enter %q: %w", d.name, err)
 	}
 	return newSeat(d, key, rev, l), nil
+}
+
+// checkOpen reports whether the barrier is open, and the revision it read
+// at, opening it when n seats are taken. It fails with ErrLost when the seat
+// at key (written at rev) is gone.
+func (d *DoubleBarrier) checkOpen(ctx context.Context, l *leasekeeper.Lease, key string, rev int64) (bool, int64, error) {
+	r, err := d.cli.Txn(ctx).If(guard.Held(key, rev)...).
+		Then(clientv3.OpGet(d.ready),
+			clientv3.OpGet(d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return false, 0, err
+	}
+	if !r.Succeeded {
+		return false, 0, fmt.Errorf("%w: seat %s deleted while entering (lease expired or revoked)", ErrLost, key)
+	}
+	open, err := d.isReady(r.Responses[0].GetResponseRange().Kvs)
+	if err != nil || open {
+		return open, r.Header.Revision, err
+	}
+	seats, err := d.countSeats(r.Responses[1].GetResponseRange().Kvs)
+	if err != nil || seats < d.n {
+		return false, r.Header.Revision, err
+	}
+	if err := d.open(ctx, l); err != nil {
+		return false, 0, err
+	}
+	return true, r.Header.Revision, nil
+}
+
+// open writes the ready key, if no one has. It is bound to the opener's
+// lease, so it cannot outlive every participant.
+func (d *DoubleBarrier) open(ctx context.Context, l *leasekeeper.Lease) error {
+	_, err := d.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(d.ready), "=", 0)).
+		Then(clientv3.OpPut(d.ready, "", clientv3.WithLease(l.ID()))).Commit()
+	return err
 }
 
 // countSeats counts the seats read, and reports a key under the seats'
@@ -277,11 +285,25 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 		s.End(ErrLeft)
 		s.StopFollowing()
 	}
-	// The seats taken, as of the last read and the events after it: Leave
-	// returns once they were all gone at some revision, even if the next
-	// round's first participant sat down right after.
+	if err := d.waitAllLeft(ctx); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("barrier: leave %q: %w", d.name, err)
+	}
+	if err := d.lowerReady(ctx); err != nil {
+		return fmt.Errorf("barrier: leave %q: lower ready: %w", d.name, err)
+	}
+	s.left = true
+	return nil
+}
+
+// waitAllLeft returns once every seat was gone at some revision: the seats
+// taken as of the last read, and the events after it. It returns even if
+// the next round's first participant sat down right after.
+func (d *DoubleBarrier) waitAllLeft(ctx context.Context) error {
 	seats := map[string]bool{}
-	err = until(ctx, d.cli, d.seats, func(ctx context.Context) (bool, int64, error) {
+	return until(ctx, d.cli, d.seats, func(ctx context.Context) (bool, int64, error) {
 		r, err := d.cli.Get(ctx, d.seats, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return false, 0, err
@@ -305,14 +327,13 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 		seats[string(ev.Kv.Key)] = true
 		return false, nil
 	}, clientv3.WithPrefix())
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return fmt.Errorf("barrier: leave %q: %w", d.name, err)
-	}
-	// Everyone left: lower the ready key for the next round, unless a new
-	// round's participant already sat down.
+}
+
+// lowerReady deletes the ready key for the next round, unless a new
+// round's participant already sat down; detached and bounded by the TTL.
+// If it never lands within the TTL, the ready key goes with its opener's
+// lease, so only an error etcd gives for good is returned.
+func (d *DoubleBarrier) lowerReady(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.k.TTL())
 	defer cancel()
 	// A compare over a prefix holds only if it holds for every key in it, and
@@ -320,16 +341,14 @@ func (s *Seat) Leave(ctx context.Context) (err error) {
 	noSeats := clientv3.Compare(clientv3.CreateRevision(d.seats), "=", 0).WithPrefix()
 	// Each attempt is short (retry.Attempt): one sent to an etcd leader that
 	// died or hangs is sent again once another is elected; the guarded
-	// delete is safe to repeat. If it never lands within the TTL, the ready
-	// key goes with its opener's lease.
-	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(d.k.TTL()), func(ctx context.Context) error {
+	// delete is safe to repeat.
+	err := retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(d.k.TTL()), func(ctx context.Context) error {
 		_, err := d.cli.Txn(ctx).If(noSeats).Then(clientv3.OpDelete(d.ready)).Commit()
 		return err
 	})
 	if err != nil && !retry.Retriable(err) && cctx.Err() == nil {
-		return fmt.Errorf("barrier: leave %q: lower ready: %w", d.name, err)
+		return err
 	}
-	s.left = true
 	return nil
 }
 

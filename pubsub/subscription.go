@@ -104,40 +104,47 @@ func (h *Hub) Subscribe(ctx context.Context, topic string, from From, opts ...Su
 	s.stopCtx = context.AfterFunc(ctx, func() { s.end(context.Cause(ctx)) })
 
 	if from.kind != fromLatest && (from.kind == fromOldest || from.rev <= pos) {
-		// The feed delivers everything after pos live; what came before is
-		// read from the ring. The read is linearizable, so it is at or past
-		// pos.
-		snap, err := readRing(ctx, h.cli, k)
-		if err != nil {
+		if err := s.catchUp(ctx, k, from, pos); err != nil {
 			s.Close()
 			return nil, err
 		}
-		lo := from.rev
-		if from.kind == fromOldest {
-			lo = pos + 1
-			if len(snap.msgs) > 0 {
-				lo = snap.msgs[0].rev
-			}
-		}
-		// Which message came last before lo? The head at lo-1 says, if etcd
-		// still has that revision; then the gap (if any) is exact. Otherwise
-		// a run of lost messages that straddles lo is reported whole.
-		var afterSeq uint64
-		var afterRev int64
-		if from.kind == fromRevision && lo > 1 {
-			afterSeq, afterRev, err = seqBefore(ctx, h, k, lo)
-			if err != nil {
-				s.Close()
-				return nil, err
-			}
-		}
-		backlog := plan(topic, snap, afterSeq, afterRev, lo, pos, GapTrimmed)
-		s.mu.Lock()
-		s.backlog = append(backlog, s.backlog...)
-		s.mu.Unlock()
-		s.signal()
 	}
 	return s, nil
+}
+
+// catchUp queues the retained messages from `from` up to pos, after which
+// the feed delivers live.
+func (s *Subscription) catchUp(ctx context.Context, k keys, from From, pos int64) error {
+	h := s.hub
+	// The read is linearizable, so it is at or past pos.
+	snap, err := readRing(ctx, h.cli, k)
+	if err != nil {
+		return err
+	}
+	lo := from.rev
+	if from.kind == fromOldest {
+		lo = pos + 1
+		if len(snap.msgs) > 0 {
+			lo = snap.msgs[0].rev
+		}
+	}
+	// Which message came last before lo? The head at lo-1 says, if etcd
+	// still has that revision; then the gap (if any) is exact. Otherwise a
+	// run of lost messages that straddles lo is reported whole.
+	var afterSeq uint64
+	var afterRev int64
+	if from.kind == fromRevision && lo > 1 {
+		afterSeq, afterRev, err = seqBefore(ctx, h, k, lo)
+		if err != nil {
+			return err
+		}
+	}
+	backlog := plan(s.topic, snap, afterSeq, afterRev, lo, pos, GapTrimmed)
+	s.mu.Lock()
+	s.backlog = append(backlog, s.backlog...)
+	s.mu.Unlock()
+	s.signal()
+	return nil
 }
 
 // seqBefore returns the sequence number of the last message published before

@@ -48,22 +48,7 @@ func makeCerts(dir string) (*certs, error) {
 		return nil, err
 	}
 	leaf := func(serial int64, cn string, usage ...x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey, error) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, nil, err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  usage,
-			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-			DNSNames:     []string{"localhost"},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		return der, key, err
+		return issueLeaf(ca, caKey, now, serial, cn, usage)
 	}
 	// Both leaves carry both usages: etcd members also act as clients of each
 	// other (the gRPC gateway and peer-forwarded requests).
@@ -85,9 +70,45 @@ func makeCerts(dir string) (*certs, error) {
 		clientCert: filepath.Join(dir, "client.pem"),
 		clientKey:  filepath.Join(dir, "client-key.pem"),
 	}
-	writePEM := func(path, typ string, der []byte) error {
-		return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+	if err := c.write(caDER, serverDER, serverKey, clientDER, clientKey); err != nil {
+		return nil, err
 	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	c.client = &tls.Config{
+		RootCAs:    pool,
+		MinVersion: tls.VersionTLS12,
+		Certificates: []tls.Certificate{{
+			Certificate: [][]byte{clientDER},
+			PrivateKey:  clientKey,
+		}},
+	}
+	return c, nil
+}
+
+// issueLeaf makes a key and a certificate for it, signed by ca, for
+// loopback.
+func issueLeaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, now time.Time, serial int64, cn string, usage []x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  usage,
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	return der, key, err
+}
+
+// write writes the certificates and keys to c's files, as PEM.
+func (c *certs) write(caDER, serverDER []byte, serverKey *ecdsa.PrivateKey, clientDER []byte, clientKey *ecdsa.PrivateKey) error {
 	keyDER := func(k *ecdsa.PrivateKey) []byte {
 		b, _ := x509.MarshalECPrivateKey(k)
 		return b
@@ -102,19 +123,9 @@ func makeCerts(dir string) (*certs, error) {
 		{c.clientCert, "CERTIFICATE", clientDER},
 		{c.clientKey, "EC PRIVATE KEY", keyDER(clientKey)},
 	} {
-		if err := writePEM(w.path, w.typ, w.der); err != nil {
-			return nil, fmt.Errorf("testcluster: write %s: %w", w.path, err)
+		if err := os.WriteFile(w.path, pem.EncodeToMemory(&pem.Block{Type: w.typ, Bytes: w.der}), 0o600); err != nil {
+			return fmt.Errorf("testcluster: write %s: %w", w.path, err)
 		}
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	c.client = &tls.Config{
-		RootCAs:    pool,
-		MinVersion: tls.VersionTLS12,
-		Certificates: []tls.Certificate{{
-			Certificate: [][]byte{clientDER},
-			PrivateKey:  clientKey,
-		}},
-	}
-	return c, nil
+	return nil
 }

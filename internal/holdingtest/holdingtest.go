@@ -214,6 +214,34 @@ func releaseLost(t *testing.T, ctx context.Context, kind Kind, h Holding) {
 	}
 }
 
+// observeDeletion watches h's key on an untouched client and calls
+// deleted when the server deletes it; the channel closes then. The watch is
+// synced (no start revision); a read after its creation makes sure the key
+// was still there.
+func observeDeletion(t *testing.T, ctx context.Context, c *testcluster.Cluster, h Holding, deleted func()) <-chan struct{} {
+	t.Helper()
+	obs := c.Admin().Watch(clientv3.WithRequireLeader(ctx), h.Key(), clientv3.WithCreatedNotify())
+	created := <-obs
+	require.True(t, created.Created)
+	g, err := c.Admin().Get(ctx, h.Key())
+	require.NoError(t, err)
+	require.Len(t, g.Kvs, 1)
+	require.Equal(t, h.Token(), g.Kvs[0].CreateRevision)
+	observed := make(chan struct{})
+	go func() {
+		defer close(observed)
+		for resp := range obs {
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					deleted()
+					return
+				}
+			}
+		}
+	}()
+	return observed
+}
+
 // lostBeforeHandover cuts a holder's client off: its lease then expires on
 // the server while its process lives. Its context must end before an
 // observer on an untouched client sees its key deleted and, for an
@@ -235,29 +263,11 @@ func lostBeforeHandover(t *testing.T, c *testcluster.Cluster, name string, kind 
 	})
 	defer stop()
 
-	// The observer's watch is synced (no start revision); a read after
-	// its creation makes sure the key was still there.
-	obs := c.Admin().Watch(clientv3.WithRequireLeader(ctx), h.Key(), clientv3.WithCreatedNotify())
-	created := <-obs
-	require.True(t, created.Created)
-	g, err := c.Admin().Get(ctx, h.Key())
-	require.NoError(t, err)
-	require.Len(t, g.Kvs, 1)
-	require.Equal(t, h.Token(), g.Kvs[0].CreateRevision)
-	observed := make(chan struct{})
-	go func() {
-		defer close(observed)
-		for resp := range obs {
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					mu.Lock()
-					deleted = time.Now()
-					mu.Unlock()
-					return
-				}
-			}
-		}
-	}()
+	observed := observeDeletion(t, ctx, c, h, func() {
+		mu.Lock()
+		deleted = time.Now()
+		mu.Unlock()
+	})
 
 	next := make(chan Holding, 1)
 	if kind.Exclusive {
