@@ -179,6 +179,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	ops := []clientv3.Op{
 		clientv3.OpDelete(xk),
 		clientv3.OpDelete(q.keys.attempt(id)),
+		clientv3.OpDelete(q.keys.unused(id)),
 		clientv3.OpPut(sk, string(encodeStatus(st))),
 		clientv3.OpPut(pos, ""),
 	}
@@ -216,6 +217,7 @@ func (q *Queue) Purge(ctx context.Context, id string) error {
 		clientv3.OpDelete(q.keys.status(id)),
 		clientv3.OpDelete(q.keys.progress(id)),
 		clientv3.OpDelete(q.keys.attempt(id)),
+		clientv3.OpDelete(q.keys.unused(id)),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("queue: purge: %w", err)

@@ -426,7 +426,7 @@ func TestBadInput(t *testing.T) {
 	_, err = q.Enqueue(ctx, nil, queue.WithPriority(1<<40))
 	assert.ErrorContains(t, err, "queue:")
 	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.WithDelay(-1)}}})
-	assert.ErrorContains(t, err, "queue: batch item 1")
+	assert.ErrorContains(t, err, "queue: enqueue batch: item 1")
 	_, err = q.Status(ctx, "nope")
 	assert.ErrorContains(t, err, "queue: status: invalid task ID")
 	_, err = q.Dequeue(ctx, nil)

@@ -132,6 +132,7 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 				clientv3.OpGet(q.keys.attempt(e.id)),
 				clientv3.OpGet(q.keys.status(e.id)),
 				clientv3.OpGet(q.keys.progress(e.id)),
+				clientv3.OpGet(q.keys.unused(e.id)),
 			}, nil)
 	}
 	sent := time.Now()
@@ -145,22 +146,9 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 		ix.observeClaim(time.Since(sent))
 	}
 	if err != nil {
-		// The claims may have been applied without our hearing of it. Bound
-		// to a lease this process keeps alive, they would hide the tasks
-		// until the process exits, so take back those that are ours; what
-		// cannot be taken back now, the index goroutine retries, and a claim
-		// still on its way is given back when the watch shows it land.
+		// The claims may have been applied without our hearing of it.
 		if outcomeUnknown(err) {
-			refs := make([]claimRef, len(es))
-			keys := make([]string, len(es))
-			for i, e := range es {
-				keys[i] = q.keys.claim(e.id)
-				refs[i] = claimRef{keys[i], clientv3.Compare(clientv3.Value(keys[i]), "=", vals[i])}
-			}
-			ix.watchUnsure(keys, vals, lease)
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			ix.giveBackClaims(cctx, refs, lease)
-			cancel()
+			q.takeBackUnsure(ctx, ix, lease, es, vals)
 		}
 		for _, e := range es {
 			ix.release(e.id, 0)
@@ -205,7 +193,6 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease, e entry, token int64, rs []*etcdserverpb.ResponseOp, ttl time.Duration) (*Task, error) {
 	id := e.id
 	ck := q.keys.claim(id)
-	held := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ck), "=", token)}
 	get := func(i int) *mvccpb.KeyValue {
 		if i >= len(rs) {
 			return nil
@@ -225,36 +212,27 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		meta, payload, err = decodeTask(kv.Value)
 	}
 	if err != nil {
-		// Give the claim back and hide the entry from this Queue: the
-		// error is reported once, not on every Dequeue.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		gaveBack := false
-		if a := get(3); a != nil && a.Version == 1 {
-			// This claim created the task's attempt counter: take it back
-			// with the claim, so that nothing of it stays behind.
-			_, derr := q.cli.Txn(cctx).If(held...).Then(clientv3.OpDelete(ck), clientv3.OpDelete(q.keys.attempt(id))).Commit()
-			gaveBack = derr == nil
-		}
-		if !gaveBack {
-			ix.giveBackClaims(cctx, []claimRef{{ck, held[0]}}, lease)
-		}
-		cancel()
-		ix.release(id, math.MaxInt64)
+		q.giveBackCorrupt(ctx, ix, lease, id, token, get(3))
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)
 	}
-	attempt := 1
+	var claims, unused int64
 	if kv := get(3); kv != nil {
-		attempt = int(kv.Version)
+		claims = kv.Version
 	}
+	if kv := get(6); kv != nil {
+		unused = kv.Version
+	}
+	attempt := max(spent(claims, unused), 1) // this claim is one
 	var prev statusRecord
 	statusKV, progressKV := get(4), get(5)
 	if statusKV != nil {
 		prev, _ = decodeStatus(statusKV.Value) // only its attempt count is used; zero if unreadable
 	}
 	var checkpoint []byte
+	var last progressRecord
 	if progressKV != nil {
-		if _, cp, perr := decodeProgress(progressKV.Value); perr == nil {
-			checkpoint = cp
+		if p, cp, perr := decodeProgress(progressKV.Value); perr == nil {
+			checkpoint, last = cp, p
 		}
 	}
 	t := &Task{
@@ -272,6 +250,9 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		checkpoint:  checkpoint,
 		hasStatus:   statusKV != nil,
 		hasProgress: progressKV != nil,
+		hasUnused:   unused > 0,
+		fraction:    last.Fraction,
+		message:     last.Message,
 		ttl:         ttl,
 		op:          turn.New(),
 	}
@@ -288,22 +269,74 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 	if attempt > meta.MaxAtt {
 		// The previous attempt was the last and its claim was lost: the task
 		// goes to the dead letters rather than to a worker.
-		reason := fmt.Sprintf("claim lost on attempt %d of %d", attempt-1, meta.MaxAtt)
-		// Detached: the claim is already written, and a canceled caller
-		// must not leave the task claimed by a lease this process keeps.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
-			// Give the claim back rather than hide the task until the lease
-			// ends; the next claim dead-letters it.
-			ix.giveBackClaims(fctx, []claimRef{{t.Key(), t.Guard()[0]}}, lease)
-			ix.untrack(t)
-			t.Lose(fmt.Errorf("dead-lettering failed: %w", err))
-			return nil, err
-		}
-		return nil, nil
+		return nil, q.deadOnClaim(ctx, ix, lease, t, fmt.Sprintf("claim lost on attempt %d of %d", attempt-1, meta.MaxAtt))
 	}
 	return t, nil
+}
+
+// spent is the number of attempts made: the claims made (the claim
+// counter's Version) less those given back unused. Never negative, even
+// for counters written by hand.
+func spent(claims, unused int64) int {
+	return int(max(claims-unused, 0))
+}
+
+// takeBackUnsure takes back the claims of a transaction whose outcome is
+// unknown. They may have been applied without our hearing of it; bound to
+// a lease this process keeps alive, they would hide the tasks until the
+// process exits. What cannot be taken back now, the index goroutine
+// retries, and a claim still on its way is given back when the watch shows
+// it land. vals are the claim values the transaction wrote.
+func (q *Queue) takeBackUnsure(ctx context.Context, ix *index, lease *leasekeeper.Lease, es []entry, vals []string) {
+	refs := make([]claimRef, len(es))
+	keys := make([]string, len(es))
+	for i, e := range es {
+		keys[i] = q.keys.claim(e.id)
+		refs[i] = claimRef{keys[i], clientv3.Compare(clientv3.Value(keys[i]), "=", vals[i])}
+	}
+	ix.watchUnsure(keys, vals, lease)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	ix.giveBackClaims(cctx, refs, lease)
+	cancel()
+}
+
+// giveBackCorrupt gives back the claim token on a task whose record cannot
+// be read, and hides the task from this Queue: the error is reported once,
+// not on every Dequeue. counter is the attempt counter the claim read.
+func (q *Queue) giveBackCorrupt(ctx context.Context, ix *index, lease *leasekeeper.Lease, id string, token int64, counter *mvccpb.KeyValue) {
+	ck := q.keys.claim(id)
+	held := clientv3.Compare(clientv3.CreateRevision(ck), "=", token)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	gaveBack := false
+	if counter != nil && counter.Version == 1 {
+		// This claim created the task's claim counter: take it back with
+		// the claim, so that nothing of it stays behind.
+		_, err := q.cli.Txn(cctx).If(held).Then(clientv3.OpDelete(ck), clientv3.OpDelete(q.keys.attempt(id)), clientv3.OpDelete(q.keys.unused(id))).Commit()
+		gaveBack = err == nil
+	}
+	if !gaveBack {
+		ix.giveBackClaims(cctx, []claimRef{{ck, held}}, lease)
+	}
+	ix.release(id, math.MaxInt64)
+}
+
+// deadOnClaim dead-letters a task claimed past its last attempt. It returns
+// nil once the task is a dead letter (or the claim was lost meanwhile).
+func (q *Queue) deadOnClaim(ctx context.Context, ix *index, lease *leasekeeper.Lease, t *Task, reason string) error {
+	// Detached: the claim is already written, and a canceled caller must not
+	// leave the task claimed by a lease this process keeps.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := t.Fail(fctx, reason); err != nil && !errors.Is(err, ErrLost) {
+		// Give the claim back rather than hide the task until the lease
+		// ends; the next claim dead-letters it.
+		ix.giveBackClaims(fctx, []claimRef{{t.Key(), t.Guard()[0]}}, lease)
+		ix.untrack(t)
+		t.Lose(fmt.Errorf("dead-lettering failed: %w", err))
+		return err
+	}
+	return nil
 }
 
 // trimPrefix returns key below the queue prefix.

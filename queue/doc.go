@@ -53,11 +53,18 @@
 // under concurrent producers. Ack and dead-lettering free the dedup ID;
 // Requeue takes it again if no other task took it meanwhile.
 //
-// Attempts and dead letters. Every claim counts as an attempt, lost ones
-// included. A Nack on the last attempt (WithMaxAttempts, default 5, stored
-// with the task), a claim beyond it, or Fail moves the task to the dead
-// letters with the reason; Requeue gives it back with its attempts reset and
-// its last checkpoint kept.
+// Attempts and dead letters. An attempt is spent when a claim hands the
+// task to a worker, and when a claim is lost (its lease ended), whether or
+// not it had been handed out: etcd cannot tell a worker that died running
+// the task from a process that died with it in its batch buffer. A batched
+// claim given back unused (not dequeued within half a second, or at Close,
+// or taken back after a claim transaction whose outcome was unknown) does
+// not count: the give-back bumps an "unused" counter in the same
+// transaction, and the attempt is the claims made less the claims given
+// back. A Nack on the last attempt (WithMaxAttempts, default 5, stored with
+// the task), a claim beyond it, or Fail moves the task to the dead letters
+// with the reason; Requeue gives it back with its attempts reset and its
+// last checkpoint kept.
 //
 // # What is not guaranteed
 //
@@ -112,7 +119,9 @@
 //	P t/<id>                  task record: JSON header, newline, raw payload
 //	P s/<id>                  status record (JSON): position, attempts, last error,
 //	                          written once the task leaves its enqueued position
-//	P a/<id>                  attempt counter: its etcd Version is the attempt
+//	P a/<id>                  claim counter: its etcd Version counts the claims
+//	P n/<id>                  unused counter: its Version counts claims given
+//	                          back unused; the attempt is a/ less n/
 //	P p/<id>                  progress: JSON header, newline, raw checkpoint
 //	P u/<dedup id>            dedup key: ID of the unfinished task
 //	P x/<id>                  dead letter (JSON): reason, attempts
@@ -130,7 +139,7 @@
 // (WithRetention, default 5 minutes): etcd deletes finished records itself
 // when that lease expires, with no cleaner. With retention 0, a receipt is
 // kept for about ten seconds (so a retried Ack can recognise its own commit).
-// Dead letters stay until requeued or purged (Purge, PurgeDead); Destroy
+// Dead letters stay until requeued or purged (Purge, PurgeDead); Delete
 // deletes the whole queue. Deleted keys remain as tombstones in etcd's index
 // until compaction; claims never range over them, and Stats/List, which do
 // range, are for inspection.
@@ -142,8 +151,8 @@
 //   - Dequeue: no request while waiting (the watch delivers the task); one
 //     transaction to claim (claim key, attempt counter, and the reads of the
 //     record, previous status and checkpoint in the same transaction), shared
-//     by up to four tasks when a backlog exists. Every claim counts as an
-//     attempt, a batched one given back by Close included.
+//     by up to four tasks when a backlog exists. A batched task given back
+//     unused costs one more transaction, and no attempt.
 //   - Ack / Nack / Fail: one guarded transaction; Ack also grants a retention
 //     lease once per retention/4 per process.
 //   - Progress: one guarded transaction.

@@ -96,10 +96,10 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 		opt(&eo)
 	}
 	if len(eo.errs) > 0 {
-		return prepared{}, fmt.Errorf("queue: enqueue: invalid option: %w", errors.Join(eo.errs...))
+		return prepared{}, fmt.Errorf("invalid option: %w", errors.Join(eo.errs...))
 	}
 	if limit := q.o.maxRequestBytes - requestOverhead; len(payload) > limit {
-		return prepared{}, fmt.Errorf("queue: enqueue: payload of %d bytes is over the %d bytes one etcd request may carry (%d, less %d for keys and records)",
+		return prepared{}, fmt.Errorf("payload of %d bytes is over the %d bytes one etcd request may carry (%d, less %d for keys and records)",
 			len(payload), limit, q.o.maxRequestBytes, requestOverhead)
 	}
 	now := time.Now()
@@ -112,7 +112,7 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 		readyAt = now.Add(eo.delay)
 	}
 	if readyAt.After(latestReady) {
-		return prepared{}, fmt.Errorf("queue: enqueue: ready time %s is past %s, the latest a task's record can hold",
+		return prepared{}, fmt.Errorf("ready time %s is past %s, the latest a task's record can hold",
 			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
 	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}
@@ -146,11 +146,16 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	}
 	p, err := q.prepare(payload, opts)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("queue: enqueue: %w", err)
 	}
+	return q.enqueue(ctx, p, "enqueue")
+}
+
+// enqueue writes the prepared task p; what names the call in errors.
+func (q *Queue) enqueue(ctx context.Context, p prepared, what string) (string, error) {
 	if p.dedup == "" {
 		if _, err := q.cli.Txn(ctx).Then(p.ops...).Commit(); err != nil {
-			return "", fmt.Errorf("queue: enqueue: %w", err)
+			return "", fmt.Errorf("queue: %s: %w", what, err)
 		}
 		return p.id, nil
 	}
@@ -161,7 +166,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 		Else(clientv3.OpGet(dk)).
 		Commit()
 	if err != nil {
-		return "", fmt.Errorf("queue: enqueue: %w", err)
+		return "", fmt.Errorf("queue: %s: %w", what, err)
 	}
 	if resp.Succeeded {
 		return p.id, nil
@@ -170,11 +175,11 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if len(kvs) == 0 {
 		// The holder finished between the compare and the get: impossible
 		// in one transaction, so the key is malformed.
-		return "", fmt.Errorf("%w: dedup key %q without value", ErrCorrupt, dk)
+		return "", fmt.Errorf("%w: %s: dedup key %q without value", ErrCorrupt, what, dk)
 	}
 	first := string(kvs[0].Value)
 	if !validID(first) {
-		return "", fmt.Errorf("%w: dedup key %q holds %q", ErrCorrupt, dk, first)
+		return "", fmt.Errorf("%w: %s: dedup key %q holds %q", ErrCorrupt, what, dk, first)
 	}
 	return first, nil
 }
@@ -193,7 +198,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 	for i, it := range items {
 		p, err := q.prepare(it.Payload, it.Options)
 		if err != nil {
-			return nil, fmt.Errorf("queue: batch item %d: %w", i, err)
+			return nil, fmt.Errorf("queue: enqueue batch: item %d: %w", i, err)
 		}
 		ps[i] = p
 	}
@@ -236,9 +241,9 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 		if p.dedup == "" {
 			continue
 		}
-		id, err := q.Enqueue(ctx, items[i].Payload, items[i].Options...)
+		id, err := q.enqueue(ctx, p, fmt.Sprintf("enqueue batch: item %d", i))
 		if err != nil {
-			return ids, fmt.Errorf("queue: batch item %d: %w", i, err)
+			return ids, err
 		}
 		ids[i] = id
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -71,7 +72,7 @@ type claimRef struct {
 func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *leasekeeper.Lease) {
 	ops := make([]clientv3.Op, len(cs))
 	for i, c := range cs {
-		ops[i] = clientv3.OpTxn([]clientv3.Cmp{c.held}, []clientv3.Op{clientv3.OpDelete(c.key)}, nil)
+		ops[i] = ix.giveBackOp(c.key, c.held)
 	}
 	_, err := ix.q.cli.Txn(ctx).Then(ops...).Commit()
 	if err == nil || !outcomeUnknown(err) {
@@ -82,6 +83,13 @@ func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *lease
 	for _, c := range cs {
 		ix.addGiveBackLocked(giveBack{key: c.key, held: c.held, lease: lease})
 	}
+}
+
+// giveBackOp deletes claim key ck while held, and counts the claim as
+// given back unused, so that it spends no attempt of the task.
+func (ix *index) giveBackOp(ck string, held clientv3.Cmp) clientv3.Op {
+	id := strings.TrimPrefix(ck, ix.q.keys.claimPrefix())
+	return clientv3.OpTxn([]clientv3.Cmp{held}, []clientv3.Op{clientv3.OpDelete(ck), clientv3.OpPut(ix.q.keys.unused(id), "")}, nil)
 }
 
 // outcomeUnknown reports whether a failed request may have been applied, or
@@ -138,10 +146,10 @@ func (ix *index) retryGiveBacks(ctx context.Context) {
 	}
 	// One transaction per chunk of claims, each a nested transaction, within
 	// the cluster's limit of operations per transaction.
-	for chunk := range slices.Chunk(claims, max(1, ix.q.o.maxTxnOps)) {
+	for _, chunk := range chunkByKey(claims, max(1, ix.q.o.maxTxnOps)) {
 		ops := make([]clientv3.Op, len(chunk))
 		for i, g := range chunk {
-			ops[i] = clientv3.OpTxn([]clientv3.Cmp{g.held}, []clientv3.Op{clientv3.OpDelete(g.key)}, nil)
+			ops[i] = ix.giveBackOp(g.key, g.held)
 		}
 		if _, err := ix.q.cli.Txn(rctx).Then(ops...).Commit(); err == nil || !outcomeUnknown(err) {
 			for _, g := range chunk {
@@ -152,4 +160,27 @@ func (ix *index) retryGiveBacks(ctx context.Context) {
 	ix.mu.Lock()
 	ix.giveBacks = slices.DeleteFunc(ix.giveBacks, func(g giveBack) bool { return settled[g.seq] })
 	ix.mu.Unlock()
+}
+
+// chunkByKey splits gs into chunks of at most n with no claim key twice in
+// one: one claim key can be recorded twice (two claims sent for it whose
+// answers never came), and etcd refuses a transaction that writes a key
+// twice (each give-back writes the task's unused counter).
+func chunkByKey(gs []giveBack, n int) [][]giveBack {
+	var chunks [][]giveBack
+	for len(gs) > 0 {
+		var chunk, rest []giveBack
+		seen := map[string]bool{}
+		for _, g := range gs {
+			if len(chunk) == n || seen[g.key] {
+				rest = append(rest, g)
+				continue
+			}
+			seen[g.key] = true
+			chunk = append(chunk, g)
+		}
+		chunks = append(chunks, chunk)
+		gs = rest
+	}
+	return chunks
 }

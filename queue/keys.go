@@ -18,7 +18,8 @@ import (
 //	P t/<id>                  task record: metadata and payload
 //	P s/<id>                  status record: state, position key, last error
 //	P f/<id>                  finished record, bound to a retention lease
-//	P a/<id>                  attempt counter: its etcd Version is the attempt
+//	P a/<id>                  claim counter: its etcd Version counts the claims
+//	P n/<id>                  claims given back unused: its Version counts them
 //	P p/<id>                  progress: fraction, message, checkpoint
 //	P u/<dedup id>            dedup claim: the ID of the unfinished task
 //	P x/<id>                  dead-letter index
@@ -44,6 +45,7 @@ func (l layout) task(id string) string     { return l.prefix + "t/" + id }
 func (l layout) status(id string) string   { return l.prefix + "s/" + id }
 func (l layout) finished(id string) string { return l.prefix + "f/" + id }
 func (l layout) attempt(id string) string  { return l.prefix + "a/" + id }
+func (l layout) unused(id string) string   { return l.prefix + "n/" + id }
 func (l layout) progress(id string) string { return l.prefix + "p/" + id }
 func (l layout) dedup(d string) string     { return l.prefix + "u/" + d }
 func (l layout) dead(id string) string     { return l.prefix + "x/" + id }

@@ -66,6 +66,10 @@ type statusRecord struct {
 	Dedup   string `json:"d,omitempty"`
 	Token   int64  `json:"tok,omitempty"` // claim that made the change, if any
 	Worker  string `json:"w,omitempty"`
+	// The last Progress, kept in the finished record (the progress key is
+	// deleted with the task).
+	Fraction float64 `json:"f,omitempty"`
+	Message  string  `json:"m,omitempty"`
 }
 
 func encodeStatus(s statusRecord) []byte {
@@ -93,6 +97,9 @@ func decodeStatus(b []byte) (statusRecord, error) {
 	}
 	if s.Attempt < 0 {
 		return s, fmt.Errorf("%w: status attempt %d", ErrCorrupt, s.Attempt)
+	}
+	if s.Fraction < 0 || s.Fraction > 1 {
+		return s, fmt.Errorf("%w: status fraction %v", ErrCorrupt, s.Fraction)
 	}
 	return s, nil
 }

@@ -34,7 +34,7 @@ type Status struct {
 	Worker        string    // running: the claim's worker; done/dead: the last worker
 	Token         int64     // running: the claim's fencing token
 	ReadyAt       time.Time // queued/delayed: when it is (or was) ready
-	Fraction      float64   // last Progress of the current or last attempt
+	Fraction      float64   // last Progress of the current or last attempt (kept when done)
 	Message       string
 	HasCheckpoint bool
 	LastError     string // how the last unsuccessful attempt ended
@@ -63,6 +63,7 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 		clientv3.OpGet(q.keys.progress(id)),
 		clientv3.OpGet(q.keys.finished(id)),
 		clientv3.OpGet(q.keys.task(id)),
+		clientv3.OpGet(q.keys.unused(id)),
 	).Commit()
 	if err != nil {
 		return Status{}, 0, fmt.Errorf("queue: status: %w", err)
@@ -81,19 +82,7 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 	tv, _, _, tok := kv(5)
 	switch {
 	case sok || tok:
-		var rec statusRecord
-		if sok {
-			rec, err = decodeStatus(sv)
-		} else {
-			// Never moved since Enqueue: the task record says where it is.
-			var m taskMeta
-			if m, _, err = decodeTask(tv); err == nil {
-				rec = statusRecord{State: StateQueued, Pos: q.rel(q.enqueuedPos(id, m)), At: m.Enq, Prio: m.Prio, Dedup: m.Dedup}
-				if m.Ready > 0 {
-					rec.State = StateDelayed
-				}
-			}
-		}
+		rec, err := q.statusOrTask(id, sv, sok, tv)
 		if err != nil {
 			return Status{}, 0, fmt.Errorf("queue: status of %s: %w", id, err)
 		}
@@ -122,9 +111,12 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 			return Status{}, 0, fmt.Errorf("queue: status of %s: claim: %w", id, err)
 		}
 		st.Worker = c.Worker
-		if _, _, ver, ok := kv(2); ok {
-			st.Attempt = int(ver)
-		}
+	}
+	// The counters are the truth while they exist: a lost claim leaves no
+	// status record behind.
+	if _, _, claims, ok := kv(2); ok {
+		_, _, unused, _ := kv(6)
+		st.Attempt = spent(claims, unused)
 	}
 	if pv, _, _, ok := kv(3); ok {
 		if p, cp, err := decodeProgress(pv); err == nil {
@@ -137,10 +129,29 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 	return st, rev, nil
 }
 
+// statusOrTask returns the status record sv if there is one (ok), or the
+// one the task record tv implies: a task that never moved since Enqueue
+// has no status record, and its task record says where it is.
+func (q *Queue) statusOrTask(id string, sv []byte, ok bool, tv []byte) (statusRecord, error) {
+	if ok {
+		return decodeStatus(sv)
+	}
+	m, _, err := decodeTask(tv)
+	if err != nil {
+		return statusRecord{}, err
+	}
+	rec := statusRecord{State: StateQueued, Pos: q.rel(q.enqueuedPos(id, m)), At: m.Enq, Prio: m.Prio, Dedup: m.Dedup}
+	if m.Ready > 0 {
+		rec.State = StateDelayed
+	}
+	return rec, nil
+}
+
 func (st *Status) fill(rec statusRecord) {
 	st.State = rec.State
 	st.Priority = int(rec.Prio)
 	st.Attempt = rec.Attempt
+	st.Fraction, st.Message = rec.Fraction, rec.Message
 	st.LastError = rec.Err
 	st.Worker = rec.Worker
 	st.UpdatedAt = time.Unix(0, rec.At)

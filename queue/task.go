@@ -53,7 +53,10 @@ type Task struct {
 	// the claim read them, and while the claim stands only this worker
 	// writes them, so Ack deletes only keys that are there.
 	hasStatus   bool
-	hasProgress bool // also set by Progress (under op)
+	hasProgress bool    // also set by Progress (under op)
+	hasUnused   bool    // a claim of the task was given back unused
+	fraction    float64 // the last Progress known (under op)
+	message     string
 
 	finishing atomic.Bool // a finishing transaction is in flight or done
 	// op serializes Ack, Nack, Fail and Progress; a caller waiting behind
@@ -119,6 +122,7 @@ func (t *Task) Progress(ctx context.Context, fraction float64, message string, c
 	if !resp.Succeeded {
 		return t.lost("progress")
 	}
+	t.fraction, t.message = fraction, message
 	return nil
 }
 
@@ -209,7 +213,11 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
 		)
 		// Deleting a key that is not there still costs every member an
-		// index lookup; most tasks never had a progress or status record.
+		// index lookup; most tasks never had a progress or status record,
+		// or a claim given back unused.
+		if t.hasUnused {
+			out = append(out, clientv3.OpDelete(t.q.keys.unused(t.ID)))
+		}
 		if t.hasProgress {
 			out = append(out, clientv3.OpDelete(t.q.keys.progress(t.ID)))
 		}
@@ -218,7 +226,7 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 		}
 		out = append(out, clientv3.OpPut(t.q.keys.finished(t.ID), string(encodeStatus(statusRecord{
 			State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
-			Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker,
+			Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker, Fraction: t.fraction, Message: t.message,
 		})), clientv3.WithLease(lease)))
 		out = append(out, t.dedupRelease()...)
 		return append(out, ops...)
@@ -282,6 +290,7 @@ func (t *Task) dead(ctx context.Context, kind outcome, reason string) error {
 		out := t.endOps()
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
+			clientv3.OpDelete(t.q.keys.unused(t.ID)),
 			clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.Token()}))),
 			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
 				Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}))),
@@ -429,19 +438,21 @@ func committedEarlier(kind outcome, attempt, maxAttempts int, token int64, resp 
 	return false
 }
 
-// release gives an unused claim back without counting it as a failure: the
-// task keeps its place, and the next claim is not taken for a redelivery.
+// release gives back a claim never handed to a worker: the task keeps its
+// place, the claim spends no attempt (the unused counter takes it back), and
+// the next claim is not taken for a redelivery.
 func (t *Task) release(ctx context.Context) error {
 	// Not detached: the give-back's caller bounds it, and gives back what
 	// it could not later.
 	return t.finish(ctx, false, released, func(clientv3.LeaseID) []clientv3.Op {
-		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, At: time.Now().UnixNano(),
+		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt - 1, At: time.Now().UnixNano(),
 			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}
 		if !t.entry.ready {
 			st.State = StateDelayed
 		}
 		return []clientv3.Op{
 			clientv3.OpDelete(t.Key()),
+			clientv3.OpPut(t.q.keys.unused(t.ID), ""),
 			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(st))),
 		}
 	}, false)
