@@ -40,7 +40,18 @@
 // never replaces the last good one: the state keeps the last good value and
 // carries the error (wrapping ErrInvalid), and WithErrorHandler is called
 // with it. A deleted key falls back to the default (Value) or disappears
-// (Map). Load returns the state without I/O; Changes(ctx) delivers the
+// (Map), also when the deletion is found only by a reload.
+//
+// A reader whose watch could not resume (a compaction while it was
+// disconnected) or whose subscription fell behind sees only the key's
+// current stored value, not the writes in between; etcd keeps no older
+// values after a compaction. If the current value is invalid and the key's
+// etcd Version shows writes the reader never judged, one of them may have
+// been valid and newer than the value it holds: the state says so
+// (State.Stale, MapState.Stale) rather than present the held value as the
+// newest good one, until the next good value or a deletion. Only a writer
+// that keeps each good version under a key of its own can guarantee every
+// reader ends on the newest good value. Load returns the state without I/O; Changes(ctx) delivers the
 // newest state on a one-place channel, so a slow reader skips states rather
 // than stalling anything. Each Value or Map runs one goroutine over a cache
 // subscription, joined by Close.

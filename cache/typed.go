@@ -114,7 +114,8 @@ func typedSetup[T any](opts []TypedOption[T]) (*typedOptions[T], error) {
 // State is what a Value holds.
 type State[T any] struct {
 	// Value is the last good value: the newest stored value that decoded and
-	// passed validation, or the default while the key does not exist.
+	// passed validation, or the default while the key does not exist (unless
+	// Stale).
 	Value T
 	// Revision is the ModRevision of the stored value Value came from; 0
 	// when Value is the default.
@@ -129,6 +130,14 @@ type State[T any] struct {
 	// applied (or of its initial load): the state equals the key's state in
 	// etcd from that revision on, until the next change.
 	CacheRevision int64
+	// Stale reports that Value may not be the newest good value: the key's
+	// current stored value is rejected (Err is set), and writes before it
+	// were never judged — they happened while the watch was broken and etcd
+	// compacted them away (or while the Value's subscription fell behind),
+	// as the key's etcd Version shows. One of them may have been valid and
+	// newer than Value; etcd no longer has it. Stale clears with the next
+	// good value or a deletion.
+	Stale bool
 }
 
 // notifier hands the newest state to each Changes channel: one place per
@@ -206,7 +215,26 @@ type Value[T any] struct {
 
 	mu     sync.Mutex // protects state, stored
 	state  State[T]
-	stored int64 // ModRevision of the key's current stored value; 0 if absent
+	stored version // the key's current stored value; zero if absent
+	judged bool    // the initial state was applied: later gaps are misses
+}
+
+// version identifies a stored value of a key: where it is in the key's
+// history, so that a gap in what a reader judged shows.
+type version struct {
+	mod, create, n int64 // ModRevision, CreateRevision, Version
+}
+
+func versionOf(kv KV) version { return version{kv.ModRevision, kv.CreateRevision, kv.Version} }
+
+// missedBefore reports whether writes of the key came between the stored
+// value last judged (prev, zero if the key was absent) and kv: etcd's Version
+// counts a key's writes since its creation, one per revision.
+func missedBefore(prev version, kv KV) bool {
+	if kv.CreateRevision == prev.create {
+		return kv.Version > prev.n+1
+	}
+	return kv.Version > 1
 }
 
 // NewValue loads key (one read) and follows it (one watch). A stored value
@@ -242,26 +270,36 @@ func (v *Value[T]) apply(b Batch) State[T] {
 	v.mu.Lock()
 	s := v.state
 	s.CacheRevision = b.Revision
+	absent := func() {
+		s.Exists, s.Err, s.Value, s.Revision, s.Stale, v.stored = false, nil, v.o.def, 0, false, version{}
+	}
 	if b.Snapshot && len(b.Events) == 0 {
-		s.Exists, s.Err, s.Value, s.Revision, v.stored = false, nil, v.o.def, 0, 0
+		absent()
 	}
 	for _, ev := range b.Events {
 		if ev.Type == Delete {
-			s.Exists, s.Err, s.Value, s.Revision, v.stored = false, nil, v.o.def, 0, 0
+			absent()
 			continue
 		}
 		s.Exists = true
-		if v.stored == ev.KV.ModRevision {
+		if v.stored.mod == ev.KV.ModRevision {
 			continue // a snapshot of the stored value already judged
 		}
-		v.stored = ev.KV.ModRevision
+		missed := v.judged && missedBefore(v.stored, ev.KV)
+		if v.stored.create != 0 && ev.KV.CreateRevision != v.stored.create {
+			// Deleted and created again unseen: the deletion took the last
+			// good value with it, as a Delete event would have.
+			s.Value, s.Revision = v.o.def, 0
+		}
+		v.stored = versionOf(ev.KV)
 		val, err := v.o.check(v.key, ev.KV)
 		if err != nil {
-			s.Err, bad = err, err
+			s.Err, s.Stale, bad = err, s.Stale || missed, err
 			continue
 		}
-		s.Value, s.Revision, s.Err = val, ev.KV.ModRevision, nil
+		s.Value, s.Revision, s.Err, s.Stale = val, ev.KV.ModRevision, nil, false
 	}
+	v.judged = true
 	v.state = s
 	v.mu.Unlock()
 	if bad != nil && v.o.onErr != nil {
@@ -327,15 +365,19 @@ type MapState[T any] struct {
 	// (wrapping ErrInvalid). Such a key keeps its previous good value in
 	// Values, if it ever had one.
 	Errs map[string]error
+	// Stale holds the keys whose value may not be the newest good one (see
+	// State.Stale).
+	Stale map[string]bool
 	// Revision is the revision of etcd this state reflects.
 	Revision int64
 }
 
 type mapEntry[T any] struct {
 	val    T
-	rev    int64 // ModRevision of val; 0 when the key never had a good value
-	stored int64 // ModRevision of the current stored value
+	rev    int64   // ModRevision of val; 0 when the key never had a good value
+	stored version // the current stored value
 	err    error
+	stale  bool // see State.Stale
 }
 
 // Map is a typed, validated view of every key under a prefix (see Value).
@@ -348,9 +390,10 @@ type Map[T any] struct {
 	n      notifier[MapState[T]]
 	wg     sync.WaitGroup // joins run
 
-	mu      sync.Mutex // protects entries, rev
+	mu      sync.Mutex // protects entries, rev, judged
 	entries map[string]*mapEntry[T]
 	rev     int64
+	judged  bool // the initial state was applied (see Value)
 }
 
 // NewMap loads the keys under prefix (paged reads at one revision) and
@@ -411,18 +454,25 @@ func (m *Map[T]) apply(b Batch) {
 			e = &mapEntry[T]{}
 			m.entries[k] = e
 		}
-		if e.stored == ev.KV.ModRevision {
+		if e.stored.mod == ev.KV.ModRevision {
 			continue
 		}
-		e.stored = ev.KV.ModRevision
+		missed := m.judged && missedBefore(e.stored, ev.KV)
+		if e.stored.create != 0 && ev.KV.CreateRevision != e.stored.create {
+			// Deleted and created again unseen (see Value.apply).
+			var zero T
+			e.val, e.rev = zero, 0
+		}
+		e.stored = versionOf(ev.KV)
 		val, err := m.o.check(k, ev.KV)
 		if err != nil {
-			e.err = err
+			e.err, e.stale = err, e.stale || missed
 			bads = append(bads, bad{k, err})
 			continue
 		}
-		e.val, e.rev, e.err = val, ev.KV.ModRevision, nil
+		e.val, e.rev, e.err, e.stale = val, ev.KV.ModRevision, nil, false
 	}
+	m.judged = true
 	m.rev = b.Revision
 	m.mu.Unlock()
 	if m.o.onErr != nil {
@@ -452,13 +502,16 @@ func (m *Map[T]) Load() MapState[T] {
 }
 
 func (m *Map[T]) stateLocked() MapState[T] {
-	s := MapState[T]{Values: make(map[string]T, len(m.entries)), Errs: map[string]error{}, Revision: m.rev}
+	s := MapState[T]{Values: make(map[string]T, len(m.entries)), Errs: map[string]error{}, Stale: map[string]bool{}, Revision: m.rev}
 	for k, e := range m.entries {
 		if e.rev != 0 {
 			s.Values[k] = e.val
 		}
 		if e.err != nil {
 			s.Errs[k] = e.err
+		}
+		if e.stale {
+			s.Stale[k] = true
 		}
 	}
 	return s

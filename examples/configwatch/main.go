@@ -142,6 +142,9 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 				}
 				say("service: REJECTED the new config: %v", s.Err)
 				say("service: keeps serving with the last good config (%s): %v", from, s.Value)
+				if s.Stale {
+					say("service: WARNING: writes it never saw were compacted away; a newer good config may have existed")
+				}
 			case s.Err == nil && s.Revision != current.Revision:
 				say("service: hot-reloaded config revision %d: %v", s.Revision, s.Value)
 			}
