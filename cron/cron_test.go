@@ -10,12 +10,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/cron"
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/testcluster"
 )
 
 const everySecond = "* * * * * *"
@@ -54,10 +56,42 @@ func TestBadInput(t *testing.T) {
 	require.NoError(t, cron.ParseSpec("*/2 0 */5 * * *"))
 	require.NoError(t, cron.ParseSpec("@hourly"))
 	assert.Error(t, cron.New(nil, name).Run(ctx))
+	// A campaign value etcd would refuse is the scheduler's error, before
+	// anything is written.
+	big := cron.New(p.k, name, cron.WithValue(strings.Repeat("v", 2<<20)))
+	err := big.Run(ctx)
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "cron: "), err.Error())
+	assert.ErrorContains(t, big.Add("j", everySecond, nop), "cron: value")
 
 	resp, err := cluster.Admin().Get(ctx, name, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	assert.Zero(t, resp.Count, "bad input wrote keys")
+}
+
+// A scheduler whose user may not write its keys ends Run with etcd's
+// refusal, reported as the scheduler's.
+func TestRunPermissionDenied(t *testing.T) {
+	c := testcluster.New(t, testcluster.WithSize(1), testcluster.WithAuth())
+	ctx := ctxT(t, 20*time.Second)
+	u, err := c.AddUser(ctx, "jobs", "jobs/")
+	require.NoError(t, err)
+	cfg := c.ClientConfig()
+	cfg.Username, cfg.Password = u.Name, u.Password
+	cli, err := clientv3.New(cfg)
+	require.NoError(t, err)
+	defer cli.Close()
+	k, err := leasekeeper.New(ctx, cli, leasekeeper.WithTTL(c.LeaseTTL(2*time.Second)))
+	require.NoError(t, err)
+	defer k.Close(context.Background())
+
+	s := cron.New(k, "elsewhere")
+	require.NoError(t, s.Add("j", everySecond, nop))
+	err = s.Run(ctx)
+	require.ErrorIs(t, err, rpctypes.ErrPermissionDenied)
+	assert.True(t, strings.HasPrefix(err.Error(), `cron: run "elsewhere": campaigning: `), err.Error())
+	assert.Equal(t, 1, strings.Count(err.Error(), "elsewhere"), err.Error())
+	assert.NotContains(t, err.Error(), "election:")
 }
 
 func TestRunsEachSecondOnce(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/leasekeeper"
 )
@@ -166,7 +167,8 @@ type options struct {
 
 // WithValue sets the value the scheduler campaigns with (what Leader and
 // Observe of the election named like the scheduler report). Default:
-// "<hostname>/<pid>".
+// "<hostname>/<pid>". A value over etcd's request limit is reported by Add
+// and Run, before anything is written.
 func WithValue(v string) Option { return func(o *options) { o.value = v } }
 
 // WithTracerProvider sets the tracer provider (default: the global one).
@@ -213,6 +215,9 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
 	s.err = names.Validate("cron", name)
 	if k == nil && s.err == nil {
 		s.err = errors.New("cron: nil keeper")
+	}
+	if s.err == nil {
+		s.err = guard.CheckValueSize("cron", "value", len(o.value))
 	}
 	if s.err == nil {
 		s.el = election.New(k, name, election.WithTracerProvider(o.tp), election.WithMeterProvider(o.mp))
@@ -300,10 +305,20 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		leaderErr = newLeader(s, t, jobs).run(ctx)
 		return leaderErr
 	})
-	if leaderErr != nil && errors.Is(err, leaderErr) {
+	switch {
+	case err == nil || ctx.Err() != nil && errors.Is(err, context.Cause(ctx)):
+		return err
+	case leaderErr != nil && errors.Is(err, leaderErr):
 		return leaderErr
 	}
-	return err
+	// What stopped the campaign (permission denied, a keeper closed),
+	// reported as the scheduler's. The election's "campaign NAME" wrapping
+	// only repeats the name and is dropped; any other election error (a
+	// corrupt candidate key) is kept whole.
+	if inner := errors.Unwrap(err); inner != nil && strings.HasPrefix(err.Error(), "election: campaign ") {
+		err = inner
+	}
+	return fmt.Errorf("cron: run %q: campaigning: %w", s.name, err)
 }
 
 // Election returns the election the scheduler campaigns in (named like the
