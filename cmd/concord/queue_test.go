@@ -166,7 +166,8 @@ func TestQueueStatusWatch(t *testing.T) {
 	require.NoError(t, task.Progress(ctx, 0.5, "halfway", nil))
 	waitLine(t, out, "running  attempt 1  [##########..........]  50%  worker-9  halfway", 10*time.Second)
 	require.NoError(t, task.Ack(ctx))
-	waitLine(t, out, "done     attempt 1  worker-9", 10*time.Second)
+	// A done task keeps the bar of its last progress.
+	waitLine(t, out, "done     attempt 1  [##########..........]  50%  worker-9  halfway", 10*time.Second)
 	select {
 	case code := <-done:
 		assert.Equal(t, 0, code, errOut.String())
