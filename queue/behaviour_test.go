@@ -403,7 +403,7 @@ func TestBadInput(t *testing.T) {
 		refused(queue.New(cli, name), "queue: invalid name")
 	}
 	refused(queue.New(nil, "a"), "queue: nil client")
-	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName(""), queue.WithWorkerName("\xff")} {
+	for _, opt := range []queue.Option{queue.WithMaxAttempts(0), queue.WithRetention(-1), queue.WithRetryBackoff(2, 1), queue.WithMaxTxnOps(1), queue.WithWorkerName(""), queue.WithWorkerName("\xff"), queue.WithTaskTimeout(-1)} {
 		refused(queue.New(cli, "a", opt), "queue: invalid option")
 	}
 	resp, err := cluster.Admin().Get(ctx, "a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -425,6 +425,10 @@ func TestBadInput(t *testing.T) {
 	assert.ErrorContains(t, err, "queue: enqueue: ready time")
 	_, err = q.Enqueue(ctx, nil, queue.WithPriority(1<<40))
 	assert.ErrorContains(t, err, "queue:")
+	for _, d := range []time.Duration{0, -time.Second} {
+		_, err = q.Enqueue(ctx, nil, queue.WithTimeout(d))
+		assert.ErrorContains(t, err, "queue: enqueue: invalid option: timeout")
+	}
 	_, err = q.EnqueueBatch(ctx, []queue.Item{{Payload: []byte("ok")}, {Options: []queue.EnqueueOption{queue.WithDelay(-1)}}})
 	assert.ErrorContains(t, err, "queue: enqueue batch: item 1")
 	_, err = q.Status(ctx, "nope")

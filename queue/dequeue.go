@@ -68,6 +68,7 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 			return nil, fmt.Errorf("queue: dequeue: %w", err)
 		}
 		if t := ix.takeBuffered(lease); t != nil {
+			t.handOut()
 			return t, nil
 		}
 		es, err := ix.pick(ctx, wait, maxBatch)
@@ -77,6 +78,7 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 		t, err := q.claim(ctx, ix, lease, es, k.TTL())
 		switch {
 		case t != nil:
+			t.handOut()
 			return t, nil
 		case err == nil:
 			// Lost the race for e, or e was dead-lettered: take the next.
@@ -215,6 +217,9 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		q.giveBackCorrupt(ctx, ix, lease, id, token, get(3))
 		return nil, fmt.Errorf("queue: dequeue: task %s: %w", id, err)
 	}
+	if meta.Timeout == 0 {
+		meta.Timeout = int64(q.o.taskTimeout)
+	}
 	var claims, unused int64
 	if kv := get(3); kv != nil {
 		claims = kv.Version
@@ -241,7 +246,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		Attempt:     attempt,
 		Priority:    int(meta.Prio),
 		EnqueuedAt:  time.Unix(0, meta.Enq),
-		Redelivered: attempt > prev.Attempt+1,
+		Redelivered: attempt > prev.Attempt+1 || prev.Taken,
 		q:           q,
 		ix:          ix,
 		entry:       e,
@@ -253,6 +258,8 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		hasUnused:   unused > 0,
 		fraction:    last.Fraction,
 		message:     last.Message,
+		timeout:     time.Duration(meta.Timeout),
+		lease:       lease,
 		ttl:         ttl,
 		op:          turn.New(),
 	}

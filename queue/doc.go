@@ -47,6 +47,19 @@
 // delayed tasks from its watched view and wakes at the first one's time.
 // No key is polled and no mover process exists.
 //
+// Timeouts. A task enqueued WithTimeout (or dequeued from a Queue with
+// WithTaskTimeout) may be held that long by a worker, from the moment
+// Dequeue hands it out. A live worker's keeper renews its lease for ever,
+// so a stuck worker would otherwise hold the task for ever. When the time
+// passes, the task's Context ends first, with a cause that errors.Is both
+// ErrTimeout and ErrLost; then one transaction guarded by the claim deletes
+// the claim and records the reason in the status, so another worker can
+// take the task at once (Redelivered, since the stuck worker may still be
+// running it), or, on the last attempt, moves it to the dead letters. The
+// stuck worker's later calls return that error and its guarded writes are
+// refused. The timer runs in the worker's process; a process that is paused
+// or cut off is handled by its lease as before.
+//
 // Deduplication. Enqueue with DedupID writes nothing and returns the first
 // task's ID while a task with that dedup ID is unfinished (queued, delayed
 // or running); the check and the write are one transaction, so it holds
@@ -156,6 +169,8 @@
 //   - Ack / Nack / Fail: one guarded transaction; Ack also grants a retention
 //     lease once per retention/4 per process.
 //   - Progress: one guarded transaction.
+//   - A timeout costs nothing until it passes (a timer in the worker's
+//     process); then one guarded transaction.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
 //     trips, or 2.25 of each with full claim batches. In keys: 2 puts to
 //     enqueue, 2 puts to claim, 4 deletes and the finished record's put to
@@ -178,6 +193,6 @@
 // view), concord.queue.redeliveries, concord.queue.dead_letters,
 // concord.queue.claims (by conflict), concord.queue.wait.duration and
 // concord.queue.hold.duration (seconds, Dequeue to Ack/Nack/Fail, by outcome:
-// "ack", "nack", "fail", or "release" for a claim the consumer gave back
-// unused).
+// "ack", "nack", "fail", "timeout", or "release" for a claim the consumer
+// gave back unused).
 package queue

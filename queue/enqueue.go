@@ -20,6 +20,7 @@ type enqueueOptions struct {
 	notBefore time.Time
 	delay     time.Duration
 	dedup     string
+	timeout   time.Duration
 	errs      []error
 }
 
@@ -47,6 +48,25 @@ func WithDelay(d time.Duration) EnqueueOption {
 			o.errs = append(o.errs, fmt.Errorf("delay %v: must not be negative", d))
 		}
 		o.delay = d
+	}
+}
+
+// WithTimeout bounds how long a worker may hold the task, from the moment
+// Dequeue hands it out. When the time passes and the worker has not
+// finished the task, its Context ends with a cause that errors.Is ErrTimeout
+// and ErrLost, and then its claim is released in etcd, guarded, so that
+// another worker can take it at once (or, after the last attempt, it goes to
+// the dead letters). The worker's later Ack, Nack, Fail and Progress return
+// that error, and its guarded writes are refused. The timed-out attempt
+// counts. The timer runs in the worker's process: a process that is paused
+// or cut off is handled by its lease instead. It overrides the consumer's
+// WithTaskTimeout.
+func WithTimeout(d time.Duration) EnqueueOption {
+	return func(o *enqueueOptions) {
+		if d <= 0 {
+			o.errs = append(o.errs, fmt.Errorf("timeout %v: must be positive", d))
+		}
+		o.timeout = d
 	}
 }
 
@@ -115,7 +135,7 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 		return prepared{}, fmt.Errorf("ready time %s is past %s, the latest a task's record can hold",
 			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts}
+	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout)}
 	if readyAt.After(now) {
 		meta.Ready = readyAt.UnixNano()
 	}

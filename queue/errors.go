@@ -21,6 +21,11 @@ var (
 	// ErrNotDead is returned by Requeue and Purge for a task that is not a
 	// dead letter.
 	ErrNotDead = errors.New("queue: task is not a dead letter")
+	// ErrTimeout is in the cause of a task context's cancellation, and in
+	// the errors of later calls on the task, when the task ran past its
+	// timeout (WithTimeout, WithTaskTimeout): its claim was released for
+	// another worker. Such an error also errors.Is ErrLost.
+	ErrTimeout = errors.New("queue: task timed out")
 )
 
 // ErrCorrupt reports a value under the queue's keys that this package did

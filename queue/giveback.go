@@ -33,7 +33,8 @@ type giveBack struct {
 	task  *Task              // a buffered task; or:
 	key   string             // a claim key,
 	held  clientv3.Cmp       // true while the claim is the one to give back,
-	lease *leasekeeper.Lease // and the claim's lease
+	lease *leasekeeper.Lease // and the claim's lease;
+	spent bool               // the claim was handed out: its attempt counts
 }
 
 // gone reports whether the claim went by itself: its lease or its task's
@@ -72,7 +73,7 @@ type claimRef struct {
 func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *leasekeeper.Lease) {
 	ops := make([]clientv3.Op, len(cs))
 	for i, c := range cs {
-		ops[i] = ix.giveBackOp(c.key, c.held)
+		ops[i] = ix.giveBackOp(c.key, c.held, false)
 	}
 	_, err := ix.q.cli.Txn(ctx).Then(ops...).Commit()
 	if err == nil || !outcomeUnknown(err) {
@@ -85,11 +86,16 @@ func (ix *index) giveBackClaims(ctx context.Context, cs []claimRef, lease *lease
 	}
 }
 
-// giveBackOp deletes claim key ck while held, and counts the claim as
-// given back unused, so that it spends no attempt of the task.
-func (ix *index) giveBackOp(ck string, held clientv3.Cmp) clientv3.Op {
-	id := strings.TrimPrefix(ck, ix.q.keys.claimPrefix())
-	return clientv3.OpTxn([]clientv3.Cmp{held}, []clientv3.Op{clientv3.OpDelete(ck), clientv3.OpPut(ix.q.keys.unused(id), "")}, nil)
+// giveBackOp deletes claim key ck while held and, unless the claim was
+// spent (handed out), counts it as given back unused, so that it spends no
+// attempt of the task.
+func (ix *index) giveBackOp(ck string, held clientv3.Cmp, spent bool) clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpDelete(ck)}
+	if !spent {
+		id := strings.TrimPrefix(ck, ix.q.keys.claimPrefix())
+		ops = append(ops, clientv3.OpPut(ix.q.keys.unused(id), ""))
+	}
+	return clientv3.OpTxn([]clientv3.Cmp{held}, ops, nil)
 }
 
 // outcomeUnknown reports whether a failed request may have been applied, or
@@ -149,7 +155,7 @@ func (ix *index) retryGiveBacks(ctx context.Context) {
 	for _, chunk := range chunkByKey(claims, max(1, ix.q.o.maxTxnOps)) {
 		ops := make([]clientv3.Op, len(chunk))
 		for i, g := range chunk {
-			ops[i] = ix.giveBackOp(g.key, g.held)
+			ops[i] = ix.giveBackOp(g.key, g.held, g.spent)
 		}
 		if _, err := ix.q.cli.Txn(rctx).Then(ops...).Commit(); err == nil || !outcomeUnknown(err) {
 			for _, g := range chunk {

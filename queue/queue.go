@@ -61,6 +61,7 @@ type options struct {
 	maxTxnOps       int
 	maxRequestBytes int
 	worker          string
+	taskTimeout     time.Duration
 	tp              trace.TracerProvider
 	mp              metric.MeterProvider
 	errs            []error
@@ -78,6 +79,19 @@ func WithMaxAttempts(n int) Option {
 			o.errs = append(o.errs, fmt.Errorf("max attempts %d: must be at least 1", n))
 		}
 		o.maxAttempts = n
+	}
+}
+
+// WithTaskTimeout sets how long a worker may hold a task it dequeued from
+// this Queue before the task is taken from it, for tasks enqueued without
+// their own WithTimeout. Default 0: no timeout (a live worker holds a task
+// until it finishes it). See WithTimeout.
+func WithTaskTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("task timeout %v: must not be negative", d))
+		}
+		o.taskTimeout = d
 	}
 }
 

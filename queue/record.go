@@ -21,6 +21,9 @@ type taskMeta struct {
 	Dedup  string `json:"d,omitempty"`
 	MaxAtt int    `json:"m"`
 	Ready  int64  `json:"r,omitempty"` // Unix ns the task was delayed to, if it was
+	// How long a worker may hold the task, in ns (WithTimeout); 0: the
+	// consumer's default.
+	Timeout int64 `json:"to,omitempty"`
 }
 
 func encodeTask(m taskMeta, payload []byte) []byte {
@@ -47,6 +50,9 @@ func decodeTask(b []byte) (taskMeta, []byte, error) {
 	if m.MaxAtt < 1 {
 		return m, nil, fmt.Errorf("%w: task record max attempts %d", ErrCorrupt, m.MaxAtt)
 	}
+	if m.Timeout < 0 {
+		return m, nil, fmt.Errorf("%w: task record timeout %d", ErrCorrupt, m.Timeout)
+	}
 	return m, b[i+1:], nil
 }
 
@@ -66,6 +72,9 @@ type statusRecord struct {
 	Dedup   string `json:"d,omitempty"`
 	Token   int64  `json:"tok,omitempty"` // claim that made the change, if any
 	Worker  string `json:"w,omitempty"`
+	// Taken: the last attempt's claim was taken from a live worker (its
+	// timeout passed), which may still be running it.
+	Taken bool `json:"tk,omitempty"`
 	// The last Progress, kept in the finished record (the progress key is
 	// deleted with the task).
 	Fraction float64 `json:"f,omitempty"`

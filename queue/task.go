@@ -17,6 +17,7 @@ import (
 	"github.com/concordkit/concord/internal/holding"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/turn"
+	"github.com/concordkit/concord/leasekeeper"
 )
 
 // Task is a claimed task. Its exported fields are read-only. Its methods are
@@ -57,14 +58,17 @@ type Task struct {
 	hasUnused   bool    // a claim of the task was given back unused
 	fraction    float64 // the last Progress known (under op)
 	message     string
+	timeout     time.Duration // how long this worker may hold it; 0: no bound
+	lease       *leasekeeper.Lease
 
 	finishing atomic.Bool // a finishing transaction is in flight or done
 	// op serializes Ack, Nack, Fail and Progress; a caller waiting behind
 	// one stalled on etcd still returns when its own ctx ends.
 	op      turn.Turn
-	mu      sync.Mutex // protects outcome, result
+	mu      sync.Mutex // protects outcome, result, timer
 	outcome outcome    // pending until finished or lost
 	result  error
+	timer   *time.Timer // fires at the timeout; stopped when the task ends
 }
 
 // claimDeleted is called by the index when the claim key was deleted at rev.
@@ -159,6 +163,11 @@ func (t *Task) ended(kind outcome) error {
 	defer t.mu.Unlock()
 	switch t.outcome {
 	case pending:
+		if kind != pending {
+			// Under mu, so that the timeout sees a finishing call that
+			// got past this check and leaves it to finish.
+			t.finishing.Store(true)
+		}
 		return nil
 	case lostIt:
 		return t.result
@@ -183,8 +192,94 @@ func (t *Task) lost(what string) error {
 }
 
 func (t *Task) cleanup() {
+	t.mu.Lock()
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.mu.Unlock()
 	t.StopFollowing()
 	t.ix.untrack(t)
+}
+
+// handOut starts the task's timeout, if it has one, as Dequeue hands it to
+// the worker's code.
+func (t *Task) handOut() {
+	if t.timeout <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.outcome == pending {
+		t.timer = time.AfterFunc(t.timeout, t.timedOut)
+	}
+}
+
+// timedOut takes the task from a worker that held it past its timeout: the
+// context first, with a cause that errors.Is ErrTimeout and ErrLost, so
+// that the worker is told before another can have the task; then the
+// claim, released in etcd under the guard, so that another worker can take
+// the task at once — or, after the last attempt, the task goes to the dead
+// letters. The attempt counts. A finishing call already under way is left
+// to finish.
+func (t *Task) timedOut() {
+	reason := fmt.Sprintf("timed out after %v on attempt %d of %d", t.timeout, t.Attempt, t.maxAttempts)
+	cause := fmt.Errorf("%w: %w: task %s %s", ErrTimeout, ErrLost, t.ID, reason)
+	t.mu.Lock()
+	if t.outcome != pending || t.finishing.Load() || t.Context().Err() != nil {
+		t.mu.Unlock()
+		return
+	}
+	t.outcome, t.result = lostIt, cause
+	t.mu.Unlock()
+	t.End(cause)
+
+	// Detached and bounded like every release of a holding. The turn is
+	// free at once: calls in flight ended with the context.
+	ctx, cancel := context.WithTimeout(context.Background(), t.ttl)
+	defer cancel()
+	defer t.cleanup()
+	if err := t.op.Take(ctx); err != nil {
+		t.giveBackTaken()
+		return
+	}
+	defer t.op.Done()
+	last := t.Attempt >= t.maxAttempts
+	var ops []clientv3.Op
+	if last {
+		ops = t.deadOps(reason)
+	} else {
+		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt, Err: reason, At: time.Now().UnixNano(),
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker, Taken: true}
+		if !t.entry.ready {
+			st.State = StateDelayed
+		}
+		ops = []clientv3.Op{clientv3.OpDelete(t.Key()), clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(st)))}
+	}
+	var resp *clientv3.TxnResponse
+	err := retry.Attempts(ctx, retry.RequestPolicy, retry.Attempt(t.ttl), func(ctx context.Context) (err error) {
+		resp, err = t.q.cli.Txn(ctx).If(t.Guard()...).Then(ops...).Commit()
+		return err
+	})
+	switch {
+	case err != nil:
+		t.giveBackTaken()
+	case resp.Succeeded:
+		t.q.tel.finished(ctx, t, "timeout")
+		if last {
+			t.q.tel.deadLettered(ctx)
+		}
+	}
+}
+
+// giveBackTaken leaves the claim of a timed-out task to the index's
+// give-backs when it could not be released now: on a lease this process
+// keeps alive, it would otherwise hide the task for as long as the process
+// lives. The attempt stays spent.
+func (t *Task) giveBackTaken() {
+	if t.LeaseLost() {
+		return // the claim goes with the lease
+	}
+	t.ix.addGiveBack(giveBack{key: t.Key(), held: t.Guard()[0], lease: t.lease, spent: true})
 }
 
 // Ack marks the task done: its claim, index key, record, attempt counter and
@@ -285,22 +380,25 @@ func (t *Task) dead(ctx context.Context, kind outcome, reason string) error {
 		}
 		reason = reason[:cut]
 	}
-	err := t.finish(ctx, true, kind, func(clientv3.LeaseID) []clientv3.Op {
-		now := time.Now().UnixNano()
-		out := t.endOps()
-		out = append(out,
-			clientv3.OpDelete(t.q.keys.attempt(t.ID)),
-			clientv3.OpDelete(t.q.keys.unused(t.ID)),
-			clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.Token()}))),
-			clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
-				Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}))),
-		)
-		return append(out, t.dedupRelease()...)
-	}, false)
+	err := t.finish(ctx, true, kind, func(clientv3.LeaseID) []clientv3.Op { return t.deadOps(reason) }, false)
 	if err == nil {
 		t.q.tel.deadLettered(ctx)
 	}
 	return err
+}
+
+// deadOps moves the task to the dead letters with reason.
+func (t *Task) deadOps(reason string) []clientv3.Op {
+	now := time.Now().UnixNano()
+	out := t.endOps()
+	out = append(out,
+		clientv3.OpDelete(t.q.keys.attempt(t.ID)),
+		clientv3.OpDelete(t.q.keys.unused(t.ID)),
+		clientv3.OpPut(t.q.keys.dead(t.ID), string(encodeDead(deadRecord{Reason: reason, Attempt: t.Attempt, At: now, Prio: int32(t.Priority), Token: t.Token()}))),
+		clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
+			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}))),
+	)
+	return append(out, t.dedupRelease()...)
 }
 
 // endOps deletes the claim and the index key.
@@ -343,7 +441,6 @@ func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build fu
 	case err != nil:
 		return err
 	}
-	t.finishing.Store(true)
 	var lease clientv3.LeaseID
 	for try := 0; ; try++ {
 		if wantLease {
