@@ -3,7 +3,11 @@
 // checkpoint after every step. Midway, the worker running the long
 // transcode task is killed; its claim dies with its lease, and another
 // worker resumes the task from the last checkpoint instead of starting over.
-// A poison task fails on every attempt and lands in the dead letters.
+// A poison task fails on every attempt and lands in the dead letters. A
+// task enqueued with a timeout hangs on its first attempt: when the timeout
+// passes, its worker is told and its claim released, and another worker
+// runs it at once, without waiting for the hung worker's lease, which a
+// live worker keeps renewing.
 //
 // On a terminal the progress shows as bars; otherwise as plain lines.
 //
@@ -57,6 +61,12 @@ const (
 	longSteps  = 20
 	killAtStep = 8
 	poisonTask = "corrupt-archive"
+
+	// The hung task's first attempt blocks at step hangAtStep until its
+	// timeout, shorter than any lease TTL exampleenv picks.
+	hungTask    = "export-ledger"
+	hungTimeout = time.Second
+	hangAtStep  = 2
 )
 
 // payload is what a producer enqueues: a task name and its number of steps.
@@ -121,7 +131,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		{"resize-image-1", "resize-image-2", "resize-image-3", "resize-image-4", "resize-image-5"},
 		{"send-report-1", "send-report-2", "send-report-3", "send-report-4", "send-report-5"},
 	}
-	total := 2 + len(producerTasks[0]) + len(producerTasks[1])
+	total := 3 + len(producerTasks[0]) + len(producerTasks[1])
 	var d *display
 	if o.Trace {
 		d = newDisplay(shared, total, true) // spans and bars do not mix
@@ -252,6 +262,12 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			k.w.cancel()
 			<-k.w.done
 			d.say("KILLED %s midway through %s (step %d of %d): its claim lives on until its lease expires on the server", k.w.name, longTask, k.step, longSteps)
+			// Enqueued after the kill, so that no claim of it dies with the
+			// killed worker's batch (which would spend its first attempt).
+			if _, err := enqueue(ctx, admin, hungTask, 4, queue.WithPriority(5), queue.WithTimeout(hungTimeout)); err != nil {
+				return err
+			}
+			d.say("enqueued %s with a %v timeout", hungTask, hungTimeout)
 		case <-outcomes:
 			finished++
 		case st, open := <-poisonStatus:
@@ -317,8 +333,8 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	if len(lost) > 0 || len(twice) > 0 {
 		return fmt.Errorf("%s: steps lost %v, steps done twice %v", longTask, lost, twice)
 	}
-	d.say("%d tasks done, %d dead letter; %s ran steps %s: no step lost, none done twice",
-		finished, dead, longTask, strings.Join(runs, ", "))
+	d.say("%d tasks done (%s on its second attempt), %d dead letter; %s ran steps %s: no step lost, none done twice",
+		finished, hungTask, dead, longTask, strings.Join(runs, ", "))
 	return e.Retry(ctx, admin.Delete)
 }
 
@@ -408,6 +424,15 @@ func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, fr
 	tick := time.NewTicker(stepTime)
 	defer tick.Stop()
 	for s := from + 1; s <= steps; s++ {
+		if name == hungTask && t.Attempt == 1 && s == hangAtStep {
+			// A call that hangs, as one to a stuck service does: only the
+			// task's context gets the worker out.
+			<-held.Done()
+			if errors.Is(context.Cause(t.Context()), queue.ErrTimeout) {
+				view.d.say("%s  %-16s hung at step %d: TIMED OUT after %v; its claim is released for another worker", w.name, name, s, hungTimeout)
+			}
+			return false
+		}
 		select {
 		case <-tick.C: // the step's simulated work
 		case <-held.Done():

@@ -77,7 +77,13 @@ func checkStory(t *testing.T, s string) {
 	assert.Regexp(t, `dead letter \w+ after 3 attempts: `, s)
 	assert.Contains(t, s, "producer-1 enqueued 5 tasks")
 	assert.Contains(t, s, "producer-2 enqueued 5 tasks")
-	m := regexp.MustCompile(`11 tasks done, 1 dead letter; transcode-video ran steps (.*): no step lost, none done twice`).FindStringSubmatch(s)
+	// The hung task times out on its first attempt, at its second step, and
+	// is resumed from its checkpoint on its second.
+	hung := regexp.MustCompile(`(worker-\d)  export-ledger +hung at step 2: TIMED OUT after 1s; its claim is released for another worker`).FindStringSubmatch(s)
+	require.NotNil(t, hung, "no timeout in:\n%s", s)
+	again := regexp.MustCompile(`worker-\d resumes export-ledger from its checkpoint: step 1 of 4 done \(attempt 2, token \d+\)`).FindStringSubmatch(s[strings.Index(s, hung[0]):])
+	require.NotNil(t, again, "no second attempt after the timeout in:\n%s", s)
+	m := regexp.MustCompile(`12 tasks done \(export-ledger on its second attempt\), 1 dead letter; transcode-video ran steps (.*): no step lost, none done twice`).FindStringSubmatch(s)
 	require.NotNil(t, m)
 	assert.Contains(t, m[1], "-"+killed[2]+" on "+killed[1]+", ", "the killed worker's steps end at its kill")
 	assert.Contains(t, m[1], ", "+strconv.Itoa(step+1)+"-", "the next steps are done after it")
