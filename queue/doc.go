@@ -60,6 +60,18 @@
 // refused. The timer runs in the worker's process; a process that is paused
 // or cut off is handled by its lease as before.
 //
+// Cancel. Cancel(ctx, id), from any process, removes a queued or delayed
+// task (freeing its dedup ID), or ends a running one: one transaction,
+// which holds only if the task did not change since Cancel read it, deletes
+// the task's keys and its claim and writes its finished record (state
+// canceled) and a cancel marker under the index, both on the retention
+// lease. The worker's Queue sees the marker through its index watch, in the
+// same revision as the claim's deletion, and ends the task's Context with a
+// cause that errors.Is ErrCanceled and ErrLost. Whatever the worker does
+// next, the task stays canceled: the claim is gone, so its calls and
+// guarded writes are refused, and a finishing call that reads the canceled
+// record back reports ErrCanceled.
+//
 // Deduplication. Enqueue with DedupID writes nothing and returns the first
 // task's ID while a task with that dedup ID is unfinished (queued, delayed
 // or running); the check and the write are one transaction, so it holds
@@ -129,6 +141,8 @@
 //	P i/r/<prio>/<time>/<id>  ready index key, empty value
 //	P i/d/<time>/<prio>/<id>  delayed index key, empty value
 //	P i/c/<id>                claim, bound to the worker's lease (worker, nonce)
+//	P i/k/<id>                cancel marker: the canceled claim's token (0 if
+//	                          none), on the retention lease
 //	P t/<id>                  task record: JSON header, newline, raw payload
 //	P s/<id>                  status record (JSON): position, attempts, last error,
 //	                          written once the task leaves its enqueued position
@@ -171,6 +185,7 @@
 //   - Progress: one guarded transaction.
 //   - A timeout costs nothing until it passes (a timer in the worker's
 //     process); then one guarded transaction.
+//   - Cancel: one read transaction and one write transaction.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
 //     trips, or 2.25 of each with full claim batches. In keys: 2 puts to
 //     enqueue, 2 puts to claim, 4 deletes and the finished record's put to

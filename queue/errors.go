@@ -26,6 +26,10 @@ var (
 	// timeout (WithTimeout, WithTaskTimeout): its claim was released for
 	// another worker. Such an error also errors.Is ErrLost.
 	ErrTimeout = errors.New("queue: task timed out")
+	// ErrCanceled is in the cause of a task context's cancellation, and in
+	// the errors of later calls on the task, when the task was canceled
+	// (Cancel) while it ran. Such an error also errors.Is ErrLost.
+	ErrCanceled = errors.New("queue: task canceled")
 )
 
 // ErrCorrupt reports a value under the queue's keys that this package did

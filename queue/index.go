@@ -180,6 +180,8 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	claimed := map[string]int64{}
 	claimValues := map[string]string{} // claim key → value, for ix.unsure
 	claimPrefix := prefix + "c/"
+	canceledPrefix := ix.q.keys.canceledPrefix()
+	var markers []*mvccpb.KeyValue
 	workers := map[string]time.Time{}
 	key := prefix
 	readRev := int64(0)
@@ -199,6 +201,9 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 			ix.q.classify(kv, &ready, &delayed, claimed, workers)
 			if strings.HasPrefix(string(kv.Key), claimPrefix) {
 				claimValues[string(kv.Key)] = string(kv.Value)
+			}
+			if strings.HasPrefix(string(kv.Key), canceledPrefix) {
+				markers = append(markers, kv)
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -221,7 +226,11 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	}
 	// A claim deleted while no watch was running (a restart after
 	// compaction, a lost leader) left no event: compare the tasks this
-	// process holds with the claims just read.
+	// process holds with the claims just read, after the cancel markers
+	// said which of them were canceled.
+	for _, kv := range markers {
+		ix.canceledLocked(string(kv.Key), kv.Value)
+	}
 	for id, t := range ix.tasks {
 		if claimed[id] != t.Token() && t.Token() <= readRev {
 			t.claimDeleted(readRev)
@@ -238,6 +247,19 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	ix.loaded = true
 	ix.notifyLocked()
 	return readRev, nil
+}
+
+// canceledLocked ends the task this Queue holds whose claim the cancel
+// marker at key names, if any. Called with mu held.
+func (ix *index) canceledLocked(key string, value []byte) {
+	id, ok := strings.CutPrefix(key, ix.q.keys.canceledPrefix())
+	if !ok {
+		return
+	}
+	token, ok := canceledToken(value)
+	if t := ix.tasks[id]; ok && token != 0 && t != nil && t.Token() == token {
+		t.canceledRemotely()
+	}
 }
 
 func cmpReady(a, b entry) int {
@@ -290,12 +312,22 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	prefix := ix.q.keys.index()
+	// Cancel markers first: a Cancel deletes the claim in the same
+	// revision, and the worker must learn why it lost the task.
+	for _, ev := range evs {
+		if ev.Kv.ModRevision > loadRev && ev.Type == clientv3.EventTypePut {
+			ix.canceledLocked(string(ev.Kv.Key), ev.Kv.Value)
+		}
+	}
 	for _, ev := range evs {
 		if ev.Kv.ModRevision <= loadRev {
 			continue // already in the loaded view
 		}
 		key := string(ev.Kv.Key)
 		rest := strings.TrimPrefix(key, prefix)
+		if strings.HasPrefix(rest, "k/") {
+			continue // a cancel marker, handled above
+		}
 		if id, ok := strings.CutPrefix(rest, "c/"); ok {
 			if !validID(id) {
 				continue

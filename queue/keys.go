@@ -15,6 +15,7 @@ import (
 //	P i/r/<prio>/<time>/<id>  ready: claimable now, in key order
 //	P i/d/<time>/<prio>/<id>  delayed: claimable from <time> on
 //	P i/c/<id>                claim, bound to the worker's lease
+//	P i/k/<id>                cancel marker: the canceled claim's token, retention lease
 //	P t/<id>                  task record: metadata and payload
 //	P s/<id>                  status record: state, position key, last error
 //	P f/<id>                  finished record, bound to a retention lease
@@ -41,6 +42,7 @@ func (l layout) delayed(at int64, prio int32, id string) string {
 	return l.prefix + "i/d/" + encTime(at) + "/" + encPrio(prio) + "/" + id
 }
 func (l layout) claim(id string) string    { return l.prefix + "i/c/" + id }
+func (l layout) canceled(id string) string { return l.prefix + "i/k/" + id }
 func (l layout) task(id string) string     { return l.prefix + "t/" + id }
 func (l layout) status(id string) string   { return l.prefix + "s/" + id }
 func (l layout) finished(id string) string { return l.prefix + "f/" + id }
@@ -53,6 +55,7 @@ func (l layout) index() string             { return l.prefix + "i/" }
 func (l layout) readyPrefix() string       { return l.prefix + "i/r/" }
 func (l layout) delayedPrefix() string     { return l.prefix + "i/d/" }
 func (l layout) claimPrefix() string       { return l.prefix + "i/c/" }
+func (l layout) canceledPrefix() string    { return l.prefix + "i/k/" }
 
 // encPrio maps a priority to 8 hex digits whose byte order is the reverse of
 // the priority order, so that a range in key order yields the highest first.

@@ -100,7 +100,7 @@ func decodeStatus(b []byte) (statusRecord, error) {
 		if s.Pos == "" {
 			return s, fmt.Errorf("%w: status %s without a position", ErrCorrupt, s.State)
 		}
-	case StateDone, StateDead:
+	case StateDone, StateDead, StateCanceled:
 	default:
 		return s, fmt.Errorf("%w: status state %q", ErrCorrupt, s.State)
 	}

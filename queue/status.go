@@ -23,6 +23,8 @@ const (
 	StateRunning State = "running" // claimed by Status.Worker
 	StateDone    State = "done"    // acknowledged (kept for the retention)
 	StateDead    State = "dead"    // in the dead letters
+	// StateCanceled: canceled by Cancel (kept for the retention).
+	StateCanceled State = "canceled"
 )
 
 // Status is what anyone can see of a task.

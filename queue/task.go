@@ -182,7 +182,12 @@ var errAgain = errors.New("again")
 
 // lost records that the claim is gone. Called with op held.
 func (t *Task) lost(what string) error {
-	err := fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.Token())
+	return t.endLost(fmt.Errorf("%w: task %s: %s: claim %d no longer held", ErrLost, t.ID, what, t.Token()))
+}
+
+// endLost ends the task as lost with err, which later calls return. Called
+// with op held.
+func (t *Task) endLost(err error) error {
 	t.mu.Lock()
 	t.outcome, t.result = lostIt, err
 	t.mu.Unlock()
@@ -476,6 +481,9 @@ func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build fu
 			return fmt.Errorf("queue: %s: task %s: %w", kind.verb(), t.ID, err)
 		}
 		if !resp.Succeeded && !t.committedEarlier(kind, resp) {
+			if canceledClaim(resp, t.Token()) {
+				return t.canceledMeanwhile(kind.verb())
+			}
 			return t.lost(kind.verb())
 		}
 		t.mu.Lock()
@@ -486,6 +494,27 @@ func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build fu
 		t.q.tel.finished(ctx, t, kind.verb())
 		return nil
 	}
+}
+
+// canceledClaim reports whether the finished record read by a failed
+// finishing transaction (its first Else read) says the claim with token
+// was canceled.
+func canceledClaim(resp *clientv3.TxnResponse, token int64) bool {
+	if len(resp.Responses) == 0 {
+		return false
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return false
+	}
+	st, err := decodeStatus(kvs[0].Value)
+	return err == nil && st.State == StateCanceled && st.Token == token
+}
+
+// canceledMeanwhile records that the task was canceled before this
+// worker's call landed. Called with op held.
+func (t *Task) canceledMeanwhile(what string) error {
+	return t.endLost(fmt.Errorf("%w: %w: task %s: %s: canceled", ErrCanceled, ErrLost, t.ID, what))
 }
 
 // committedEarlier reports whether the records read by a failed finishing

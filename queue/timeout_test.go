@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/queue"
 )
@@ -56,7 +57,9 @@ func TestTaskTimeout(t *testing.T) {
 		assert.ErrorIs(t, err, queue.ErrTimeout, what)
 		assert.ErrorIs(t, err, queue.ErrLost, what)
 	}
-	resp, err := cli.Txn(ctx).If(stuck.Guard()...).Then().Commit()
+	// A write: etcd serves a transaction without operations as a
+	// serializable read, which a lagging member may answer from the past.
+	resp, err := cli.Txn(ctx).If(stuck.Guard()...).Then(clientv3.OpPut(name+"/work", "late")).Commit()
 	require.NoError(t, err)
 	assert.False(t, resp.Succeeded, "the stuck worker's guard still holds")
 

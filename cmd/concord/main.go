@@ -9,7 +9,7 @@
 //	concord lock <name> [--rw]          holders, fencing tokens, since, waiters
 //	concord leader <name> [--watch]     the current leader (and each change)
 //	concord semaphore <name>            permits held and waiting
-//	concord queue stats <name>          depth: ready, delayed, running, done, dead
+//	concord queue stats <name>          depth: ready, delayed, running, done, canceled, dead
 //	concord queue ls <name>             the tasks in a queue
 //	concord queue status <name> <id>    one task: state, attempts, progress [--watch]
 //	concord queue dead <name>           the dead letters
@@ -21,6 +21,7 @@
 //	concord lock release <name> [--rw]  force: delete the holders' keys
 //	concord queue requeue <name> [id…]  move dead letters (all, or those) back to ready
 //	concord queue purge <name> [id…]    delete dead letters (all, or those) for good
+//	concord queue cancel <name> <id>…   cancel tasks (queued: removed; running: ended)
 //	concord cron pause|resume|trigger <name> <job>
 //
 // Flags may come before or after the command. The password of --user may

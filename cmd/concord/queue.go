@@ -34,7 +34,7 @@ func queueStats(ctx context.Context, s *session, args []string) error {
 	if s.opts.json {
 		return s.printJSON(map[string]any{
 			"queue": q.Name(), "ready": st.Ready, "delayed": st.Delayed, "running": st.Running,
-			"done": st.Done, "dead": st.Dead,
+			"done": st.Done, "canceled": st.Canceled, "dead": st.Dead,
 		})
 	}
 	return s.fields(
@@ -43,6 +43,7 @@ func queueStats(ctx context.Context, s *session, args []string) error {
 		[2]string{"delayed", strconv.Itoa(st.Delayed)},
 		[2]string{"running", strconv.Itoa(st.Running)},
 		[2]string{"done", strconv.Itoa(st.Done)},
+		[2]string{"canceled", strconv.Itoa(st.Canceled)},
 		[2]string{"dead", strconv.Itoa(st.Dead)},
 	)
 }
@@ -189,7 +190,7 @@ func queueStatusWatch(ctx context.Context, s *session, q *queue.Queue, id string
 			return err
 		}
 		n++
-		if st.State == queue.StateDone || st.State == queue.StateDead || (s.opts.count > 0 && n >= s.opts.count) {
+		if st.State == queue.StateDone || st.State == queue.StateDead || st.State == queue.StateCanceled || (s.opts.count > 0 && n >= s.opts.count) {
 			drain()
 			return nil
 		}
@@ -255,13 +256,24 @@ func queueRequeue(ctx context.Context, s *session, args []string) error {
 	return queueAdmin(ctx, s, args, "requeued", (*queue.Queue).Requeue)
 }
 
+// queueCancel cancels the tasks named in args[1:] (queued, delayed or
+// running); it goes on past a task that fails and returns an error naming
+// each failure.
+func queueCancel(ctx context.Context, s *session, args []string) error {
+	q, err := openQueue(ctx, s, args[0])
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return reportEach(s, q.Name(), "canceled", "task(s)", args[1:], func(id string) error { return q.Cancel(ctx, id) }, ctx)
+}
+
 func queuePurge(ctx context.Context, s *session, args []string) error {
 	return queueAdmin(ctx, s, args, "purged", (*queue.Queue).Purge)
 }
 
 // queueAdmin applies do to each dead letter named in args[1:], or to all of
-// them, and reports what it did; it goes on past a task that fails and
-// returns an error naming each failure.
+// them, and reports what it did.
 func queueAdmin(ctx context.Context, s *session, args []string, did string, do func(*queue.Queue, context.Context, string) error) error {
 	q, err := openQueue(ctx, s, args[0])
 	if err != nil {
@@ -272,10 +284,17 @@ func queueAdmin(ctx context.Context, s *session, args []string, did string, do f
 	if err != nil {
 		return err
 	}
+	return reportEach(s, q.Name(), did, "dead letter(s)", ids, func(id string) error { return do(q, ctx, id) }, ctx)
+}
+
+// reportEach applies do to each of ids and reports which it did; it goes on
+// past a task that fails, until ctx ends, and returns an error naming each
+// failure.
+func reportEach(s *session, queueName, did, what string, ids []string, do func(id string) error, ctx context.Context) error {
 	var done []string
 	var failed []error
 	for _, id := range ids {
-		if err := do(q, ctx, id); err != nil {
+		if err := do(id); err != nil {
 			failed = append(failed, fmt.Errorf("task %q: %w", id, err))
 			if ctx.Err() != nil {
 				break
@@ -288,11 +307,11 @@ func queueAdmin(ctx context.Context, s *session, args []string, did string, do f
 		if done == nil {
 			done = []string{}
 		}
-		if err := s.printJSON(map[string]any{"queue": q.Name(), did: done}); err != nil {
+		if err := s.printJSON(map[string]any{"queue": queueName, did: done}); err != nil {
 			return err
 		}
 	} else {
-		line := fmt.Sprintf("queue %s: %s %d dead letter(s)", q.Name(), did, len(done))
+		line := fmt.Sprintf("queue %s: %s %d %s", queueName, did, len(done), what)
 		if len(done) > 0 {
 			line += ": " + strings.Join(done, " ")
 		}
@@ -301,13 +320,12 @@ func queueAdmin(ctx context.Context, s *session, args []string, did string, do f
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("queue %s: %w", q.Name(), errors.Join(failed...))
+		return fmt.Errorf("queue %s: %w", queueName, errors.Join(failed...))
 	}
 	return nil
 }
 
-// showProgress reports whether a task's progress says anything: a finished
-// task keeps none.
+// showProgress reports whether a task's progress says anything.
 func showProgress(st queue.Status) bool {
 	return st.Fraction > 0 || st.Message != "" || st.State == queue.StateRunning || st.State == queue.StateQueued
 }

@@ -66,7 +66,7 @@ func TestQueueInspect(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var stats map[string]any
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &stats))
-	assert.Equal(t, map[string]any{"queue": name, "ready": 2.0, "delayed": 1.0, "running": 1.0, "done": 0.0, "dead": 2.0}, stats)
+	assert.Equal(t, map[string]any{"queue": name, "ready": 2.0, "delayed": 1.0, "running": 1.0, "done": 0.0, "canceled": 0.0, "dead": 2.0}, stats)
 
 	r = concord(t, "queue", "ls", name)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -127,6 +127,16 @@ func TestQueueAdmin(t *testing.T) {
 	r = concord(t, "queue", "dead", name)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, "queue "+name+": no dead letters\n", r.stdout)
+
+	// Cancel: the requeued task goes; an unknown one is refused by name.
+	r = concord(t, "queue", "cancel", name, dead[0], "18ea4edf0000000000000000")
+	assert.Equal(t, 1, r.code)
+	assert.Equal(t, "queue "+name+": canceled 1 task(s): "+dead[0]+"\n", r.stdout)
+	assert.Contains(t, r.stderr, `task "18ea4edf0000000000000000": queue: task not found`)
+	r = concord(t, "queue", "status", name, dead[0])
+	assert.Regexp(t, `(?m)^state: +canceled$`, r.stdout)
+	r = concord(t, "queue", "stats", name)
+	assert.Regexp(t, `(?m)^canceled: +1$`, r.stdout)
 
 	// Without IDs: every dead letter.
 	name2 := uniq("cli-queue-admin-all")
