@@ -704,7 +704,12 @@ func TestIdleWorkersDoNotHerd(t *testing.T) {
 	}
 	claims, conflicts = claims-claims0, conflicts-conflicts0
 	t.Logf("%d tasks to 4 idle workers: %d claim attempts, %d failed", n, claims, conflicts)
-	assert.LessOrEqual(t, conflicts, int64(n/3), "idle workers raced for new tasks")
+	// Herding costs three failed claims a task (3n here); a quiet run
+	// costs a few in all. The bound leaves room for the owner of a task
+	// being descheduled past its turn on this 2-core machine (once in about
+	// ten full runs of the package under -race: 18 of 40), and still
+	// fails by six times over if idle workers race again.
+	assert.LessOrEqual(t, conflicts, int64(n/2), "idle workers raced for new tasks")
 }
 
 // Tasks a batch claimed, whose give-back failed while the worker was cut
