@@ -49,7 +49,10 @@
 // A Watch that stays silent for Config.Probe asks etcd for progress; if no
 // answer comes in as long again, it opens its watch again on a gRPC stream
 // of its own, which clientv3 opens on the next member in turn, and a synced
-// watch announces the new creation as after any failure.
+// watch announces the new creation as after any failure. clientv3's Watch
+// waits for etcd to confirm a new watch, and a new stream can land on the
+// hung member again: a watch opened again whose creation is not confirmed
+// within twice the probe period moves on the same way.
 //
 // # Cost
 //
@@ -136,7 +139,7 @@ type Watch struct {
 
 	rev      atomic.Int64 // highest revision delivered: events and creations
 	restarts atomic.Int64
-	hangs    atomic.Int64           // restarts after an unanswered probe
+	hangs    atomic.Int64           // restarts after an unanswered probe or creation
 	stream   atomic.Pointer[Stream] // the stream the current watch travels on
 	resuming atomic.Bool            // every new watch starts at rev+1 (From, or Exact once created)
 
@@ -160,7 +163,7 @@ func Open(ctx context.Context, cli *clientv3.Client, key string, cfg Config) *Wa
 		w.rev.Store(cfg.From - 1)
 		w.resuming.Store(true)
 	}
-	ch, cancel := w.start(ctx)
+	ch, cancel, _ := w.start(ctx)
 	go w.run(ch, cancel)
 	return w
 }
@@ -177,7 +180,8 @@ func (w *Watch) Rev() int64 { return w.rev.Load() }
 // Restarts returns how many times a new watch replaced a failed one.
 func (w *Watch) Restarts() int64 { return w.restarts.Load() }
 
-// Hangs returns how many of those restarts followed an unanswered probe.
+// Hangs returns how many of those restarts followed an unanswered probe or
+// a creation not confirmed within twice the probe period.
 func (w *Watch) Hangs() int64 { return w.hangs.Load() }
 
 // Err returns, once C is closed, why: nil after Stop, else the failure.
@@ -222,8 +226,9 @@ func (w *Watch) RequestProgress(ctx context.Context) error {
 }
 
 // start opens one clientv3 watch from the resume point; ctx bounds only the
-// wait for its creation.
-func (w *Watch) start(ctx context.Context) (clientv3.WatchChan, context.CancelFunc) {
+// wait for its creation (clientv3's Watch returns once etcd confirmed it).
+// It reports whether the watch was created before ctx ended.
+func (w *Watch) start(ctx context.Context) (clientv3.WatchChan, context.CancelFunc, bool) {
 	wctx, cancel := context.WithCancel(w.life)
 	opts := make([]clientv3.OpOption, 0, len(w.cfg.Options)+2)
 	opts = append(opts, w.cfg.Options...)
@@ -238,8 +243,36 @@ func (w *Watch) start(ctx context.Context) (clientv3.WatchChan, context.CancelFu
 	wctx = metadata.NewOutgoingContext(wctx, streamMD(w.stream.Load()))
 	stop := context.AfterFunc(ctx, cancel)
 	ch := w.cli.Watch(wctx, w.key, opts...)
-	stop()
-	return ch, cancel
+	return ch, cancel, stop()
+}
+
+// restart opens the watch again. A watch whose creation is not confirmed
+// within the probe period is on a stream served by a member that does not
+// answer (clientv3 reuses the stream of the same metadata, and would wait
+// for the creation for ever): it moves to a stream of its own and tries
+// again, as after an unanswered probe.
+func (w *Watch) restart() (clientv3.WatchChan, context.CancelFunc) {
+	probe := w.cfg.Probe
+	if probe == 0 {
+		probe = DefaultProbe
+	}
+	for {
+		w.restarts.Add(1)
+		if probe < 0 {
+			ch, cancel, _ := w.start(w.life)
+			return ch, cancel
+		}
+		cctx, ccancel := context.WithTimeout(w.life, 2*probe)
+		ch, cancel, created := w.start(cctx)
+		ccancel()
+		if created || w.life.Err() != nil {
+			return ch, cancel
+		}
+		cancel()
+		w.hangs.Add(1)
+		st := w.stream.Load().next()
+		w.stream.Store(&st)
+	}
 }
 
 // streamMD is the outgoing metadata of a watch on st.
@@ -291,8 +324,7 @@ func (w *Watch) run(ch clientv3.WatchChan, cancel context.CancelFunc) {
 				return
 			}
 		}
-		w.restarts.Add(1)
-		ch, cancel = w.start(w.life)
+		ch, cancel = w.restart()
 	}
 }
 
