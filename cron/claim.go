@@ -128,24 +128,39 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			return false, fmt.Errorf("cron: claim %s: %w", key, err)
 		default:
 			// Unknown outcome: read the claim back.
-			if werr := bo.Wait(ctx); werr != nil {
+			kvs, ok, werr := l.readBack(ctx, tr, bo, key)
+			if werr != nil {
 				return false, werr
 			}
-			tctx, cancel = tr.next(ctx)
-			g, gerr := l.cli().Get(tctx, key)
-			tr.ended(gerr)
-			cancel()
-			if gerr != nil {
+			if !ok {
 				continue
 			}
-			if len(g.Kvs) > 0 {
-				read = g.Kvs[0]
+			if len(kvs) > 0 {
+				read = kvs[0]
 			}
 		}
 		if ours, err := j.adoptRead(key, read, r, skip, deleted); err != nil || ours {
 			return ours, err
 		}
 	}
+}
+
+// readBack reads key back after a write whose outcome is unknown, after
+// bo's delay, in one try bounded like the write's. ok is false when the read
+// failed too: the caller tries the write again. err is bo's wait ending
+// with ctx.
+func (l *leader) readBack(ctx context.Context, tr *tries, bo *retry.Backoff, key string) (kvs []*mvccpb.KeyValue, ok bool, err error) {
+	if err := bo.Wait(ctx); err != nil {
+		return nil, false, err
+	}
+	tctx, cancel := tr.next(ctx)
+	defer cancel()
+	g, gerr := l.cli().Get(tctx, key)
+	tr.ended(gerr)
+	if gerr != nil {
+		return nil, false, nil
+	}
+	return g.Kvs, true, nil
 }
 
 // staleDeletes picks the stale commit records a write of claim c deletes:
@@ -301,20 +316,17 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		if !retry.Unknown(err) {
 			return false, fmt.Errorf("cron: claim trigger %s: %w", key, err)
 		}
-		if werr := bo.Wait(ctx); werr != nil {
+		kvs, ok, werr := l.readBack(ctx, tr, bo, key)
+		if werr != nil {
 			return false, werr
 		}
-		tctx, cancel = tr.next(ctx)
-		g, gerr := l.cli().Get(tctx, key)
-		tr.ended(gerr)
-		cancel()
-		if gerr != nil {
+		if !ok {
 			continue
 		}
-		if len(g.Kvs) == 0 || g.Kvs[0].ModRevision != rev {
+		if len(kvs) == 0 || kvs[0].ModRevision != rev {
 			// Only the leader deletes triggers: ours went through (or a
 			// newer trigger replaced it, which the watch brings).
-			return len(g.Kvs) == 0, nil
+			return len(kvs) == 0, nil
 		}
 	}
 }
