@@ -59,7 +59,8 @@ func WithDelay(d time.Duration) EnqueueOption {
 // the dead letters). The worker's later Ack, Nack, Fail and Progress return
 // that error, and its guarded writes are refused. The timed-out attempt
 // counts. The timer runs in the worker's process: a process that is paused
-// or cut off is handled by its lease instead. It overrides the consumer's
+// or cut off is handled by its lease instead, and so is a task whose
+// Queue was closed (Close stops the timers). It overrides the consumer's
 // WithTaskTimeout.
 func WithTimeout(d time.Duration) EnqueueOption {
 	return func(o *enqueueOptions) {

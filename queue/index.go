@@ -397,6 +397,15 @@ func deleteEntry(list []entry, i int) []entry {
 	return list[1:]
 }
 
+// stopTimeouts stops the timers of the tasks this Queue handed out.
+func (ix *index) stopTimeouts() {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for _, t := range ix.tasks {
+		t.stopTimeout()
+	}
+}
+
 func (ix *index) track(t *Task) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()

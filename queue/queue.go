@@ -51,6 +51,9 @@ type Queue struct {
 	// share one lease. It is held across the Grant, so an Ack waiting for it
 	// gives up when its own ctx ends.
 	retainG turn.Turn
+	// timeouts joins the timeouts being carried out (Task.timedOut): Close
+	// waits for them, and none starts once the Queue is closed.
+	timeouts sync.WaitGroup
 }
 
 type options struct {
@@ -231,7 +234,8 @@ func (q *Queue) Worker() string { return q.worker }
 // Close stops the background index watch, if Dequeue started one, gives
 // back the tasks a batched claim took but no Dequeue handed out, and
 // unregisters the queue's metrics callback. Tasks already dequeued remain
-// usable. Dequeue on a closed Queue returns ErrClosed; producer and
+// usable, without their timeouts: Close stops the timers, and waits for the
+// timeouts already being carried out (each bounded by the lease TTL). Dequeue on a closed Queue returns ErrClosed; producer and
 // inspection calls keep working.
 func (q *Queue) Close() error {
 	if q.err != nil {
@@ -247,6 +251,7 @@ func (q *Queue) Close() error {
 	q.mu.Unlock()
 	var err error
 	if ix != nil {
+		ix.stopTimeouts()
 		ix.stop()
 		// Tasks a batch claimed but no Dequeue took go back at once rather
 		// than when the lease ends.
@@ -261,6 +266,7 @@ func (q *Queue) Close() error {
 		ix.retryGiveBacks(ctx)
 		cancel()
 	}
+	q.timeouts.Wait()
 	q.tel.close()
 	return err
 }

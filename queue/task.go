@@ -197,13 +197,18 @@ func (t *Task) endLost(err error) error {
 }
 
 func (t *Task) cleanup() {
+	t.stopTimeout()
+	t.StopFollowing()
+	t.ix.untrack(t)
+}
+
+// stopTimeout stops the task's timer, if it has one and it has not fired.
+func (t *Task) stopTimeout() {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.timer != nil {
 		t.timer.Stop()
 	}
-	t.mu.Unlock()
-	t.StopFollowing()
-	t.ix.untrack(t)
 }
 
 // handOut starts the task's timeout, if it has one, as Dequeue hands it to
@@ -227,6 +232,16 @@ func (t *Task) handOut() {
 // letters. The attempt counts. A finishing call already under way is left
 // to finish.
 func (t *Task) timedOut() {
+	// Owned by the Queue: Close waits for it, and it does not start after.
+	q := t.q
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.timeouts.Add(1)
+	q.mu.Unlock()
+	defer q.timeouts.Done()
 	reason := fmt.Sprintf("timed out after %v on attempt %d of %d", t.timeout, t.Attempt, t.maxAttempts)
 	cause := fmt.Errorf("%w: %w: task %s %s", ErrTimeout, ErrLost, t.ID, reason)
 	t.mu.Lock()

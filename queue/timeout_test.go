@@ -84,7 +84,11 @@ func TestTaskTimeoutOnLastAttempt(t *testing.T) {
 	require.NoError(t, err)
 	task, err := q.Dequeue(ctx, k)
 	require.NoError(t, err)
-	<-task.Context().Done()
+	select {
+	case <-task.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the task's context did not end at its timeout")
+	}
 	assert.ErrorIs(t, context.Cause(task.Context()), queue.ErrTimeout)
 	var dead []queue.DeadLetter
 	waitUntil(t, ctx, 10*time.Second, "the timed-out task in the dead letters", func() bool {
@@ -96,4 +100,28 @@ func TestTaskTimeoutOnLastAttempt(t *testing.T) {
 	assert.Contains(t, dead[0].Reason, "timed out after 200ms on attempt 1 of 1")
 	_, err = q.PurgeDead(ctx)
 	require.NoError(t, err)
+}
+
+// Close waits for a timeout being carried out: when it returns, the
+// timed-out claim is released in etcd, and no goroutine of it is left.
+func TestCloseJoinsTimeout(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := queue.New(cli, name, queue.WithRetention(0), queue.WithTaskTimeout(100*time.Millisecond))
+	k := newKeeper(t, cli, 10*time.Second)
+	_, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	select {
+	case <-task.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the task's context did not end at its timeout")
+	}
+	require.NoError(t, q.Close())
+	resp, err := cluster.Admin().Get(ctx, task.Key())
+	require.NoError(t, err)
+	assert.Empty(t, resp.Kvs, "Close returned before the timed-out claim was released")
+	require.NoError(t, queue.New(cli, name).Delete(ctx))
 }
