@@ -66,7 +66,8 @@
 //     so it can pass on a follower that has not applied the deletion yet.)
 //
 //   - writes elsewhere: pass h.Token() along, and have the resource refuse a
-//     token smaller than the largest it has seen.
+//     token smaller than the largest it has seen. Package fence does that
+//     in process, as HTTP and gRPC middleware, and in a SQL fence column.
 //
 // For resources that can do neither, WithLockDelay narrows (but cannot
 // close) the window after an involuntary loss.

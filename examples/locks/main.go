@@ -4,7 +4,8 @@
 // it is in the middle of an update, as a long GC pause or a network
 // partition would do. Its lease expires, the next worker is granted the
 // lock, and when the cut-off worker tries to finish its write, the account
-// refuses it: its token is older than one the account has already seen.
+// refuses it: its token is older than one the account has already seen
+// (the account checks tokens with package fence).
 // The same write fenced inside etcd by the lock's Guard is refused too.
 //
 //	go run ./examples/locks             # on an embedded 3-member cluster
@@ -30,6 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/examples/internal/exampleenv"
+	"github.com/concordkit/concord/fence"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/watch"
 	"github.com/concordkit/concord/leasekeeper"
@@ -55,19 +57,16 @@ const (
 	deposit    = 10
 )
 
-// account is the protected resource: a service outside etcd that remembers
-// the largest fencing token it has seen and refuses writes that carry a
-// smaller one.
+// account is the protected resource: a service outside etcd. Its fence
+// remembers the largest fencing token it admitted and refuses writes that
+// carry a smaller one (fence.ErrStale).
 type account struct {
-	mu       sync.Mutex // protects the fields below
-	balance  int
-	maxToken int64
+	fence   fence.Register
+	mu      sync.Mutex // protects balance for read
+	balance int
 }
 
-var (
-	errStaleToken  = errors.New("stale fencing token")
-	errGuardFailed = errors.New("guard failed: lock lost")
-)
+var errGuardFailed = errors.New("guard failed: lock lost")
 
 func (a *account) read() int {
 	a.mu.Lock()
@@ -75,15 +74,14 @@ func (a *account) read() int {
 	return a.balance
 }
 
-// write sets the balance if token is not older than any token seen.
+// write sets the balance if token is not older than any token admitted.
 func (a *account) write(token int64, balance int) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if token < a.maxToken {
-		return fmt.Errorf("%w: %d < %d", errStaleToken, token, a.maxToken)
-	}
-	a.maxToken, a.balance = token, balance
-	return nil
+	return a.fence.Do("account", token, func() error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.balance = balance
+		return nil
+	})
 }
 
 type lockedWriter struct {

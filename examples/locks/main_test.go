@@ -58,7 +58,7 @@ func checkStory(t *testing.T, s string) {
 		"worker-1 is cut off from etcd",
 		"worker-1: its lock context is canceled: lock: lost",
 		"worker-2 holds the lock, token",
-		"worker-1 writes balance 10 with its old token " + first[1] + ": REJECTED by the account (stale fencing token: " + first[1] + " < ",
+		"worker-1 writes balance 10 with its old token " + first[1] + ": REJECTED by the account (fence: stale token: token " + first[1] + ` for "account", `,
 		"worker-1's guarded write into etcd is REJECTED too",
 		"holders in order",
 		"final balance 80 at the account and 80 in etcd",
