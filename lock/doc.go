@@ -99,6 +99,15 @@
 // applied: each is safe to repeat (the acquire transaction finds its own
 // key, the release is guarded by the key's create revision).
 //
+// # Bounded holds
+//
+// WithMaxHold ends a hold after a fixed time even while its holder lives:
+// the context first (ErrExpired, with ErrLost), then a fenced delete of the
+// key, one Raft write, as by Unlock. The time is the holder's own clock, so
+// a holder that is paused past the bound learns it when it runs again and
+// sees its context ended; the next holder may have started meanwhile, as
+// after a lost lease, and fencing tokens tell them apart.
+//
 // # No reentrancy
 //
 // Locking a Mutex the goroutine already holds blocks (or TryLock returns

@@ -14,6 +14,9 @@ var (
 	// the lock away. It comes wrapped together with ErrLost, so code that
 	// only checks ErrLost still stops.
 	ErrRevoked = errors.New("lock: revoked")
+	// ErrExpired is the cause of a holding's context when it reached the
+	// bound set by WithMaxHold. It comes wrapped together with ErrLost.
+	ErrExpired = errors.New("lock: hold expired")
 	// ErrUnlocked is the cause of a holding's context after Unlock.
 	ErrUnlocked = errors.New("lock: unlocked")
 	// ErrNotHeld is returned by RequestRelease and ForceRelease when nobody

@@ -27,8 +27,9 @@ import (
 // cause that errors.Is ErrLost: the lease's safe deadline passed without
 // renewal (before the server can expire the lease and grant the lock to
 // the next waiter), etcd reported the lease gone, or the key was deleted by
-// someone else. After ForceRelease the cause also errors.Is ErrRevoked.
-// After Unlock it is canceled with ErrUnlocked.
+// someone else. After ForceRelease the cause also errors.Is ErrRevoked;
+// after the bound of WithMaxHold, ErrExpired. After Unlock it is canceled
+// with ErrUnlocked.
 //
 // Guard returns comparisons that hold only while the lock is held, for
 // fenced writes: cli.Txn(ctx).If(h.Guard()...).Then(ops...). A guarded
@@ -104,6 +105,7 @@ func (h *Hold) fireRevoked() {
 // lease). An Unlock made while another Unlock of the same hold is under way
 // waits for it, or returns ctx's cause if ctx ends first.
 func (h *Hold) Unlock(ctx context.Context) error {
+	h.StopExpiry()
 	if err := h.unlock.Take(ctx); err != nil {
 		return err
 	}
@@ -164,7 +166,7 @@ func touchNext(key string, rev int64) clientv3.Op {
 
 // newHold turns a granted acquisition into a hold and starts its monitor,
 // which owns the acquisition's watch from now on.
-func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold {
+func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func(), maxHold time.Duration) *Hold {
 	h := &Hold{
 		prefix:    a.t.prefix,
 		tel:       tel,
@@ -193,6 +195,15 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func()) *Hold
 		h.fireRevoked()
 	}
 	h.Follow(func(ctx context.Context) { h.monitor(ctx, a) })
+	if maxHold > 0 {
+		h.ExpireAfter(maxHold, fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold), func() {
+			// Each Unlock is detached and bounded by the TTL; one that
+			// failed (etcd out of reach) is made again, until the key is
+			// gone or the lease is lost, which takes the key with it.
+			for h.Unlock(context.Background()) != nil {
+			}
+		})
+	}
 	return h
 }
 

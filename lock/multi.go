@@ -243,7 +243,7 @@ func (m *Mutex) lockPart(ctx context.Context, try bool, onRevoke func()) (*Hold,
 		return nil, err
 	}
 	h, err := acquire(ctx, request{k: m.k, w: &m.w, lease: lease, prefix: m.prefix, key: m.key,
-		value: encodeValue(time.Now(), m.value), try: try, delay: m.delay, tel: m.tel, free: free, onRevoke: onRevoke})
+		value: encodeValue(time.Now(), m.value), try: try, delay: m.delay, maxHold: m.max, tel: m.tel, free: free, onRevoke: onRevoke})
 	if err != nil {
 		free()
 		return nil, err

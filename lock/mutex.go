@@ -31,6 +31,7 @@ type Mutex struct {
 	key    string
 	value  string
 	delay  time.Duration
+	max    time.Duration // WithMaxHold
 	tel    *telemetry
 	w      watches
 	err    error // invalid input, reported by every call
@@ -54,6 +55,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Mutex {
 		prefix: names.Prefix(name, "lock"),
 		value:  o.value,
 		delay:  o.lockDelay,
+		max:    o.maxHold,
 		tel:    newTelemetry(&o, name, "mutex"),
 		slot:   make(chan struct{}, 1),
 	}
@@ -77,6 +79,9 @@ func validate(k *leasekeeper.Keeper, name string, o *options) error {
 	}
 	if o.lockDelay < 0 {
 		return fmt.Errorf("lock: lock-delay %v: must not be negative", o.lockDelay)
+	}
+	if o.maxHold < 0 {
+		return fmt.Errorf("lock: max hold %v: must not be negative", o.maxHold)
 	}
 	return nil
 }
@@ -137,6 +142,7 @@ type request struct {
 	yields   func(k string) bool
 	try      bool          // TryLock: never wait
 	delay    time.Duration // lock-delay
+	maxHold  time.Duration // WithMaxHold; 0: unbounded
 	tel      *telemetry
 	free     func() // gives the lock value's local slot back
 	onRevoke func() // a MultiHold's revocation hook, or nil
@@ -185,5 +191,5 @@ func acquire(ctx context.Context, r request) (*Hold, error) {
 		a.cleanup(ctx)
 		return nil, err
 	}
-	return newHold(a, r.tel, r.free, r.onRevoke), nil
+	return newHold(a, r.tel, r.free, r.onRevoke, r.maxHold), nil
 }

@@ -145,6 +145,7 @@ func TestBadInput(t *testing.T) {
 		{"reserved segment", lock.New(k, "/a/.lock"), "lock: invalid name"},
 		{"nil keeper", lock.New(nil, "/a"), "lock: nil keeper"},
 		{"negative delay", lock.New(k, "/a", lock.WithLockDelay(-time.Second)), "lock: lock-delay"},
+		{"negative max hold", lock.New(k, "/a", lock.WithMaxHold(-time.Second)), "lock: max hold -1s: must not be negative"},
 		{"huge value", lock.New(k, "/a", lock.WithValue(strings.Repeat("x", 2<<20))), "lock: value of"},
 	}
 	for _, c := range cases {

@@ -13,6 +13,7 @@ type Option func(*options)
 type options struct {
 	value     string
 	lockDelay time.Duration
+	maxHold   time.Duration
 	tracer    trace.TracerProvider
 	meter     metric.MeterProvider
 }
@@ -37,6 +38,17 @@ func WithValue(v string) Option { return func(o *options) { o.value = v } }
 // after the key had already vanished is not delayed: etcd keeps no record of
 // why a key went once it is gone. Default 0.
 func WithLockDelay(d time.Duration) Option { return func(o *options) { o.lockDelay = d } }
+
+// WithMaxHold bounds every hold to d, even while its process lives and
+// renews its lease: after d the hold's context is canceled with a cause
+// that errors.Is ErrExpired and ErrLost, and then its key is deleted (a
+// fenced delete, as by Unlock), so the next waiter is granted the lock. A
+// holder that runs past d without looking at its context is told by its
+// fencing token: the next holder's is larger. Unlock before d works as
+// always. The bound is timed by the holder's clock, from the grant; a
+// holder cut off from etcd loses the hold by its lease first. Default 0:
+// unbounded.
+func WithMaxHold(d time.Duration) Option { return func(o *options) { o.maxHold = d } }
 
 // WithTracerProvider sets the OpenTelemetry tracer provider for the
 // lock.acquire span (default: the global one).

@@ -25,6 +25,7 @@ type RWMutex struct {
 	name   string
 	prefix string
 	value  string
+	max    time.Duration // WithMaxHold
 	tel    *telemetry
 	w      watches
 	err    error
@@ -43,6 +44,7 @@ func NewRWMutex(k *leasekeeper.Keeper, name string, opts ...Option) *RWMutex {
 		name:   name,
 		prefix: names.Prefix(name, "rwlock"),
 		value:  o.value,
+		max:    o.maxHold,
 		tel:    newTelemetry(&o, name, "rwmutex"),
 		err:    validate(k, name, &o),
 	}
@@ -91,5 +93,5 @@ func (rw *RWMutex) acquire(ctx context.Context, reader bool) (*Hold, error) {
 		yields = func(k string) bool { return strings.HasPrefix(k, queue+"w") }
 	}
 	return acquire(ctx, request{k: rw.k, w: &rw.w, lease: lease, prefix: rw.prefix, key: key,
-		value: encodeValue(time.Now(), rw.value), yields: yields, tel: rw.tel, free: func() {}})
+		value: encodeValue(time.Now(), rw.value), yields: yields, maxHold: rw.max, tel: rw.tel, free: func() {}})
 }

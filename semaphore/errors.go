@@ -10,6 +10,9 @@ var (
 	// trusted (its lease was lost or its key deleted), and the error of an
 	// Acquire whose request lost its lease or key while waiting.
 	ErrLost = errors.New("semaphore: lost")
+	// ErrExpired is the cause of a permit's context when it reached the
+	// bound set by WithMaxHold. It comes wrapped together with ErrLost.
+	ErrExpired = errors.New("semaphore: permit expired")
 	// ErrReleased is the cause of a permit's context after Release.
 	ErrReleased = errors.New("semaphore: released")
 	// ErrLimitMismatch is returned when the limit stored with the semaphore

@@ -21,8 +21,9 @@ import (
 // soon as the permit can no longer be trusted, with a cause that errors.Is
 // ErrLost: the lease passed its safe deadline without renewal (before the
 // server can expire it and grant the permits to someone else), etcd
-// reported it gone, or the key was deleted. After Release it is canceled
-// with ErrReleased.
+// reported it gone, or the key was deleted; after the bound of WithMaxHold,
+// the cause also errors.Is ErrExpired. After Release it is canceled with
+// ErrReleased.
 type Permit struct {
 	holding.Core
 	n     int
@@ -49,6 +50,7 @@ func (p *Permit) N() int { return p.n }
 // again. A Release made while another Release of the same permit is under
 // way waits for it, or returns ctx's cause if ctx ends first.
 func (p *Permit) Release(ctx context.Context) error {
+	p.StopExpiry()
 	if err := p.release.Take(ctx); err != nil {
 		return err
 	}
@@ -78,7 +80,7 @@ func (p *Permit) Release(ctx context.Context) error {
 	return nil
 }
 
-func newPermit(a *acquisition, pool *watch.Pool, tel *telemetry) *Permit {
+func newPermit(a *acquisition, pool *watch.Pool, tel *telemetry, maxHold time.Duration) *Permit {
 	p := &Permit{
 		n:         a.t.n,
 		tel:       tel,
@@ -90,6 +92,14 @@ func newPermit(a *acquisition, pool *watch.Pool, tel *telemetry) *Permit {
 		return fmt.Errorf("%w: %w", ErrLost, cause)
 	})
 	p.Follow(func(ctx context.Context) { p.monitor(ctx, a, pool) })
+	if maxHold > 0 {
+		p.ExpireAfter(maxHold, fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold), func() {
+			// As for a lock's hold: Release again until the key or the
+			// lease is gone.
+			for p.Release(context.Background()) != nil {
+			}
+		})
+	}
 	return p
 }
 

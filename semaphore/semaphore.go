@@ -31,6 +31,7 @@ type Semaphore struct {
 	name   string
 	prefix string
 	value  string
+	max    time.Duration // WithMaxHold
 	tel    *telemetry
 	pool   *watch.Pool
 	err    error        // invalid input, reported by every call
@@ -52,6 +53,7 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		name:   name,
 		prefix: names.Prefix(name, "semaphore"),
 		value:  o.value,
+		max:    o.maxHold,
 		tel:    newTelemetry(&o, name),
 	}
 	s.limit.Store(int64(limit))
@@ -62,6 +64,8 @@ func New(k *leasekeeper.Keeper, name string, limit int, opts ...Option) *Semapho
 		s.err = errors.New("semaphore: nil keeper")
 	case limit <= 0 || limit > MaxLimit:
 		s.err = fmt.Errorf("semaphore: limit %d: must be 1 to %d", limit, MaxLimit)
+	case o.maxHold < 0:
+		s.err = fmt.Errorf("semaphore: max hold %v: must not be negative", o.maxHold)
 	default:
 		s.err = guard.CheckValueSize("semaphore", "value", len(o.value))
 	}
@@ -189,7 +193,7 @@ func (s *Semaphore) acquire(ctx context.Context, n int, try bool) (p *Permit, er
 		}
 		return nil, err
 	}
-	return newPermit(a, s.pool, s.tel), nil
+	return newPermit(a, s.pool, s.tel, s.max), nil
 }
 
 // errOwnGone reports that the request's own key was deleted or replaced.

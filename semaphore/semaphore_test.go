@@ -143,6 +143,7 @@ func TestBadInput(t *testing.T) {
 		{semaphore.New(k, "/a", 2), -1, "semaphore: -1 permits"},
 		{semaphore.New(k, "/a", 2), 3, "more than the limit 2"},
 		{semaphore.New(k, "/a", 2, semaphore.WithValue(strings.Repeat("v", 2<<20))), 1, "semaphore: value of"},
+		{semaphore.New(k, "/a", 2, semaphore.WithMaxHold(-time.Millisecond)), 1, "semaphore: max hold -1ms: must not be negative"},
 	} {
 		_, err := c.s.Acquire(ctx, c.n)
 		require.ErrorContains(t, err, c.want)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -46,6 +47,8 @@ type Core struct {
 	follow     context.Context
 	stopFollow context.CancelFunc
 	wg         sync.WaitGroup // joins the follower
+
+	expiry atomic.Pointer[time.Timer] // ExpireAfter's timer; the release reads it
 }
 
 // Init makes c a live holding of key, created at revision token, on lease l
@@ -101,6 +104,27 @@ func (c *Core) End(cause error) { c.cancel(cause) }
 
 // Lose ends the holding as lost: its cause is lost(cause).
 func (c *Core) Lose(cause error) { c.cancel(c.lost(cause)) }
+
+// ExpireAfter bounds the holding to d, whatever its lease does: when d has
+// passed, its context is canceled with lost(cause) first, and release (the
+// package's own release verb, which deletes the key) runs after, so the
+// holder is told to stop before the server can grant the resource to
+// anyone else. release must be safe to call along with the package's
+// release verb, which calls StopExpiry. Call it once, before the holding
+// is handed out.
+func (c *Core) ExpireAfter(d time.Duration, cause error, release func()) {
+	c.expiry.Store(time.AfterFunc(d, func() {
+		c.Lose(cause)
+		release()
+	}))
+}
+
+// StopExpiry cancels the expiry set by ExpireAfter unless it began.
+func (c *Core) StopExpiry() {
+	if t := c.expiry.Load(); t != nil {
+		t.Stop()
+	}
+}
 
 // Follow runs fn in a goroutine with a context that ends with the holding
 // or StopFollowing, whichever comes first. One follower per holding.
