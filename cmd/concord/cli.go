@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/concordkit/concord/leasekeeper"
 )
 
 // errUsage marks an error in the command line itself; run prints the usage
@@ -37,6 +39,11 @@ type options struct {
 	rev   int64 // watch
 	limit int   // queue ls, queue dead
 	rw    bool  // lock, lock release: an RWMutex
+
+	// run
+	runLock, runLeader, runSemaphore string
+	permits                          int
+	ttl, killAfter                   time.Duration
 }
 
 const defaultEndpoints = "127.0.0.1:2379"
@@ -60,6 +67,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
 	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
 	fs.BoolVar(&o.rw, "rw", false, "lock, lock release: the RWMutex of that name (its readers or writer)")
+	fs.StringVar(&o.runLock, "lock", "", "run: hold this lock while the command runs")
+	fs.StringVar(&o.runLeader, "leader", "", "run: run the command while leader of this election")
+	fs.StringVar(&o.runSemaphore, "semaphore", "", "run: hold a permit of this semaphore (of --permits) while the command runs")
+	fs.IntVar(&o.permits, "permits", 0, "run: the semaphore's number of permits: at most this many commands at once")
+	fs.DurationVar(&o.ttl, "ttl", leasekeeper.DefaultTTL, "run: the holding's lease TTL, whole seconds")
+	fs.DurationVar(&o.killAfter, "kill-after", 2*time.Second, "run: SIGKILL the command this long after SIGTERM")
 	return fs
 }
 
@@ -113,6 +126,7 @@ func commands() []command {
 		{"cron resume", "<name> <job>", 2, "resume a paused job", cronResume},
 		{"cron trigger", "<name> <job>", 2, "run a job once now, on the scheduler's leader", cronTrigger},
 		{"watch", "<prefix>", 1, "print every change under a key prefix (--count, --rev)", watchPrefix},
+		{"run", "-- <command> [arg...]", 1, "run a command while holding a lock (--lock), leadership (--leader) or a permit (--semaphore, --permits); it is stopped when the holding ends", runChild},
 	}
 }
 
@@ -192,9 +206,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmd.run(ctx, s, rest)
 		s.close()
 	}
+	var exit exitError
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &exit):
+		if exit.msg != "" {
+			fmt.Fprintf(stderr, "concord: %s\n", exit.msg)
+		}
+		return exit.code
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "concord: %s\n\n", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
 		usage(stderr, fs)

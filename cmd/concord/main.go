@@ -24,6 +24,27 @@
 //	concord queue cancel <name> <id>…   cancel tasks (queued: removed; running: ended)
 //	concord cron pause|resume|trigger <name> <job>
 //
+// Running a command under a holding:
+//
+//	concord run --lock <name> -- <command> [arg…]
+//	concord run --leader <name> -- <command> [arg…]
+//	concord run --semaphore <name> --permits N -- <command> [arg…]
+//
+// run waits for the holding, then starts the command in a process group of
+// its own with CONCORD_FENCING_TOKEN, CONCORD_KEY and CONCORD_LEASE (hex) in
+// its environment. When the command exits, the holding is released and the
+// command's status is concord's (128 + the signal, if a signal ended it).
+// When the holding ends first (lost, or the lease could not be renewed in
+// time), the group gets SIGTERM, then SIGKILL after --kill-after, and the
+// status is the command's, or 1 if it exited 0. The holding's lease keeps a
+// margin of --kill-after + 0.5 s before its safe deadline, so the command
+// is gone before etcd can expire the lease and grant the holding to anyone
+// else; --ttl must be over twice that margin. What this cannot cover: a
+// paused concord process (its lease runs out meanwhile) and a revoked
+// lease (the next holder may start at once): the command should check
+// CONCORD_FENCING_TOKEN where it writes (package fence). SIGINT or SIGTERM
+// to concord stops the command the same way.
+//
 // Flags may come before or after the command. The password of --user may
 // be given as user:password or, to keep it out of the process list, in the
 // CONCORD_PASSWORD environment variable. A cluster that does not answer is
