@@ -12,12 +12,16 @@
 //	err = lead(t.Context(), t.Token())
 //
 // Run wraps that in a loop that campaigns again after a loss, and Observe
-// follows who leads.
+// follows who leads. Handover (and Run with WithHandover) ends a term by
+// electing a chosen candidate at once, such as the newest replica of a
+// rolling deploy (Newest), rather than the next in line.
 //
 // # Guarantees
 //
 //   - Candidates are served in the order they campaigned (create revision);
-//     a resignation or loss wakes only the next candidate.
+//     a resignation or loss wakes only the next candidate. Handover is the
+//     one exception: the candidates it passes over lose their place (and
+//     their next term has a new token) but not their campaign.
 //   - A candidate whose lease is lost, or whose key is deleted, while it waits
 //     gets an error that errors.Is ErrLost, never a Term. (etcd's
 //     concurrency.Election.Campaign returns nil in that case.) Campaign also
@@ -64,6 +68,12 @@
 //	                              value. The leader is the key with the
 //	                              smallest create revision.
 //
+//	N/.handover/<16 hex digits>   left by Handover for a candidate it passed
+//	                              over, on that candidate's lease; value: the
+//	                              create revision of the key it deleted. The
+//	                              candidate's Campaign deletes it on reading
+//	                              it and enqueues again.
+//
 // The key is reused by every Campaign through the same Election (a new put
 // after a delete still yields a new create revision, so tokens stay unique),
 // which keeps tombstones from piling up under the prefix.
@@ -86,6 +96,11 @@
 //     when a watch was created past the last read) and one read per
 //     predecessor that goes. A resignation wakes only the next candidate;
 //     handoff takes the delete, one watch event and one read.
+//   - Handover: one read of the candidates and one transaction (the term's
+//     key and the keys ahead of the chosen candidate deleted, a marker put
+//     for each of those): the chosen candidate is elected by that one Raft
+//     entry. Each candidate passed over reads its marker, deletes it and
+//     campaigns again (two writes).
 //   - Resign: one transaction (delete guarded by create revision). Proclaim:
 //     one guarded transaction. Leader: one read.
 //   - Observe: one read of all candidates, then one watch on the prefix.

@@ -54,14 +54,25 @@ type Election struct {
 
 	tel     *acquiretel.Recorder
 	changes metric.Int64Counter
+
+	handover func([]Leader) string // WithHandover: Run's choice at a graceful end
 }
 
 // Option configures an Election.
 type Option func(*options)
 
 type options struct {
-	tp trace.TracerProvider
-	mp metric.MeterProvider
+	tp       trace.TracerProvider
+	mp       metric.MeterProvider
+	handover func([]Leader) string
+}
+
+// WithHandover makes Run end a term it leaves because its ctx ended (a
+// graceful stop, not a loss) with Term.Handover(choose) instead of Resign:
+// leadership goes at once to the candidate choose picks, for example
+// Newest, the replica started last in a rolling deploy.
+func WithHandover(choose func(waiting []Leader) string) Option {
+	return func(o *options) { o.handover = choose }
 }
 
 // WithTracerProvider sets the tracer provider for election.campaign spans
@@ -85,7 +96,7 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Election {
 	if o.mp == nil {
 		o.mp = otel.GetMeterProvider()
 	}
-	e := &Election{k: k, name: name, slot: make(chan struct{}, 1)}
+	e := &Election{k: k, name: name, slot: make(chan struct{}, 1), handover: o.handover}
 	e.err = names.Validate("election", name)
 	if k == nil && e.err == nil {
 		e.err = errors.New("election: nil keeper")
@@ -211,7 +222,7 @@ var errAttemptTimedOut = errors.New("campaign attempt timed out")
 // no longer knows (revoked, or expired before the keeper noticed) is one the
 // keeper is about to replace: Lease waits for the next generation.
 func errRetryCreate(err error) bool {
-	return errors.Is(err, errStaleKey) || errors.Is(err, errAttemptTimedOut) ||
+	return errors.Is(err, errStaleKey) || errors.Is(err, errAttemptTimedOut) || errors.Is(err, errPassedOver) ||
 		errors.Is(err, rpctypes.ErrLeaseNotFound) || retry.Retriable(err)
 }
 
@@ -279,6 +290,8 @@ func (e *Election) campaignOn(ctx context.Context, l *leasekeeper.Lease, value s
 			switch {
 			case errors.Is(err, ErrCorrupt):
 				return nil, fmt.Errorf("election: campaign %q: %w", e.name, err)
+			case errors.Is(err, wait.ErrOwnKeyGone) && e.passedOver(ctx, rev):
+				return nil, errPassedOver
 			case errors.Is(err, wait.ErrOwnKeyGone):
 				return nil, fmt.Errorf("%w: candidate key %s deleted while waiting (lease expired or revoked): %w", ErrLost, e.key, err)
 			case wctx.Err() != nil:

@@ -43,6 +43,10 @@ func (e *Election) Run(ctx context.Context, value string, fn func(ctx context.Co
 		// Read before resigning: Resign replaces no cause, but a loss must be
 		// told apart from fn failing on its own.
 		lost := errors.Is(t.Err(), ErrLost)
+		if ctx.Err() != nil && e.handover != nil && !lost {
+			// A graceful stop: hand over (it resigns itself when it cannot).
+			_ = t.Handover(ctx, e.handover)
+		}
 		resignUntilDone(ctx, t)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)

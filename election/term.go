@@ -140,6 +140,13 @@ func (t *Term) Resign(ctx context.Context) error {
 		t.mu.Unlock()
 		return fmt.Errorf("election: resign %q: %w", t.e.name, err)
 	}
+	t.resignedNow(lost)
+	return nil
+}
+
+// resignedNow ends the term after its key was deleted by Resign or
+// Handover, or found lost.
+func (t *Term) resignedNow(lost bool) {
 	t.mu.Lock()
 	t.resigned = true
 	t.mu.Unlock()
@@ -151,7 +158,6 @@ func (t *Term) Resign(ctx context.Context) error {
 	t.End(ErrResigned)
 	t.StopFollowing()
 	t.end()
-	return nil
 }
 
 // watchKey cancels the term with ErrLost if the candidate key is deleted or

@@ -152,7 +152,16 @@ func (c *Core) StopFollowing() {
 // key stands while the lease lives.
 func (c *Core) Release(ctx context.Context, then, els []clientv3.Op) (lost bool, err error) {
 	ops := append([]clientv3.Op{clientv3.OpDelete(c.key)}, then...)
-	return remove(ctx, c.cli, c.lease, c.ttl, c.Guard(), ops, els)
+	_, lost, err = remove(ctx, c.cli, c.lease, c.ttl, c.Guard(), ops, els)
+	return lost, err
+}
+
+// ReleaseIf is Release that also needs cmps to hold: it deletes the key,
+// with then, only if the holding stands and cmps hold, and reports in ok
+// whether they did. Tries, bounds and the lost case are Release's.
+func (c *Core) ReleaseIf(ctx context.Context, cmps []clientv3.Cmp, then []clientv3.Op) (ok, lost bool, err error) {
+	ops := append([]clientv3.Op{clientv3.OpDelete(c.key)}, then...)
+	return remove(ctx, c.cli, c.lease, c.ttl, append(c.Guard(), cmps...), ops, nil)
 }
 
 // Withdraw deletes key, a recipe's key on lease l, if cmps hold, after an
@@ -162,13 +171,14 @@ func (c *Core) Release(ctx context.Context, then, els []clientv3.Op) (lost bool,
 // request nobody waits on, so errors are tried again until then; what is
 // left after that goes with the lease.
 func Withdraw(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl time.Duration, key string, cmps ...clientv3.Cmp) {
-	_, _ = remove(ctx, cli, l, ttl, cmps, []clientv3.Op{clientv3.OpDelete(key)}, nil)
+	_, _, _ = remove(ctx, cli, l, ttl, cmps, []clientv3.Op{clientv3.OpDelete(key)}, nil)
 }
 
-// remove runs a delete guarded by cmps: see Release.
-func remove(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl time.Duration, cmps []clientv3.Cmp, ops, els []clientv3.Op) (lost bool, err error) {
+// remove runs a delete guarded by cmps, and reports whether they held: see
+// Release.
+func remove(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl time.Duration, cmps []clientv3.Cmp, ops, els []clientv3.Op) (ok, lost bool, err error) {
 	if l.Err() != nil {
-		return true, nil
+		return false, true, nil
 	}
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.WithoutCancel(ctx)), ttl)
 	defer cancel()
@@ -177,16 +187,20 @@ func remove(ctx context.Context, cli *clientv3.Client, l *leasekeeper.Lease, ttl
 	defer context.AfterFunc(l.Context(), cancel)()
 	var last error
 	err = retry.Attempts(cctx, retry.RequestPolicy, retry.Attempt(ttl), func(ctx context.Context) error {
-		_, last = cli.Txn(ctx).If(cmps...).Then(ops...).Else(els...).Commit()
+		var resp *clientv3.TxnResponse
+		resp, last = cli.Txn(ctx).If(cmps...).Then(ops...).Else(els...).Commit()
+		if last == nil {
+			ok = resp.Succeeded
+		}
 		return last
 	})
 	switch {
 	case err == nil:
-		return false, nil
+		return ok, false, nil
 	case l.Err() != nil:
-		return true, nil
+		return false, true, nil
 	case cctx.Err() != nil && last != nil:
-		return false, fmt.Errorf("%w (last error: %w)", context.Cause(cctx), last)
+		return false, false, fmt.Errorf("%w (last error: %w)", context.Cause(cctx), last)
 	}
-	return false, err
+	return false, false, err
 }
