@@ -60,6 +60,12 @@
 //   - Overlap: SkipIfRunning (default) claims a time that comes while the
 //     previous run still goes but does not run it (status Skipped);
 //     AllowOverlap runs it alongside.
+//   - Graceful stop: when Run's ctx ends, the leader claims no more times.
+//     WithDrain lets its runs in progress finish (up to a bound) before it
+//     resigns, so they are not rerun; WithHandover hands leadership to a
+//     chosen replica (election.Newest) in one transaction. Restarting every
+//     replica in turn then misses and reruns no time, and moves leadership
+//     at most twice among three replicas (TestRollingDeploy).
 //   - Pause, Resume and Trigger are records in etcd, so any replica or a CLI
 //     can use them; the leader follows them on a watch. A trigger is consumed
 //     by one fenced transaction and runs once.

@@ -133,7 +133,7 @@ func (l *leader) start(ctx context.Context, j *jobRun, r Run, skip bool) {
 	}
 	j.running.Add(1)
 	l.wg.Add(1)
-	go l.execute(ctx, j, r)
+	go l.execute(l.runCtx, j, r)
 }
 
 // startStatus records a run that starts now in j's status.

@@ -92,6 +92,9 @@ type leader struct {
 
 	wg      sync.WaitGroup // joins run goroutines
 	retries chan retryReq
+	// runCtx is the runs' context: it ends with the term, or when the loop
+	// ended (at once, or after the drain of a graceful stop).
+	runCtx context.Context
 }
 
 var errTermGone = errors.New("cron: leadership ended")
@@ -112,15 +115,38 @@ func (l *leader) cli() *clientv3.Client { return l.s.k.Client() }
 // It returns nil when a guarded write finds the term gone, so the election
 // loop campaigns again; an error only for corrupt records.
 func (l *leader) run(ctx context.Context) error {
+	// Runs stand on the term, not on ctx: when ctx ends because the
+	// scheduler stops, they get the drain (WithDrain) first.
+	runCtx, cancelRuns := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer context.AfterFunc(l.t.Context(), func() { cancelRuns(context.Cause(l.t.Context())) })()
+	l.runCtx = runCtx
 	ctx, cancel := context.WithCancelCause(ctx)
 	err := l.loop(ctx)
-	// Runs must not outlive the loop that claimed them.
 	cancel(fmt.Errorf("%w: scheduler loop ended: %v", election.ErrLost, err))
+	if graceful := ctx.Err() != nil && l.t.Err() == nil && !errors.Is(err, errTermGone); graceful && l.s.opts.drain > 0 {
+		l.drain(l.s.opts.drain)
+	}
+	// Runs must not outlive the loop that claimed them, but for the drain.
+	cancelRuns(fmt.Errorf("%w: scheduler loop ended: %v", election.ErrLost, err))
 	l.wg.Wait()
 	if errors.Is(err, errTermGone) {
 		return nil
 	}
 	return err
+}
+
+// drain waits for the runs in progress, for up to d or until the term
+// ends.
+func (l *leader) drain(d time.Duration) {
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-l.runCtx.Done():
+	}
 }
 
 func (l *leader) loop(ctx context.Context) error {

@@ -160,9 +160,29 @@ type job struct {
 type Option func(*options)
 
 type options struct {
-	value string
-	tp    trace.TracerProvider
-	mp    metric.MeterProvider
+	value    string
+	tp       trace.TracerProvider
+	mp       metric.MeterProvider
+	drain    time.Duration
+	handover func([]election.Leader) string
+}
+
+// WithDrain lets the runs in progress finish, for up to d, when Run's ctx
+// ends (a graceful stop, such as a replica's shutdown in a rolling
+// deploy): the leader claims no time meanwhile and keeps its term while it
+// waits, then cancels what still runs (an interrupted run, rerun by the
+// next leader WithRerun), writes the statuses and resigns. A run that
+// finished within d is done: the next leader does not run its time again.
+// Default 0: runs are canceled at once, as when leadership is lost.
+func WithDrain(d time.Duration) Option { return func(o *options) { o.drain = d } }
+
+// WithHandover makes a graceful stop hand leadership to the replica choose
+// picks among those waiting (election.Newest: the one started last, which
+// in a rolling deploy runs the newest build) instead of the next in line,
+// in one transaction (see election.Term.Handover). Default: the next in
+// line leads, which takes the same one transaction.
+func WithHandover(choose func(waiting []election.Leader) string) Option {
+	return func(o *options) { o.handover = choose }
 }
 
 // WithValue sets the value the scheduler campaigns with (what Leader and
@@ -219,8 +239,15 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
 	if s.err == nil {
 		s.err = guard.CheckValueSize("cron", "value", len(o.value))
 	}
+	if s.err == nil && o.drain < 0 {
+		s.err = fmt.Errorf("cron: drain %v: must not be negative", o.drain)
+	}
 	if s.err == nil {
-		s.el = election.New(k, name, election.WithTracerProvider(o.tp), election.WithMeterProvider(o.mp))
+		eopts := []election.Option{election.WithTracerProvider(o.tp), election.WithMeterProvider(o.mp)}
+		if o.handover != nil {
+			eopts = append(eopts, election.WithHandover(o.handover))
+		}
+		s.el = election.New(k, name, eopts...)
 	}
 	const scope = "github.com/concordkit/concord/cron"
 	s.tracer = o.tp.Tracer(scope)
