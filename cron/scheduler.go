@@ -309,7 +309,8 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 // ends; it returns ctx's cause then. It campaigns again after a loss. It
 // returns early with an error that no retry can fix (corrupt records under
 // the scheduler's keys, permission denied). Runs in progress get a canceled
-// context when leadership is lost or ctx ends; Run returns after they did,
+// context when leadership is lost or ctx ends (after the WithDrain bound,
+// if they have not finished by then); Run returns after they did,
 // their status was written and the term resigned. While etcd cannot be
 // reached those writes can keep Run past ctx's end, until etcd confirms them
 // or the term's lease is lost (at most the TTL).
