@@ -5,8 +5,12 @@
 // leadership cannot write, and once per scheduled time. Midway, the
 // leader's client is cut off from etcd; its lease expires, another replica
 // takes over, catches up the times missed during the failover, and every
-// scheduled time is still run exactly once: the ledger read back from etcd
-// has one entry per scheduled time, each written once.
+// scheduled time is still run exactly once. Then a rolling deploy: a new
+// replica starts, and the leader is stopped as a deploy stops it; it lets
+// its run in progress finish (WithDrain) and hands leadership to the newest
+// replica (WithHandover) in one transaction, so no lease is waited for and
+// no time is missed or run twice. The ledger read back from etcd has one
+// entry per scheduled time, each written once.
 //
 //	go run ./examples/cron              # on an embedded 3-member cluster
 //	go run ./examples/cron -trace       # and print the spans
@@ -87,6 +91,8 @@ type replica struct {
 	cli  *clientv3.Client
 	k    *leasekeeper.Keeper
 	s    *cron.Scheduler
+	ctx  context.Context // its Run's: stop ends it, as a deploy's SIGTERM would
+	stop context.CancelFunc
 }
 
 // ended is a replica's Run returning.
@@ -126,12 +132,13 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 
 	reports := make(chan runReport, 1000)
-	ends := make(chan ended, replicas)
+	ends := make(chan ended, replicas+1)
 	running := 0 // replicas whose Run has not returned
-	rctx, stopReplicas := context.WithCancel(ctx)
-	rs := make([]*replica, replicas)
+	var rs []*replica
 	stop := func() []ended {
-		stopReplicas()
+		for _, r := range rs {
+			r.stop()
+		}
 		var got []ended
 		for ; running > 0; running-- {
 			got = append(got, <-ends)
@@ -140,30 +147,31 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 	defer func() {
 		for _, r := range rs {
-			if r != nil {
-				e.Restore(r.cli) // a cut replica stops at once, not after its detached clean-ups time out
-			}
+			e.Restore(r.cli) // a cut replica stops at once, not after its detached clean-ups time out
 		}
 		stop()
 		for _, r := range rs {
-			if r == nil {
-				continue
-			}
 			kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), leaseTTL)
 			r.k.Close(kctx)
 			kcancel()
 		}
 	}()
-	for i := range rs {
-		r := &replica{name: fmt.Sprintf("replica-%d", i+1)}
+	addReplica := func(i int) (*replica, error) {
+		r := &replica{name: fmt.Sprintf("replica-%d", i)}
+		var err error
 		if r.cli, err = e.NewClient(); err != nil {
-			return err
+			return nil, err
 		}
 		if r.k, err = leasekeeper.New(ctx, r.cli, leasekeeper.WithTTL(leaseTTL)); err != nil {
-			return err
+			_ = r.cli.Close()
+			return nil, err
 		}
-		rs[i] = r
-		r.s = cron.New(r.k, schedulerName, cron.WithValue(r.name))
+		r.ctx, r.stop = context.WithCancel(ctx)
+		rs = append(rs, r)
+		// A replica stopped gracefully lets its run in progress finish
+		// (up to 2 s) and hands leadership to the replica started last.
+		r.s = cron.New(r.k, schedulerName, cron.WithValue(r.name),
+			cron.WithDrain(2*time.Second), cron.WithHandover(election.Newest))
 		job := func(ctx context.Context, run cron.Run) error {
 			// Commit writes the ledger entry only while this replica's term
 			// stands, and only once per scheduled time, even when a run
@@ -180,6 +188,16 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		// not commit is run again by the next leader (WithRerun).
 		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute),
 			cron.WithOverlap(cron.AllowOverlap), cron.WithRerun(3)); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
+	startReplica := func(r *replica) {
+		running++
+		go func() { ends <- ended{r.name, r.s.Run(r.ctx)} }()
+	}
+	for i := range replicas {
+		if _, err := addReplica(i + 1); err != nil {
 			return err
 		}
 	}
@@ -217,8 +235,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		})
 	}
 	for _, r := range rs {
-		running++
-		go func() { ends <- ended{r.name, r.s.Run(rctx)} }()
+		startReplica(r)
 	}
 	say("started %d replicas; each runs the scheduler, one leads and runs %q every second", replicas, jobName)
 
@@ -262,6 +279,38 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		next = name
 		say("failover: %s leads %v after %s was cut off (%s)", name, time.Since(cutAt).Round(10*time.Millisecond), cut.name, how)
 	}
+	// tell records and tells one run, and returns the note on its time.
+	tell := func(rep runReport) (note string) {
+		reported = append(reported, rep)
+		tokens[rep.replica] = rep.run.Token
+		late := time.Since(rep.run.Time)
+		if rep.run.Attempt > 1 {
+			note = fmt.Sprintf(", attempt %d: rerun of a run the cut leader could not finish", rep.run.Attempt)
+		} else if late > 500*time.Millisecond {
+			note = fmt.Sprintf(", catching up %.1fs late", late.Seconds())
+		}
+		at := clock(rep.run.Time)
+		switch {
+		case rep.err == nil:
+			written[rep.replica]++
+			say("%s run by %s (token %d%s): ledger write accepted", at, rep.replica, rep.run.Token, note)
+		case errors.Is(rep.err, cron.ErrCommitted):
+			say("%s run by %s (token %d%s): ledger write REFUSED: %v", at, rep.replica, rep.run.Token, note, rep.err)
+		default:
+			// The term ended or the request failed while the write was
+			// on its way: it may have applied. The ledger read back at
+			// the end tells.
+			say("%s run by %s (token %d%s): ledger write not confirmed (%v); read back at the end", at, rep.replica, rep.run.Token, note, rep.err)
+		}
+		return note
+	}
+	tellLease := func(le leaseEvent) {
+		if le.ev.State == leasekeeper.Lost {
+			say("%s's lease %x is lost: %v", le.replica, int64(le.ev.Lease), le.ev.Err)
+		} else {
+			say("%s has a new lease %x (generation %d)", le.replica, int64(le.ev.Lease), le.ev.Generation)
+		}
+	}
 	for next == "" || onTime < runsAfter {
 		select {
 		case l, open := <-leaders:
@@ -284,28 +333,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 			say("%s is the leader (term token %d)", l.Value, l.Token)
 			tookOver(l.Value, "seen by the observer")
 		case rep := <-reports:
-			reported = append(reported, rep)
-			tokens[rep.replica] = rep.run.Token
-			late := time.Since(rep.run.Time)
-			note := ""
-			if rep.run.Attempt > 1 {
-				note = fmt.Sprintf(", attempt %d: rerun of a run the cut leader could not finish", rep.run.Attempt)
-			} else if late > 500*time.Millisecond {
-				note = fmt.Sprintf(", catching up %.1fs late", late.Seconds())
-			}
-			at := clock(rep.run.Time)
-			switch {
-			case rep.err == nil:
-				written[rep.replica]++
-				say("%s run by %s (token %d%s): ledger write accepted", at, rep.replica, rep.run.Token, note)
-			case errors.Is(rep.err, cron.ErrCommitted):
-				say("%s run by %s (token %d%s): ledger write REFUSED: %v", at, rep.replica, rep.run.Token, note, rep.err)
-			default:
-				// The term ended or the request failed while the write was
-				// on its way: it may have applied. The ledger read back at
-				// the end tells.
-				say("%s run by %s (token %d%s): ledger write not confirmed (%v); read back at the end", at, rep.replica, rep.run.Token, note, rep.err)
-			}
+			note := tell(rep)
 			if rep.err != nil {
 				continue
 			}
@@ -327,11 +355,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 				}
 			}
 		case le := <-leaseEvents:
-			if le.ev.State == leasekeeper.Lost {
-				say("%s's lease %x is lost: %v", le.replica, int64(le.ev.Lease), le.ev.Err)
-			} else {
-				say("%s has a new lease %x (generation %d)", le.replica, int64(le.ev.Lease), le.ev.Generation)
-			}
+			tellLease(le)
 		case end := <-ends:
 			running--
 			return fmt.Errorf("%s stopped running the scheduler: %w", end.replica, end.err)
@@ -340,11 +364,72 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		}
 	}
 
-	// Stop everything, then read the ledger: no run is on its way any more.
-	// The cut replica is let back first, so that it stops at once; what it
-	// still had on its way reaches etcd under a term that ended, and is
-	// refused.
+	// A rolling deploy: a replica of the new build starts, then the leader
+	// is stopped as a deploy stops it. It finishes its run in progress and
+	// hands leadership to the newest replica: no lease runs out on the way.
+	// The cut replica is let back first, and campaigns again: the new
+	// replica is the newest candidate once it campaigns.
+	listed, stopListed := candidateValues(ctx, e.Admin)
+	defer stopListed()
 	e.Restore(cut.cli)
+	if err := waitCandidate(ctx, listed, cut.name); err != nil {
+		return err
+	}
+	fresh, err := addReplica(replicas + 1)
+	if err != nil {
+		return err
+	}
+	startReplica(fresh)
+	if err := waitCandidate(ctx, listed, fresh.name); err != nil {
+		return err
+	}
+	old := byName(runner)
+	say("DEPLOY: started %s; stopping %s, the leader, as a deploy does", fresh.name, old.name)
+	stoppedAt := time.Now()
+	old.stop()
+	var ledAt time.Time
+	for stopped, ran := false, false; !stopped || ledAt.IsZero() || !ran; {
+		select {
+		case l, open := <-leaders:
+			if !open {
+				return fmt.Errorf("observing the leader ended: %w", observeErr())
+			}
+			if !l.Exists() {
+				say("no leader")
+				continue
+			}
+			say("%s is the leader (term token %d)", l.Value, l.Token)
+			if l.Value == fresh.name && ledAt.IsZero() {
+				ledAt = time.Now()
+				say("handover: %s leads %v after %s was told to stop: no lease waited for", fresh.name, ledAt.Sub(stoppedAt).Round(time.Millisecond), old.name)
+			}
+		case rep := <-reports:
+			note := tell(rep)
+			if rep.err != nil || rep.replica == old.name {
+				continue
+			}
+			if rep.replica != fresh.name || note != "" {
+				return fmt.Errorf("after the deploy, %s ran %s%s: leadership did not go straight to the newest replica", rep.replica, clock(rep.run.Time), note)
+			}
+			ran = true
+			runner = fresh.name
+		case le := <-leaseEvents:
+			tellLease(le)
+		case end := <-ends:
+			running--
+			if end.replica != old.name || !errors.Is(end.err, context.Canceled) {
+				return fmt.Errorf("%s stopped running the scheduler: %w", end.replica, end.err)
+			}
+			stopped = true
+			say("%s stopped: its runs had finished, and it handed leadership over", old.name)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the handover: %w", context.Cause(ctx))
+		}
+	}
+
+	// Stop everything, then read the ledger: no run is on its way any more.
+	// What the cut replica still had on its way reached etcd under a term
+	// that ended, and was refused.
 	for _, end := range stop() {
 		if end.err != nil && !errors.Is(end.err, context.Canceled) {
 			return fmt.Errorf("%s: scheduler: %w", end.replica, end.err)
@@ -364,6 +449,37 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	return wipe(ctx, e.Admin, leaseTTL)
+}
+
+// candidateValues reports the values of the scheduler's election's
+// candidates as they appear, from a watch, until stop is called.
+func candidateValues(ctx context.Context, admin *clientv3.Client) (<-chan string, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan string)
+	wch := admin.Watch(ctx, schedulerName+"/.election/", clientv3.WithPrefix(), clientv3.WithFilterDelete())
+	go func() {
+		defer close(out)
+		for resp := range wch {
+			for _, ev := range resp.Events {
+				select {
+				case out <- string(ev.Kv.Value):
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, cancel
+}
+
+// waitCandidate waits until a candidate of the value name appears.
+func waitCandidate(ctx context.Context, listed <-chan string, name string) error {
+	for v := range listed {
+		if v == name {
+			return nil
+		}
+	}
+	return fmt.Errorf("waiting for %s to campaign: %w", name, context.Cause(ctx))
 }
 
 // wipe deletes the ledger and the scheduler's records. Both requests are

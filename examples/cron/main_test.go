@@ -83,6 +83,17 @@ func checkStory(t *testing.T, s string) {
 	late := regexp.MustCompile(`run by (replica-\d) \(token \d+, (catching up \S+ late|attempt \d: rerun[^)]*)\): ledger write accepted`).FindStringSubmatch(after0)
 	require.NotNil(t, late, "the times missed during the failover are run after it")
 	assert.NotEqual(t, cut[1], late[1])
+	// The rolling deploy: the leader is stopped, and leadership goes at
+	// once to the replica started last, which runs the next time on time.
+	dep := regexp.MustCompile(`DEPLOY: started (replica-4); stopping (replica-\d), the leader, as a deploy does`).FindStringSubmatch(s)
+	require.NotNil(t, dep)
+	hand := regexp.MustCompile(`handover: replica-4 leads (\S+) after ` + dep[2] + ` was told to stop`).FindStringSubmatch(s)
+	require.NotNil(t, hand)
+	took, err := time.ParseDuration(hand[1])
+	require.NoError(t, err)
+	assert.Less(t, took, time.Second, "the handover waited")
+	assert.Regexp(t, `run by replica-4 \(token \d+\): ledger write accepted`, s[strings.Index(s, dep[0]):])
+	assert.Equal(t, "replica-4", tok[3])
 	m := regexp.MustCompile(`ledger read back from etcd: scheduled times \S+ to \S+, (\d+) times, (\d+) entries, each written once`).FindStringSubmatch(s)
 	require.NotNil(t, m)
 	assert.Equal(t, m[1], m[2])
