@@ -17,9 +17,12 @@ const MetadataKey = "concord-fencing-token"
 
 // WithToken returns ctx with the fencing token in its outgoing gRPC
 // metadata, for a call to a service fenced by UnaryServerInterceptor or
-// StreamServerInterceptor.
+// StreamServerInterceptor. A token ctx already carried is replaced.
 func WithToken(ctx context.Context, token int64) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, MetadataKey, strconv.FormatInt(token, 10))
+	md, _ := metadata.FromOutgoingContext(ctx)
+	md = md.Copy()
+	md.Set(MetadataKey, strconv.FormatInt(token, 10))
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 // TokenFromContext reads the fencing token from a server call's incoming

@@ -42,7 +42,7 @@ func TestInterceptors(t *testing.T) {
 		return err
 	}
 	require.NoError(t, check(fence.WithToken(ctx, 7)))
-	require.NoError(t, check(fence.WithToken(ctx, 7)))
+	require.NoError(t, check(fence.WithToken(fence.WithToken(ctx, 3), 7)), "a second token replaces the first")
 
 	err = check(fence.WithToken(ctx, 6))
 	require.Equal(t, codes.FailedPrecondition, status.Code(err))

@@ -121,25 +121,35 @@ func (c Column) Admit(ctx context.Context, tx Execer, key any, token int64) erro
 // Update runs write in a transaction of db after Admit admitted token for
 // the row key, and commits it; a refusal or an error of write rolls the
 // transaction back and is returned. opts are those of db.BeginTx.
-func (c Column) Update(ctx context.Context, db *sql.DB, opts *sql.TxOptions, key any, token int64, write func(tx *sql.Tx) error) error {
+func (c Column) Update(ctx context.Context, db *sql.DB, opts *sql.TxOptions, key any, token int64, write func(tx *sql.Tx) error) (err error) {
 	if err := c.check(); err != nil {
 		return err
 	}
 	if err := checkToken(token); err != nil {
 		return err
 	}
+	if db == nil || write == nil {
+		return errors.New("fence: column update: nil db or write")
+	}
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("fence: begin: %w", err)
 	}
+	committed := false
+	defer func() {
+		// Also when write panics: an open transaction would keep the
+		// row's lock (SQLite's write lock) and a connection for good.
+		if !committed {
+			_ = tx.Rollback()
+		}
+	}()
 	if err := c.Admit(ctx, tx, key, token); err != nil {
-		_ = tx.Rollback()
 		return err
 	}
 	if err := write(tx); err != nil {
-		_ = tx.Rollback()
 		return err
 	}
+	committed = true
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("fence: commit: %w", err)
 	}

@@ -83,6 +83,22 @@ func TestColumnBadInput(t *testing.T) {
 	require.Equal(t, 2, n)
 }
 
+// A write that panics rolls its transaction back: the row's lock (here
+// SQLite's write lock) and the connection are not kept.
+func TestColumnUpdatePanicRollsBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	db := openDB(t)
+	require.Panics(t, func() {
+		_ = accounts.Update(ctx, db, nil, "a", 3, func(*sql.Tx) error { panic("boom") })
+	})
+	require.Zero(t, db.Stats().InUse, "a connection is still in use")
+	require.False(t, fenceOf(t, db, "a").Valid, "the panicking write's fence was committed")
+	require.NoError(t, accounts.Update(ctx, db, nil, "b", 1, func(*sql.Tx) error { return nil }))
+	require.EqualError(t, accounts.Update(ctx, db, nil, "a", 1, nil), "fence: column update: nil db or write")
+	require.EqualError(t, accounts.Update(ctx, nil, nil, "a", 1, func(*sql.Tx) error { return nil }), "fence: column update: nil db or write")
+}
+
 // deposit adds amount to account id under token, in one fenced transaction
 // that also appends to the history.
 func deposit(ctx context.Context, db *sql.DB, fenced bool, id string, token, amount int64) error {
