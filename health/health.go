@@ -50,7 +50,8 @@ type Option func(*Probe)
 func WithLeadership(l *Leadership) Option { return func(p *Probe) { p.lead = l } }
 
 // RequireLeader makes the probe healthy only while the Leadership given
-// with WithLeadership holds a live term.
+// with WithLeadership holds a live term; without WithLeadership the probe
+// is never healthy, and says why.
 func RequireLeader() Option { return func(p *Probe) { p.requireLeader = true } }
 
 // New returns a probe of k. It does no I/O.
@@ -82,7 +83,9 @@ func (p *Probe) Status() Status {
 	st := p.k.State()
 	l := p.k.Current()
 	s := Status{
-		Healthy:    st.Live(),
+		// The lease's own context ends first when the keeper loses it or
+		// closes (Close revokes it only after): unhealthy from then on.
+		Healthy:    st.Live() && l.Err() == nil,
 		State:      st.String(),
 		Lease:      strconv.FormatInt(int64(l.ID()), 16),
 		Generation: l.Generation(),
@@ -93,6 +96,9 @@ func (p *Probe) Status() Status {
 		if err := l.Err(); err != nil {
 			s.Reason += ": " + err.Error()
 		}
+	}
+	if p.requireLeader && p.lead == nil {
+		s.Healthy, s.Reason = false, "health: RequireLeader without WithLeadership"
 	}
 	if p.lead != nil {
 		token, leader := p.lead.Token()
@@ -138,6 +144,12 @@ func (p *Probe) Serve(ctx context.Context, srv *health.Server, service string) {
 		if p.lead != nil {
 			changed = p.lead.changed()
 		}
+		// The lease's end comes before the keeper's state change when it
+		// closes: follow both.
+		var leaseDone <-chan struct{}
+		if l := p.k.Current(); l.Err() == nil {
+			leaseDone = l.Done()
+		}
 		st := healthpb.HealthCheckResponse_NOT_SERVING
 		if p.Status().Healthy {
 			st = healthpb.HealthCheckResponse_SERVING
@@ -151,6 +163,7 @@ func (p *Probe) Serve(ctx context.Context, srv *health.Server, service string) {
 				return // closed
 			}
 		case <-changed:
+		case <-leaseDone:
 		}
 	}
 }

@@ -106,9 +106,36 @@ func TestHTTPFollowsKeeper(t *testing.T) {
 	rec := httptest.NewRecorder()
 	p.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/healthz", nil))
 	require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+	code, s = get(t, health.New(newKeeper(t), health.RequireLeader()))
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, "health: RequireLeader without WithLeadership", s.Reason)
 	code, s = get(t, health.New(nil))
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Equal(t, "health: nil keeper", s.Reason)
+}
+
+// A keeper that is closing has ended its holdings before it revokes its
+// lease, which a cut-off client cannot: the probe is unhealthy from the
+// moment the holdings ended, though the state still reads Connected.
+func TestUnhealthyWhileClosing(t *testing.T) {
+	k := newKeeper(t)
+	p := health.New(k)
+	cluster.CutClient(k.Client())
+	defer cluster.RestoreClient(k.Client())
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		closed <- k.Close(ctx)
+	}()
+	select {
+	case <-k.Current().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the lease's context")
+	}
+	code, s := get(t, p)
+	require.Equal(t, http.StatusServiceUnavailable, code, "healthy while closing: %+v", s)
+	<-closed
 }
 
 // With RequireLeader, the probe is healthy only while the Leadership holds
