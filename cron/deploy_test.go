@@ -110,3 +110,25 @@ func TestRollingDeploy(t *testing.T) {
 	assert.LessOrEqual(t, len(leaders), 3, "leadership moved more often than handovers to the newest make it")
 	assert.GreaterOrEqual(t, hi-lo, int64(10), "the schedule ran for too short a time")
 }
+
+// A graceful stop drains runs in progress, not a failed run's retry that
+// waits for its backoff: with nothing running, stop returns at once rather
+// than after the drain bound.
+func TestDrainSkipsPendingRetry(t *testing.T) {
+	c := cluster
+	name := "/test/" + t.Name()
+	cleanupName(t, c, name)
+	p := newProcess(t, c, 3*time.Second)
+	s := cron.New(p.k, name, cron.WithDrain(30*time.Second))
+	failed := make(chan struct{}, 16)
+	require.NoError(t, s.Add("fail", "@every 1s", func(context.Context, cron.Run) error {
+		failed <- struct{}{}
+		return fmt.Errorf("fails")
+	}, cron.WithRetries(3, time.Minute)))
+	stop := runScheduler(t, s)
+	recvT(t, failed, 10*time.Second, "a failed run")
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	err := recvT(t, stopped, 10*time.Second, "Run's return well before the 30 s drain bound")
+	require.ErrorIs(t, err, context.Canceled)
+}

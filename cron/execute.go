@@ -278,10 +278,12 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
+		case <-l.loopCtx.Done():
 		case <-t.C:
 			select {
 			case l.retries <- retryReq{job: j, t: r.Time, attempt: r.Attempt + 1}:
 			case <-ctx.Done():
+			case <-l.loopCtx.Done():
 			}
 		}
 	}

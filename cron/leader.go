@@ -95,6 +95,9 @@ type leader struct {
 	// runCtx is the runs' context: it ends with the term, or when the loop
 	// ended (at once, or after the drain of a graceful stop).
 	runCtx context.Context
+	// loopCtx ends with the loop: a retry waiting for its backoff gives up
+	// then, as nothing would dispatch it.
+	loopCtx context.Context
 }
 
 var errTermGone = errors.New("cron: leadership ended")
@@ -120,10 +123,14 @@ func (l *leader) run(ctx context.Context) error {
 	runCtx, cancelRuns := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer context.AfterFunc(l.t.Context(), func() { cancelRuns(context.Cause(l.t.Context())) })()
 	l.runCtx = runCtx
+	outer := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
+	l.loopCtx = ctx
 	err := l.loop(ctx)
 	cancel(fmt.Errorf("%w: scheduler loop ended: %v", election.ErrLost, err))
-	if graceful := ctx.Err() != nil && l.t.Err() == nil && !errors.Is(err, errTermGone); graceful && l.s.opts.drain > 0 {
+	// Graceful: the scheduler stops (Run's ctx ended) while the term
+	// stands; not an error of the loop's own.
+	if graceful := outer.Err() != nil && l.t.Err() == nil && errors.Is(err, context.Cause(outer)); graceful && l.s.opts.drain > 0 {
 		l.drain(l.s.opts.drain)
 	}
 	// Runs must not outlive the loop that claimed them, but for the drain.
