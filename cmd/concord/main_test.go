@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +24,14 @@ import (
 
 var cluster *testcluster.Cluster
 
-func TestMain(m *testing.M) { testcluster.Main(m, &cluster) }
+func TestMain(m *testing.M) {
+	// The test binary is the CLI when a test runs it as a program of its
+	// own (under a terminal, TestRunOnATerminal).
+	if os.Getenv("CONCORD_TEST_AS_CLI") != "" {
+		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	testcluster.Main(m, &cluster)
+}
 
 // result is what one run of the CLI left behind.
 type result struct {

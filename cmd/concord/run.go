@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/concordkit/concord/election"
@@ -99,9 +101,12 @@ func runChild(ctx context.Context, s *session, argv []string) error {
 		envLease+"="+strconv.FormatInt(int64(h.lease), 16))
 	cmd.Stdin = os.Stdin
 	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
-	// Its own process group, so that the signals reach what it started;
-	// SIGKILL if this process dies first, so no child outlives its holding.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so that the signals reach what it started,
+	// unless stdin is a terminal: a background group that reads the
+	// terminal is stopped (SIGTTIN), and would hold the lock for ever.
+	// SIGKILL if this process dies first.
+	ownGroup := !term.IsTerminal(int(os.Stdin.Fd()))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: ownGroup, Pdeathsig: syscall.SIGKILL}
 	// Output copied from a grandchild that outlives the group is not
 	// waited for past the kill.
 	cmd.WaitDelay = o.killAfter
@@ -112,15 +117,19 @@ func runChild(ctx context.Context, s *session, argv []string) error {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
+	g := group{pid: cmd.Process.Pid, own: ownGroup}
 	var why string
 	select {
 	case err = <-done:
+		// What the command left running in its group must not outlive
+		// the holding either.
+		g.clear(o.killAfter)
 	case <-h.ctx.Done():
 		why = fmt.Sprintf("%s ended (%v): stopping %s", h.what, context.Cause(h.ctx), argv[0])
-		err = stop(cmd, done, o.killAfter)
+		err = g.stop(done, o.killAfter)
 	case <-ctx.Done():
 		why = fmt.Sprintf("interrupted: stopping %s", argv[0])
-		err = stop(cmd, done, o.killAfter)
+		err = g.stop(done, o.killAfter)
 	}
 	if why != "" {
 		fmt.Fprintf(s.stderr, "concord: run: %s\n", why)
@@ -186,22 +195,63 @@ func acquireFor(ctx context.Context, k *leasekeeper.Keeper, kind, name string, p
 	}
 }
 
-// stop sends SIGTERM to the child's process group, SIGKILL after
-// killAfter, and returns the child's end.
-func stop(cmd *exec.Cmd, done <-chan error, killAfter time.Duration) error {
-	pgid := cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+// group is the command's process group (own), or the command alone when
+// it shares this process's group (stdin a terminal).
+type group struct {
+	pid int
+	own bool
+}
+
+func (g group) signal(sig syscall.Signal) {
+	if g.own {
+		_ = syscall.Kill(-g.pid, sig)
+	} else {
+		_ = syscall.Kill(g.pid, sig)
+	}
+}
+
+// stop sends SIGTERM, SIGKILL after killAfter, and returns the command's
+// end, with nothing of its group left.
+func (g group) stop(done <-chan error, killAfter time.Duration) error {
+	deadline := time.Now().Add(killAfter)
+	g.signal(syscall.SIGTERM)
 	t := time.NewTimer(killAfter)
 	defer t.Stop()
 	select {
 	case err := <-done:
-		// The leader of the group is gone; what it started may not be.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		// The command is gone; what it started has the rest of the time.
+		g.clearBy(deadline)
 		return err
 	case <-t.C:
 	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	g.signal(syscall.SIGKILL)
 	return <-done
+}
+
+// clear ends what is left in the command's group after the command exited
+// by itself: SIGTERM, then SIGKILL after killAfter if anything is left.
+func (g group) clear(killAfter time.Duration) {
+	if !g.own || syscall.Kill(-g.pid, 0) != nil {
+		return
+	}
+	g.signal(syscall.SIGTERM)
+	g.clearBy(time.Now().Add(killAfter))
+}
+
+// clearBy waits until the command's group is empty or the deadline passed,
+// and then sends SIGKILL to what is left. The members are not this
+// process's children, so their end is polled.
+func (g group) clearBy(deadline time.Time) {
+	if !g.own {
+		return
+	}
+	for time.Now().Before(deadline) {
+		if syscall.Kill(-g.pid, 0) != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	g.signal(syscall.SIGKILL)
 }
 
 // exitCode is the status to pass on: the child's, or 128 + the signal that

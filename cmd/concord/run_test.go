@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -183,5 +186,61 @@ func TestRunInterrupted(t *testing.T) {
 		t.Fatal("concord run did not return")
 	}
 	assert.Contains(t, errOut.String(), "concord: run: interrupted: stopping sh")
+	requireNoKeysUnder(t, name+"/")
+}
+
+// gone reports whether pid has ended: no such process, or a zombie left
+// for its new parent to reap.
+func gone(pid int) bool {
+	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(f) > 0 && f[0] == "Z"
+}
+
+// What the command left running in its group when it exited is ended
+// before the holding is released.
+func TestRunEndsWhatTheCommandLeft(t *testing.T) {
+	name := uniq("cli-run-left")
+	r := concord(t, "run", "--lock", name, "--kill-after", "1s", "--",
+		"sh", "-c", `sleep 30 </dev/null >/dev/null 2>&1 & echo "left $!"; exit 0`)
+	require.Equal(t, 0, r.code, r.stderr)
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(r.stdout, "left ")))
+	require.NoError(t, err, r.stdout)
+	assert.True(t, gone(pid), "pid %d, started by the command, outlived concord run", pid)
+	requireNoKeysUnder(t, name+"/")
+}
+
+// On a terminal the command can read it: it is not put in a background
+// process group, where its first read would stop it (SIGTTIN) with the
+// lock held. script(1) gives the CLI, run as a program, a terminal.
+func TestRunOnATerminal(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("script(1), from util-linux, is not installed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := uniq("cli-run-tty")
+	self, err := os.Executable()
+	require.NoError(t, err)
+	line := fmt.Sprintf(`%s --endpoints %s run --lock %s -- sh -c 'echo asking; read x; echo got=$x'`,
+		self, strings.Join(cluster.Endpoints(), ","), name)
+	c := exec.CommandContext(ctx, "script", "-qec", line, "/dev/null")
+	c.Env = append(os.Environ(), "CONCORD_TEST_AS_CLI=1")
+	in, err := c.StdinPipe()
+	require.NoError(t, err)
+	out := newLineWriter()
+	c.Stdout, c.Stderr = out, out
+	require.NoError(t, c.Start())
+	waitLine(t, out, "asking", 20*time.Second)
+	_, err = io.WriteString(in, "hello\n")
+	require.NoError(t, err)
+	waitLine(t, out, "got=hello", 10*time.Second)
+	require.NoError(t, c.Wait(), out.String())
 	requireNoKeysUnder(t, name+"/")
 }
