@@ -22,6 +22,12 @@ const handoverKind = "handover"
 // a newer candidate lead: the candidate enqueues again, at the back.
 var errPassedOver = errors.New("passed over by a handover")
 
+// maxPassedOver bounds the candidates one Handover passes over: its
+// transaction writes two operations for each, and etcd refuses a
+// transaction of more than --max-txn-ops (default 128) operations. Past
+// it, Handover resigns.
+const maxPassedOver = 60
+
 // handoverTries bounds how often Handover reads the candidates again when
 // they changed before its transaction; it then resigns.
 const handoverTries = 3
@@ -50,7 +56,9 @@ func Newest(waiting []Leader) string {
 // candidate is elected by that one revision (its Campaign then confirms
 // with one linearizable read). If the candidates changed between the read
 // and the transaction, Handover reads again, up to three times, and then
-// resigns. Passed-over candidates campaign again, with a new token.
+// resigns; it also resigns rather than pass over more than 60 candidates
+// (etcd's default --max-txn-ops is 128). Passed-over candidates campaign
+// again, with a new token.
 //
 // After Handover, as after Resign, the term's context ends with
 // ErrResigned. Errors and the lost case are Resign's.
@@ -81,8 +89,8 @@ func (t *Term) Handover(ctx context.Context, choose func(waiting []Leader) strin
 				}
 			}
 		}
-		if at <= 0 {
-			break // nobody, or the next in line: a resignation elects it
+		if at <= 0 || at > maxPassedOver {
+			break // nobody, or the next in line (a resignation elects it), or too far behind
 		}
 		cmps := make([]clientv3.Cmp, 0, at+1)
 		ops := make([]clientv3.Op, 0, 2*at)
