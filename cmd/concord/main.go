@@ -32,18 +32,24 @@
 //
 // run waits for the holding, then starts the command in a process group of
 // its own with CONCORD_FENCING_TOKEN, CONCORD_KEY and CONCORD_LEASE (hex) in
-// its environment. When the command exits, the holding is released and the
-// command's status is concord's (128 + the signal, if a signal ended it).
-// When the holding ends first (lost, or the lease could not be renewed in
-// time), the group gets SIGTERM, then SIGKILL after --kill-after, and the
-// status is the command's, or 1 if it exited 0. The holding's lease keeps a
-// margin of --kill-after + 0.5 s before its safe deadline, so the command
-// is gone before etcd can expire the lease and grant the holding to anyone
-// else; --ttl must be over twice that margin. What this cannot cover: a
-// paused concord process (its lease runs out meanwhile) and a revoked
-// lease (the next holder may start at once): the command should check
-// CONCORD_FENCING_TOKEN where it writes (package fence). SIGINT or SIGTERM
-// to concord stops the command the same way.
+// its environment. When the command exits, what it left running in its
+// group gets SIGTERM (SIGKILL after --kill-after), the holding is released
+// and the command's status is concord's (128 + the signal, if a signal
+// ended it). When the holding ends first (lost, or the lease could not be
+// renewed in time), the group gets SIGTERM, then SIGKILL after
+// --kill-after, and the status is the command's, or 1 if it exited 0. The
+// holding's lease keeps a margin of --kill-after + 0.5 s before its safe
+// deadline, so the group is gone before etcd can expire the lease and grant
+// the holding to anyone else; --ttl must be over twice that margin. SIGINT
+// or SIGTERM to concord stops the command the same way.
+//
+// What this cannot cover: a paused concord process (its lease runs out
+// meanwhile), a revoked lease (the next holder may start at once), and a
+// concord killed with SIGKILL (the command gets SIGKILL too, but what it
+// started does not): the command should check CONCORD_FENCING_TOKEN where
+// it writes (package fence). When stdin is a terminal the command stays in
+// concord's process group, so that it can read the terminal; signals then
+// reach the command alone, not what it started.
 //
 // Flags may come before or after the command. The password of --user may
 // be given as user:password or, to keep it out of the process list, in the
