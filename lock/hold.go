@@ -196,13 +196,10 @@ func newHold(a *acquisition, tel *telemetry, free func(), onRevoke func(), maxHo
 	}
 	h.Follow(func(ctx context.Context) { h.monitor(ctx, a) })
 	if maxHold > 0 {
-		h.ExpireAfter(maxHold, fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold), func() {
-			// Each Unlock is detached and bounded by the TTL; one that
-			// failed (etcd out of reach) is made again, until the key is
-			// gone or the lease is lost, which takes the key with it.
-			for h.Unlock(context.Background()) != nil {
-			}
-		})
+		// The release is Unlock, detached and bounded by the TTL; the
+		// core makes it again if it fails.
+		expired := fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold)
+		h.ExpireAfter(maxHold, expired, func() error { return h.Unlock(context.Background()) })
 	}
 	return h
 }

@@ -93,12 +93,10 @@ func newPermit(a *acquisition, pool *watch.Pool, tel *telemetry, maxHold time.Du
 	})
 	p.Follow(func(ctx context.Context) { p.monitor(ctx, a, pool) })
 	if maxHold > 0 {
-		p.ExpireAfter(maxHold, fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold), func() {
-			// As for a lock's hold: Release again until the key or the
-			// lease is gone.
-			for p.Release(context.Background()) != nil {
-			}
-		})
+		// The release is Release, detached and bounded by the TTL; the
+		// core makes it again if it fails.
+		expired := fmt.Errorf("%w after %v (WithMaxHold)", ErrExpired, maxHold)
+		p.ExpireAfter(maxHold, expired, func() error { return p.Release(context.Background()) })
 	}
 	return p
 }

@@ -109,13 +109,20 @@ func (c *Core) Lose(cause error) { c.cancel(c.lost(cause)) }
 // passed, its context is canceled with lost(cause) first, and release (the
 // package's own release verb, which deletes the key) runs after, so the
 // holder is told to stop before the server can grant the resource to
-// anyone else. release must be safe to call along with the package's
-// release verb, which calls StopExpiry. Call it once, before the holding
-// is handed out.
-func (c *Core) ExpireAfter(d time.Duration, cause error, release func()) {
+// anyone else. A release that fails (etcd out of reach, a refusal) is made
+// again, paced by retry.RecoverPolicy, until it succeeds or the lease is
+// lost, which takes the key with it. release must be safe to call along
+// with the package's release verb, which calls StopExpiry. Call it once,
+// before the holding is handed out.
+func (c *Core) ExpireAfter(d time.Duration, cause error, release func() error) {
 	c.expiry.Store(time.AfterFunc(d, func() {
 		c.Lose(cause)
-		release()
+		bo := retry.RecoverPolicy.New()
+		for release() != nil {
+			if bo.Wait(c.lease.Context()) != nil {
+				return
+			}
+		}
 	}))
 }
 
