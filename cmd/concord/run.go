@@ -85,7 +85,12 @@ func runChild(ctx context.Context, s *session, argv []string) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	// Closing revokes the lease: whatever release left undone goes with it.
-	defer k.Close(context.WithoutCancel(ctx))
+	// Bounded by the TTL: with etcd out of reach the lease expires by then.
+	defer func() {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.ttl)
+		defer cancel()
+		_ = k.Close(kctx)
+	}()
 
 	h, err := acquireFor(ctx, k, kind, name, o.permits)
 	if err != nil {
