@@ -80,21 +80,8 @@ func TestRollingDeploy(t *testing.T) {
 		stop()
 	}
 
-	resp, err := c.Admin().Get(ctx, ledger, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	require.NoError(t, err)
-	count := map[int64][]string{}
-	lo, hi := int64(0), int64(0)
+	count, lo, hi := readLedger(t, ctx, c, ledger)
 	var leaders []string
-	for _, kv := range resp.Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), ledger)
-		sec, err := strconv.ParseInt(rest[:strings.IndexByte(rest, '/')], 10, 64)
-		require.NoError(t, err)
-		count[sec] = append(count[sec], rest)
-		if lo == 0 || sec < lo {
-			lo = sec
-		}
-		hi = max(hi, sec)
-	}
 	for sec := lo; sec <= hi; sec++ {
 		require.Len(t, count[sec], 1, "second %s ran %d times: %v", time.Unix(sec, 0).Format("15:04:05"), len(count[sec]), count[sec])
 		f := strings.Split(strings.SplitN(count[sec][0], "/", 2)[1], "-") // replica, token, attempt

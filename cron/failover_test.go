@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,20 +102,7 @@ func TestExactlyOnceAcrossFailover(t *testing.T) {
 	}
 	wg.Wait()
 
-	resp, err := c.Admin().Get(ctx, ledger, clientv3.WithPrefix())
-	require.NoError(t, err)
-	count := map[int64][]string{}
-	lo, hi := int64(0), int64(0)
-	for _, kv := range resp.Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), ledger)
-		sec, err := strconv.ParseInt(rest[:strings.IndexByte(rest, '/')], 10, 64)
-		require.NoError(t, err)
-		count[sec] = append(count[sec], rest)
-		if lo == 0 || sec < lo {
-			lo = sec
-		}
-		hi = max(hi, sec)
-	}
+	count, lo, hi := readLedger(t, ctx, c, ledger)
 	for sec := lo; sec <= hi; sec++ {
 		assert.Len(t, count[sec], 1, "second %s ran %d times: %v", time.Unix(sec, 0).Format("15:04:05"), len(count[sec]), count[sec])
 	}

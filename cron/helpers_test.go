@@ -2,6 +2,8 @@ package cron_test
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,4 +105,25 @@ func recvT[T any](t *testing.T, ch <-chan T, d time.Duration, what string) T {
 		t.Fatalf("no %s within %v", what, d)
 		panic("unreachable")
 	}
+}
+
+// readLedger reads the ledger entries written under ledger, keyed
+// <unix second>/<rest>, and returns them by second with the first and last
+// second seen.
+func readLedger(t *testing.T, ctx context.Context, c *testcluster.Cluster, ledger string) (bySec map[int64][]string, lo, hi int64) {
+	t.Helper()
+	resp, err := c.Admin().Get(ctx, ledger, clientv3.WithPrefix())
+	require.NoError(t, err)
+	bySec = map[int64][]string{}
+	for _, kv := range resp.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), ledger)
+		sec, err := strconv.ParseInt(rest[:strings.IndexByte(rest, '/')], 10, 64)
+		require.NoError(t, err)
+		bySec[sec] = append(bySec[sec], rest)
+		if lo == 0 || sec < lo {
+			lo = sec
+		}
+		hi = max(hi, sec)
+	}
+	return bySec, lo, hi
 }

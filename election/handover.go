@@ -66,13 +66,9 @@ func (t *Term) Handover(ctx context.Context, choose func(waiting []Leader) strin
 	if choose == nil {
 		return errors.New("election: handover: nil choose")
 	}
-	t.mu.Lock()
-	if t.resigned {
-		t.mu.Unlock()
+	if !t.beginResign() {
 		return nil
 	}
-	t.resigning = true
-	t.mu.Unlock()
 	for range handoverTries {
 		if t.Err() != nil {
 			break // lost meanwhile: Resign tidies up
@@ -104,9 +100,7 @@ func (t *Term) Handover(ctx context.Context, choose func(waiting []Leader) strin
 		}
 		ok, lost, err := t.Core.ReleaseIf(ctx, cmps, ops)
 		if err != nil {
-			t.mu.Lock()
-			t.resigning = false
-			t.mu.Unlock()
+			t.resignFailed()
 			return fmt.Errorf("election: handover %q: %w", t.e.name, err)
 		}
 		if ok || lost {

@@ -2,6 +2,7 @@ package election_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -60,31 +61,19 @@ func TestHandoverToNewest(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, markers.Count, "markers left after the passed-over candidates queued again")
 
-	// B and C lead after D, in the order they queued again.
+	// B and C lead after D, in the order they queued again, each with a
+	// new token.
 	require.NoError(t, td.Resign(ctx))
-	var tb, tc *election.Term
-	select {
-	case r := <-chs["B"]:
-		require.NoError(t, r.err)
-		tb = r.v
-		require.NoError(t, tb.Resign(ctx))
-		r = recv(t, chs["C"], 5*time.Second)
-		require.NoError(t, r.err)
-		tc = r.v
-		require.NoError(t, tc.Resign(ctx))
-	case r := <-chs["C"]:
-		require.NoError(t, r.err)
-		tc = r.v
-		require.NoError(t, tc.Resign(ctx))
-		r = recv(t, chs["B"], 5*time.Second)
-		require.NoError(t, r.err)
-		tb = r.v
-		require.NoError(t, tb.Resign(ctx))
-	case <-time.After(5 * time.Second):
-		t.Fatal("neither passed-over candidate led after D")
+	led := make(chan result[*election.Term], 2)
+	for _, v := range []string{"B", "C"} {
+		go func() { led <- <-chs[v] }()
 	}
-	assert.Greater(t, tb.Token(), td.Token(), "a passed-over candidate keeps its old token")
-	assert.Greater(t, tc.Token(), td.Token(), "a passed-over candidate keeps its old token")
+	for range 2 {
+		r := recv(t, led, 5*time.Second)
+		require.NoError(t, r.err)
+		assert.Greater(t, r.v.Token(), td.Token(), "a passed-over candidate led with its old token")
+		require.NoError(t, r.v.Resign(ctx))
+	}
 }
 
 // A choice of nobody, or of the next in line, is a plain resignation; the
@@ -164,4 +153,30 @@ func TestRunHandsOver(t *testing.T) {
 	r = recv(t, bch, 5*time.Second)
 	require.NoError(t, r.err)
 	require.NoError(t, r.v.Resign(ctx))
+}
+
+// A Handover that would pass over more candidates than one transaction may
+// hold (etcd's --max-txn-ops, 128 by default, with two operations each)
+// resigns instead: the next in line leads, and nothing fails.
+func TestHandoverTooFarBehindResigns(t *testing.T) {
+	const waiting = 65 // the newest is 64 places behind the next in line
+	name := t.Name()
+	assertNoKeys(t, cluster, name)
+	ctx := ctxT(t, 60*time.Second)
+	k := newProcess(t, cluster, 2*time.Second).k
+	lead, err := election.New(k, name).Campaign(ctx, "leader")
+	require.NoError(t, err)
+	chs := make([]<-chan result[*election.Term], waiting)
+	for i := range chs {
+		e := election.New(k, name)
+		chs[i] = async(func() (*election.Term, error) { return e.Campaign(ctx, fmt.Sprint(i)) })
+		waitCount(t, cluster, prefixOf(name), int64(i+2), 5*time.Second)
+	}
+	require.NoError(t, lead.Handover(ctx, election.Newest))
+	for i, ch := range chs {
+		r := recv(t, ch, 5*time.Second)
+		require.NoError(t, r.err, "candidate %d", i)
+		require.Equal(t, fmt.Sprint(i), r.v.Value(), "candidates led out of turn")
+		require.NoError(t, r.v.Resign(ctx))
+	}
 }

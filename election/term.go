@@ -122,26 +122,41 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 // nil. It waits for the term's watch goroutine to end.
 // Cost: one transaction.
 func (t *Term) Resign(ctx context.Context) error {
-	t.mu.Lock()
-	if t.resigned {
-		t.mu.Unlock()
+	if !t.beginResign() {
 		return nil
 	}
-	t.resigning = true
-	t.mu.Unlock()
 	// Guarded by the create revision: never deletes a newer incarnation. A
 	// leader change or a member going away is worth waiting out: the key
 	// would otherwise stay on a live lease and keep this process leader
 	// without a term.
 	lost, err := t.Core.Release(ctx, nil, nil)
 	if err != nil {
-		t.mu.Lock()
-		t.resigning = false
-		t.mu.Unlock()
+		t.resignFailed()
 		return fmt.Errorf("election: resign %q: %w", t.e.name, err)
 	}
 	t.resignedNow(lost)
 	return nil
+}
+
+// beginResign marks the term's key as being deleted by its holder (its
+// deletion is then no loss), and reports false if the term was resigned
+// already.
+func (t *Term) beginResign() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.resigned {
+		return false
+	}
+	t.resigning = true
+	return true
+}
+
+// resignFailed undoes beginResign after the key's deletion failed: a
+// deletion seen later is a loss again.
+func (t *Term) resignFailed() {
+	t.mu.Lock()
+	t.resigning = false
+	t.mu.Unlock()
 }
 
 // resignedNow ends the term after its key was deleted by Resign or
