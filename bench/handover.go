@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -220,7 +221,7 @@ func leadRev(ctx context.Context, cli *clientv3.Client, key string, r0 int64) in
 	if err != nil {
 		return 0
 	}
-	prefix := key[:lastSlash(key)+1]
+	prefix := key[:strings.LastIndexByte(key, '/')+1]
 	var latest int64
 	for resp := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(r0+1), clientv3.WithPrevKV()) {
 		for _, ev := range resp.Events {
@@ -233,13 +234,4 @@ func leadRev(ctx context.Context, cli *clientv3.Client, key string, r0 int64) in
 		}
 	}
 	return latest
-}
-
-func lastSlash(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '/' {
-			return i
-		}
-	}
-	return -1
 }
