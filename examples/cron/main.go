@@ -452,8 +452,9 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 }
 
 // candidateValues reports the values of the scheduler's election's
-// candidates as they appear, from a watch, until stop is called.
-func candidateValues(ctx context.Context, admin *clientv3.Client) (<-chan string, func()) {
+// candidates as they appear, from a watch, until stop is called; stop
+// returns once the watch's goroutine has.
+func candidateValues(ctx context.Context, admin *clientv3.Client) (_ <-chan string, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan string)
 	wch := admin.Watch(ctx, schedulerName+"/.election/", clientv3.WithPrefix(), clientv3.WithFilterDelete())
@@ -469,7 +470,11 @@ func candidateValues(ctx context.Context, admin *clientv3.Client) (<-chan string
 			}
 		}
 	}()
-	return out, cancel
+	return out, func() {
+		cancel()
+		for range out { // until the goroutine closes it
+		}
+	}
 }
 
 // waitCandidate waits until a candidate of the value name appears.
