@@ -32,35 +32,47 @@ func (j *jobRun) claimable(t time.Time, attempt int, kind runKind) bool {
 	return j.w.IsZero() || t.After(j.w)
 }
 
+// runs reports whether j is one of the term's jobs (not removed since a
+// retry of it was asked for) and runs here.
+func (l *leader) runs(j *jobRun) bool { return l.jobs[j.name] == j && j.def().fn != nil }
+
 // dispatch claims (j, t, attempt) and starts the run, or records a skip.
 func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int, kind runKind) error {
+	if !l.runs(j) {
+		return nil
+	}
 	j.wmu.Lock()
 	ok := j.claimable(t, attempt, kind)
 	j.wmu.Unlock()
 	if !ok {
 		return nil
 	}
-	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
-	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t}
+	jb := j.def() // what this run runs, whatever updates come meanwhile
+	skip := jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
 	ok, err := l.claim(ctx, j, r, kind, skip)
 	if err != nil || !ok {
 		return err
 	}
-	l.start(ctx, j, r, skip)
+	l.start(ctx, j, jb, r, skip)
 	return nil
 }
 
 func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
 	j := tr.job
-	skip := j.opts.overlap == SkipIfRunning && j.running.Load() > 0
-	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t}
+	if !l.runs(j) {
+		return nil // the trigger stays pending for a leader that runs the job
+	}
+	jb := j.def()
+	skip := jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
 	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip)
 	if err != nil || !ok {
 		return err
 	}
-	l.start(ctx, j, r, skip)
+	l.start(ctx, j, jb, r, skip)
 	return nil
 }
 
@@ -97,11 +109,11 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		for _, sr := range deleted {
 			ops = append(ops, clientv3.OpDelete(sr.key))
 		}
-		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+		cmps := append(l.guard(j), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
 		// Each try is bounded, as in Commit: the fence on the claim's mod
 		// revision and the read-back below settle a try applied late.
 		tctx, cancel := tr.next(ctx)
-		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Else(l.claimReads(j)...).Commit()
 		tr.ended(err)
 		cancel()
 		var read *mvccpb.KeyValue // the claim record as it stands
@@ -114,6 +126,9 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		case err == nil:
 			if errors.Is(l.t.Err(), election.ErrLost) || !l.termHeld(ctx) {
 				return false, errTermGone
+			}
+			if j.defGone(resp.Responses) {
+				return false, nil // removed: the watch brings the deletion
 			}
 			// The claim moved under us: adopt it (the loop checks again
 			// whether r may still be claimed). Only a leader writes claims,
@@ -143,6 +158,16 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			return ours, err
 		}
 	}
+}
+
+// claimReads are what a failed claim reads: the claim record and, for a
+// defined job, its definition.
+func (l *leader) claimReads(j *jobRun) []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpGet(l.s.keys.claim(j.name))}
+	if j.defRev != 0 {
+		ops = append(ops, clientv3.OpGet(l.s.keys.def(j.name)))
+	}
+	return ops
 }
 
 // readBack reads key back after a write whose outcome is unknown, after
@@ -293,7 +318,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 	bo := retry.RequestPolicy.New()
 	tr := newTries(l.try())
 	for {
-		cmps := append(l.t.Guard(), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		cmps := append(l.guard(j), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
 		// Each try is bounded, as in claim; the read-back below settles a
 		// try applied late.
 		tctx, cancel := tr.next(ctx)

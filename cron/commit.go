@@ -23,9 +23,13 @@ const MaxCommitOps = 128 - 1
 
 // commitState is shared by the copies of one Run.
 type commitState struct {
-	cli  *clientv3.Client
-	key  string // the time's commit record
-	desc string // job and time, for errors
+	cli *clientv3.Client
+	key string // the time's commit record
+	// def is a defined job's definition key (empty for a job added in
+	// code): a Commit refused while it is gone reports ErrRemoved.
+	def    string
+	defRev int64
+	desc   string // job and time, for errors
 	// reserved are the prefixes of the scheduler's keys (its records and
 	// its election), which Commit's operations must not touch.
 	reserved []string
@@ -53,7 +57,13 @@ func reservedPrefixes(name string) []string {
 }
 
 func (l *leader) newCommit(j *jobRun, r Run) *commitState {
+	def := ""
+	if j.defRev != 0 {
+		def = l.s.keys.def(j.name)
+	}
 	return &commitState{
+		def:      def,
+		defRev:   j.defRev,
 		cli:      l.cli(),
 		key:      l.s.keys.done(j.name, r.Time, r.Trigger),
 		reserved: reservedPrefixes(l.s.name),
@@ -103,7 +113,11 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 	if err != nil {
 		return err
 	}
-	cmps := append(r.term.Guard(), clientv3.Compare(clientv3.CreateRevision(c.key), "=", 0))
+	cmps := append(r.Guard(), clientv3.Compare(clientv3.CreateRevision(c.key), "=", 0))
+	reads := []clientv3.Op{clientv3.OpGet(c.key)}
+	if c.def != "" {
+		reads = append(reads, clientv3.OpGet(c.def, clientv3.WithKeysOnly()))
+	}
 	then := append(ops[:len(ops):len(ops)], clientv3.OpPut(c.key, rec))
 	bo := retry.RequestPolicy.New()
 	tr := newTries(c.try)
@@ -113,7 +127,7 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 		// a term may last. A later try settles an earlier one applied late:
 		// it finds the record with this run's token and attempt.
 		tctx, cancel := tr.next(ctx)
-		resp, err := c.cli.Txn(tctx).If(cmps...).Then(then...).Else(clientv3.OpGet(c.key)).Commit()
+		resp, err := c.cli.Txn(tctx).If(cmps...).Then(then...).Else(reads...).Commit()
 		tr.ended(err)
 		cancel()
 		if err == nil {
@@ -123,6 +137,9 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 			}
 			kvs := resp.Responses[0].GetResponseRange().Kvs
 			if len(kvs) == 0 {
+				if d := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs; c.def != "" && (len(d) == 0 || d[0].CreateRevision != c.defRev) {
+					return fmt.Errorf("cron: commit of %s refused: %w", c.desc, ErrRemoved)
+				}
 				return fmt.Errorf("cron: commit of %s refused: %w", c.desc, election.ErrLost)
 			}
 			d, derr := decodeDone(kvs[0].Value)

@@ -81,8 +81,8 @@ func Trigger(ctx context.Context, cli *clientv3.Client, name, job string) error 
 }
 
 // Status returns the status of every job of the scheduler called name that
-// has run, was scheduled by a leader, or has a pause or trigger recorded,
-// sorted by job name. Cost: one read.
+// is defined (Define), has run, was scheduled by a leader, or has a pause or
+// trigger recorded, sorted by job name. Cost: one read.
 func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus, error) {
 	if err := names.Validate("cron", name); err != nil {
 		return nil, err
@@ -114,9 +114,31 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 				return nil, fmt.Errorf("cron: status of %s: %w (key %s)", name, err, key)
 			}
 			s := get(job)
-			paused, pending := s.Paused, s.Pending
+			kept := *s
 			*s = st
-			s.Job, s.Paused, s.Pending = job, paused, pending
+			s.Job, s.Paused, s.Pending = job, kept.Paused, kept.Pending
+			if kept.Defined {
+				// The definition, not the leader's last word, says what the
+				// job is now.
+				s.Defined, s.Spec, s.Handler = true, kept.Spec, kept.Handler
+				if kept.Problem != "" {
+					s.Problem = kept.Problem
+				}
+			}
+		case strings.HasPrefix(key, k.defs()):
+			job, ok := k.parseDef(key)
+			if !ok {
+				return nil, fmt.Errorf("cron: status of %s: %w: unexpected key %s", name, ErrCorrupt, key)
+			}
+			rec, err := decodeDef(kv.Value)
+			if err != nil {
+				return nil, fmt.Errorf("cron: status of %s: %w (key %s)", name, err, key)
+			}
+			s := get(job)
+			s.Defined, s.Spec, s.Handler = true, rec.Spec, rec.Handler
+			if _, err := rec.build(job); err != nil {
+				s.Problem = "invalid definition: " + err.Error()
+			}
 		case strings.HasPrefix(key, k.prefix+"claim/"):
 			if _, err := decodeClaim(kv.Value); err != nil {
 				return nil, fmt.Errorf("cron: status of %s: %w (key %s)", name, err, key)
@@ -153,8 +175,8 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 	return out, nil
 }
 
-// Delete deletes every record of the scheduler called name: claims
-// (watermarks and open runs), commit records, statuses, pauses and
+// Delete deletes every record of the scheduler called name: definitions,
+// claims (watermarks and open runs), commit records, statuses, pauses and
 // triggers. Call it only when no replica
 // runs: a running leader would claim times again from scratch. The leader
 // election's keys are the election's and go with their leases. Cost: one

@@ -18,6 +18,16 @@
 //	}, cron.WithRerun(3))
 //	err = s.Run(ctx)
 //
+// Jobs can also be defined at runtime, from any process (a replica, the
+// concord CLI, an admin tool): the definition (spec, handler name, options,
+// paused) is stored in etcd, and each replica registers the code under the
+// handler's name.
+//
+//	err := s.Handle("purge", purge) // on every replica, before Run
+//	err = cron.Define(ctx, cli, "/ops/cron", "purge-tmp", cron.Definition{Spec: "@every 10m", Handler: "purge"})
+//	err = cron.Update(ctx, cli, "/ops/cron", "purge-tmp", cron.Definition{Spec: "@every 1m", Handler: "purge"})
+//	err = cron.Remove(ctx, cli, "/ops/cron", "purge-tmp")
+//
 // Specs are parsed by github.com/robfig/cron/v3: 5 fields, an optional
 // leading seconds field, and descriptors (@hourly, @every 10s; @every must be
 // a whole number of seconds). Times are computed in the process's local time
@@ -69,6 +79,17 @@
 //   - Pause, Resume and Trigger are records in etcd, so any replica or a CLI
 //     can use them; the leader follows them on a watch. A trigger is consumed
 //     by one fenced transaction and runs once.
+//   - Defined jobs: the leader reads the definitions when it takes over and
+//     follows Define, Update and Remove on the same watch as the controls
+//     (reading them afresh if the watch is lost). Every write the leader
+//     makes for a defined job (claim, status, a run's end, Run.Commit) is
+//     also fenced by the definition's create revision: once Remove has
+//     returned, no time of the job is claimed, no record of it comes back,
+//     and its runs' Commits are refused with ErrRemoved; their contexts end
+//     with that cause when the leader sees the removal. A definition whose
+//     handler the leader's binary lacks (or that is invalid) is not run and
+//     its status says why (JobStatus.Problem); its triggers and open runs
+//     wait for a leader that can run it.
 //
 // # What is not guaranteed
 //
@@ -84,8 +105,12 @@
 //     effects are safe against that.
 //   - Status is best effort: the final status write of a run whose term was
 //     lost is dropped (it reads Running until the next run or rerun).
-//   - Replicas must register the same jobs; a job only some replicas know
-//     runs only while one of those leads.
+//   - Replicas must register the same jobs and handlers; a job only some
+//     replicas know runs only while one of those leads.
+//   - An update takes effect when the leader sees it on its watch: a time
+//     due under the old definition just before may still run under it (its
+//     claim is fenced by the definition's create revision, which an Update
+//     keeps). The new schedule starts from the time the leader saw it.
 //   - Times are computed from the leader's clock. A new leader whose clock is
 //     behind runs later, one whose clock is ahead runs sooner; neither runs
 //     a claimed time again: the watermark read from etcd, not the clock,
@@ -109,8 +134,9 @@
 //	N/.cron/status/<job>         JobStatus as JSON (last run, outcome, next)
 //	N/.cron/ctl/<job>/paused     {"at"}: present while the job is paused
 //	N/.cron/ctl/<job>/trigger    {"at"}: a pending Trigger
+//	N/.cron/def/<job>            a defined job: {"spec","handler", options…, "at"} (Define, Update)
 //
-// Delete deletes them all. A record that does not decode stops Run with
+// Remove deletes a defined job's keys; Delete deletes them all. A record that does not decode stops Run with
 // ErrCorrupt and makes Status fail, rather than risk running a time twice.
 //
 // # Cost in etcd round trips
@@ -121,8 +147,13 @@
 //     caller's writes. The fire lag is the timer's lateness plus the claim.
 //   - On becoming leader: one read of N/.cron/, one fenced status write per
 //     job (its next time), the claims of reruns and triggers that are due,
-//     and one watch on N/.cron/ctl/, on top of the election's Campaign.
+//     and one watch on N/.cron/ctl/ and N/.cron/def/ (one range), on top of
+//     the election's Campaign.
 //   - Pause, Resume, Trigger: one write each. Status, Delete: one request.
+//   - Define, Update, Remove: one transaction each (the pause record and,
+//     for Remove, the job's records go in it). The leader follows them on
+//     its existing watch, without further requests; a defined job's runs
+//     cost what a job added in code's do.
 //
 // # Telemetry
 //

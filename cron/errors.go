@@ -14,8 +14,8 @@ var ErrCorrupt = errors.New("cron: corrupt value")
 var (
 	// ErrBadSpec reports a schedule that cannot be parsed.
 	ErrBadSpec = errors.New("cron: bad schedule spec")
-	// ErrDuplicate reports a job name added twice.
-	ErrDuplicate = errors.New("cron: duplicate job")
-	// ErrStarted reports an Add or a second Run after Run started.
+	// ErrDuplicate reports a job added, or a handler registered, twice.
+	ErrDuplicate = errors.New("cron: duplicate name")
+	// ErrStarted reports an Add, a Handle or a second Run after Run started.
 	ErrStarted = errors.New("cron: scheduler already running")
 )

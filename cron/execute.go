@@ -15,15 +15,30 @@ import (
 	"github.com/concordkit/concord/election"
 )
 
-// publishNext writes each job's status with its next scheduled time, fenced
-// by the term. Best effort: a failure only delays what Status shows until
-// the job runs.
-func (l *leader) publishNext(ctx context.Context) {
+// publishChanged writes the status of each job whose definition (or
+// term) is new, with its next scheduled time, fenced by the term. Best
+// effort: a failure only delays what Status shows until the job runs.
+func (l *leader) publishChanged(ctx context.Context) {
 	for _, j := range l.order {
+		if !j.publish {
+			continue
+		}
+		j.publish = false
 		j.mu.Lock()
-		j.status.Job, j.status.Spec, j.status.Next, j.status.Paused, j.status.Pending = j.name, j.spec, j.next, false, false
+		j.describe(&j.status)
+		j.status.Next, j.status.Paused, j.status.Pending = j.next, false, false
 		j.mu.Unlock()
-		l.writeStatus(ctx, j, l.t.Guard())
+		l.writeStatus(ctx, j)
+	}
+}
+
+// describe sets what st says of the job itself: its name, spec, handler
+// and problem. Called with mu held.
+func (j *jobRun) describe(st *JobStatus) {
+	jb := j.def()
+	st.Job, st.Spec, st.Defined, st.Handler, st.Problem = j.name, jb.spec, jb.defined, jb.handler, jb.problem
+	if j.note != "" {
+		st.Problem = j.note
 	}
 }
 
@@ -31,7 +46,8 @@ func (l *leader) publishNext(ctx context.Context) {
 // canceled with ctx but bounded by the TTL: a canceled write may still be
 // applied after the next one, and an older status would then replace a
 // newer one.
-func (l *leader) writeStatus(ctx context.Context, j *jobRun, cmps []clientv3.Cmp) {
+func (l *leader) writeStatus(ctx context.Context, j *jobRun) {
+	cmps := l.guard(j)
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	val, err := j.statusValue()
@@ -94,17 +110,22 @@ func (j *jobRun) setNext(t time.Time) {
 
 // fireDue runs the times of j that are due at now, per its catch-up policy.
 func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
+	jb := j.def()
+	if jb.fn == nil {
+		j.setNext(time.Time{}) // it does not run here: no next time
+		return nil
+	}
 	var due []time.Time
 	from := j.cursor
 	// The timer and the claim make a time a little late at best; within
 	// lateSlack it is due now, not missed, whatever the window.
-	lo := now.Add(-max(j.opts.window, lateSlack))
+	lo := now.Add(-max(jb.opts.window, lateSlack))
 	if from.Before(lo) {
 		// Only times within the window count; start just before it.
 		from = lo.Add(-time.Nanosecond)
 	}
-	t := j.sched.Next(from)
-	for ; !t.IsZero() && !t.After(now) && len(due) < maxDue; t = j.sched.Next(t) {
+	t := jb.sched.Next(from)
+	for ; !t.IsZero() && !t.After(now) && len(due) < maxDue; t = jb.sched.Next(t) {
 		due = append(due, t)
 	}
 	j.setNext(t)
@@ -115,7 +136,7 @@ func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 	if j.paused {
 		return nil
 	}
-	if j.opts.catchUp == CatchUpLatest {
+	if jb.opts.catchUp == CatchUpLatest {
 		due = due[len(due)-1:]
 	}
 	for _, t := range due {
@@ -126,14 +147,14 @@ func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 	return nil
 }
 
-func (l *leader) start(ctx context.Context, j *jobRun, r Run, skip bool) {
+func (l *leader) start(ctx context.Context, j *jobRun, jb *job, r Run, skip bool) {
 	if skip {
 		l.s.runs.Add(ctx, 1, metric.WithAttributes(attribute.String("cron.job", j.name), attribute.String("cron.outcome", string(Skipped))))
 		return
 	}
 	j.running.Add(1)
 	l.wg.Add(1)
-	go l.execute(l.runCtx, j, r)
+	go l.execute(j.ctx, j, jb, r)
 }
 
 // startStatus records a run that starts now in j's status.
@@ -141,7 +162,7 @@ func (j *jobRun) startStatus(r Run, skip bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	st := j.status
-	st.Job, st.Spec = j.name, j.spec
+	j.describe(&st)
 	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, time.Now(), r.Token, r.Attempt, r.Trigger
 	st.Outcome, st.Error, st.Duration = Running, "", 0
 	if skip {
@@ -228,7 +249,7 @@ func (l *leader) finish(ctx context.Context, j *jobRun, r Run, interrupted bool)
 }
 
 // execute runs fn, records its outcome, and asks for a retry if it failed.
-func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
+func (l *leader) execute(ctx context.Context, j *jobRun, jb *job, r Run) {
 	defer l.wg.Done()
 	defer j.running.Add(-1)
 	start := time.Now()
@@ -241,7 +262,7 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 		attribute.String("cron.time", r.Time.Format(time.RFC3339Nano)),
 		attribute.Int64("cron.token", r.Token), attribute.Int("cron.attempt", r.Attempt),
 		attribute.Bool("cron.trigger", r.Trigger)))
-	err := call(sctx, j.fn, r)
+	err := call(sctx, jb.fn, r)
 	dur := time.Since(start)
 	outcome := OK
 	switch {
@@ -262,7 +283,8 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 	st := j.status
 	// With AllowOverlap runs end in any order: the status describes the run
 	// that started or ended last.
-	st.Job, st.Spec, st.Outcome, st.Duration, st.Next = j.name, j.spec, outcome, dur, j.next
+	j.describe(&st)
+	st.Outcome, st.Duration, st.Next = outcome, dur, j.next
 	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, start, r.Token, r.Attempt, r.Trigger
 	st.Error = ""
 	if err != nil {
@@ -273,8 +295,8 @@ func (l *leader) execute(ctx context.Context, j *jobRun, r Run) {
 	l.finish(ctx, j, r, outcome == Lost)
 
 	// A run that committed is not retried: its effects are in.
-	if outcome == Failed && !r.Trigger && r.Attempt <= j.opts.retries && !r.commit.committed.Load() {
-		t := time.NewTimer(j.opts.backoff)
+	if outcome == Failed && !r.Trigger && r.Attempt <= jb.opts.retries && !r.commit.committed.Load() {
+		t := time.NewTimer(jb.opts.backoff)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,20 @@ func (k keys) claim(job string) string   { return k.prefix + "claim/" + job }
 func (k keys) status(job string) string  { return k.prefix + "status/" + job }
 func (k keys) ctl() string               { return k.prefix + "ctl/" }
 func (k keys) doneDir(job string) string { return k.prefix + "done/" + job + "/" }
+func (k keys) ctlDir(job string) string  { return k.prefix + "ctl/" + job + "/" }
+func (k keys) defs() string              { return k.prefix + "def/" }
+func (k keys) def(job string) string     { return k.prefix + "def/" + job }
+
+// parseDef returns the job of a key under defs().
+func (k keys) parseDef(key string) (string, bool) {
+	job, ok := strings.CutPrefix(key, k.defs())
+	return job, ok && validateJob(job) == nil
+}
+
+// followEnd ends the range the leader watches, from ctl() on: the control
+// records and the definitions, which sort next to each other ("ctl/" <
+// "def/" < "def0"), and nothing else of the scheduler's.
+func (k keys) followEnd() string { return k.prefix + "def0" }
 
 // done is the commit record of a scheduled time (or, with trigger set, of a
 // trigger's time). The time is written as 19 digits, so that keys sort in
@@ -56,8 +70,8 @@ func (k keys) parseDone(key string) (job string, t time.Time, trigger, ok bool) 
 	}
 	return job, time.Unix(0, ns), ts[0] == 't', true
 }
-func (k keys) paused(job string) string  { return k.prefix + "ctl/" + job + "/paused" }
-func (k keys) trigger(job string) string { return k.prefix + "ctl/" + job + "/trigger" }
+func (k keys) paused(job string) string  { return k.ctlDir(job) + "paused" }
+func (k keys) trigger(job string) string { return k.ctlDir(job) + "trigger" }
 
 // parseCtl splits a key under ctl() into its job and kind ("paused" or
 // "trigger").

@@ -10,6 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/retry"
 	"github.com/concordkit/concord/internal/watch"
@@ -27,7 +29,19 @@ const lateSlack = time.Second
 
 // jobRun is a job's state during one term.
 type jobRun struct {
-	*job
+	name string
+	cur  atomic.Pointer[job] // the job as it is defined now (see def)
+	// defRev is a defined job's definition's create revision (0: a job
+	// added in code). Every write for the job is fenced by it, so that no
+	// record of a removed job is written again after Remove deleted it.
+	defRev int64
+	defMod int64 // the mod revision of the definition in use
+	// ctx is the runs' context: it ends with the term, or with the job's
+	// removal (cause ErrRemoved).
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	publish bool // the loop writes the status once it computed the next time
+
 	w        time.Time      // watermark: the latest scheduled time claimed
 	attempt  int            // attempt of the watermark's claim
 	claimRev int64          // mod revision of the claim key (0: absent)
@@ -49,10 +63,17 @@ type jobRun struct {
 	closed map[int64]int
 	stale  []staleRecord // commit records to delete with a later claim
 
-	mu     sync.Mutex // protects status, next (written by the loop, read by runs)
+	mu     sync.Mutex // protects status, next, note (written by the loop, read by runs)
 	status JobStatus
 	next   time.Time
+	// note is a job added in code's problem: a definition of the same name
+	// exists, and is ignored.
+	note string
 }
+
+// def returns the job as defined now. A definition's update replaces it:
+// a run uses the one it started with.
+func (j *jobRun) def() *job { return j.cur.Load() }
 
 // staleRecord is a commit record that no rerun needs once its time is no
 // longer open. A claim deletes it in the same transaction that writes the
@@ -85,10 +106,12 @@ type retryReq struct {
 
 // leader runs the jobs during one term.
 type leader struct {
-	s     *Scheduler
-	t     *election.Term
-	jobs  map[string]*jobRun
-	order []*jobRun
+	s        *Scheduler
+	t        *election.Term
+	static   []*job
+	handlers map[string]Func
+	jobs     map[string]*jobRun // the loop's; runs hold their own *jobRun
+	order    []*jobRun
 
 	wg      sync.WaitGroup // joins run goroutines
 	retries chan retryReq
@@ -102,14 +125,55 @@ type leader struct {
 
 var errTermGone = errors.New("cron: leadership ended")
 
-func newLeader(s *Scheduler, t *election.Term, jobs []*job) *leader {
-	l := &leader{s: s, t: t, jobs: map[string]*jobRun{}, retries: make(chan retryReq, len(jobs)+1)}
-	for _, j := range jobs {
-		jr := &jobRun{job: j}
-		l.jobs[j.name] = jr
-		l.order = append(l.order, jr)
+func newLeader(s *Scheduler, t *election.Term, jobs []*job, handlers map[string]Func) *leader {
+	return &leader{s: s, t: t, static: jobs, handlers: handlers, jobs: map[string]*jobRun{},
+		retries: make(chan retryReq, len(jobs)+16)}
+}
+
+// addRun adds j to the jobs of the term. Called by the loop, once runCtx
+// is set.
+func (l *leader) addRun(j *job, defRev, defMod int64) *jobRun {
+	jr := &jobRun{name: j.name, defRev: defRev, defMod: defMod, publish: true}
+	jr.cur.Store(j)
+	jr.ctx, jr.cancel = context.WithCancelCause(l.runCtx)
+	l.jobs[j.name] = jr
+	l.order = append(l.order, jr)
+	return jr
+}
+
+// removeRun drops j from the jobs of the term and cancels its runs with
+// cause. Its runs' writes already fail: the definition they were fenced by
+// is gone.
+func (l *leader) removeRun(j *jobRun, cause error) {
+	delete(l.jobs, j.name)
+	for i, o := range l.order {
+		if o == j {
+			l.order = append(l.order[:i], l.order[i+1:]...)
+			break
+		}
 	}
-	return l
+	j.cancel(cause)
+}
+
+// guard returns the comparisons a write for j is fenced by: the term and,
+// for a defined job, its definition.
+func (l *leader) guard(j *jobRun) []clientv3.Cmp {
+	cmps := l.t.Guard()
+	if j.defRev != 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(l.s.keys.def(j.name)), "=", j.defRev))
+	}
+	return cmps
+}
+
+// defGone reports whether the read of j's definition among rs (the second
+// of a failed transaction's reads, see claimReads) shows it removed or
+// replaced.
+func (j *jobRun) defGone(rs []*etcdserverpb.ResponseOp) bool {
+	if j.defRev == 0 || len(rs) < 2 {
+		return false
+	}
+	kvs := rs[1].GetResponseRange().Kvs
+	return len(kvs) == 0 || kvs[0].CreateRevision != j.defRev
 }
 
 func (l *leader) cli() *clientv3.Client { return l.s.k.Client() }
@@ -123,6 +187,9 @@ func (l *leader) run(ctx context.Context) error {
 	runCtx, cancelRuns := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer context.AfterFunc(l.t.Context(), func() { cancelRuns(context.Cause(l.t.Context())) })()
 	l.runCtx = runCtx
+	for _, j := range l.static {
+		l.addRun(j, 0, 0)
+	}
 	outer := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	l.loopCtx = ctx
@@ -173,6 +240,7 @@ func (l *leader) loop(ctx context.Context) error {
 		if err := l.fireAll(ctx, now); err != nil {
 			return err
 		}
+		l.publishChanged(ctx)
 		timer.Reset(time.Until(l.nextFire(now)))
 
 		select {
@@ -209,7 +277,7 @@ func (l *leader) loop(ctx context.Context) error {
 				continue
 			}
 			for _, ev := range wr.Events {
-				if err := l.onCtl(ctx, ev); err != nil {
+				if err := l.onEvent(ctx, ev); err != nil {
 					return err
 				}
 			}
@@ -240,6 +308,9 @@ func (l *leader) begin(ctx context.Context) (int64, error) {
 		}
 	}
 	for _, j := range l.order {
+		if j.def().fn == nil {
+			continue // its open runs wait for a leader that can run it
+		}
 		for _, o := range j.takeOver(now) {
 			if err := l.dispatch(ctx, j, time.Unix(0, o.Time), o.Attempt+1, rerunRun); err != nil {
 				return 0, err
@@ -256,7 +327,7 @@ func (l *leader) begin(ctx context.Context) (int64, error) {
 	if err := l.fireAll(ctx, time.Now()); err != nil {
 		return 0, err
 	}
-	l.publishNext(ctx)
+	l.publishChanged(ctx)
 	return rev, nil
 }
 
@@ -303,7 +374,8 @@ func (l *leader) reloadCtl(ctx context.Context) (*watch.Watch, error) {
 func (l *leader) try() time.Duration { return retry.Attempt(l.s.k.TTL()) }
 
 func (l *leader) watchCtl(ctx context.Context, rev int64) *watch.Watch {
-	return watch.Open(ctx, l.cli(), l.s.keys.ctl(), watch.Config{From: rev + 1, Options: []clientv3.OpOption{clientv3.WithPrefix()}})
+	return watch.Open(ctx, l.cli(), l.s.keys.ctl(), watch.Config{From: rev + 1,
+		Options: []clientv3.OpOption{clientv3.WithRange(l.s.keys.followEnd())}})
 }
 
 // retryRead retries a read with backoff until it succeeds, fails for good,

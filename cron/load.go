@@ -24,6 +24,15 @@ func (l *leader) load(ctx context.Context) (int64, []trigger, error) {
 		key string
 	}
 	var dones []doneAt
+	// Definitions sort after claims and controls: read them first, so that
+	// the records of defined jobs are matched to them.
+	for _, kv := range resp.Kvs {
+		if strings.HasPrefix(string(kv.Key), l.s.keys.defs()) {
+			if err := l.applyDef(kv); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
 		switch {
@@ -115,9 +124,10 @@ func (j *jobRun) close(t int64, attempt int) {
 // forgotten with the next claim.
 func (j *jobRun) takeOver(now time.Time) []openRun {
 	var rerun []openRun
+	o := j.def().opts
 	for t, a := range j.open {
-		if j.opts.reruns == 0 || j.paused || j.dones[t] ||
-			a >= 1+j.opts.retries+j.opts.reruns || now.Sub(time.Unix(0, t)) > j.opts.window {
+		if o.reruns == 0 || j.paused || j.dones[t] ||
+			a >= 1+o.retries+o.reruns || now.Sub(time.Unix(0, t)) > o.window {
 			j.close(t, a)
 			continue
 		}
@@ -127,15 +137,36 @@ func (j *jobRun) takeOver(now time.Time) []openRun {
 	return rerun
 }
 
-// loadCtl reads the controls afresh (after a lost watch).
+// loadCtl reads the controls and definitions afresh (after a lost watch).
 func (l *leader) loadCtl(ctx context.Context) (int64, []trigger, error) {
-	resp, err := l.cli().Get(ctx, l.s.keys.ctl(), clientv3.WithPrefix())
+	resp, err := l.cli().Get(ctx, l.s.keys.ctl(), clientv3.WithRange(l.s.keys.followEnd()))
 	if err != nil {
 		return 0, nil, err
+	}
+	// Definitions first, as in load; then the jobs defined no more go.
+	defined := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if job, ok := l.s.keys.parseDef(string(kv.Key)); ok {
+			defined[job] = true
+			if err := l.applyDef(kv); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
+	for _, j := range append([]*jobRun(nil), l.order...) {
+		switch {
+		case j.defRev != 0 && !defined[j.name]:
+			l.removeRun(j, ErrRemoved)
+		case j.defRev == 0 && !defined[j.name]:
+			l.setNote(j, "")
+		}
 	}
 	paused := map[*jobRun]bool{}
 	var triggers []trigger
 	for _, kv := range resp.Kvs {
+		if strings.HasPrefix(string(kv.Key), l.s.keys.defs()) {
+			continue
+		}
 		job, what, ok := l.s.keys.parseCtl(string(kv.Key))
 		if ok && what == "paused" && l.jobs[job] != nil {
 			paused[l.jobs[job]] = true
@@ -152,6 +183,75 @@ func (l *leader) loadCtl(ctx context.Context) (int64, []trigger, error) {
 		l.setPaused(j, paused[j])
 	}
 	return resp.Header.Revision, triggers, nil
+}
+
+// applyDef applies the definition kv: it adds the job it defines to the
+// term's jobs, replaces an earlier definition of it, or notes a job added
+// in code under the same name (which keeps running). A definition that
+// decodes but is invalid (or names a handler this binary lacks) makes a
+// job that does not run here and says why in its status. Called by the
+// loop (or by begin); it does no I/O.
+func (l *leader) applyDef(kv *mvccpb.KeyValue) error {
+	job, ok := l.s.keys.parseDef(string(kv.Key))
+	if !ok {
+		return fmt.Errorf("%w: unexpected key %s", ErrCorrupt, kv.Key)
+	}
+	rec, err := decodeDef(kv.Value)
+	if err != nil {
+		return fmt.Errorf("%w (key %s)", err, kv.Key)
+	}
+	j := l.jobs[job]
+	if j != nil && j.defRev == 0 {
+		l.setNote(j, fmt.Sprintf("also defined at runtime (handler %q): the job added in code runs, the definition is ignored", rec.Handler))
+		return nil
+	}
+	if j != nil && j.defRev == kv.CreateRevision {
+		if j.defMod == kv.ModRevision {
+			return nil // seen already
+		}
+		old := j.def()
+		nj := l.build(job, rec.Definition)
+		j.cur.Store(nj)
+		j.defMod = kv.ModRevision
+		if nj.spec != old.spec || old.fn == nil {
+			// The new schedule starts now: its times that passed before
+			// are not caught up.
+			j.cursor = time.Now()
+		}
+		j.setNext(time.Time{})
+		j.publish = true
+		return nil
+	}
+	if j != nil {
+		l.removeRun(j, ErrRemoved) // removed and defined again
+	}
+	nj := l.addRun(l.build(job, rec.Definition), kv.CreateRevision, kv.ModRevision)
+	nj.cursor = time.Now()
+	return nil
+}
+
+// build returns the job d defines, with the handler this binary registered
+// for it, or one that does not run here and says why.
+func (l *leader) build(jobName string, d Definition) *job {
+	jb, err := d.build(jobName)
+	if err != nil {
+		return &job{name: jobName, spec: d.Spec, defined: true, handler: d.Handler,
+			problem: "invalid definition: " + err.Error()}
+	}
+	if jb.fn = l.handlers[d.Handler]; jb.fn == nil {
+		jb.problem = fmt.Sprintf("no handler %q registered in the leader's binary", d.Handler)
+	}
+	return jb
+}
+
+// setNote sets the problem of a job added in code and has the loop write
+// its status if it changed.
+func (l *leader) setNote(j *jobRun, note string) {
+	j.mu.Lock()
+	changed := j.note != note
+	j.note = note
+	j.mu.Unlock()
+	j.publish = j.publish || changed
 }
 
 // ctlRecord applies a paused key and returns a pending trigger.
@@ -182,6 +282,27 @@ func (l *leader) setPaused(j *jobRun, paused bool) {
 		j.setNext(time.Time{})
 	}
 	j.paused = paused
+}
+
+// onEvent follows a change of a control record or a definition.
+func (l *leader) onEvent(ctx context.Context, ev *clientv3.Event) error {
+	job, ok := l.s.keys.parseDef(string(ev.Kv.Key))
+	switch {
+	case !strings.HasPrefix(string(ev.Kv.Key), l.s.keys.defs()):
+		return l.onCtl(ctx, ev)
+	case !ok:
+		return fmt.Errorf("%w: unexpected key %s", ErrCorrupt, ev.Kv.Key)
+	case ev.Type != clientv3.EventTypeDelete:
+		return l.applyDef(ev.Kv)
+	}
+	switch j := l.jobs[job]; {
+	case j == nil:
+	case j.defRev == 0:
+		l.setNote(j, "")
+	default:
+		l.removeRun(j, ErrRemoved)
+	}
+	return nil
 }
 
 func (l *leader) onCtl(ctx context.Context, ev *clientv3.Event) error {

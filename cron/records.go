@@ -105,6 +105,13 @@ type JobStatus struct {
 	Trigger  bool          `json:"trigger,omitempty"` // the last run was a Trigger
 	Paused   bool          `json:"paused"`            // from the pause key, not from the status record
 	Pending  bool          `json:"pending,omitempty"` // a Trigger waits to be run
+
+	Defined bool   `json:"defined,omitempty"` // defined at runtime (Define), not added in code
+	Handler string `json:"handler,omitempty"` // a defined job's handler
+	// Problem says why the leader does not run the job as meant: a defined
+	// job whose handler its binary lacks or whose definition is invalid, a
+	// definition named like a job added in code.
+	Problem string `json:"problem,omitempty"`
 }
 
 func decodeStatus(b []byte) (JobStatus, error) {

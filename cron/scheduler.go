@@ -65,16 +65,18 @@ type Run struct {
 	Trigger bool      // started by Trigger rather than by the schedule
 
 	term   *election.Term
+	fence  []clientv3.Cmp // the term's guard and, for a defined job, its definition's
 	commit *commitState
 }
 
 // Guard returns comparisons that hold only while the leadership under which
-// this run was claimed stands.
+// this run was claimed stands and, for a job defined at runtime, while the
+// job stays defined (Remove ends that; Update does not).
 func (r Run) Guard() []clientv3.Cmp {
 	if r.term == nil {
 		return nil
 	}
-	return r.term.Guard()
+	return append([]clientv3.Cmp(nil), r.fence...)
 }
 
 // Overlap says what happens when a job's time comes while its previous run
@@ -148,12 +150,38 @@ func WithRetries(n int, backoff time.Duration) JobOption {
 // no rerun (at most once).
 func WithRerun(n int) JobOption { return func(j *jobOptions) { j.reruns = n } }
 
+// check reports options out of range.
+func (o jobOptions) check(jobName string) error {
+	switch {
+	case o.window < 0:
+		return fmt.Errorf("cron: job %q: negative catch-up window %v", jobName, o.window)
+	case o.retries < 0 || o.backoff < 0:
+		return fmt.Errorf("cron: job %q: negative retries (%d) or backoff (%v)", jobName, o.retries, o.backoff)
+	case o.reruns < 0:
+		return fmt.Errorf("cron: job %q: negative reruns (%d)", jobName, o.reruns)
+	case o.overlap != SkipIfRunning && o.overlap != AllowOverlap:
+		return fmt.Errorf("cron: job %q: unknown overlap policy %d", jobName, o.overlap)
+	case o.catchUp != CatchUpLatest && o.catchUp != CatchUpAll:
+		return fmt.Errorf("cron: job %q: unknown catch-up policy %d", jobName, o.catchUp)
+	}
+	return nil
+}
+
+// job is what runs: a job added in code, or one definition of a defined
+// job. It does not change once built; a definition's update builds another.
 type job struct {
 	name  string
 	spec  string
 	sched robfig.Schedule
 	fn    Func
 	opts  jobOptions
+
+	defined bool   // defined at runtime (Define), not added in code
+	handler string // a defined job's handler name
+	// problem says why a defined job does not run on this leader (its
+	// handler is not registered here, its definition is invalid, a job
+	// added in code has its name); fn is nil then.
+	problem string
 }
 
 // Option configures a Scheduler.
@@ -212,9 +240,10 @@ type Scheduler struct {
 	runs   metric.Int64Counter
 	lag    metric.Float64Histogram
 
-	mu      sync.Mutex // protects jobs, started
-	jobs    []*job
-	started bool
+	mu       sync.Mutex // protects jobs, handlers, started
+	jobs     []*job
+	handlers map[string]Func
+	started  bool
 }
 
 // New returns a scheduler named name bound to k's lease. It does no I/O; an
@@ -279,17 +308,8 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 	for _, opt := range opts {
 		opt(&o)
 	}
-	switch {
-	case o.window < 0:
-		return fmt.Errorf("cron: job %q: negative catch-up window %v", jobName, o.window)
-	case o.retries < 0 || o.backoff < 0:
-		return fmt.Errorf("cron: job %q: negative retries (%d) or backoff (%v)", jobName, o.retries, o.backoff)
-	case o.reruns < 0:
-		return fmt.Errorf("cron: job %q: negative reruns (%d)", jobName, o.reruns)
-	case o.overlap != SkipIfRunning && o.overlap != AllowOverlap:
-		return fmt.Errorf("cron: job %q: unknown overlap policy %d", jobName, o.overlap)
-	case o.catchUp != CatchUpLatest && o.catchUp != CatchUpAll:
-		return fmt.Errorf("cron: job %q: unknown catch-up policy %d", jobName, o.catchUp)
+	if err := o.check(jobName); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -298,10 +318,38 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 	}
 	for _, j := range s.jobs {
 		if j.name == jobName {
-			return fmt.Errorf("%w: %q", ErrDuplicate, jobName)
+			return fmt.Errorf("%w: job %q", ErrDuplicate, jobName)
 		}
 	}
 	s.jobs = append(s.jobs, &job{name: jobName, spec: spec, sched: sched, fn: fn, opts: o})
+	return nil
+}
+
+// Handle registers fn as the handler named handler, for jobs defined at
+// runtime (Define) with that handler. Like Add, it must be called before
+// Run; every replica that may lead should register the same handlers.
+func (s *Scheduler) Handle(handler string, fn Func) error {
+	if s.err != nil {
+		return s.err
+	}
+	if err := validateHandler(handler); err != nil {
+		return err
+	}
+	if fn == nil {
+		return fmt.Errorf("cron: handler %q: nil func", handler)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return ErrStarted
+	}
+	if _, ok := s.handlers[handler]; ok {
+		return fmt.Errorf("%w: handler %q", ErrDuplicate, handler)
+	}
+	if s.handlers == nil {
+		s.handlers = map[string]Func{}
+	}
+	s.handlers[handler] = fn
 	return nil
 }
 
@@ -325,12 +373,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	s.started = true
 	jobs := append([]*job(nil), s.jobs...)
+	handlers := s.handlers
 	s.mu.Unlock()
 	// A leader's own error (a corrupt record) ends Run; it is returned as
 	// the leader gave it, without the election's "election: Run:" prefix.
 	var leaderErr error
 	err := s.el.Run(ctx, s.opts.value, func(ctx context.Context, t *election.Term) error {
-		leaderErr = newLeader(s, t, jobs).run(ctx)
+		leaderErr = newLeader(s, t, jobs, handlers).run(ctx)
 		return leaderErr
 	})
 	switch {

@@ -40,6 +40,12 @@ type options struct {
 	limit int   // queue ls, queue dead
 	rw    bool  // lock, lock release: an RWMutex
 
+	// cron define, cron update
+	paused           bool
+	overlap, catchUp string
+	window, backoff  time.Duration
+	retries, reruns  int
+
 	// run
 	runLock, runLeader, runSemaphore string
 	permits                          int
@@ -67,6 +73,13 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.Int64Var(&o.rev, "rev", 0, "watch: start at this revision (0: from now)")
 	fs.IntVar(&o.limit, "limit", 100, "queue ls/dead: show at most this many tasks")
 	fs.BoolVar(&o.rw, "rw", false, "lock, lock release: the RWMutex of that name (its readers or writer)")
+	fs.BoolVar(&o.paused, "paused", false, "cron define/update: the job is paused")
+	fs.StringVar(&o.overlap, "overlap", "skip", "cron define/update: when a time comes while the last run goes: skip or allow (run alongside)")
+	fs.StringVar(&o.catchUp, "catch-up", "latest", "cron define/update: which missed times run: latest or all")
+	fs.DurationVar(&o.window, "window", 0, "cron define/update: how far back missed times count (0: 10m)")
+	fs.IntVar(&o.retries, "retries", 0, "cron define/update: run a failed time again this many times")
+	fs.DurationVar(&o.backoff, "backoff", 0, "cron define/update: pause between retries")
+	fs.IntVar(&o.reruns, "rerun", 0, "cron define/update: rerun a time a failover interrupted, up to this many times")
 	fs.StringVar(&o.runLock, "lock", "", "run: hold this lock while the command runs")
 	fs.StringVar(&o.runLeader, "leader", "", "run: run the command while leader of this election")
 	fs.StringVar(&o.runSemaphore, "semaphore", "", "run: hold a permit of this semaphore (of --permits) while the command runs")
@@ -125,6 +138,9 @@ func commands() []command {
 		{"cron pause", "<name> <job>", 2, "pause a scheduled job", cronPause},
 		{"cron resume", "<name> <job>", 2, "resume a paused job", cronResume},
 		{"cron trigger", "<name> <job>", 2, "run a job once now, on the scheduler's leader", cronTrigger},
+		{"cron define", "<name> <job> <spec> <handler>", 4, "define a job at runtime, run by the handler of that name (--paused, --overlap, --catch-up, --window, --retries, --backoff, --rerun)", cronDefine(false)},
+		{"cron update", "<name> <job> <spec> <handler>", 4, "replace a defined job's schedule, handler and options (flags as for define)", cronDefine(true)},
+		{"cron remove", "<name> <job>", 2, "remove a defined job and all its records", cronRemove},
 		{"watch", "<prefix>", 1, "print every change under a key prefix (--count, --rev)", watchPrefix},
 		{"run", "-- <command> [arg...]", 1, "run a command while holding a lock (--lock), leadership (--leader) or a permit (--semaphore, --permits); it is stopped when the holding ends", runChild},
 	}

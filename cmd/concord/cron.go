@@ -74,9 +74,68 @@ func cronStatus(ctx context.Context, s *session, args []string) error {
 		if j.Paused {
 			next = "- (paused)"
 		}
-		rows = append(rows, []string{j.Job, printable(j.Spec, 30), state, last, outcome, token, next})
+		handler := "- (in code)"
+		if j.Defined {
+			handler = printable(j.Handler, 30)
+		}
+		rows = append(rows, []string{j.Job, printable(j.Spec, 30), handler, state, last, outcome, token, next})
 	}
-	return s.table([]string{"JOB", "SPEC", "STATE", "LAST RUN", "OUTCOME", "TOKEN", "NEXT"}, rows)
+	if err := s.table([]string{"JOB", "SPEC", "HANDLER", "STATE", "LAST RUN", "OUTCOME", "TOKEN", "NEXT"}, rows); err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		if j.Problem != "" {
+			if _, err := fmt.Fprintf(s.stdout, "job %s: %s\n", j.Job, printable(j.Problem, 200)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// cronDefine defines a job at runtime (cron.Define), or with update
+// replaces its definition (cron.Update).
+func cronDefine(update bool) func(ctx context.Context, s *session, args []string) error {
+	return func(ctx context.Context, s *session, args []string) error {
+		name, job := args[0], args[1]
+		d := cron.Definition{Spec: args[2], Handler: args[3], Paused: s.opts.paused,
+			CatchUpWindow: s.opts.window, Retries: s.opts.retries, RetryBackoff: s.opts.backoff, Reruns: s.opts.reruns}
+		switch s.opts.overlap {
+		case "skip":
+		case "allow":
+			d.Overlap = cron.AllowOverlap
+		default:
+			return usageError("--overlap %q: want skip or allow", s.opts.overlap)
+		}
+		switch s.opts.catchUp {
+		case "latest":
+		case "all":
+			d.CatchUp = cron.CatchUpAll
+		default:
+			return usageError("--catch-up %q: want latest or all", s.opts.catchUp)
+		}
+		cli, err := s.client(ctx)
+		if err != nil {
+			return err
+		}
+		do, what := cron.Define, "defined"
+		if update {
+			do, what = cron.Update, "updated"
+		}
+		if err := do(ctx, cli, name, job, d); err != nil {
+			return err
+		}
+		if s.opts.json {
+			return s.printJSON(map[string]any{"scheduler": name, "job": job, "done": true})
+		}
+		_, err = fmt.Fprintf(s.stdout, "scheduler %s: job %s %s: %s, handler %s; the leader follows it on its watch\n",
+			name, job, what, printable(d.Spec, 60), printable(d.Handler, 60))
+		return err
+	}
+}
+
+func cronRemove(ctx context.Context, s *session, args []string) error {
+	return cronControl(ctx, s, args, cron.Remove, "removed, with all its records")
 }
 
 func cronPause(ctx context.Context, s *session, args []string) error {

@@ -9,8 +9,12 @@
 // replica starts, and the leader is stopped as a deploy stops it; it lets
 // its run in progress finish (WithDrain) and hands leadership to the newest
 // replica (WithHandover) in one transaction, so no lease is waited for and
-// no time is missed or run twice. The ledger read back from etcd has one
-// entry per scheduled time, each written once.
+// no time is missed or run twice. Last, an operator changes the schedule
+// at runtime: from a process that runs no scheduler it defines a second
+// job, run by a handler every replica registered, then makes it run every
+// second instead of every other, then removes it; the leader follows each
+// change from its watch. The ledger read back from etcd has one entry per
+// scheduled time, each written once.
 //
 //	go run ./examples/cron              # on an embedded 3-member cluster
 //	go run ./examples/cron -trace       # and print the spans
@@ -59,6 +63,10 @@ const (
 	replicas      = 3
 	runsBefore    = 3 // runs by the first leader before it is cut off
 	runsAfter     = 3 // on-time runs by the next leader before the demo ends
+
+	// A job defined at runtime, in the last act.
+	dynJob     = "purge-temp"
+	dynHandler = "purge"
 )
 
 type lockedWriter struct {
@@ -132,6 +140,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 
 	reports := make(chan runReport, 1000)
+	purges := make(chan runReport, 1000) // runs of the job defined at runtime
 	ends := make(chan ended, replicas+1)
 	running := 0 // replicas whose Run has not returned
 	var rs []*replica
@@ -188,6 +197,13 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		// not commit is run again by the next leader (WithRerun).
 		if err := r.s.Add(jobName, spec, job, cron.WithCatchUp(cron.CatchUpAll, time.Minute),
 			cron.WithOverlap(cron.AllowOverlap), cron.WithRerun(3)); err != nil {
+			return nil, err
+		}
+		// The code jobs defined at runtime may name; none does yet.
+		if err := r.s.Handle(dynHandler, func(ctx context.Context, run cron.Run) error {
+			purges <- runReport{replica: r.name, run: run}
+			return nil
+		}); err != nil {
 			return nil, err
 		}
 		return r, nil
@@ -434,6 +450,10 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		}
 	}
 
+	if err := changeSchedule(ctx, e.Admin, say, purges); err != nil {
+		return err
+	}
+
 	// Stop everything, then read the ledger: no run is on its way any more.
 	// What the cut replica still had on its way reached etcd under a term
 	// that ended, and was refused.
@@ -456,6 +476,60 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	return wipe(ctx, e.Admin, leaseTTL)
+}
+
+// changeSchedule defines a job at runtime, from admin (a client of no
+// replica), makes it run twice as often, and removes it, telling the runs
+// the leader starts for it.
+func changeSchedule(ctx context.Context, admin *clientv3.Client, say func(string, ...any), purges <-chan runReport) error {
+	// wait tells the runs of the job until two come one second apart (or,
+	// with every2 set, two on even seconds).
+	wait := func(every2 bool) error {
+		var last time.Time
+		for {
+			select {
+			case rep := <-purges:
+				t := rep.run.Time
+				say("%s %s run by %s (token %d), handler %q", clock(t), dynJob, rep.replica, rep.run.Token, dynHandler)
+				if every2 && t.Second()%2 != 0 {
+					return fmt.Errorf("%s ran at %s, not on an even second", dynJob, clock(t))
+				}
+				if !last.IsZero() && (every2 || t.Sub(last) == time.Second) {
+					return nil
+				}
+				last = t
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for %s to run: %w", dynJob, context.Cause(ctx))
+			}
+		}
+	}
+	say("SCHEDULE: an operator defines %q at runtime: every other second, handler %q", dynJob, dynHandler)
+	if err := cron.Define(ctx, admin, schedulerName, dynJob, cron.Definition{Spec: "*/2 * * * * *", Handler: dynHandler}); err != nil {
+		return err
+	}
+	if err := wait(true); err != nil {
+		return err
+	}
+	say("SCHEDULE: %q updated to run every second", dynJob)
+	if err := cron.Update(ctx, admin, schedulerName, dynJob, cron.Definition{Spec: "* * * * * *", Handler: dynHandler}); err != nil {
+		return err
+	}
+	if err := wait(false); err != nil {
+		return err
+	}
+	if err := cron.Remove(ctx, admin, schedulerName, dynJob); err != nil {
+		return err
+	}
+	jobs, err := cron.Status(ctx, admin, schedulerName)
+	if err != nil {
+		return err
+	}
+	var left []string
+	for _, j := range jobs {
+		left = append(left, j.Job)
+	}
+	say("SCHEDULE: %q removed with its records; the scheduler's jobs: %v", dynJob, left)
+	return nil
 }
 
 // candidateValues reports the values of the scheduler's election's

@@ -97,6 +97,12 @@ func checkStory(t *testing.T, s string) {
 	assert.Regexp(t, `run by replica-4 \(token \d+(, catching up [^)]*)?\): ledger write accepted`, s[strings.Index(s, dep[0]):])
 	assert.NotRegexp(t, `run by replica-4 \(token \d+, attempt`, s)
 	assert.Equal(t, "replica-4", tok[3])
+	// The schedule changed at runtime: the defined job ran every other
+	// second, then every second, on the leader, and was removed.
+	sched := s[strings.Index(s, "SCHEDULE: an operator defines"):]
+	assert.Regexp(t, `\d\d:\d\d:\d[02468] purge-temp run by replica-4 \(token \d+\), handler "purge"`, sched)
+	assert.Contains(t, sched, `SCHEDULE: "purge-temp" updated to run every second`)
+	assert.Contains(t, sched, `SCHEDULE: "purge-temp" removed with its records; the scheduler's jobs: [hourly-report]`)
 	m := regexp.MustCompile(`ledger read back from etcd: scheduled times \S+ to \S+, (\d+) times, (\d+) entries, each written once`).FindStringSubmatch(s)
 	require.NotNil(t, m)
 	assert.Equal(t, m[1], m[2])
