@@ -175,6 +175,9 @@
 //
 //   - Enqueue: one transaction, one Raft write (task record and index key;
 //     plus the dedup key). EnqueueBatch: one write per max-txn-ops/2 tasks.
+//     EnqueueTx: no request of its own; its two or three operations ride in
+//     the caller's transaction, so the task lands with the caller's writes
+//     or not at all.
 //   - Dequeue: no request while waiting (the watch delivers the task); one
 //     transaction to claim (claim key, attempt counter, and the reads of the
 //     record, previous status and checkpoint in the same transaction), shared

@@ -205,6 +205,48 @@ func (q *Queue) enqueue(ctx context.Context, p prepared, what string) (string, e
 	return first, nil
 }
 
+// TxEnqueue is the enqueue of one task as comparisons and operations for a
+// caller's own transaction (EnqueueTx): the task is enqueued if and only if
+// that transaction succeeds.
+type TxEnqueue struct {
+	ID string // the task's ID, once the transaction succeeded
+	// Cmps are the comparisons the transaction must include: with a dedup
+	// ID, that no unfinished task holds it (the transaction then fails as
+	// a whole; read the dedup holder with Status if the caller must tell).
+	// Empty otherwise.
+	Cmps []clientv3.Cmp
+	Ops  []clientv3.Op // what enqueues it: the task record and its index key
+}
+
+// EnqueueTx prepares the enqueue of a task for the caller's own etcd
+// transaction, so that the task lands atomically with the caller's writes
+// (a result and the follow-up task it calls for; a scheduled time's claim):
+//
+//	e, err := q.EnqueueTx(payload)
+//	resp, err := cli.Txn(ctx).If(append(myCmps, e.Cmps...)...).Then(append(myOps, e.Ops...)...).Commit()
+//
+// Options and payload are checked as by Enqueue, before anything is
+// written; it does no I/O. The transaction must go to the cluster the
+// queue's client is on, and each TxEnqueue be committed once: its ID is
+// fixed when it is prepared. Two operations, three with a dedup ID, and up
+// to the payload's size in the request.
+func (q *Queue) EnqueueTx(payload []byte, opts ...EnqueueOption) (TxEnqueue, error) {
+	if q.err != nil {
+		return TxEnqueue{}, q.err
+	}
+	p, err := q.prepare(payload, opts)
+	if err != nil {
+		return TxEnqueue{}, fmt.Errorf("queue: enqueue: %w", err)
+	}
+	e := TxEnqueue{ID: p.id, Ops: p.ops}
+	if p.dedup != "" {
+		dk := q.keys.dedup(p.dedup)
+		e.Cmps = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(dk), "=", 0)}
+		e.Ops = append(e.Ops, clientv3.OpPut(dk, p.id))
+	}
+	return e, nil
+}
+
 // EnqueueBatch adds several tasks, as few transactions as the cluster's
 // limits allow (WithMaxTxnOps, WithMaxRequestBytes): two operations per
 // task. Items with a DedupID are enqueued one by one after the others. It
