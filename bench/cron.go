@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/concordkit/concord/cron"
 	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/queue"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // cron.fire_lag_p99: from a job's scheduled time to its fn starting on the
@@ -95,4 +98,111 @@ func nextLag(ctx context.Context, lags <-chan time.Duration, done <-chan error) 
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+// cron.dispatch_lag_p50/p99: from a dispatched job's scheduled time to a
+// worker's Dequeue returning its task: 10 jobs due every second, enqueued
+// by the leader in each time's claim (AddDispatch), 2 workers, each its own
+// client and lease, waiting in Dequeue. The leader-run fire lag of the
+// same run is the reference: the difference is what dispatching costs (one
+// watch event to the workers and the queue's claim transaction).
+
+func init() {
+	Register(Group{
+		Name:    "cron_dispatch",
+		Figures: []string{"cron.dispatch_lag_p50", "cron.dispatch_lag_p99"},
+		Run:     runCronDispatch,
+	})
+}
+
+func runCronDispatch(ctx context.Context, env *Env) ([]Result, error) {
+	const name = "bench/cron-dispatch"
+	const qname = "bench/cron-dispatch-q"
+	const jobs, workers = 10, 2
+	clis, err := env.Clients(1 + workers)
+	if err != nil {
+		return nil, err
+	}
+	keepers := make([]*leasekeeper.Keeper, len(clis))
+	for i, cli := range clis {
+		if keepers[i], err = leasekeeper.New(ctx, cli, leasekeeper.WithTTL(benchTTL)); err != nil {
+			return nil, err
+		}
+		defer keepers[i].Close(context.WithoutCancel(ctx))
+	}
+	defer func() {
+		_ = cron.Delete(context.WithoutCancel(ctx), clis[0], name)
+		_, _ = clis[0].Delete(context.WithoutCancel(ctx), qname, clientv3.WithPrefix())
+	}()
+
+	lq := queue.New(clis[0], qname)
+	defer lq.Close()
+	s := cron.New(keepers[0], name)
+	for i := range jobs {
+		if err := s.AddDispatch(fmt.Sprintf("job%d", i), "* * * * * *", lq); err != nil {
+			return nil, err
+		}
+	}
+	lags := make(chan time.Duration, 1024)
+	wctx, stopWorkers := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopWorkers()
+		wg.Wait()
+	}()
+	for w := 1; w <= workers; w++ {
+		q := queue.New(clis[w], qname)
+		defer q.Close()
+		wg.Go(func() {
+			for {
+				t, err := q.Dequeue(wctx, keepers[w])
+				if err != nil {
+					return
+				}
+				if d, err := cron.DecodeDispatched(t.Payload); err == nil {
+					select {
+					case lags <- time.Since(d.Time):
+					default:
+					}
+				}
+				_ = t.Ack(wctx)
+			}
+		})
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	if _, err := nextLag(ctx, lags, done); err != nil {
+		return nil, err
+	}
+	for len(lags) > 0 {
+		<-lags
+	}
+	perRound := jobs * env.Scale(4, 2)
+	var p50, p99 []float64
+	err = Rounds(ctx, env, "cron.dispatch_lag", func(ctx context.Context, _ Round) error {
+		var ds []time.Duration
+		for range perRound {
+			d, err := nextLag(ctx, lags, done)
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+		}
+		p50 = append(p50, PercentileMs(ds, 50))
+		p99 = append(p99, PercentileMs(ds, 99))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []Result{
+		Single("cron.dispatch_lag_p50", "ms", Median(p50), true),
+		Single("cron.dispatch_lag_p99", "ms", Median(p99), true),
+	}, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/concordkit/concord/election"
 	"github.com/concordkit/concord/internal/retry"
+	"github.com/concordkit/concord/queue"
 )
 
 // runKind says why a time is dispatched.
@@ -34,7 +35,7 @@ func (j *jobRun) claimable(t time.Time, attempt int, kind runKind) bool {
 
 // runs reports whether j is one of the term's jobs (not removed since a
 // retry of it was asked for) and runs here.
-func (l *leader) runs(j *jobRun) bool { return l.jobs[j.name] == j && j.def().fn != nil }
+func (l *leader) runs(j *jobRun) bool { return l.jobs[j.name] == j && j.def().runnable() }
 
 // dispatch claims (j, t, attempt) and starts the run, or records a skip.
 func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt int, kind runKind) error {
@@ -48,15 +49,28 @@ func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt i
 		return nil
 	}
 	jb := j.def() // what this run runs, whatever updates come meanwhile
-	skip := jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	skip := jb.disp == nil && jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
-	ok, err := l.claim(ctx, j, r, kind, skip)
-	if err != nil || !ok {
+	enq, err := l.enqueueFor(jb, r)
+	if err != nil {
 		return err
 	}
-	l.start(ctx, j, jb, r, skip)
+	claimed, err := l.claim(ctx, j, r, kind, skip, enq)
+	if err != nil || !claimed {
+		return err
+	}
+	l.start(ctx, j, jb, r, skip, enq)
 	return nil
+}
+
+// enqueueFor prepares the task of a dispatched job's run r (nil for a job
+// that runs on the leader).
+func (l *leader) enqueueFor(jb *job, r Run) (*queue.TxEnqueue, error) {
+	if jb.disp == nil {
+		return nil, nil
+	}
+	return l.enqueueOf(jb.disp, r)
 }
 
 func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
@@ -65,14 +79,18 @@ func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
 		return nil // the trigger stays pending for a leader that runs the job
 	}
 	jb := j.def()
-	skip := jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
+	skip := jb.disp == nil && jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
-	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip)
+	enq, err := l.enqueueFor(jb, r)
+	if err != nil {
+		return err
+	}
+	ok, err := l.claimTrigger(ctx, j, r, tr.rev, skip, enq)
 	if err != nil || !ok {
 		return err
 	}
-	l.start(ctx, j, jb, r, skip)
+	l.start(ctx, j, jb, r, skip, enq)
 	return nil
 }
 
@@ -81,10 +99,13 @@ func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
 // fresh time moves the watermark, a retry or rerun bumps the attempt of its
 // time; a run that starts is listed as open until it finishes. The same
 // transaction writes the status (running, or skipped) and deletes stale
-// commit records. An unknown outcome is settled by reading the claim back.
-// It reports false when the time turned out to be claimed already.
-func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip bool) (bool, error) {
-	j.startStatus(r, skip)
+// commit records. For a dispatched job it also enqueues enq, the run's
+// task, and the run is not listed as open: the queue holds it now. An
+// unknown outcome is settled by reading the claim back. It reports false
+// when the time turned out to be claimed already.
+func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip bool, enq *queue.TxEnqueue) (bool, error) {
+	j.startStatus(r, skip, enq)
+	notOpen := skip || enq != nil
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	st, err := j.statusValue()
@@ -99,7 +120,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 		if !j.claimable(r.Time, r.Attempt, kind) {
 			return false, nil
 		}
-		c := j.claimWith(r, skip, at)
+		c := j.claimWith(r, notOpen, at)
 		rec, err := encode(c)
 		if err != nil {
 			return false, err
@@ -110,6 +131,10 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 			ops = append(ops, clientv3.OpDelete(sr.key))
 		}
 		cmps := append(l.guard(j), clientv3.Compare(clientv3.ModRevision(key), "=", j.claimRev))
+		if enq != nil {
+			ops = append(ops, enq.Ops...)
+			cmps = append(cmps, enq.Cmps...)
+		}
 		// Each try is bounded, as in Commit: the fence on the claim's mod
 		// revision and the read-back below settle a try applied late.
 		tctx, cancel := tr.next(ctx)
@@ -154,7 +179,7 @@ func (l *leader) claim(ctx context.Context, j *jobRun, r Run, kind runKind, skip
 				read = kvs[0]
 			}
 		}
-		if ours, err := j.adoptRead(key, read, r, skip, deleted); err != nil || ours {
+		if ours, err := j.adoptRead(key, read, r, notOpen, deleted); err != nil || ours {
 			return ours, err
 		}
 	}
@@ -306,8 +331,8 @@ func (l *leader) termHeld(ctx context.Context) bool {
 // claimTrigger consumes the trigger key (deleting it, fenced by the term and
 // its mod revision). It reports false if the trigger was replaced or
 // withdrawn meanwhile (a replacement arrives on the watch).
-func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, skip bool) (bool, error) {
-	j.startStatus(r, skip)
+func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, skip bool, enq *queue.TxEnqueue) (bool, error) {
+	j.startStatus(r, skip, enq)
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	st, err := j.statusValue()
@@ -322,8 +347,12 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		// Each try is bounded, as in claim; the read-back below settles a
 		// try applied late.
 		tctx, cancel := tr.next(ctx)
-		resp, err := l.cli().Txn(tctx).If(cmps...).
-			Then(clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)).Commit()
+		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpPut(l.s.keys.status(j.name), st)}
+		if enq != nil {
+			ops = append(ops, enq.Ops...)
+			cmps = append(cmps, enq.Cmps...)
+		}
+		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Commit()
 		tr.ended(err)
 		cancel()
 		if err == nil {

@@ -28,6 +28,12 @@
 //	err = cron.Update(ctx, cli, "/ops/cron", "purge-tmp", cron.Definition{Spec: "@every 1m", Handler: "purge"})
 //	err = cron.Remove(ctx, cli, "/ops/cron", "purge-tmp")
 //
+// Heavy jobs can run on workers instead of the leader: AddDispatch (or
+// HandleDispatch for defined jobs) makes the leader enqueue each claimed
+// time into a queue.Queue, in the claim's own transaction, and any process
+// that dequeues from it runs the time (DecodeDispatched) and writes its
+// effects with the task's Ack.
+//
 // Specs are parsed by github.com/robfig/cron/v3: 5 fields, an optional
 // leading seconds field, and descriptors (@hourly, @every 10s; @every must be
 // a whole number of seconds). Times are computed in the process's local time
@@ -79,6 +85,13 @@
 //   - Pause, Resume and Trigger are records in etcd, so any replica or a CLI
 //     can use them; the leader follows them on a watch. A trigger is consumed
 //     by one fenced transaction and runs once.
+//   - Dispatched runs (AddDispatch): the task of a time is enqueued by the
+//     claim's transaction (queue.Queue.EnqueueTx), so a time is enqueued
+//     if and only if it is claimed, and at most once; once enqueued it is
+//     the queue's: a worker that dies is replaced when its claim's lease
+//     ends, and the effects written with the task's Ack land once per time
+//     (the queue acks a task once). No rerun is needed after a failover:
+//     the next leader finds the time claimed and its task in the queue.
 //   - Defined jobs: the leader reads the definitions when it takes over and
 //     follows Define, Update and Remove on the same watch as the controls
 //     (reading them afresh if the watch is lost). Every write the leader
@@ -145,6 +158,11 @@
 //     one fenced transaction when fn returns (status, and the run's removal
 //     from the open runs). Run.Commit is one more transaction, carrying the
 //     caller's writes. The fire lag is the timer's lateness plus the claim.
+//   - Per dispatched run: the one claim transaction, which also enqueues
+//     the task (two more puts in it); the worker's dequeue and ack are the
+//     queue's (see package queue). The dispatch lag, from the scheduled
+//     time to a waiting worker holding the task, is the fire lag plus one
+//     watch event and the queue's claim.
 //   - On becoming leader: one read of N/.cron/, one fenced status write per
 //     job (its next time), the claims of reruns and triggers that are due,
 //     and one watch on N/.cron/ctl/ and N/.cron/def/ (one range), on top of

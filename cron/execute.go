@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/concordkit/concord/election"
+	"github.com/concordkit/concord/queue"
 )
 
 // publishChanged writes the status of each job whose definition (or
@@ -111,7 +112,7 @@ func (j *jobRun) setNext(t time.Time) {
 // fireDue runs the times of j that are due at now, per its catch-up policy.
 func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 	jb := j.def()
-	if jb.fn == nil {
+	if !jb.runnable() {
 		j.setNext(time.Time{}) // it does not run here: no next time
 		return nil
 	}
@@ -147,7 +148,16 @@ func (l *leader) fireDue(ctx context.Context, j *jobRun, now time.Time) error {
 	return nil
 }
 
-func (l *leader) start(ctx context.Context, j *jobRun, jb *job, r Run, skip bool) {
+func (l *leader) start(ctx context.Context, j *jobRun, jb *job, r Run, skip bool, enq *queue.TxEnqueue) {
+	if enq != nil {
+		// Enqueued with the claim: the workers run it.
+		attrs := metric.WithAttributes(attribute.String("cron.job", j.name))
+		if !r.Trigger {
+			l.s.lag.Record(ctx, time.Since(r.Time).Seconds(), attrs)
+		}
+		l.s.runs.Add(ctx, 1, metric.WithAttributes(attribute.String("cron.job", j.name), attribute.String("cron.outcome", string(Dispatched))))
+		return
+	}
 	if skip {
 		l.s.runs.Add(ctx, 1, metric.WithAttributes(attribute.String("cron.job", j.name), attribute.String("cron.outcome", string(Skipped))))
 		return
@@ -157,15 +167,20 @@ func (l *leader) start(ctx context.Context, j *jobRun, jb *job, r Run, skip bool
 	go l.execute(j.ctx, j, jb, r)
 }
 
-// startStatus records a run that starts now in j's status.
-func (j *jobRun) startStatus(r Run, skip bool) {
+// startStatus records a run that starts now in j's status (or, with enq,
+// is enqueued now).
+func (j *jobRun) startStatus(r Run, skip bool, enq *queue.TxEnqueue) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	st := j.status
 	j.describe(&st)
 	st.LastTime, st.Start, st.Token, st.Attempt, st.Trigger = r.Time, time.Now(), r.Token, r.Attempt, r.Trigger
 	st.Outcome, st.Error, st.Duration = Running, "", 0
-	if skip {
+	st.Task = ""
+	switch {
+	case enq != nil:
+		st.Outcome, st.Task = Dispatched, enq.ID
+	case skip:
 		st.Outcome = Skipped
 	}
 	st.Next, st.Paused, st.Pending = j.next, false, false

@@ -109,7 +109,7 @@ type leader struct {
 	s        *Scheduler
 	t        *election.Term
 	static   []*job
-	handlers map[string]Func
+	handlers map[string]handler
 	jobs     map[string]*jobRun // the loop's; runs hold their own *jobRun
 	order    []*jobRun
 
@@ -125,7 +125,7 @@ type leader struct {
 
 var errTermGone = errors.New("cron: leadership ended")
 
-func newLeader(s *Scheduler, t *election.Term, jobs []*job, handlers map[string]Func) *leader {
+func newLeader(s *Scheduler, t *election.Term, jobs []*job, handlers map[string]handler) *leader {
 	return &leader{s: s, t: t, static: jobs, handlers: handlers, jobs: map[string]*jobRun{},
 		retries: make(chan retryReq, len(jobs)+16)}
 }
@@ -308,7 +308,7 @@ func (l *leader) begin(ctx context.Context) (int64, error) {
 		}
 	}
 	for _, j := range l.order {
-		if j.def().fn == nil {
+		if !j.def().runnable() {
 			continue // its open runs wait for a leader that can run it
 		}
 		for _, o := range j.takeOver(now) {

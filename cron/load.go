@@ -213,7 +213,7 @@ func (l *leader) applyDef(kv *mvccpb.KeyValue) error {
 		nj := l.build(job, rec.Definition)
 		j.cur.Store(nj)
 		j.defMod = kv.ModRevision
-		if nj.spec != old.spec || old.fn == nil {
+		if nj.spec != old.spec || !old.runnable() {
 			// The new schedule starts now: its times that passed before
 			// are not caught up.
 			j.cursor = time.Now()
@@ -238,8 +238,18 @@ func (l *leader) build(jobName string, d Definition) *job {
 		return &job{name: jobName, spec: d.Spec, defined: true, handler: d.Handler,
 			problem: "invalid definition: " + err.Error()}
 	}
-	if jb.fn = l.handlers[d.Handler]; jb.fn == nil {
+	h, ok := l.handlers[d.Handler]
+	switch {
+	case !ok:
 		jb.problem = fmt.Sprintf("no handler %q registered in the leader's binary", d.Handler)
+	case h.disp != nil:
+		if err := jb.opts.checkDispatch(jobName); err != nil {
+			jb.problem = "invalid definition: " + err.Error()
+			break
+		}
+		jb.disp = h.disp
+	default:
+		jb.fn = h.fn
 	}
 	return jb
 }

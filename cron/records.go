@@ -80,11 +80,14 @@ const (
 	Failed  Outcome = "error"   // fn returned an error (after any retries)
 	Skipped Outcome = "skipped" // not run: the previous run was still going (SkipIfRunning)
 	Lost    Outcome = "lost"    // leadership was lost while fn ran
+	// Dispatched: enqueued for a worker (AddDispatch); the task's state is
+	// the queue's (JobStatus.Task).
+	Dispatched Outcome = "dispatched"
 )
 
 func (o Outcome) valid() bool {
 	switch o {
-	case "", Running, OK, Failed, Skipped, Lost:
+	case "", Running, OK, Failed, Skipped, Lost, Dispatched:
 		return true
 	}
 	return false
@@ -106,6 +109,7 @@ type JobStatus struct {
 	Paused   bool          `json:"paused"`            // from the pause key, not from the status record
 	Pending  bool          `json:"pending,omitempty"` // a Trigger waits to be run
 
+	Task    string `json:"task,omitempty"`    // the task of the last run, for Dispatched
 	Defined bool   `json:"defined,omitempty"` // defined at runtime (Define), not added in code
 	Handler string `json:"handler,omitempty"` // a defined job's handler
 	// Problem says why the leader does not run the job as meant: a defined

@@ -19,6 +19,7 @@ import (
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/names"
 	"github.com/concordkit/concord/leasekeeper"
+	"github.com/concordkit/concord/queue"
 )
 
 // parser accepts standard 5-field specs, an optional leading seconds field,
@@ -116,6 +117,7 @@ type jobOptions struct {
 	retries int
 	backoff time.Duration
 	reruns  int
+	enqueue []queue.EnqueueOption // a dispatched job's (WithEnqueue)
 }
 
 // WithOverlap sets the overlap policy (default SkipIfRunning).
@@ -175,6 +177,9 @@ type job struct {
 	sched robfig.Schedule
 	fn    Func
 	opts  jobOptions
+	// disp is where a dispatched job's runs go (AddDispatch); fn is nil
+	// then.
+	disp *dispatcher
 
 	defined bool   // defined at runtime (Define), not added in code
 	handler string // a defined job's handler name
@@ -182,6 +187,15 @@ type job struct {
 	// handler is not registered here, its definition is invalid, a job
 	// added in code has its name); fn is nil then.
 	problem string
+}
+
+// runnable reports whether the job runs here: it has a func or a queue.
+func (j *job) runnable() bool { return j.fn != nil || j.disp != nil }
+
+// handler is what Handle or HandleDispatch registered under a name.
+type handler struct {
+	fn   Func
+	disp *dispatcher
 }
 
 // Option configures a Scheduler.
@@ -242,7 +256,7 @@ type Scheduler struct {
 
 	mu       sync.Mutex // protects jobs, handlers, started
 	jobs     []*job
-	handlers map[string]Func
+	handlers map[string]handler
 	started  bool
 }
 
@@ -291,14 +305,18 @@ func New(k *leasekeeper.Keeper, name string, opts ...Option) *Scheduler {
 // leading seconds) or a descriptor (@hourly, @every 10s). Add must be called
 // before Run, with the same jobs on every replica.
 func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error {
+	if fn == nil {
+		return fmt.Errorf("cron: job %q: nil func", jobName)
+	}
+	return s.add(jobName, spec, fn, nil, opts)
+}
+
+func (s *Scheduler) add(jobName, spec string, fn Func, d *dispatcher, opts []JobOption) error {
 	if s.err != nil {
 		return s.err
 	}
 	if err := validateJob(jobName); err != nil {
 		return err
-	}
-	if fn == nil {
-		return fmt.Errorf("cron: job %q: nil func", jobName)
 	}
 	sched, err := parseSpec(spec)
 	if err != nil {
@@ -311,6 +329,13 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 	if err := o.check(jobName); err != nil {
 		return err
 	}
+	if d != nil {
+		if err := o.checkDispatch(jobName); err != nil {
+			return err
+		}
+	} else if o.enqueue != nil {
+		return fmt.Errorf("cron: job %q: WithEnqueue is for dispatched jobs (AddDispatch)", jobName)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
@@ -321,35 +346,39 @@ func (s *Scheduler) Add(jobName, spec string, fn Func, opts ...JobOption) error 
 			return fmt.Errorf("%w: job %q", ErrDuplicate, jobName)
 		}
 	}
-	s.jobs = append(s.jobs, &job{name: jobName, spec: spec, sched: sched, fn: fn, opts: o})
+	s.jobs = append(s.jobs, &job{name: jobName, spec: spec, sched: sched, fn: fn, disp: d, opts: o})
 	return nil
 }
 
 // Handle registers fn as the handler named handler, for jobs defined at
 // runtime (Define) with that handler. Like Add, it must be called before
 // Run; every replica that may lead should register the same handlers.
-func (s *Scheduler) Handle(handler string, fn Func) error {
+func (s *Scheduler) Handle(name string, fn Func) error {
+	if fn == nil {
+		return fmt.Errorf("cron: handler %q: nil func", name)
+	}
+	return s.handle(name, fn, nil)
+}
+
+func (s *Scheduler) handle(name string, fn Func, d *dispatcher) error {
 	if s.err != nil {
 		return s.err
 	}
-	if err := validateHandler(handler); err != nil {
+	if err := validateHandler(name); err != nil {
 		return err
-	}
-	if fn == nil {
-		return fmt.Errorf("cron: handler %q: nil func", handler)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
 		return ErrStarted
 	}
-	if _, ok := s.handlers[handler]; ok {
-		return fmt.Errorf("%w: handler %q", ErrDuplicate, handler)
+	if _, ok := s.handlers[name]; ok {
+		return fmt.Errorf("%w: handler %q", ErrDuplicate, name)
 	}
 	if s.handlers == nil {
-		s.handlers = map[string]Func{}
+		s.handlers = map[string]handler{}
 	}
-	s.handlers[handler] = fn
+	s.handlers[name] = handler{fn: fn, disp: d}
 	return nil
 }
 

@@ -62,6 +62,9 @@ func cronStatus(ctx context.Context, s *session, args []string) error {
 		if j.Error != "" {
 			outcome += ": " + printable(j.Error, 60)
 		}
+		if j.Task != "" {
+			outcome += " (task " + printable(j.Task, 40) + ")"
+		}
 		last := when(j.LastTime)
 		if j.Trigger {
 			last += " (trigger)"
