@@ -11,12 +11,13 @@ import (
 
 // Stats counts a queue's tasks.
 type Stats struct {
-	Ready    int // claimable now
-	Delayed  int // claimable later
-	Running  int // claimed
-	Done     int // acknowledged within the retention
-	Canceled int // canceled within the retention
-	Dead     int // dead letters
+	Ready    int  // claimable now
+	Delayed  int  // claimable later
+	Running  int  // claimed
+	Done     int  // acknowledged within the retention
+	Canceled int  // canceled within the retention
+	Dead     int  // dead letters
+	Paused   bool // Pause is in force
 }
 
 // Stats counts the queue's tasks in one linearizable read transaction of
@@ -42,13 +43,14 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		pend(q.keys.prefix+"f/"),
 		pend(q.keys.prefix+"x/"),
 		pend(q.keys.canceledPrefix()),
+		clientv3.OpGet(q.keys.paused(), clientv3.WithCountOnly()),
 	).Commit()
 	if err != nil {
 		return Stats{}, fmt.Errorf("queue: stats: %w", err)
 	}
 	c := func(i int) int { return int(resp.Responses[i].GetResponseRange().GetCount()) }
 	// A canceled task's finished record and marker share a lease.
-	s := Stats{Delayed: c(2), Running: c(3), Done: max(c(4)-c(6), 0), Canceled: c(6), Dead: c(5)}
+	s := Stats{Delayed: c(2), Running: c(3), Done: max(c(4)-c(6), 0), Canceled: c(6), Dead: c(5), Paused: c(7) > 0}
 	s.Ready = max(c(0)+c(1)-s.Running, 0)
 	return s, nil
 }

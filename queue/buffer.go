@@ -8,11 +8,15 @@ import (
 	"github.com/concordkit/concord/leasekeeper"
 )
 
-// takeBuffered hands out the first task a batch claimed for lease, dropping
-// buffered tasks whose claim was lost meanwhile.
-func (ix *index) takeBuffered(lease *leasekeeper.Lease) *Task {
+// takeBufferedUnlessPaused hands out the first task a batch claimed for
+// lease, dropping buffered tasks whose claim was lost meanwhile; while the
+// queue is paused it hands out none.
+func (ix *index) takeBufferedUnlessPaused(lease *leasekeeper.Lease) *Task {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if ix.paused {
+		return nil
+	}
 	for i := 0; i < len(ix.buffered); i++ {
 		t := ix.buffered[i]
 		if t.Context().Err() != nil {

@@ -67,7 +67,9 @@ func (q *Queue) dequeue(ctx context.Context, k *leasekeeper.Keeper, wait bool) (
 		if err != nil {
 			return nil, fmt.Errorf("queue: dequeue: %w", err)
 		}
-		if t := ix.takeBuffered(lease); t != nil {
+		// While paused, buffered tasks stay put: they are given back
+		// with the others not handed out in time.
+		if t := ix.takeBufferedUnlessPaused(lease); t != nil {
 			t.handOut()
 			return t, nil
 		}
@@ -142,7 +144,9 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 	// sent to an etcd leader that died or hangs is given up, taken back
 	// below, and Dequeue claims again once another leader is elected.
 	actx, cancel := context.WithTimeout(ctx, retry.Attempt(ttl))
-	resp, err := q.cli.Txn(actx).Then(ops...).Commit()
+	// Guarded by the pause marker: once Pause has returned, no claim
+	// lands, whatever this process's view of the index says.
+	resp, err := q.cli.Txn(actx).If(clientv3.Compare(clientv3.CreateRevision(q.keys.paused()), "=", 0)).Then(ops...).Commit()
 	cancel()
 	if err == nil {
 		ix.observeClaim(time.Since(sent))
@@ -156,6 +160,14 @@ func (q *Queue) claim(ctx context.Context, ix *index, lease *leasekeeper.Lease, 
 			ix.release(e.id, 0)
 		}
 		return nil, err
+	}
+	if !resp.Succeeded {
+		// Paused: the view learns it from the watch; hide the candidates
+		// until it has caught up.
+		for _, e := range es {
+			ix.release(e.id, resp.Header.Revision)
+		}
+		return nil, nil
 	}
 	var first *Task
 	var firstErr error

@@ -72,6 +72,20 @@
 // guarded writes are refused, and a finishing call that reads the canceled
 // record back reports ErrCanceled.
 //
+// Pause. Pause(ctx), from any process, writes a pause marker under the
+// index; every claim transaction compares it absent, so once Pause has
+// returned no task is handed out, also by a worker whose view has not seen
+// the marker yet (its claim is refused and its Dequeue waits once the view
+// catches up). Tasks already handed out run on; enqueues go on; tasks a
+// batch claimed and had not handed out are given back as usual. Resume
+// deletes the marker. Neither costs anything per task: the compare rides in
+// the claim transaction.
+//
+// Transactional enqueue. EnqueueTx returns a task's enqueue as comparisons
+// and operations for the caller's own transaction (cron uses it to enqueue
+// a scheduled time in the transaction that claims it), so the task lands if
+// and only if the caller's writes do.
+//
 // Deduplication. Enqueue with DedupID writes nothing and returns the first
 // task's ID while a task with that dedup ID is unfinished (queued, delayed
 // or running); the check and the write are one transaction, so it holds
@@ -143,6 +157,7 @@
 //	P i/c/<id>                claim, bound to the worker's lease (worker, nonce)
 //	P i/k/<id>                cancel marker: the canceled claim's token (0 if
 //	                          none), on the retention lease
+//	P i/p                     pause marker (JSON: since when), while paused
 //	P t/<id>                  task record: JSON header, newline, raw payload
 //	P s/<id>                  status record (JSON): position, attempts, last error,
 //	                          written once the task leaves its enqueued position
@@ -189,6 +204,7 @@
 //   - A timeout costs nothing until it passes (a timer in the worker's
 //     process); then one guarded transaction.
 //   - Cancel: one read transaction and one write transaction.
+//   - Pause, Resume: one write each; nothing per task.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
 //     trips, or 2.25 of each with full claim batches. In keys: 2 puts to
 //     enqueue, 2 puts to claim, 4 deletes and the finished record's put to

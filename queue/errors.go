@@ -5,6 +5,8 @@ import "errors"
 var (
 	// ErrEmpty is returned by TryDequeue when no task is ready.
 	ErrEmpty = errors.New("queue: no task ready")
+	// ErrPaused is returned by TryDequeue while the queue is paused.
+	ErrPaused = errors.New("queue: paused")
 	// ErrLost is the cause of a task context's cancellation when its claim
 	// can no longer be trusted, and the error of Ack, Nack, Fail and Progress
 	// on a task whose claim was lost (lease expired or revoked, claim key

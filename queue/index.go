@@ -39,6 +39,7 @@ type index struct {
 	buffered []*Task              // claimed by a batch, not yet handed out
 	rev      int64                // revision the view reflects
 	loaded   bool
+	paused   bool          // the pause marker is present
 	denied   error         // set while etcd refuses this process the index for lack of permission
 	changed  chan struct{} // closed and replaced on every change
 	conflict int64         // failed claim transactions
@@ -177,6 +178,7 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	prefix := ix.q.keys.index()
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var ready, delayed []entry
+	paused := false
 	claimed := map[string]int64{}
 	claimValues := map[string]string{} // claim key → value, for ix.unsure
 	claimPrefix := prefix + "c/"
@@ -198,6 +200,7 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 			readRev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
+			paused = paused || string(kv.Key) == ix.q.keys.paused()
 			ix.q.classify(kv, &ready, &delayed, claimed, workers)
 			if strings.HasPrefix(string(kv.Key), claimPrefix) {
 				claimValues[string(kv.Key)] = string(kv.Value)
@@ -215,7 +218,7 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	slices.SortFunc(delayed, cmpDelayed)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.ready, ix.delayed, ix.claimed, ix.workers = ready, delayed, claimed, workers
+	ix.ready, ix.delayed, ix.claimed, ix.workers, ix.paused = ready, delayed, claimed, workers, paused
 	// A claim whose transaction never answered may have landed while no
 	// watch was running: give it back, as apply does.
 	for uk, u := range ix.unsure {
@@ -327,6 +330,10 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 		rest := strings.TrimPrefix(key, prefix)
 		if strings.HasPrefix(rest, "k/") {
 			continue // a cancel marker, handled above
+		}
+		if rest == "p" {
+			ix.paused = ev.Type == clientv3.EventTypePut
+			continue
 		}
 		if id, ok := strings.CutPrefix(rest, "c/"); ok {
 			if !validID(id) {

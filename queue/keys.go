@@ -16,9 +16,11 @@ import (
 //	P i/d/<time>/<prio>/<id>  delayed: claimable from <time> on
 //	P i/c/<id>                claim, bound to the worker's lease
 //	P i/k/<id>                cancel marker: the canceled claim's token, retention lease
+//	P i/p                     pause marker: present while the queue is paused
 //	P t/<id>                  task record: metadata and payload
 //	P s/<id>                  status record: state, position key, last error
 //	P f/<id>                  finished record, bound to a retention lease
+//	P r/<id>                  an acked task's result (AckResult), on the same lease
 //	P a/<id>                  claim counter: its etcd Version counts the claims
 //	P n/<id>                  claims given back unused: its Version counts them
 //	P p/<id>                  progress: fraction, message, checkpoint
@@ -56,6 +58,8 @@ func (l layout) readyPrefix() string       { return l.prefix + "i/r/" }
 func (l layout) delayedPrefix() string     { return l.prefix + "i/d/" }
 func (l layout) claimPrefix() string       { return l.prefix + "i/c/" }
 func (l layout) canceledPrefix() string    { return l.prefix + "i/k/" }
+func (l layout) paused() string            { return l.prefix + "i/p" }
+func (l layout) result(id string) string   { return l.prefix + "r/" + id }
 
 // encPrio maps a priority to 8 hex digits whose byte order is the reverse of
 // the priority order, so that a range in key order yields the highest first.

@@ -198,7 +198,12 @@ func (ix *index) pick(ctx context.Context, wait bool, batch int) ([]entry, error
 		ix.mu.Lock()
 		ch := ix.changed
 		var next time.Time
-		if ix.loaded {
+		if ix.loaded && ix.paused {
+			if !wait {
+				ix.mu.Unlock()
+				return nil, ErrPaused
+			}
+		} else if ix.loaded {
 			es, n := ix.chooseLocked(time.Now(), batch)
 			if len(es) > 0 {
 				for _, e := range es {

@@ -40,7 +40,7 @@ func qname(t *testing.T) string {
 }
 
 // assertOnlyFinished checks that the queue holds nothing but finished
-// records (f/) and cancel markers (i/k/), both on the retention lease, and
+// records (f/), results (r/) and cancel markers (i/k/), on the retention lease, and
 // nothing outside its prefix under name.
 func assertOnlyFinished(t *testing.T, cli *clientv3.Client, name string) {
 	t.Helper()
@@ -49,7 +49,7 @@ func assertOnlyFinished(t *testing.T, cli *clientv3.Client, name string) {
 	require.NoError(t, err)
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
-		if !strings.HasPrefix(k, name+"/.queue/f/") && !strings.HasPrefix(k, name+"/.queue/i/k/") && !strings.HasPrefix(k, name+"/ledger/") && !strings.HasPrefix(k, name+"/work/") {
+		if !strings.HasPrefix(k, name+"/.queue/f/") && !strings.HasPrefix(k, name+"/.queue/r/") && !strings.HasPrefix(k, name+"/.queue/i/k/") && !strings.HasPrefix(k, name+"/ledger/") && !strings.HasPrefix(k, name+"/work/") {
 			t.Errorf("unexpected key left: %s", k)
 		}
 	}

@@ -318,7 +318,26 @@ func (t *Task) giveBackTaken() {
 // the claim's lease TTL, so that a worker that gives up does not leave the
 // task claimed by a lease its process keeps alive.
 func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
-	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes, t.q.keys.prefix); err != nil {
+	return t.ack(ctx, nil, ops)
+}
+
+// MaxResultBytes is the largest result AckResult stores.
+const MaxResultBytes = 256 << 10
+
+// AckResult is Ack that also stores result (up to MaxResultBytes; a nil
+// result stores none), kept as long as the finished record (WithRetention)
+// and read by Result from any process. The result is written in the same
+// transaction as the acknowledgement and ops.
+func (t *Task) AckResult(ctx context.Context, result []byte, ops ...clientv3.Op) error {
+	if len(result) > MaxResultBytes {
+		return fmt.Errorf("queue: ack of task %s: result of %d bytes, over MaxResultBytes (%d)", t.ID, len(result), MaxResultBytes)
+	}
+	return t.ack(ctx, result, ops)
+}
+
+func (t *Task) ack(ctx context.Context, result []byte, ops []clientv3.Op) error {
+	// The result shares the request with ops: it leaves them less room.
+	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes-len(result), t.q.keys.prefix); err != nil {
 		return err
 	}
 	return t.finish(ctx, true, acked, func(lease clientv3.LeaseID) []clientv3.Op {
@@ -344,6 +363,9 @@ func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
 			Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker, Fraction: t.fraction, Message: t.message,
 		})), clientv3.WithLease(lease)))
 		out = append(out, t.dedupRelease()...)
+		if result != nil {
+			out = append(out, clientv3.OpPut(t.q.keys.result(t.ID), string(result), clientv3.WithLease(lease)))
+		}
 		return append(out, ops...)
 	}, true)
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/concordkit/concord/queue"
 )
@@ -34,11 +35,16 @@ func queueStats(ctx context.Context, s *session, args []string) error {
 	if s.opts.json {
 		return s.printJSON(map[string]any{
 			"queue": q.Name(), "ready": st.Ready, "delayed": st.Delayed, "running": st.Running,
-			"done": st.Done, "canceled": st.Canceled, "dead": st.Dead,
+			"done": st.Done, "canceled": st.Canceled, "dead": st.Dead, "paused": st.Paused,
 		})
+	}
+	state := "running"
+	if st.Paused {
+		state = "paused: no task is handed out until resumed"
 	}
 	return s.fields(
 		[2]string{"queue", q.Name()},
+		[2]string{"state", state},
 		[2]string{"ready", strconv.Itoa(st.Ready)},
 		[2]string{"delayed", strconv.Itoa(st.Delayed)},
 		[2]string{"running", strconv.Itoa(st.Running)},
@@ -266,6 +272,54 @@ func queueCancel(ctx context.Context, s *session, args []string) error {
 	}
 	defer q.Close()
 	return reportEach(s, q.Name(), "canceled", "task(s)", args[1:], func(id string) error { return q.Cancel(ctx, id) }, ctx)
+}
+
+// queueResult prints the result an acked task stored (AckResult): its raw
+// bytes, or with --json as a string (base64 when it is not UTF-8).
+func queueResult(ctx context.Context, s *session, args []string) error {
+	q, err := openQueue(ctx, s, args[0])
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	res, err := q.Result(ctx, args[1])
+	if err != nil {
+		return err
+	}
+	if s.opts.json {
+		out := map[string]any{"queue": q.Name(), "id": args[1]}
+		if utf8.Valid(res) {
+			out["result"] = string(res)
+		} else {
+			out["result_base64"] = res
+		}
+		return s.printJSON(out)
+	}
+	_, err = s.stdout.Write(res)
+	return err
+}
+
+// queuePause pauses a queue, or with resume resumes it.
+func queuePause(resume bool) func(ctx context.Context, s *session, args []string) error {
+	return func(ctx context.Context, s *session, args []string) error {
+		q, err := openQueue(ctx, s, args[0])
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		do, what := q.Pause, "paused: workers get no task until it is resumed; enqueues go on"
+		if resume {
+			do, what = q.Resume, "resumed: workers take tasks again"
+		}
+		if err := do(ctx); err != nil {
+			return err
+		}
+		if s.opts.json {
+			return s.printJSON(map[string]any{"queue": q.Name(), "paused": !resume})
+		}
+		_, err = fmt.Fprintf(s.stdout, "queue %s %s\n", q.Name(), what)
+		return err
+	}
 }
 
 func queuePurge(ctx context.Context, s *session, args []string) error {

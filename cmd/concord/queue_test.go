@@ -66,7 +66,7 @@ func TestQueueInspect(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var stats map[string]any
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &stats))
-	assert.Equal(t, map[string]any{"queue": name, "ready": 2.0, "delayed": 1.0, "running": 1.0, "done": 0.0, "canceled": 0.0, "dead": 2.0}, stats)
+	assert.Equal(t, map[string]any{"queue": name, "ready": 2.0, "delayed": 1.0, "running": 1.0, "done": 0.0, "canceled": 0.0, "dead": 2.0, "paused": false}, stats)
 
 	r = concord(t, "queue", "ls", name)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -153,6 +153,42 @@ func TestQueueAdmin(t *testing.T) {
 	r = concord(t, "queue", "purge", name2)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, "queue "+name2+": purged 0 dead letter(s)\n", r.stdout)
+
+	// A result stored with the Ack, printed raw or as JSON.
+	rq := queue.New(cluster.Client(), name2)
+	t.Cleanup(func() { rq.Close() })
+	k, err := leasekeeper.New(context.Background(), cluster.Client(), leasekeeper.WithTTL(5*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { k.Close(context.Background()) })
+	for {
+		task, err := rq.Dequeue(context.Background(), k)
+		require.NoError(t, err)
+		if string(task.Payload) == "a" {
+			require.NoError(t, task.AckResult(context.Background(), []byte("result of a\n")))
+			r = concord(t, "queue", "result", name2, task.ID)
+			require.Equal(t, 0, r.code, r.stderr)
+			assert.Equal(t, "result of a\n", r.stdout)
+			r = concord(t, "--json", "queue", "result", name2, task.ID)
+			assert.JSONEq(t, `{"queue":"`+name2+`","id":"`+task.ID+`","result":"result of a\n"}`, r.stdout)
+			break
+		}
+		require.NoError(t, task.Ack(context.Background()))
+		r = concord(t, "queue", "result", name2, task.ID)
+		assert.Equal(t, 1, r.code)
+		assert.Contains(t, r.stderr, "concord: queue: task finished without a result")
+	}
+
+	// Pause and resume: stats tells which.
+	r = concord(t, "queue", "pause", name2)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "queue "+name2+" paused: workers get no task until it is resumed; enqueues go on\n", r.stdout)
+	r = concord(t, "queue", "stats", name2)
+	assert.Regexp(t, `(?m)^state: +paused: no task is handed out until resumed$`, r.stdout)
+	r = concord(t, "--json", "queue", "resume", name2)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.JSONEq(t, `{"queue":"`+name2+`","paused":false}`, r.stdout)
+	r = concord(t, "queue", "stats", name2)
+	assert.Regexp(t, `(?m)^state: +running$`, r.stdout)
 }
 
 func TestQueueStatusWatch(t *testing.T) {
