@@ -342,6 +342,7 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 	key := l.s.keys.trigger(j.name)
 	bo := retry.RequestPolicy.New()
 	tr := newTries(l.try())
+	unsure := false // a try's outcome is unknown: it may have applied
 	for {
 		cmps := append(l.guard(j), clientv3.Compare(clientv3.ModRevision(key), "=", rev))
 		// Each try is bounded, as in claim; the read-back below settles a
@@ -355,32 +356,64 @@ func (l *leader) claimTrigger(ctx context.Context, j *jobRun, r Run, rev int64, 
 		resp, err := l.cli().Txn(tctx).If(cmps...).Then(ops...).Commit()
 		tr.ended(err)
 		cancel()
-		if err == nil {
-			if resp.Succeeded {
-				return true, nil
-			}
+		switch {
+		case err == nil && resp.Succeeded:
+			return true, nil
+		case err == nil && !unsure:
 			if !l.termHeld(ctx) {
 				return false, errTermGone
 			}
-			return false, nil
-		}
-		if ctx.Err() != nil {
+			return false, nil // withdrawn, replaced (the watch brings it) or removed
+		case err == nil:
+			// Refused after a try whose outcome is unknown: that try may be
+			// why. Read back below.
+		case ctx.Err() != nil:
 			return false, context.Cause(ctx)
-		}
-		if !retry.Unknown(err) {
+		case !retry.Unknown(err):
 			return false, fmt.Errorf("cron: claim trigger %s: %w", key, err)
+		default:
+			unsure = true
+			if werr := bo.Wait(ctx); werr != nil {
+				return false, werr
+			}
 		}
-		kvs, ok, werr := l.readBack(ctx, tr, bo, key)
-		if werr != nil {
-			return false, werr
-		}
-		if !ok {
-			continue
-		}
-		if len(kvs) == 0 || kvs[0].ModRevision != rev {
-			// Only the leader deletes triggers: ours went through (or a
-			// newer trigger replaced it, which the watch brings).
-			return len(kvs) == 0, nil
+		ours, settled, err := l.triggerApplied(ctx, tr, j, key, rev, st)
+		if err != nil || settled {
+			return ours, err
 		}
 	}
+}
+
+// triggerApplied reads back whether a consumption of the trigger key (at
+// mod revision rev) that wrote the status st applied. settled is false
+// when the read failed or the trigger still stands: try again. A removed
+// job's trigger is never its run: Remove deletes trigger keys too.
+func (l *leader) triggerApplied(ctx context.Context, tr *tries, j *jobRun, key string, rev int64, st string) (ours, settled bool, err error) {
+	tctx, cancel := tr.next(ctx)
+	defer cancel()
+	reads := []clientv3.Op{clientv3.OpGet(key), clientv3.OpGet(l.s.keys.status(j.name))}
+	if j.defRev != 0 {
+		reads = append(reads, clientv3.OpGet(l.s.keys.def(j.name)))
+	}
+	resp, gerr := l.cli().Txn(tctx).Then(reads...).Commit()
+	tr.ended(gerr)
+	if gerr != nil {
+		if ctx.Err() != nil {
+			return false, true, context.Cause(ctx)
+		}
+		return false, false, nil
+	}
+	trig := resp.Responses[0].GetResponseRange().Kvs
+	status := resp.Responses[1].GetResponseRange().Kvs
+	switch {
+	case j.defGone(resp.Responses[1:]):
+		return false, true, nil
+	case len(trig) > 0 && trig[0].ModRevision == rev:
+		return false, false, nil // not applied: try again
+	case len(trig) > 0:
+		return false, true, nil // replaced by a newer trigger, which the watch brings
+	}
+	// Gone: only this leader consumes triggers of a job that is still
+	// defined, and it writes st with the consumption while it holds wmu.
+	return len(status) > 0 && string(status[0].Value) == st, true, nil
 }

@@ -138,7 +138,7 @@ func (r Run) Commit(ctx context.Context, ops ...clientv3.Op) error {
 			kvs := resp.Responses[0].GetResponseRange().Kvs
 			if len(kvs) == 0 {
 				if d := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs; c.def != "" && (len(d) == 0 || d[0].CreateRevision != c.defRev) {
-					return fmt.Errorf("cron: commit of %s refused: %w", c.desc, ErrRemoved)
+					return fmt.Errorf("%w: commit of %s refused", ErrRemoved, c.desc)
 				}
 				return fmt.Errorf("cron: commit of %s refused: %w", c.desc, election.ErrLost)
 			}

@@ -117,9 +117,10 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 			kept := *s
 			*s = st
 			s.Job, s.Paused, s.Pending = job, kept.Paused, kept.Pending
-			if kept.Defined {
+			if kept.Defined && st.Defined {
 				// The definition, not the leader's last word, says what the
-				// job is now.
+				// job is now. (A leader that runs a job in code of the same
+				// name wrote Defined false: what it runs is the job in code.)
 				s.Defined, s.Spec, s.Handler = true, kept.Spec, kept.Handler
 				if kept.Problem != "" {
 					s.Problem = kept.Problem
@@ -137,7 +138,7 @@ func Status(ctx context.Context, cli *clientv3.Client, name string) ([]JobStatus
 			s := get(job)
 			s.Defined, s.Spec, s.Handler = true, rec.Spec, rec.Handler
 			if _, err := rec.build(job); err != nil {
-				s.Problem = "invalid definition: " + err.Error()
+				s.Problem = "invalid definition: " + strings.TrimPrefix(err.Error(), "cron: ")
 			}
 		case strings.HasPrefix(key, k.prefix+"claim/"):
 			if _, err := decodeClaim(kv.Value); err != nil {

@@ -33,8 +33,10 @@ type Definition struct {
 	Spec    string `json:"spec"`    // as for Add
 	Handler string `json:"handler"` // the name given to Scheduler.Handle
 
-	// Paused defines the job paused: Define and Update write or delete its
-	// pause record (Pause, Resume) along with the definition.
+	// Paused pauses the job (its pause record, as Pause writes, goes in
+	// the same transaction). Define without it drops a pause or trigger
+	// recorded before the job existed; Update without it leaves the job's
+	// pause as it is (Resume resumes).
 	Paused bool `json:"-"`
 
 	Overlap Overlap `json:"overlap,omitempty"`  // WithOverlap
@@ -107,8 +109,8 @@ func Define(ctx context.Context, cli *clientv3.Client, name, jobName string, d D
 	return putDef(ctx, cli, name, jobName, d, false)
 }
 
-// Update replaces the definition of job: its schedule, handler, options and
-// pause (Definition.Paused). The leader follows it on its watch: a time due
+// Update replaces the definition of job: its schedule, handler and options,
+// and pauses it if Definition.Paused is set. The leader follows it on its watch: a time due
 // under the old definition before the leader sees the change (a watch
 // delay) may still run under it; the new schedule starts from the next time
 // after the leader saw it (times of the new schedule that passed before
@@ -139,14 +141,20 @@ func putDef(ctx context.Context, cli *clientv3.Client, name, jobName string, d D
 	}
 	k := keysOf(name)
 	ops := []clientv3.Op{clientv3.OpPut(k.def(jobName), val)}
-	if d.Paused {
+	switch {
+	case d.Paused:
 		ctl, err := encode(control{At: now})
 		if err != nil {
 			return err
 		}
 		ops = append(ops, clientv3.OpPut(k.paused(jobName), ctl))
-	} else {
+	case !update:
 		ops = append(ops, clientv3.OpDelete(k.paused(jobName)))
+	}
+	if !update {
+		// A trigger recorded before the job existed was for no job: it
+		// must not fire at the next leader's start.
+		ops = append(ops, clientv3.OpDelete(k.trigger(jobName)))
 	}
 	// A new definition needs a name without records: a job added in code
 	// that ran under it has some (Remove deletes a defined job's).
@@ -172,12 +180,16 @@ func putDef(ctx context.Context, cli *clientv3.Client, name, jobName string, d D
 
 // Remove deletes the definition of job and, in the same transaction, every
 // record of it: its watermark and open runs, commit records, status, pause
-// and pending trigger. Runs in progress get a canceled context (cause
-// ErrRemoved) once the leader sees the removal; until then their writes
-// into the scheduler's records, and their Commits, fail: every write the
-// leader makes for a defined job is fenced by the definition's create
-// revision. A job defined again later starts afresh. Cost: one
-// transaction, which fails with ErrNotDefined if the job is not defined.
+// and pending trigger. Runs in progress on the leader get a canceled
+// context (cause ErrRemoved) once the leader sees the removal; until then
+// their writes into the scheduler's records, and their Commits, fail: every
+// write the leader makes for a defined job is fenced by the definition's
+// create revision. A dispatched run (HandleDispatch) already enqueued is
+// the queue's: a worker still runs it and its Ack lands. A job defined
+// again later starts afresh. If a job added in code of the same name is
+// what the leader runs (its status says so), only the definition goes, and
+// that job's records stay. Cost: one read and one transaction, which fails
+// with ErrNotDefined if the job is not defined.
 func Remove(ctx context.Context, cli *clientv3.Client, name, jobName string) error {
 	if err := checkNames(name, jobName); err != nil {
 		return err
@@ -186,18 +198,44 @@ func Remove(ctx context.Context, cli *clientv3.Client, name, jobName string) err
 		return err
 	}
 	k := keysOf(name)
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k.def(jobName)), ">", 0)).Then(
-		clientv3.OpDelete(k.def(jobName)),
-		clientv3.OpDelete(k.claim(jobName)),
-		clientv3.OpDelete(k.status(jobName)),
-		clientv3.OpDelete(k.ctlDir(jobName), clientv3.WithPrefix()),
-		clientv3.OpDelete(k.doneDir(jobName), clientv3.WithPrefix()),
-	).Commit()
-	switch {
-	case err != nil:
-		return fmt.Errorf("cron: remove %s/%s: %w", name, jobName, err)
-	case !resp.Succeeded:
-		return fmt.Errorf("%w: %s/%s", ErrNotDefined, name, jobName)
+	// The status tells whose records these are; the transaction holds only
+	// if it did not change meanwhile. A job running every second changes
+	// it that often: a few tries.
+	for range 10 {
+		g, err := cli.Get(ctx, k.status(jobName))
+		if err != nil {
+			return fmt.Errorf("cron: remove %s/%s: %w", name, jobName, err)
+		}
+		var statusRev int64
+		inCode := false
+		if len(g.Kvs) > 0 {
+			statusRev = g.Kvs[0].ModRevision
+			st, err := decodeStatus(g.Kvs[0].Value)
+			if err != nil {
+				return fmt.Errorf("cron: remove %s/%s: %w (key %s)", name, jobName, err, k.status(jobName))
+			}
+			inCode = !st.Defined
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(k.def(jobName))}
+		if !inCode {
+			ops = append(ops,
+				clientv3.OpDelete(k.claim(jobName)),
+				clientv3.OpDelete(k.status(jobName)),
+				clientv3.OpDelete(k.ctlDir(jobName), clientv3.WithPrefix()),
+				clientv3.OpDelete(k.doneDir(jobName), clientv3.WithPrefix()))
+		}
+		resp, err := cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(k.def(jobName)), ">", 0),
+			clientv3.Compare(clientv3.ModRevision(k.status(jobName)), "=", statusRev),
+		).Then(ops...).Else(clientv3.OpGet(k.def(jobName), clientv3.WithCountOnly())).Commit()
+		switch {
+		case err != nil:
+			return fmt.Errorf("cron: remove %s/%s: %w", name, jobName, err)
+		case resp.Succeeded:
+			return nil
+		case resp.Responses[0].GetResponseRange().Count == 0:
+			return fmt.Errorf("%w: %s/%s", ErrNotDefined, name, jobName)
+		}
 	}
-	return nil
+	return fmt.Errorf("cron: remove %s/%s: its status kept changing; try again", name, jobName)
 }

@@ -58,8 +58,21 @@ func TestDefineBadInput(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, resp.Count, "bad input wrote keys")
 
+	// A trigger recorded before the job existed does not survive its
+	// definition; a pause does with Paused.
+	require.NoError(t, cron.Trigger(ctx, p.cli, name, "j"))
 	require.NoError(t, cron.Define(ctx, p.cli, name, "j", ok))
+	st, err := cron.Status(ctx, p.cli, name)
+	require.NoError(t, err)
+	require.Len(t, st, 1)
+	assert.False(t, st[0].Pending, "a trigger from before the definition is pending")
 	assert.ErrorIs(t, cron.Define(ctx, p.cli, name, "j", ok), cron.ErrDefined)
+	// Update pauses with Paused, and leaves a pause alone without it.
+	require.NoError(t, cron.Update(ctx, p.cli, name, "j", cron.Definition{Spec: everySecond, Handler: "h", Paused: true}))
+	require.NoError(t, cron.Update(ctx, p.cli, name, "j", ok))
+	st, err = cron.Status(ctx, p.cli, name)
+	require.NoError(t, err)
+	assert.True(t, st[0].Paused, "Update without Paused resumed the job")
 	require.NoError(t, cron.Remove(ctx, p.cli, name, "j"))
 }
 
@@ -98,20 +111,24 @@ func TestDynamicJobs(t *testing.T) {
 		require.NoError(t, s.Handle("b", handler(replica, "b")))
 		stops[replica] = runScheduler(t, s)
 	}
-	// waitRun returns the first run of job by handler h.
-	waitRun := func(job, h string) defRun {
+	// waitRunIf returns the first run of job by handler h that ok accepts.
+	waitRunIf := func(job, h string, ok func(defRun) bool) defRun {
 		t.Helper()
 		deadline := time.After(15 * time.Second)
 		for {
 			select {
 			case r := <-runs:
-				if r.r.Job == job && r.handler == h {
+				if r.r.Job == job && r.handler == h && ok(r) {
 					return r
 				}
 			case <-deadline:
-				t.Fatalf("no run of %s by handler %s within 15s", job, h)
+				t.Fatalf("no such run of %s by handler %s within 15s", job, h)
 			}
 		}
+	}
+	waitRun := func(job, h string) defRun {
+		t.Helper()
+		return waitRunIf(job, h, func(defRun) bool { return true })
 	}
 	status := func(job string) cron.JobStatus {
 		t.Helper()
@@ -150,15 +167,17 @@ func TestDynamicJobs(t *testing.T) {
 	st = waitStatus("j", func(s cron.JobStatus) bool { return strings.Contains(s.Problem, `no handler "missing"`) }, "missing handler reported")
 	assert.Equal(t, "missing", st.Handler)
 	assert.True(t, st.Next.IsZero(), "a job that cannot run has no next time: %v", st.Next)
+	// A trigger meanwhile waits for a leader that can run it.
+	require.NoError(t, cron.Trigger(ctx, admin, name, "j"))
+	waitStatus("j", func(s cron.JobStatus) bool { return s.Pending }, "trigger pending")
 
-	// Back to a; then the leader stops gracefully: the other replica reads
-	// the definition when it takes over, and runs it.
+	// Back to a: the pending trigger runs; then the leader stops
+	// gracefully: the other replica reads the definition when it takes
+	// over, and runs it.
 	require.NoError(t, cron.Update(ctx, admin, name, "j", cron.Definition{Spec: "@every 1s", Handler: "a"}))
-	waitRun("j", "a")
+	waitRunIf("j", "a", func(r defRun) bool { return r.r.Trigger })
 	require.ErrorIs(t, stops[first.replica](), context.Canceled)
-	var other defRun
-	for other = waitRun("j", "a"); other.replica == first.replica; other = waitRun("j", "a") {
-	}
+	waitRunIf("j", "a", func(r defRun) bool { return r.replica != first.replica })
 
 	// Remove: the job's records go in one transaction, and no claim can
 	// come after it, so no time after the removal runs and no record comes
@@ -253,7 +272,16 @@ func TestDefinitionConflictsAndCorrupt(t *testing.T) {
 	for range 3 {
 		assert.Equal(t, "code", recvT(t, ran, 15*time.Second, "run"))
 	}
+	// Removing the definition leaves the job in code and its records.
+	claimKey := names.Prefix(name, "cron") + "claim/tick"
+	before, err := c.Admin().Get(ctx, claimKey)
+	require.NoError(t, err)
+	require.Len(t, before.Kvs, 1)
 	require.NoError(t, cron.Remove(ctx, p.cli, name, "tick"))
+	after, err := c.Admin().Get(ctx, claimKey)
+	require.NoError(t, err)
+	require.Len(t, after.Kvs, 1, "Remove deleted the records of the job in code")
+	assert.Equal(t, before.Kvs[0].CreateRevision, after.Kvs[0].CreateRevision, "Remove deleted the records of the job in code")
 	recvT(t, ran, 15*time.Second, "run")
 	// Once the job in code has records, its name cannot be defined.
 	require.Eventually(t, func() bool {
@@ -277,7 +305,7 @@ func TestDefinitionConflictsAndCorrupt(t *testing.T) {
 		require.ErrorIs(t, err, cron.ErrCorrupt, bad)
 	}
 	// One that decodes but is invalid is the job's problem, not Run's.
-	_, err := c.Admin().Put(ctx, prefix+"def/j", fmt.Sprintf(`{"spec":"61 * * * *","handler":"h","at":%d}`, time.Now().UnixNano()))
+	_, err = c.Admin().Put(ctx, prefix+"def/j", fmt.Sprintf(`{"spec":"61 * * * *","handler":"h","at":%d}`, time.Now().UnixNano()))
 	require.NoError(t, err)
 	all, err := cron.Status(ctx, p.cli, name)
 	require.NoError(t, err)

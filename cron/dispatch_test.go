@@ -124,7 +124,9 @@ func TestDispatchUnderWorkerKill(t *testing.T) {
 		<-starts
 	}
 	var victim started
-	for victim = recvT(t, starts, 15*time.Second, "a run's start"); victim.worker != 0; victim = recvT(t, starts, 15*time.Second, "a run's start") {
+	for until := time.Now().Add(20 * time.Second); victim.worker != 0 || victim.d.Job == ""; {
+		require.True(t, time.Now().Before(until), "worker 0 started no run")
+		victim = recvT(t, starts, 15*time.Second, "a run's start")
 	}
 	t.Logf("victim: %s %v attempt %d", victim.d.Job, victim.d.Time.Format("15:04:05"), victim.att)
 	c.CutClient(ws[0].p.cli)

@@ -99,7 +99,9 @@
 //     also fenced by the definition's create revision: once Remove has
 //     returned, no time of the job is claimed, no record of it comes back,
 //     and its runs' Commits are refused with ErrRemoved; their contexts end
-//     with that cause when the leader sees the removal. A definition whose
+//     with that cause when the leader sees the removal. (A dispatched run
+//     already enqueued is the queue's: it still runs on a worker.) A
+//     definition whose
 //     handler the leader's binary lacks (or that is invalid) is not run and
 //     its status says why (JobStatus.Problem); its triggers and open runs
 //     wait for a leader that can run it.

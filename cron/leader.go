@@ -41,6 +41,9 @@ type jobRun struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	publish bool // the loop writes the status once it computed the next time
+	// recheck: the job just became runnable; a trigger left pending while
+	// it was not is read and run (the loop's).
+	recheck bool
 
 	w        time.Time      // watermark: the latest scheduled time claimed
 	attempt  int            // attempt of the watermark's claim
@@ -280,6 +283,9 @@ func (l *leader) loop(ctx context.Context) error {
 				if err := l.onEvent(ctx, ev); err != nil {
 					return err
 				}
+			}
+			if err := l.recheckTriggers(ctx); err != nil {
+				return err
 			}
 		}
 	}

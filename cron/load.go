@@ -213,6 +213,7 @@ func (l *leader) applyDef(kv *mvccpb.KeyValue) error {
 		nj := l.build(job, rec.Definition)
 		j.cur.Store(nj)
 		j.defMod = kv.ModRevision
+		j.recheck = !old.runnable() && nj.runnable()
 		if nj.spec != old.spec || !old.runnable() {
 			// The new schedule starts now: its times that passed before
 			// are not caught up.
@@ -230,13 +231,42 @@ func (l *leader) applyDef(kv *mvccpb.KeyValue) error {
 	return nil
 }
 
+// recheckTriggers runs the pending trigger of each job that just became
+// runnable (a definition whose handler was missing, fixed by Update): the
+// trigger's own event came while the job could not run, and was left. A
+// failed read leaves it for the next leader.
+func (l *leader) recheckTriggers(ctx context.Context) error {
+	for _, j := range l.order {
+		if !j.recheck {
+			continue
+		}
+		j.recheck = false
+		tctx, cancel := context.WithTimeout(ctx, l.try())
+		resp, err := l.cli().Get(tctx, l.s.keys.trigger(j.name))
+		cancel()
+		if err != nil || len(resp.Kvs) == 0 {
+			continue
+		}
+		tr, err := l.ctlRecord(resp.Kvs[0])
+		if err != nil {
+			return err
+		}
+		if tr != nil {
+			if err := l.dispatchTrigger(ctx, *tr); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // build returns the job d defines, with the handler this binary registered
 // for it, or one that does not run here and says why.
 func (l *leader) build(jobName string, d Definition) *job {
 	jb, err := d.build(jobName)
 	if err != nil {
 		return &job{name: jobName, spec: d.Spec, defined: true, handler: d.Handler,
-			problem: "invalid definition: " + err.Error()}
+			problem: "invalid definition: " + strings.TrimPrefix(err.Error(), "cron: ")}
 	}
 	h, ok := l.handlers[d.Handler]
 	switch {
@@ -244,7 +274,7 @@ func (l *leader) build(jobName string, d Definition) *job {
 		jb.problem = fmt.Sprintf("no handler %q registered in the leader's binary", d.Handler)
 	case h.disp != nil:
 		if err := jb.opts.checkDispatch(jobName); err != nil {
-			jb.problem = "invalid definition: " + err.Error()
+			jb.problem = "invalid definition: " + strings.TrimPrefix(err.Error(), "cron: ")
 			break
 		}
 		jb.disp = h.disp

@@ -142,7 +142,7 @@ func commands() []command {
 		{"cron resume", "<name> <job>", 2, "resume a paused job", cronResume},
 		{"cron trigger", "<name> <job>", 2, "run a job once now, on the scheduler's leader", cronTrigger},
 		{"cron define", "<name> <job> <spec> <handler>", 4, "define a job at runtime, run by the handler of that name (--paused, --overlap, --catch-up, --window, --retries, --backoff, --rerun)", cronDefine(false)},
-		{"cron update", "<name> <job> <spec> <handler>", 4, "replace a defined job's schedule, handler and options (flags as for define)", cronDefine(true)},
+		{"cron update", "<name> <job> <spec> <handler>", 4, "replace a defined job's schedule, handler and options (flags as for define; --paused pauses it, without it a pause is kept)", cronDefine(true)},
 		{"cron remove", "<name> <job>", 2, "remove a defined job and all its records", cronRemove},
 		{"watch", "<prefix>", 1, "print every change under a key prefix (--count, --rev)", watchPrefix},
 		{"run", "-- <command> [arg...]", 1, "run a command while holding a lock (--lock), leadership (--leader) or a permit (--semaphore, --permits); it is stopped when the holding ends", runChild},
