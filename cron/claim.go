@@ -52,7 +52,7 @@ func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt i
 	skip := jb.disp == nil && jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: t, Token: l.t.Token(), Attempt: attempt, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
-	enq, err := l.enqueueFor(jb, r)
+	enq, err := l.enqueueFor(ctx, jb, r)
 	if err != nil {
 		return err
 	}
@@ -66,11 +66,11 @@ func (l *leader) dispatch(ctx context.Context, j *jobRun, t time.Time, attempt i
 
 // enqueueFor prepares the task of a dispatched job's run r (nil for a job
 // that runs on the leader).
-func (l *leader) enqueueFor(jb *job, r Run) (*queue.TxEnqueue, error) {
+func (l *leader) enqueueFor(ctx context.Context, jb *job, r Run) (*queue.TxEnqueue, error) {
 	if jb.disp == nil {
 		return nil, nil
 	}
-	return l.enqueueOf(jb.disp, r)
+	return l.enqueueOf(ctx, jb.disp, r)
 }
 
 func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
@@ -82,7 +82,7 @@ func (l *leader) dispatchTrigger(ctx context.Context, tr trigger) error {
 	skip := jb.disp == nil && jb.opts.overlap == SkipIfRunning && j.running.Load() > 0
 	r := Run{Job: j.name, Time: tr.at, Token: l.t.Token(), Attempt: 1, Trigger: true, term: l.t, fence: l.guard(j)}
 	r.commit = l.newCommit(j, r)
-	enq, err := l.enqueueFor(jb, r)
+	enq, err := l.enqueueFor(ctx, jb, r)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package cron
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,7 +67,7 @@ func newDispatcher(what string, q *queue.Queue, opts []queue.EnqueueOption) (*di
 		return nil, fmt.Errorf("cron: %s: nil queue", what)
 	}
 	// Check the queue and the options now, not at the first scheduled time.
-	e, err := q.EnqueueTx(nil, opts...)
+	e, err := q.EnqueueTx(context.Background(), nil, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cron: %s: %w", what, err)
 	}
@@ -120,7 +121,7 @@ func DecodeDispatched(payload []byte) (DispatchedRun, error) {
 }
 
 // enqueueOf prepares the task that carries run r of j to the workers.
-func (l *leader) enqueueOf(d *dispatcher, r Run) (*queue.TxEnqueue, error) {
+func (l *leader) enqueueOf(ctx context.Context, d *dispatcher, r Run) (*queue.TxEnqueue, error) {
 	b, err := json.Marshal(dispatchedRecord{
 		DispatchedRun: DispatchedRun{Scheduler: l.s.name, Job: r.Job, Token: r.Token, Trigger: r.Trigger},
 		Time:          r.Time.UnixNano(),
@@ -128,7 +129,7 @@ func (l *leader) enqueueOf(d *dispatcher, r Run) (*queue.TxEnqueue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cron: encode dispatched run: %w", err)
 	}
-	e, err := d.q.EnqueueTx(b, d.opts...)
+	e, err := d.q.EnqueueTx(ctx, b, d.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cron: dispatch %s: %w", r.Job, err)
 	}

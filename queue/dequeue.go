@@ -271,6 +271,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		fraction:    last.Fraction,
 		message:     last.Message,
 		timeout:     time.Duration(meta.Timeout),
+		producer:    producerOf(meta.Trace),
 		lease:       lease,
 		ttl:         ttl,
 		op:          turn.New(),

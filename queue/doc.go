@@ -229,4 +229,14 @@
 // concord.queue.hold.duration (seconds, Dequeue to Ack/Nack/Fail, by outcome:
 // "ack", "nack", "fail", "timeout", or "release" for a claim the consumer
 // gave back unused).
+//
+// Trace propagation: when the context given to Enqueue, EnqueueBatch or
+// EnqueueTx carries a span, its W3C trace context (traceparent,
+// tracestate) is stored in the task record (about 100 bytes more), the
+// queue.dequeue span that hands the task out links to that span, and
+// Task.ProducerSpan names it for the worker's own processing span: a link,
+// as OpenTelemetry's messaging conventions have it, since one producer's
+// trace may fan out to many consumers. A consumer built before this field
+// existed reads such a record as corrupt (and skips it); upgrade consumers
+// before producers.
 package queue

@@ -111,7 +111,7 @@ var latestReady = time.Unix(0, math.MaxInt64).UTC()
 // framing around a task's payload.
 const requestOverhead = 16 * 1024
 
-func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) {
+func (q *Queue) prepare(ctx context.Context, payload []byte, opts []EnqueueOption) (prepared, error) {
 	var eo enqueueOptions
 	for _, opt := range opts {
 		opt(&eo)
@@ -136,7 +136,7 @@ func (q *Queue) prepare(payload []byte, opts []EnqueueOption) (prepared, error) 
 		return prepared{}, fmt.Errorf("ready time %s is past %s, the latest a task's record can hold",
 			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout)}
+	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout), Trace: traceOf(ctx)}
 	if readyAt.After(now) {
 		meta.Ready = readyAt.UnixNano()
 	}
@@ -165,7 +165,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if q.err != nil {
 		return "", q.err
 	}
-	p, err := q.prepare(payload, opts)
+	p, err := q.prepare(ctx, payload, opts)
 	if err != nil {
 		return "", fmt.Errorf("queue: enqueue: %w", err)
 	}
@@ -222,19 +222,20 @@ type TxEnqueue struct {
 // transaction, so that the task lands atomically with the caller's writes
 // (a result and the follow-up task it calls for; a scheduled time's claim):
 //
-//	e, err := q.EnqueueTx(payload)
+//	e, err := q.EnqueueTx(ctx, payload)
 //	resp, err := cli.Txn(ctx).If(append(myCmps, e.Cmps...)...).Then(append(myOps, e.Ops...)...).Commit()
 //
 // Options and payload are checked as by Enqueue, before anything is
-// written; it does no I/O. The transaction must go to the cluster the
+// written; it does no I/O (ctx only carries the trace context, as for
+// Enqueue). The transaction must go to the cluster the
 // queue's client is on, and each TxEnqueue be committed once: its ID is
 // fixed when it is prepared. Two operations, three with a dedup ID, and up
 // to the payload's size in the request.
-func (q *Queue) EnqueueTx(payload []byte, opts ...EnqueueOption) (TxEnqueue, error) {
+func (q *Queue) EnqueueTx(ctx context.Context, payload []byte, opts ...EnqueueOption) (TxEnqueue, error) {
 	if q.err != nil {
 		return TxEnqueue{}, q.err
 	}
-	p, err := q.prepare(payload, opts)
+	p, err := q.prepare(ctx, payload, opts)
 	if err != nil {
 		return TxEnqueue{}, fmt.Errorf("queue: enqueue: %w", err)
 	}
@@ -259,7 +260,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 	}
 	ps := make([]prepared, len(items))
 	for i, it := range items {
-		p, err := q.prepare(it.Payload, it.Options)
+		p, err := q.prepare(ctx, it.Payload, it.Options)
 		if err != nil {
 			return nil, fmt.Errorf("queue: enqueue batch: item %d: %w", i, err)
 		}

@@ -22,7 +22,7 @@ func TestEnqueueTx(t *testing.T) {
 	result := name + "/work/result"
 
 	// A transaction whose own condition fails enqueues nothing.
-	e, err := q.EnqueueTx([]byte("follow-up"))
+	e, err := q.EnqueueTx(ctx, []byte("follow-up"))
 	require.NoError(t, err)
 	assert.Empty(t, e.Cmps)
 	resp, err := cli.Txn(ctx).If(append([]clientv3.Cmp{clientv3.Compare(clientv3.Version(result), ">", 0)}, e.Cmps...)...).
@@ -36,7 +36,7 @@ func TestEnqueueTx(t *testing.T) {
 	assert.Nil(t, got, "a task of a failed transaction was dequeued")
 
 	// One that succeeds writes the result and enqueues the task together.
-	e, err = q.EnqueueTx([]byte("follow-up"), queue.WithPriority(3))
+	e, err = q.EnqueueTx(ctx, []byte("follow-up"), queue.WithPriority(3))
 	require.NoError(t, err)
 	resp, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(result), "=", 0)).
 		Then(append([]clientv3.Op{clientv3.OpPut(result, "r")}, e.Ops...)...).Commit()
@@ -53,7 +53,7 @@ func TestEnqueueTx(t *testing.T) {
 	// fails.
 	held, err := q.Enqueue(ctx, []byte("first"), queue.WithDedupID("d"))
 	require.NoError(t, err)
-	e, err = q.EnqueueTx([]byte("second"), queue.WithDedupID("d"))
+	e, err = q.EnqueueTx(ctx, []byte("second"), queue.WithDedupID("d"))
 	require.NoError(t, err)
 	require.Len(t, e.Cmps, 1)
 	resp, err = cli.Txn(ctx).If(e.Cmps...).Then(append(e.Ops, clientv3.OpPut(name+"/work/other", "x"))...).Commit()
@@ -66,7 +66,7 @@ func TestEnqueueTx(t *testing.T) {
 	assert.Equal(t, held, task.ID)
 	require.NoError(t, task.Ack(ctx))
 	// Once it finished, the ID is free: a new TxEnqueue with it lands.
-	e, err = q.EnqueueTx([]byte("second"), queue.WithDedupID("d"))
+	e, err = q.EnqueueTx(ctx, []byte("second"), queue.WithDedupID("d"))
 	require.NoError(t, err)
 	resp, err = cli.Txn(ctx).If(e.Cmps...).Then(e.Ops...).Commit()
 	require.NoError(t, err)
@@ -78,10 +78,10 @@ func TestEnqueueTx(t *testing.T) {
 	assertOnlyFinished(t, cli, name)
 
 	// Bad input is refused before anything is written.
-	_, err = q.EnqueueTx([]byte("x"), queue.WithDelay(-time.Second))
+	_, err = q.EnqueueTx(ctx, []byte("x"), queue.WithDelay(-time.Second))
 	assert.ErrorContains(t, err, "queue: enqueue: invalid option")
-	_, err = q.EnqueueTx(make([]byte, 2<<20))
+	_, err = q.EnqueueTx(ctx, make([]byte, 2<<20))
 	assert.ErrorContains(t, err, "queue: enqueue: payload of")
-	_, err = queue.New(cli, "").EnqueueTx(nil)
+	_, err = queue.New(cli, "").EnqueueTx(ctx, nil)
 	assert.True(t, err != nil && strings.HasPrefix(err.Error(), "queue: "), "%v", err)
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 
 	"github.com/concordkit/concord/internal/codec"
@@ -10,6 +11,8 @@ import (
 func FuzzDecodeTask(f *testing.F) {
 	f.Add(encodeTask(taskMeta{Prio: 3, Enq: 42, Dedup: "d", MaxAtt: 5}, []byte("payload")))
 	f.Add(encodeTask(taskMeta{MaxAtt: 1}, nil))
+	f.Add(encodeTask(taskMeta{MaxAtt: 1, Trace: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}, nil))
+	f.Add([]byte("{\"v\":1,\"m\":2,\"tc\":{}}\nabc"))
 	f.Add([]byte("{\"v\":1}\n"))
 	f.Add([]byte("garbage"))
 	f.Add([]byte("{\"v\":1,\"m\":2,\"x\":1}\nabc"))
@@ -19,7 +22,7 @@ func FuzzDecodeTask(f *testing.F) {
 			return
 		}
 		m2, p2, err := decodeTask(encodeTask(m, payload))
-		if err != nil || m2 != m || !bytes.Equal(p2, payload) {
+		if err != nil || !reflect.DeepEqual(m2, m) || !bytes.Equal(p2, payload) {
 			t.Fatalf("round trip: %+v %q → %+v %q (%v)", m, payload, m2, p2, err)
 		}
 	})

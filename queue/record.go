@@ -24,6 +24,9 @@ type taskMeta struct {
 	// How long a worker may hold the task, in ns (WithTimeout); 0: the
 	// consumer's default.
 	Timeout int64 `json:"to,omitempty"`
+	// Trace is the producer's W3C trace context (traceparent, tracestate)
+	// when Enqueue's context carried a span.
+	Trace map[string]string `json:"tc,omitempty"`
 }
 
 func encodeTask(m taskMeta, payload []byte) []byte {
@@ -52,6 +55,9 @@ func decodeTask(b []byte) (taskMeta, []byte, error) {
 	}
 	if m.Timeout < 0 {
 		return m, nil, fmt.Errorf("%w: task record timeout %d", ErrCorrupt, m.Timeout)
+	}
+	if len(m.Trace) == 0 {
+		m.Trace = nil // "tc":{} and no trace context are the same record
 	}
 	return m, b[i+1:], nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/concordkit/concord/internal/guard"
 	"github.com/concordkit/concord/internal/holding"
@@ -60,6 +61,7 @@ type Task struct {
 	message     string
 	timeout     time.Duration // how long this worker may hold it; 0: no bound
 	lease       *leasekeeper.Lease
+	producer    trace.SpanContext // the Enqueue's span, if its context had one
 
 	finishing atomic.Bool // a finishing transaction is in flight or done
 	// op serializes Ack, Nack, Fail and Progress; a caller waiting behind

@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/concordkit/concord/internal/acquiretel"
@@ -96,6 +97,9 @@ func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Ta
 			attribute.Float64("queue.wait_ms", float64(wait)/float64(time.Millisecond)),
 		)
 		if task != nil {
+			if task.producer.IsValid() {
+				span.AddLink(trace.Link{SpanContext: task.producer})
+			}
 			span.SetAttributes(
 				attribute.String("queue.task_id", task.ID),
 				attribute.Int64("queue.token", task.Token()),
@@ -114,6 +118,33 @@ func (t *telemetry) startDequeue(ctx context.Context) (context.Context, func(*Ta
 		}
 	}
 }
+
+// traceOf returns the W3C trace context of ctx's span, to travel with a
+// task (nil when ctx has no span).
+func traceOf(ctx context.Context) map[string]string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return nil
+	}
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c
+}
+
+// producerOf returns the span context a task's trace context names
+// (invalid if none, or unreadable: a task is not refused for its trace).
+func producerOf(tc map[string]string) trace.SpanContext {
+	if len(tc) == 0 {
+		return trace.SpanContext{}
+	}
+	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier(tc)))
+}
+
+// ProducerSpan returns the span context of the Enqueue that made the task,
+// when the producer's context carried a span (invalid otherwise). The
+// queue.dequeue span that handed the task out links to it; a worker links
+// its own processing span to it the same way (trace.WithLinks), as
+// OpenTelemetry's messaging conventions do for a consumer.
+func (t *Task) ProducerSpan() trace.SpanContext { return t.producer }
 
 // finished records how long a task was held, from Dequeue to its outcome.
 func (t *telemetry) finished(ctx context.Context, task *Task, outcome string) {

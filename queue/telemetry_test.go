@@ -157,3 +157,58 @@ func TestHoldMetric(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, q.Delete(ctx))
 }
+
+// The producer's trace context travels with the task: the consumer's
+// queue.dequeue span links to the span that enqueued it, and the Task
+// names it for the worker's own spans; EnqueueTx carries it too.
+func TestTracePropagation(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	producer := newQueue(t, cli, name)
+	consumer := newQueue(t, cli, name, queue.WithTracerProvider(tp))
+	k := newKeeper(t, cli, 5*time.Second)
+
+	pctx, produce := tp.Tracer("test").Start(ctx, "produce")
+	id, err := producer.Enqueue(pctx, []byte("traced"))
+	require.NoError(t, err)
+	e, err := producer.EnqueueTx(pctx, []byte("traced in a transaction"))
+	require.NoError(t, err)
+	_, err = cli.Txn(ctx).Then(e.Ops...).Commit()
+	require.NoError(t, err)
+	produce.End()
+	untraced, err := producer.Enqueue(ctx, []byte("untraced"))
+	require.NoError(t, err)
+
+	want := produce.SpanContext()
+	links := map[string][]sdktrace.Link{}
+	for range 3 {
+		task, err := consumer.Dequeue(ctx, k)
+		require.NoError(t, err)
+		if task.ID == untraced {
+			assert.False(t, task.ProducerSpan().IsValid())
+		} else {
+			assert.Equal(t, want.TraceID(), task.ProducerSpan().TraceID(), task.ID)
+			assert.Equal(t, want.SpanID(), task.ProducerSpan().SpanID(), task.ID)
+		}
+		require.NoError(t, task.Ack(ctx))
+		for _, s := range spans.Ended() {
+			if s.Name() == "queue.dequeue" {
+				for _, a := range s.Attributes() {
+					if a.Key == "queue.task_id" && a.Value.AsString() == task.ID {
+						links[task.ID] = s.Links()
+					}
+				}
+			}
+		}
+	}
+	for _, traced := range []string{id, e.ID} {
+		require.Len(t, links[traced], 1, traced)
+		assert.Equal(t, want.SpanID(), links[traced][0].SpanContext.SpanID())
+		assert.Equal(t, want.TraceID(), links[traced][0].SpanContext.TraceID())
+	}
+	assert.Empty(t, links[untraced])
+}
