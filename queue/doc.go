@@ -83,8 +83,16 @@
 //
 // Transactional enqueue. EnqueueTx returns a task's enqueue as comparisons
 // and operations for the caller's own transaction (cron uses it to enqueue
-// a scheduled time in the transaction that claims it), so the task lands if
-// and only if the caller's writes do.
+// a scheduled time in the transaction that claims it; a cron job passes its
+// Ops to Run.Commit), so the task lands if and only if the caller's writes
+// do. Task.AckWith takes them as follow-ups: a pipeline step acks its task
+// and enqueues the next step's in one transaction. A dedup ID keeps
+// working: one held by an unfinished task fails the whole transaction
+// (AckWith: ErrDedupHeld, the task still held).
+//
+// Results. AckResult (or AckWith) stores up to MaxResultBytes with the
+// acknowledgement, on the finished record's retention lease; Result reads
+// it from any process.
 //
 // Deduplication. Enqueue with DedupID writes nothing and returns the first
 // task's ID while a task with that dedup ID is unfinished (queued, delayed
@@ -199,7 +207,8 @@
 //     by up to four tasks when a backlog exists. A batched task given back
 //     unused costs one more transaction, and no attempt.
 //   - Ack / Nack / Fail: one guarded transaction; Ack also grants a retention
-//     lease once per retention/4 per process.
+//     lease once per retention/4 per process. A result (AckResult) is one
+//     more put in it; each follow-up (AckWith) two or three.
 //   - Progress: one guarded transaction.
 //   - A timeout costs nothing until it passes (a timer in the worker's
 //     process); then one guarded transaction.

@@ -85,3 +85,67 @@ func TestEnqueueTx(t *testing.T) {
 	_, err = queue.New(cli, "").EnqueueTx(ctx, nil)
 	assert.True(t, err != nil && strings.HasPrefix(err.Error(), "queue: "), "%v", err)
 }
+
+// AckWith enqueues follow-up tasks in the acknowledgement's transaction:
+// they exist if and only if the Ack landed; a follow-up whose dedup ID is
+// held refuses the whole Ack and leaves the task held; a lost claim
+// enqueues nothing.
+func TestAckWithFollowUp(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name)
+	k := newKeeper(t, cli, 5*time.Second)
+
+	_, err := q.Enqueue(ctx, []byte("step 1"))
+	require.NoError(t, err)
+	task, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	next, err := q.EnqueueTx(ctx, []byte("step 2"), queue.WithDedupID("pipeline-1/step-2"))
+	require.NoError(t, err)
+	require.NoError(t, task.AckWith(ctx, queue.Completion{Result: []byte("r1"), Enqueue: []queue.TxEnqueue{next}, Ops: []clientv3.Op{clientv3.OpPut(name+"/work/1", "done")}}))
+	res, err := q.Result(ctx, task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, []byte("r1"), res)
+
+	// The follow-up is there, holding its dedup ID; a second follow-up
+	// with the same ID refuses the Ack, which writes nothing.
+	task2, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	assert.Equal(t, next.ID, task2.ID)
+	assert.Equal(t, []byte("step 2"), task2.Payload)
+	_, err = q.Enqueue(ctx, []byte("other"), queue.WithDedupID("pipeline-1/step-3"))
+	require.NoError(t, err)
+	dup, err := q.EnqueueTx(ctx, []byte("step 3"), queue.WithDedupID("pipeline-1/step-3"))
+	require.NoError(t, err)
+	err = task2.AckWith(ctx, queue.Completion{Enqueue: []queue.TxEnqueue{dup}, Ops: []clientv3.Op{clientv3.OpPut(name+"/work/2", "done")}})
+	require.ErrorIs(t, err, queue.ErrDedupHeld)
+	require.NoError(t, task2.Context().Err(), "the task is still held")
+	st, err := q.Status(ctx, task2.ID)
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateRunning, st.State)
+	_, err = q.Status(ctx, dup.ID)
+	assert.ErrorIs(t, err, queue.ErrNotFound)
+	got, err := cli.Get(ctx, name+"/work/2")
+	require.NoError(t, err)
+	assert.Empty(t, got.Kvs, "the refused Ack's writes landed")
+	require.NoError(t, task2.Ack(ctx))
+
+	// A lost claim: the Ack is refused, and its follow-up is not enqueued.
+	other, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	require.NoError(t, cluster.RevokeLease(ctx, k.Current().ID()))
+	<-other.Context().Done()
+	lostNext, err := q.EnqueueTx(ctx, []byte("after loss"))
+	require.NoError(t, err)
+	err = other.AckWith(ctx, queue.Completion{Enqueue: []queue.TxEnqueue{lostNext}})
+	require.ErrorIs(t, err, queue.ErrLost)
+	_, err = q.Status(ctx, lostNext.ID)
+	assert.ErrorIs(t, err, queue.ErrNotFound)
+
+	// A follow-up not made by EnqueueTx is refused before anything is sent.
+	again, err := q.Dequeue(ctx, k)
+	require.NoError(t, err)
+	assert.ErrorContains(t, again.AckWith(ctx, queue.Completion{Enqueue: []queue.TxEnqueue{{}}}), "not made by EnqueueTx")
+	require.NoError(t, again.Ack(ctx))
+}

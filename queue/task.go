@@ -320,7 +320,39 @@ func (t *Task) giveBackTaken() {
 // the claim's lease TTL, so that a worker that gives up does not leave the
 // task claimed by a lease its process keeps alive.
 func (t *Task) Ack(ctx context.Context, ops ...clientv3.Op) error {
-	return t.ack(ctx, nil, ops)
+	return t.ack(ctx, Completion{Ops: ops})
+}
+
+// Completion is what AckWith writes along with the acknowledgement, in the
+// same transaction.
+type Completion struct {
+	Result []byte // stored as AckResult stores it (nil: none)
+	// Enqueue are follow-up tasks (EnqueueTx, of this queue or another on
+	// the same cluster): they are enqueued if and only if the Ack lands.
+	// One whose dedup ID an unfinished task holds makes AckWith fail with
+	// ErrDedupHeld, having written nothing: the task is still held.
+	Enqueue []TxEnqueue
+	Ops     []clientv3.Op // the caller's writes, as Ack's ops
+}
+
+// ErrDedupHeld is returned by AckWith when a follow-up task's dedup ID is
+// held by an unfinished task: nothing was written, and the task is still
+// held (Ack it without that follow-up, or later).
+var ErrDedupHeld = errors.New("queue: a follow-up's dedup ID is held by an unfinished task")
+
+// AckWith is Ack with a result and follow-up tasks: a pipeline step acks
+// its task and enqueues the next step's in one transaction, so the next
+// step exists if and only if this one is done. Idempotent like Ack.
+func (t *Task) AckWith(ctx context.Context, c Completion) error {
+	if len(c.Result) > MaxResultBytes {
+		return fmt.Errorf("queue: ack of task %s: result of %d bytes, over MaxResultBytes (%d)", t.ID, len(c.Result), MaxResultBytes)
+	}
+	for i, e := range c.Enqueue {
+		if e.ID == "" || len(e.Ops) == 0 {
+			return fmt.Errorf("queue: ack of task %s: follow-up %d: not made by EnqueueTx", t.ID, i)
+		}
+	}
+	return t.ack(ctx, c)
 }
 
 // MaxResultBytes is the largest result AckResult stores.
@@ -331,18 +363,29 @@ const MaxResultBytes = 256 << 10
 // and read by Result from any process. The result is written in the same
 // transaction as the acknowledgement and ops.
 func (t *Task) AckResult(ctx context.Context, result []byte, ops ...clientv3.Op) error {
-	if len(result) > MaxResultBytes {
-		return fmt.Errorf("queue: ack of task %s: result of %d bytes, over MaxResultBytes (%d)", t.ID, len(result), MaxResultBytes)
-	}
-	return t.ack(ctx, result, ops)
+	return t.AckWith(ctx, Completion{Result: result, Ops: ops})
 }
 
-func (t *Task) ack(ctx context.Context, result []byte, ops []clientv3.Op) error {
-	// The result shares the request with ops: it leaves them less room.
-	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, t.q.o.maxRequestBytes-len(result), t.q.keys.prefix); err != nil {
+func (t *Task) ack(ctx context.Context, c Completion) error {
+	result, ops := c.Result, c.Ops
+	// The result and the follow-ups share the request with ops: they leave
+	// them less room. The follow-ups' own operations may write under this
+	// queue's prefix; the caller's may not.
+	room := t.q.o.maxRequestBytes - len(result)
+	var cmps []clientv3.Cmp
+	var follow []clientv3.Op
+	for _, e := range c.Enqueue {
+		cmps = append(cmps, e.Cmps...)
+		follow = append(follow, e.Ops...)
+		for _, op := range e.Ops {
+			room -= len(op.KeyBytes()) + len(op.ValueBytes())
+		}
+	}
+	if err := guard.CheckOps("queue: ack of task "+t.ID, ops, room, t.q.keys.prefix); err != nil {
 		return err
 	}
-	return t.finish(ctx, true, acked, func(lease clientv3.LeaseID) []clientv3.Op {
+	ops = append(ops[:len(ops):len(ops)], follow...)
+	return t.finish(ctx, true, acked, cmps, func(lease clientv3.LeaseID) []clientv3.Op {
 		out := t.endOps()
 		out = append(out,
 			clientv3.OpDelete(t.q.keys.task(t.ID)),
@@ -388,7 +431,7 @@ func (t *Task) Nack(ctx context.Context, retryAfter time.Duration) error {
 		return fmt.Errorf("queue: nack of task %s: retry at %s is past %s, the latest a task's record can hold",
 			t.ID, at.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	return t.finish(ctx, true, nacked, func(clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, true, nacked, nil, func(clientv3.LeaseID) []clientv3.Op {
 		now := time.Now()
 		at := now.Add(retryAfter).UnixNano()
 		st := statusRecord{State: StateDelayed, Attempt: t.Attempt, Err: "nacked", At: now.UnixNano(),
@@ -424,7 +467,7 @@ func (t *Task) dead(ctx context.Context, kind outcome, reason string) error {
 		}
 		reason = reason[:cut]
 	}
-	err := t.finish(ctx, true, kind, func(clientv3.LeaseID) []clientv3.Op { return t.deadOps(reason) }, false)
+	err := t.finish(ctx, true, kind, nil, func(clientv3.LeaseID) []clientv3.Op { return t.deadOps(reason) }, false)
 	if err == nil {
 		t.q.tel.deadLettered(ctx)
 	}
@@ -467,8 +510,10 @@ func (t *Task) dedupRelease() []clientv3.Op {
 // holding is: a caller that gives up still finishes the task, instead of
 // leaving it claimed by a lease its process keeps alive. Waits behind
 // another call's turn (this task's, or the queue's retention grant) still
-// end with ctx.
-func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
+// end with ctx. extra are comparisons the transaction needs besides the
+// claim's guard (follow-ups' dedup IDs): one that fails while the claim
+// stands is ErrDedupHeld, and the task stays held.
+func (t *Task) finish(ctx context.Context, detached bool, kind outcome, extra []clientv3.Cmp, build func(clientv3.LeaseID) []clientv3.Op, wantLease bool) error {
 	if err := t.op.Take(ctx); err != nil {
 		return fmt.Errorf("queue: %s: task %s: %w", kind.verb(), t.ID, err)
 	}
@@ -504,10 +549,11 @@ func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build fu
 		// token in the record it wrote, rather than report a lost claim.
 		var resp *clientv3.TxnResponse
 		err := t.send(ctx, func(ctx context.Context) (err error) {
-			resp, err = t.q.cli.Txn(ctx).If(t.Guard()...).Then(ops...).Else(
+			resp, err = t.q.cli.Txn(ctx).If(append(t.Guard(), extra...)...).Then(ops...).Else(
 				clientv3.OpGet(t.q.keys.finished(t.ID)),
 				clientv3.OpGet(t.q.keys.status(t.ID)),
 				clientv3.OpGet(t.q.keys.dead(t.ID)),
+				clientv3.OpGet(t.q.keys.claim(t.ID)),
 			).Commit()
 			return err
 		})
@@ -520,6 +566,11 @@ func (t *Task) finish(ctx context.Context, detached bool, kind outcome, build fu
 			return fmt.Errorf("queue: %s: task %s: %w", kind.verb(), t.ID, err)
 		}
 		if !resp.Succeeded && !t.committedEarlier(kind, resp) {
+			if claim := resp.Responses[3].GetResponseRange().GetKvs(); len(extra) > 0 && len(claim) > 0 && claim[0].CreateRevision == t.Token() {
+				// The claim stands: a follow-up's dedup ID refused it.
+				t.finishing.Store(false)
+				return fmt.Errorf("%w: ack of task %s: nothing written", ErrDedupHeld, t.ID)
+			}
 			if canceledClaim(resp, t.Token()) {
 				return t.canceledMeanwhile(kind.verb())
 			}
@@ -609,7 +660,7 @@ func committedEarlier(kind outcome, attempt, maxAttempts int, token int64, resp 
 func (t *Task) release(ctx context.Context) error {
 	// Not detached: the give-back's caller bounds it, and gives back what
 	// it could not later.
-	return t.finish(ctx, false, released, func(clientv3.LeaseID) []clientv3.Op {
+	return t.finish(ctx, false, released, nil, func(clientv3.LeaseID) []clientv3.Op {
 		st := statusRecord{State: StateQueued, Pos: t.q.rel(t.entry.key), Attempt: t.Attempt - 1, At: time.Now().UnixNano(),
 			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}
 		if !t.entry.ready {
