@@ -62,6 +62,7 @@ func (q *Queue) cancelOnce(ctx context.Context, id string) (bool, error) {
 		clientv3.OpGet(k.dead(id)),
 		clientv3.OpGet(k.attempt(id)),
 		clientv3.OpGet(k.unused(id)),
+		clientv3.OpGet(k.progress(id)),
 	).Commit()
 	if err != nil {
 		return false, fmt.Errorf("queue: cancel %s: %w", id, err)
@@ -109,6 +110,13 @@ func (q *Queue) cancelOnce(ctx context.Context, id string) (bool, error) {
 		final.Token = token
 		if c, err := decodeClaim(cv); err == nil {
 			final.Worker = c.Worker
+		}
+	}
+	// The last progress stays readable, as a finished task's does (a
+	// Progress landing after this read is not in it).
+	if pv, _, _, _, ok := kv(7); ok {
+		if p, _, err := decodeProgress(pv); err == nil {
+			final.Fraction, final.Message = p.Fraction, p.Message
 		}
 	}
 	lease, err := q.retentionLeaseID(ctx, ctx, false, retry.Attempt(q.retentionPeriod()))

@@ -89,6 +89,8 @@ func TestCancelRunning(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, queue.StateCanceled, st.State)
 	assert.Equal(t, 1, st.Attempt)
+	assert.Equal(t, 0.5, st.Fraction, "the last progress before the cancel")
+	assert.Equal(t, "half", st.Message)
 	assertOnlyFinished(t, cluster.Admin(), name)
 }
 

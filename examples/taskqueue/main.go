@@ -7,7 +7,8 @@
 // task enqueued with a timeout hangs on its first attempt: when the timeout
 // passes, its worker is told and its claim released, and another worker
 // runs it at once, without waiting for the hung worker's lease, which a
-// live worker keeps renewing.
+// live worker keeps renewing. An operator cancels a long rebuild while it
+// runs: its worker is told at once and stops, and the task ends canceled.
 //
 // On a terminal the progress shows as bars; otherwise as plain lines.
 //
@@ -67,6 +68,11 @@ const (
 	hungTask    = "export-ledger"
 	hungTimeout = time.Second
 	hangAtStep  = 2
+
+	// Canceled by an operator once its worker reports step cancelAtStep.
+	cancelTask   = "rebuild-index"
+	cancelSteps  = 50
+	cancelAtStep = 3
 )
 
 // payload is what a producer enqueues: a task name and its number of steps.
@@ -94,10 +100,12 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// outcome is what a worker reports for one task it finished.
+// outcome is what a worker reports for one task it finished, or (canceled)
+// stopped because an operator canceled it.
 type outcome struct {
-	task   string
-	worker string
+	task     string
+	worker   string
+	canceled bool
 }
 
 // killed is the worker to kill, and the step of the long task it has done.
@@ -131,7 +139,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		{"resize-image-1", "resize-image-2", "resize-image-3", "resize-image-4", "resize-image-5"},
 		{"send-report-1", "send-report-2", "send-report-3", "send-report-4", "send-report-5"},
 	}
-	total := 3 + len(producerTasks[0]) + len(producerTasks[1])
+	total := 4 + len(producerTasks[0]) + len(producerTasks[1])
 	var d *display
 	if o.Trace {
 		d = newDisplay(shared, total, true) // spans and bars do not mix
@@ -183,6 +191,14 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		return err
 	}
 	d.say("enqueued %s (%d steps, checkpointed after each) and %s (fails every time)", longTask, longSteps, poisonTask)
+	cancelID, err := enqueue(ctx, admin, cancelTask, cancelSteps)
+	if err != nil {
+		return err
+	}
+	d.say("enqueued %s (%d steps)", cancelTask, cancelSteps)
+	// A worker says when the rebuild reached cancelAtStep: then the
+	// operator cancels it.
+	cancelNow := make(chan string, 1)
 
 	var (
 		mu        sync.Mutex // protects stepsDone
@@ -220,7 +236,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 		ws[i] = w
 		go func() {
 			defer close(w.done)
-			w.loop(wctx, d, outcomes, kill, &killOnce, func(step int) {
+			w.loop(wctx, d, outcomes, kill, cancelNow, &killOnce, func(step int) {
 				mu.Lock()
 				stepsDone[step] = append(stepsDone[step], w.name)
 				mu.Unlock()
@@ -251,9 +267,15 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}
 
 	var victim *killed
-	finished, dead := 0, 0
-	for finished+dead < total {
+	finished, dead, canceled := 0, 0, 0
+	for finished+dead+canceled < total {
 		select {
+		case who := <-cancelNow:
+			// An operator's cancel, from a process that runs no worker.
+			d.say("CANCEL %s, which %s runs: an operator cancels it, in one transaction", cancelTask, who)
+			if err := e.Retry(ctx, func(ctx context.Context) error { return admin.Cancel(ctx, cancelID) }); err != nil {
+				return err
+			}
 		case k := <-kill:
 			victim = &k
 			// The process is gone: it acks nothing, releases nothing, and
@@ -268,8 +290,12 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 				return err
 			}
 			d.say("enqueued %s with a %v timeout", hungTask, hungTimeout)
-		case <-outcomes:
-			finished++
+		case o := <-outcomes:
+			if o.canceled {
+				canceled++
+			} else {
+				finished++
+			}
 		case st, open := <-poisonStatus:
 			if !open {
 				if ctx.Err() != nil {
@@ -307,7 +333,18 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 	}); err != nil {
 		return err
 	}
-	d.say("queue now: %d ready, %d running, %d dead", st.Ready, st.Running, st.Dead)
+	var cst queue.Status
+	if err := e.Retry(ctx, func(ctx context.Context) error {
+		cst, err = admin.Status(ctx, cancelID)
+		return err
+	}); err != nil {
+		return err
+	}
+	if cst.State != queue.StateCanceled {
+		return fmt.Errorf("%s is %s, not canceled", cancelTask, cst.State)
+	}
+	d.say("queue now: %d ready, %d running, %d dead, %d canceled (%s: %s at %.0f%%)", st.Ready, st.Running, st.Dead, st.Canceled,
+		cancelTask, cst.State, 100*cst.Fraction)
 	for _, l := range letters {
 		d.say("dead letter %s after %d attempts: %s", l.ID, l.Attempt, l.Reason)
 	}
@@ -346,7 +383,7 @@ func run(ctx context.Context, out io.Writer, o exampleenv.Options) error {
 // worker's keeper never lets happen. So a Progress, Ack or Nack that failed
 // for a transient reason (etcd electing a new leader) is sent again, until
 // it is done or the claim is lost; they are all safe to repeat.
-func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, kill chan<- killed, killOnce *atomic.Bool, stepDone func(int)) {
+func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, kill chan<- killed, cancelNow chan<- string, killOnce *atomic.Bool, stepDone func(int)) {
 	bo := retry.RequestPolicy.New()
 	for {
 		t, err := w.q.Dequeue(ctx, w.k)
@@ -388,11 +425,14 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 			d.say("%s  %-16s started (attempt %d, token %d)", w.name, name, t.Attempt, t.Token())
 		}
 		view := d.attempt(w.name, name, steps, from)
-		ok := w.work(ctx, t, name, steps, from, view, kill, killOnce, stepDone)
+		ok := w.work(ctx, t, name, steps, from, view, kill, cancelNow, killOnce, stepDone)
 		if !ok {
 			view.end(false)
 			if ctx.Err() != nil {
 				return
+			}
+			if errors.Is(context.Cause(t.Context()), queue.ErrCanceled) {
+				outcomes <- outcome{task: name, worker: w.name, canceled: true}
 			}
 			continue
 		}
@@ -415,7 +455,7 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 // work runs a task's steps from the checkpoint on, saving a checkpoint after
 // each, and reports whether it got to the end.
 func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, from int, view *taskView,
-	kill chan<- killed, killOnce *atomic.Bool, stepDone func(int)) bool {
+	kill chan<- killed, cancelNow chan<- string, killOnce *atomic.Bool, stepDone func(int)) bool {
 	// Checkpoints are sent until the claim is lost or the worker stops.
 	held, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
@@ -436,7 +476,10 @@ func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, fr
 		select {
 		case <-tick.C: // the step's simulated work
 		case <-held.Done():
-			return false // claim lost (someone else may have the task now), or the worker stops
+			if errors.Is(context.Cause(t.Context()), queue.ErrCanceled) {
+				view.d.say("%s  %-16s CANCELED at step %d of %d: told by its queue's watch; stops, acks nothing", w.name, name, s-1, steps)
+			}
+			return false // claim lost (someone else may have the task now), canceled, or the worker stops
 		}
 		// The checkpoint is fenced: a worker that lost the task cannot
 		// overwrite its new owner's progress. The same checkpoint sent
@@ -456,6 +499,12 @@ func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, fr
 			stepDone(s)
 		}
 		view.step(s)
+		if name == cancelTask && s == cancelAtStep {
+			select {
+			case cancelNow <- w.name:
+			default: // asked already (a second attempt)
+			}
+		}
 		// The first worker past killAtStep is killed, on whichever attempt:
 		// normally the first, but an attempt that lost its claim on its own
 		// (a lease lost under heavy load) must not keep the kill from

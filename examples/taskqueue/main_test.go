@@ -83,6 +83,12 @@ func checkStory(t *testing.T, s string) {
 	require.NotNil(t, hung, "no timeout in:\n%s", s)
 	again := regexp.MustCompile(`worker-\d resumes export-ledger from its checkpoint: step 1 of 4 done \(attempt 2, token \d+\)`).FindStringSubmatch(s[strings.Index(s, hung[0]):])
 	require.NotNil(t, again, "no second attempt after the timeout in:\n%s", s)
+	// The operator's cancel reaches the worker that runs the rebuild, which
+	// stops; the task ends canceled, not done.
+	cancel := regexp.MustCompile(`CANCEL rebuild-index, which (worker-\d) runs`).FindStringSubmatch(s)
+	require.NotNil(t, cancel, "no cancel in:\n%s", s)
+	assert.Regexp(t, cancel[1]+`  rebuild-index +CANCELED at step \d+ of 50: told by its queue's watch`, s[strings.Index(s, cancel[0]):])
+	assert.Regexp(t, `1 canceled \(rebuild-index: canceled at \d+%\)`, s)
 	m := regexp.MustCompile(`12 tasks done \(export-ledger on its second attempt\), 1 dead letter; transcode-video ran steps (.*): no step lost, none done twice`).FindStringSubmatch(s)
 	require.NotNil(t, m)
 	assert.Contains(t, m[1], "-"+killed[2]+" on "+killed[1]+", ", "the killed worker's steps end at its kill")
