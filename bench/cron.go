@@ -60,16 +60,24 @@ func runCron(ctx context.Context, env *Env) ([]Result, error) {
 		<-done
 	}()
 
-	// The first second after election may include the campaign; skip it.
-	if _, err := nextLag(ctx, lags, done); err != nil {
+	_, p99, err := lagRounds(ctx, env, "cron.fire_lag", lags, done, jobs*env.Scale(4, 2))
+	if err != nil {
 		return nil, err
+	}
+	return []Result{Single("cron.fire_lag_p99", "ms", Median(p99), true)}, nil
+}
+
+// lagRounds takes perRound lags a round, after skipping the first second
+// after election (it may include the campaign), and returns each round's
+// p50 and p99 in milliseconds.
+func lagRounds(ctx context.Context, env *Env, label string, lags <-chan time.Duration, done <-chan error, perRound int) (p50, p99 []float64, err error) {
+	if _, err := nextLag(ctx, lags, done); err != nil {
+		return nil, nil, err
 	}
 	for len(lags) > 0 {
 		<-lags
 	}
-	perRound := jobs * env.Scale(4, 2)
-	var p99 []float64
-	err = Rounds(ctx, env, "cron.fire_lag", func(ctx context.Context, _ Round) error {
+	err = Rounds(ctx, env, label, func(ctx context.Context, _ Round) error {
 		var ds []time.Duration
 		for range perRound {
 			d, err := nextLag(ctx, lags, done)
@@ -78,13 +86,11 @@ func runCron(ctx context.Context, env *Env) ([]Result, error) {
 			}
 			ds = append(ds, d)
 		}
+		p50 = append(p50, PercentileMs(ds, 50))
 		p99 = append(p99, PercentileMs(ds, 99))
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return []Result{Single("cron.fire_lag_p99", "ms", Median(p99), true)}, nil
+	return p50, p99, err
 }
 
 func nextLag(ctx context.Context, lags <-chan time.Duration, done <-chan error) (time.Duration, error) {
@@ -177,27 +183,7 @@ func runCronDispatch(ctx context.Context, env *Env) ([]Result, error) {
 		<-done
 	}()
 
-	if _, err := nextLag(ctx, lags, done); err != nil {
-		return nil, err
-	}
-	for len(lags) > 0 {
-		<-lags
-	}
-	perRound := jobs * env.Scale(4, 2)
-	var p50, p99 []float64
-	err = Rounds(ctx, env, "cron.dispatch_lag", func(ctx context.Context, _ Round) error {
-		var ds []time.Duration
-		for range perRound {
-			d, err := nextLag(ctx, lags, done)
-			if err != nil {
-				return err
-			}
-			ds = append(ds, d)
-		}
-		p50 = append(p50, PercentileMs(ds, 50))
-		p99 = append(p99, PercentileMs(ds, 99))
-		return nil
-	})
+	p50, p99, err := lagRounds(ctx, env, "cron.dispatch_lag", lags, done, jobs*env.Scale(4, 2))
 	if err != nil {
 		return nil, err
 	}

@@ -29,18 +29,7 @@ func TestCron(t *testing.T) {
 		runs <- r
 		return nil
 	}))
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(sctx) }()
-	defer func() {
-		stop()
-		select {
-		case err := <-done:
-			assert.True(t, errors.Is(err, context.Canceled), "%v", err)
-		case <-time.After(20 * time.Second):
-			t.Error("the scheduler did not stop")
-		}
-	}()
+	defer runScheduler(t, ctx, s)()
 	next := func(what string) cron.Run {
 		t.Helper()
 		select {
@@ -123,17 +112,9 @@ func TestCronDefine(t *testing.T) {
 			return nil
 		}))
 	}
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(sctx) }()
+	stop := runScheduler(t, ctx, s)
 	defer func() {
 		stop()
-		select {
-		case err := <-done:
-			assert.True(t, errors.Is(err, context.Canceled), "%v", err)
-		case <-time.After(20 * time.Second):
-			t.Error("the scheduler did not stop")
-		}
 		concord(t, "cron", "remove", name, "j")
 	}()
 	waitRun := func(want string) {
@@ -194,4 +175,22 @@ func TestCronDefine(t *testing.T) {
 	assert.Contains(t, r.stderr, "concord: cron: job not defined")
 	r = concord(t, "cron", "status", name)
 	assert.NotRegexp(t, `(?m)^j `, r.stdout)
+}
+
+// runScheduler runs s until the returned stop is called, which checks that
+// Run returned for its context's end.
+func runScheduler(t *testing.T, ctx context.Context, s *cron.Scheduler) (stop func()) {
+	t.Helper()
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sctx) }()
+	return func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.True(t, errors.Is(err, context.Canceled), "%v", err)
+		case <-time.After(20 * time.Second):
+			t.Error("the scheduler did not stop")
+		}
+	}
 }
