@@ -51,9 +51,10 @@ func WithEnqueue(opts ...queue.EnqueueOption) JobOption {
 }
 
 // HandleDispatch registers q as the handler named handler, for jobs defined
-// at runtime (Define): their runs are enqueued into q as AddDispatch's are.
-// A definition with WithRetries' or WithRerun's fields set is reported as
-// invalid in Status for such a handler.
+// at runtime (Define): their runs are enqueued into q as AddDispatch's are,
+// each task with the options enqueue. A definition with WithRetries' or
+// WithRerun's fields set is reported as invalid in Status for such a
+// handler.
 func (s *Scheduler) HandleDispatch(handler string, q *queue.Queue, enqueue ...queue.EnqueueOption) error {
 	d, err := newDispatcher(fmt.Sprintf("handler %q", handler), q, enqueue)
 	if err != nil {

@@ -350,8 +350,8 @@ func (s *Scheduler) add(jobName, spec string, fn Func, d *dispatcher, opts []Job
 	return nil
 }
 
-// Handle registers fn as the handler named handler, for jobs defined at
-// runtime (Define) with that handler. Like Add, it must be called before
+// Handle registers fn as the handler called name, for jobs defined at
+// runtime (Define) that name it in Definition.Handler. Like Add, it must be called before
 // Run; every replica that may lead should register the same handlers.
 func (s *Scheduler) Handle(name string, fn Func) error {
 	if fn == nil {
