@@ -124,6 +124,13 @@ func runCron(t *testing.T, c *testcluster.Cluster, seed int64, cfg cronRun) (*re
 			}
 		})
 	}
+	// The faults start once a replica leads and runs: a cut aimed at the
+	// leader (holderAlways) must not fall on a bystander because no run
+	// has said yet who leads.
+	for deadline := time.Now().Add(30 * time.Second); runs.Load() == 0; {
+		require.True(t, time.Now().Before(deadline), "no run within 30s")
+		pause(ctx, 20*time.Millisecond)
+	}
 	start := time.Now()
 	n := newNemesis(t, c, seed, cfg.nemesis)
 	nctx, ncancel := context.WithTimeout(ctx, nemesisTime(c, cfg.duration))
@@ -217,7 +224,10 @@ func TestChaosCronCheckerCatchesUnelectedReplicas(t *testing.T) {
 // TestChaosCronCheckerCatchesMissedTimes runs elected replicas whose runs
 // work 0.9 s before committing and that do not rerun interrupted runs: the
 // runs a cut leader had going never commit, and the checker must see their
-// times missing.
+// times missing. A cut that falls between two runs (after a commit, before
+// the next claim reaches etcd) interrupts nothing, and the next leader
+// catches those times up; so the nemesis runs long enough for several cuts
+// of the leader.
 func TestChaosCronCheckerCatchesMissedTimes(t *testing.T) {
 	s := seed(t)
 	c := testcluster.New(t)
@@ -226,7 +236,7 @@ func TestChaosCronCheckerCatchesMissedTimes(t *testing.T) {
 	cfg.holderAlways = true
 	r, n := runCron(t, c, s, cronRun{
 		replicas: 2, protected: true, noRerun: true, work: 900 * time.Millisecond,
-		nemesis: cfg, duration: 8 * time.Second, settle: 2 * time.Second,
+		nemesis: cfg, duration: 14 * time.Second, settle: 2 * time.Second,
 	})
 	r.expectSome(t, n)
 	if r.countPrefix("cron: time") == 0 {
