@@ -103,18 +103,17 @@ func decodeDef(b []byte) (defRecord, error) {
 // the job is defined already or a job added in code (Add) has records
 // under its name. A job added in code under the same name that has none
 // yet (it never ran) takes precedence once a leader has both; Status
-// reports the clash, and Remove of the definition then deletes that job's
-// records too.
+// reports the clash, and Remove then deletes only the definition.
 func Define(ctx context.Context, cli *clientv3.Client, name, jobName string, d Definition) error {
 	return putDef(ctx, cli, name, jobName, d, false)
 }
 
 // Update replaces the definition of job: its schedule, handler and options,
-// and pauses it if Definition.Paused is set. The leader follows it on its watch: a time due
-// under the old definition before the leader sees the change (a watch
-// delay) may still run under it; the new schedule starts from the next time
-// after the leader saw it (times of the new schedule that passed before
-// are not caught up). Runs in progress go on. Cost: one transaction, which
+// and pauses it if Definition.Paused is set. The leader follows it on its
+// watch: a time due under the old definition before the leader sees the
+// change (a watch delay) may still run under it; the new schedule starts
+// from the next time after the leader saw it (times of the new schedule
+// that passed before are not caught up). Runs in progress go on. Cost: one transaction, which
 // fails with ErrNotDefined if the job is not defined.
 func Update(ctx context.Context, cli *clientv3.Client, name, jobName string, d Definition) error {
 	return putDef(ctx, cli, name, jobName, d, true)
