@@ -432,6 +432,9 @@ func (w *worker) loop(ctx context.Context, d *display, outcomes chan<- outcome, 
 				return
 			}
 			if errors.Is(context.Cause(t.Context()), queue.ErrCanceled) {
+				// Told by its queue's watch, or by a refused Progress,
+				// whichever came first.
+				d.say("%s  %-16s CANCELED by an operator: stops, acks nothing", w.name, name)
 				outcomes <- outcome{task: name, worker: w.name, canceled: true}
 			}
 			continue
@@ -476,9 +479,6 @@ func (w *worker) work(ctx context.Context, t *queue.Task, name string, steps, fr
 		select {
 		case <-tick.C: // the step's simulated work
 		case <-held.Done():
-			if errors.Is(context.Cause(t.Context()), queue.ErrCanceled) {
-				view.d.say("%s  %-16s CANCELED at step %d of %d: told by its queue's watch; stops, acks nothing", w.name, name, s-1, steps)
-			}
 			return false // claim lost (someone else may have the task now), canceled, or the worker stops
 		}
 		// The checkpoint is fenced: a worker that lost the task cannot
