@@ -149,7 +149,8 @@ func (q *Queue) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error
 }
 
 // Requeue puts a dead letter back in the queue, ready now, with its attempt
-// count reset and its last checkpoint kept. A task enqueued with a dedup ID
+// count reset and its last checkpoint kept. A task of a group goes back to
+// the end of its group. A task enqueued with a dedup ID
 // holds it again, unfinished once more, unless another task took the ID
 // while this one was dead: then both are queued and the other keeps the ID.
 // It returns ErrNotDead if the task is not a dead letter. Two etcd requests
@@ -162,7 +163,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 		return fmt.Errorf("queue: requeue: invalid task ID %q", id)
 	}
 	xk, sk := q.keys.dead(id), q.keys.status(id)
-	resp, err := q.cli.Txn(ctx).Then(clientv3.OpGet(xk), clientv3.OpGet(sk)).Commit()
+	resp, err := q.cli.Txn(ctx).Then(clientv3.OpGet(xk), clientv3.OpGet(sk), clientv3.OpGet(q.keys.task(id))).Commit()
 	if err != nil {
 		return fmt.Errorf("queue: requeue: %w", err)
 	}
@@ -187,6 +188,16 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 		clientv3.OpDelete(q.keys.unused(id)),
 		clientv3.OpPut(sk, string(encodeStatus(st))),
 		clientv3.OpPut(pos, ""),
+	}
+	if tkvs := resp.Responses[2].GetResponseRange().GetKvs(); len(tkvs) > 0 {
+		meta, _, err := decodeTask(tkvs[0].Value)
+		if err != nil {
+			return fmt.Errorf("queue: requeue %s: %w", id, err)
+		}
+		if meta.Group != "" {
+			// Back in its group, after every task enqueued before now.
+			ops = append(ops, clientv3.OpPut(q.keys.member(groupHash(meta.Group), id), ""))
+		}
 	}
 	if prev.Dedup != "" {
 		// Dead-lettering freed the ID; take it again if it is still free,

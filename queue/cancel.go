@@ -143,6 +143,9 @@ func (q *Queue) cancelOnce(ctx context.Context, id string) (bool, error) {
 	if cok {
 		ops = append(ops, clientv3.OpDelete(k.claim(id)))
 	}
+	if meta.Group != "" {
+		ops = append(ops, clientv3.OpDelete(k.member(groupHash(meta.Group), id)))
+	}
 	if meta.Dedup != "" {
 		dk := k.dedup(meta.Dedup)
 		ops = append(ops, clientv3.OpTxn(

@@ -262,6 +262,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		q:           q,
 		ix:          ix,
 		entry:       e,
+		Group:       meta.Group,
 		dedup:       meta.Dedup,
 		maxAttempts: meta.MaxAtt,
 		checkpoint:  checkpoint,

@@ -81,6 +81,24 @@
 // deletes the marker. Neither costs anything per task: the compare rides in
 // the claim transaction.
 //
+// Groups. Tasks enqueued WithGroup(name) are handed out one at a time per
+// group, in the order their enqueues committed in etcd (tasks of one
+// transaction, such as an EnqueueBatch, in item order), each only once the
+// one before it is finished: acknowledged, dead-lettered or canceled.
+// Different groups, and tasks in no group, run in parallel. A group's task
+// whose worker dies or is cut off is handed out again, before the next one,
+// once its claim is lost (at the lease's expiry, fenced as every claim), so a
+// group stalls for up to a lease TTL behind a dead worker; a task taken by
+// its timeout goes to the next worker at once. A delayed task, or one
+// retried with a delay, holds its group up meanwhile: within a group, this
+// order goes before priority. A requeued dead letter goes to the end of its
+// group. Each grouped task has a member key under the index, written with
+// the task and deleted with its last write; consumers know each group's
+// order from their watched view and claim only a group's first task, so a
+// group costs no request and no Raft write of its own. A consumer built
+// before groups existed ignores member keys and so hands grouped tasks out
+// out of order: upgrade consumers before producers use groups.
+//
 // Transactional enqueue. EnqueueTx returns a task's enqueue as comparisons
 // and operations for the caller's own transaction (cron uses it to enqueue
 // a scheduled time in the transaction that claims it; a cron job passes its
@@ -166,6 +184,9 @@
 //	P i/k/<id>                cancel marker: the canceled claim's token (0 if
 //	                          none), on the retention lease
 //	P i/p                     pause marker (JSON: since when), while paused
+//	P i/g/<group>/<id>        group member, empty value, while the task is
+//	                          unfinished; <group> is 16 hex digits of the
+//	                          SHA-256 of the group's name
 //	P t/<id>                  task record: JSON header, newline, raw payload
 //	P s/<id>                  status record (JSON): position, attempts, last error,
 //	                          written once the task leaves its enqueued position
@@ -214,12 +235,17 @@
 //     process); then one guarded transaction.
 //   - Cancel: one read transaction and one write transaction.
 //   - Pause, Resume: one write each; nothing per task.
+//   - A group: one more put in the enqueue's transaction and one more
+//     delete in the acknowledgement's (or the dead-lettering's or the
+//     cancel's); no request of its own. Its consumers' views hold about 60
+//     bytes per grouped task; picking a task skips the waiting tasks of
+//     groups ahead of it in the queue.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round
 //     trips, or 2.25 of each with full claim batches. In keys: 2 puts to
 //     enqueue, 2 puts to claim, 4 deletes and the finished record's put to
 //     acknowledge; the finished record is deleted later by its lease.
 //   - Per consumer process: one watch on the index, whose events (about four
-//     per task) every consumer process receives; memory for the index of
+//     per task, six in a group) every consumer process receives; memory for the index of
 //     unfinished tasks (about 100 bytes per task).
 //   - Status: one read transaction. Stats: one read transaction of count-only
 //     ranges, proportional to the keys and uncompacted tombstones under the

@@ -21,6 +21,7 @@ type enqueueOptions struct {
 	delay     time.Duration
 	dedup     string
 	timeout   time.Duration
+	group     string
 	errs      []error
 }
 
@@ -89,6 +90,28 @@ func WithDedupID(s string) EnqueueOption {
 	}
 }
 
+// MaxGroupLen is the longest group name accepted, in bytes.
+const MaxGroupLen = 512
+
+// WithGroup puts the task in a group: the tasks of one group are handed
+// out one at a time, in the order their enqueues committed in etcd, each
+// only once the one before it is finished (acknowledged, dead-lettered or
+// canceled); tasks of different groups, and tasks in no group, run in
+// parallel. Within a group, this order goes before priority and ready
+// time: a delayed or retried task holds its group up until it is done.
+// See Groups in the package doc.
+func WithGroup(name string) EnqueueOption {
+	return func(o *enqueueOptions) {
+		switch {
+		case name == "" || len(name) > MaxGroupLen:
+			o.errs = append(o.errs, fmt.Errorf("group name of %d bytes: must be 1 to %d", len(name), MaxGroupLen))
+		case !utf8.ValidString(name) || strings.ContainsRune(name, 0):
+			o.errs = append(o.errs, fmt.Errorf("group name %q: must be valid UTF-8 without NUL", name))
+		}
+		o.group = name
+	}
+}
+
 // Item is one task of an EnqueueBatch.
 type Item struct {
 	Payload []byte
@@ -136,13 +159,13 @@ func (q *Queue) prepare(ctx context.Context, payload []byte, opts []EnqueueOptio
 		return prepared{}, fmt.Errorf("ready time %s is past %s, the latest a task's record can hold",
 			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout), Trace: traceOf(ctx)}
+	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout), Trace: traceOf(ctx), Group: eo.group}
 	if readyAt.After(now) {
 		meta.Ready = readyAt.UnixNano()
 	}
 	pos := q.enqueuedPos(id, meta)
 	tv := encodeTask(meta, payload)
-	return prepared{
+	p := prepared{
 		id:    id,
 		dedup: eo.dedup,
 		ops: []clientv3.Op{
@@ -150,7 +173,15 @@ func (q *Queue) prepare(ctx context.Context, payload []byte, opts []EnqueueOptio
 			clientv3.OpPut(pos, ""),
 		},
 		bytes: len(tv) + 3*len(pos),
-	}, nil
+	}
+	if eo.group != "" {
+		// The member key's create revision is the task's place in its
+		// group: consumers see it with the index key, in the same revision.
+		mk := q.keys.member(groupHash(eo.group), id)
+		p.ops = append(p.ops, clientv3.OpPut(mk, ""))
+		p.bytes += len(mk)
+	}
+	return p, nil
 }
 
 // Enqueue adds a task and returns its ID. It costs one etcd transaction (one
@@ -229,7 +260,8 @@ type TxEnqueue struct {
 // written; it does no I/O (ctx only carries the trace context, as for
 // Enqueue). The transaction must go to the cluster the
 // queue's client is on, and each TxEnqueue be committed once: its ID is
-// fixed when it is prepared. Two operations, three with a dedup ID, and up
+// fixed when it is prepared. Two operations, one more with a dedup ID and
+// one more with a group, and up
 // to the payload's size in the request.
 func (q *Queue) EnqueueTx(ctx context.Context, payload []byte, opts ...EnqueueOption) (TxEnqueue, error) {
 	if q.err != nil {
@@ -250,8 +282,8 @@ func (q *Queue) EnqueueTx(ctx context.Context, payload []byte, opts ...EnqueueOp
 
 // EnqueueBatch adds several tasks, as few transactions as the cluster's
 // limits allow (WithMaxTxnOps, WithMaxRequestBytes): two operations per
-// task. Items with a DedupID are enqueued one by one after the others. It
-// returns the IDs in item order. Every item is validated before anything is
+// task, three in a group. Tasks commit in item order; an item with a DedupID
+// is a transaction of its own. It returns the IDs in item order. Every item is validated before anything is
 // written; on an etcd error, the IDs of the transactions that committed are
 // returned with the error.
 func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error) {
@@ -267,7 +299,6 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 		ps[i] = p
 	}
 	ids := make([]string, len(items))
-	perTxn := q.o.maxTxnOps / 2
 	budget := q.o.maxRequestBytes - requestOverhead
 	var ops []clientv3.Op
 	var batch []int
@@ -287,9 +318,19 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 	}
 	for i, p := range ps {
 		if p.dedup != "" {
+			// Its own transaction, in item order, so that tasks commit in
+			// the order of the items (a group's order is commit order).
+			if err := flush(); err != nil {
+				return ids, err
+			}
+			id, err := q.enqueue(ctx, p, fmt.Sprintf("enqueue batch: item %d", i))
+			if err != nil {
+				return ids, err
+			}
+			ids[i] = id
 			continue
 		}
-		if len(batch) == perTxn || (len(batch) > 0 && size+p.bytes > budget) {
+		if len(batch) > 0 && (len(ops)+len(p.ops) > q.o.maxTxnOps || size+p.bytes > budget) {
 			if err := flush(); err != nil {
 				return ids, err
 			}
@@ -300,16 +341,6 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 	}
 	if err := flush(); err != nil {
 		return ids, err
-	}
-	for i, p := range ps {
-		if p.dedup == "" {
-			continue
-		}
-		id, err := q.enqueue(ctx, p, fmt.Sprintf("enqueue batch: item %d", i))
-		if err != nil {
-			return ids, err
-		}
-		ids[i] = id
 	}
 	return ids, nil
 }

@@ -18,3 +18,10 @@ func OpHeld(t *Task) bool { return t.op.Held() }
 // RetentionGrantHeld reports whether an Ack of q holds the lock that
 // serializes retention lease grants.
 func RetentionGrantHeld(q *Queue) bool { return q.retainG.Held() }
+
+// IgnoreGroups makes this process's consumers hand grouped tasks out as if
+// they were in no group, until the test ends.
+func IgnoreGroups(t interface{ Cleanup(func()) }) {
+	ignoreGroups.Store(true)
+	t.Cleanup(func() { ignoreGroups.Store(false) })
+}

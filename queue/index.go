@@ -40,6 +40,7 @@ type index struct {
 	rev      int64                // revision the view reflects
 	loaded   bool
 	paused   bool          // the pause marker is present
+	groups   groups        // the group member keys
 	denied   error         // set while etcd refuses this process the index for lack of permission
 	changed  chan struct{} // closed and replaced on every change
 	conflict int64         // failed claim transactions
@@ -72,6 +73,7 @@ func startIndex(q *Queue) *index {
 		since:    map[string]time.Time{},
 		reserved: map[string]bool{},
 		tasks:    map[string]*Task{},
+		groups:   newGroups(),
 		changed:  make(chan struct{}),
 		// Cautious until claims have shown how long owners take here.
 		patience: initialPatience,
@@ -179,6 +181,8 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var ready, delayed []entry
 	paused := false
+	gs := newGroups()
+	groupPrefix := ix.q.keys.groupPrefix()
 	claimed := map[string]int64{}
 	claimValues := map[string]string{} // claim key → value, for ix.unsure
 	claimPrefix := prefix + "c/"
@@ -201,6 +205,12 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 		}
 		for _, kv := range resp.Kvs {
 			paused = paused || string(kv.Key) == ix.q.keys.paused()
+			if rest, ok := strings.CutPrefix(string(kv.Key), groupPrefix); ok {
+				if h, id, ok := parseMember(rest); ok {
+					gs.add(h, id, kv.CreateRevision)
+				}
+				continue
+			}
 			ix.q.classify(kv, &ready, &delayed, claimed, workers)
 			if strings.HasPrefix(string(kv.Key), claimPrefix) {
 				claimValues[string(kv.Key)] = string(kv.Value)
@@ -218,7 +228,7 @@ func (ix *index) load(ctx context.Context, rev int64) (int64, error) {
 	slices.SortFunc(delayed, cmpDelayed)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.ready, ix.delayed, ix.claimed, ix.workers, ix.paused = ready, delayed, claimed, workers, paused
+	ix.ready, ix.delayed, ix.claimed, ix.workers, ix.paused, ix.groups = ready, delayed, claimed, workers, paused, gs
 	// A claim whose transaction never answered may have landed while no
 	// watch was running: give it back, as apply does.
 	for uk, u := range ix.unsure {
@@ -333,6 +343,16 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 		}
 		if rest == "p" {
 			ix.paused = ev.Type == clientv3.EventTypePut
+			continue
+		}
+		if m, ok := strings.CutPrefix(rest, "g/"); ok {
+			if h, id, ok := parseMember(m); ok {
+				if ev.Type == clientv3.EventTypePut {
+					ix.groups.add(h, id, ev.Kv.CreateRevision)
+				} else {
+					ix.groups.remove(h, id)
+				}
+			}
 			continue
 		}
 		if id, ok := strings.CutPrefix(rest, "c/"); ok {

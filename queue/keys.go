@@ -2,6 +2,7 @@ package queue
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 //	P i/c/<id>                claim, bound to the worker's lease
 //	P i/k/<id>                cancel marker: the canceled claim's token, retention lease
 //	P i/p                     pause marker: present while the queue is paused
+//	P i/g/<group>/<id>        group member (WithGroup): present while the task is unfinished
 //	P t/<id>                  task record: metadata and payload
 //	P s/<id>                  status record: state, position key, last error
 //	P f/<id>                  finished record, bound to a retention lease
@@ -60,6 +62,26 @@ func (l layout) claimPrefix() string       { return l.prefix + "i/c/" }
 func (l layout) canceledPrefix() string    { return l.prefix + "i/k/" }
 func (l layout) paused() string            { return l.prefix + "i/p" }
 func (l layout) result(id string) string   { return l.prefix + "r/" + id }
+func (l layout) groupPrefix() string       { return l.prefix + "i/g/" }
+
+// member is the group member key of task id in the group whose hash is g
+// (groupHash).
+func (l layout) member(g, id string) string { return l.prefix + "i/g/" + g + "/" + id }
+
+// groupHash names a group in keys: 16 hex digits of the SHA-256 of its name,
+// so that any name fits a key of fixed shape. Two names that shared a hash
+// would be ordered as one group: slower, never out of order.
+func groupHash(name string) string {
+	h := sha256.Sum256([]byte(name))
+	return hex.EncodeToString(h[:8])
+}
+
+// parseMember parses a key under i/g/ (rest is the key without the queue
+// prefix and "i/g/"): the group's hash and the task's ID.
+func parseMember(rest string) (g, id string, ok bool) {
+	g, id, ok = strings.Cut(rest, "/")
+	return g, id, ok && len(g) == 16 && isHex(g) && validID(id)
+}
 
 // encPrio maps a priority to 8 hex digits whose byte order is the reverse of
 // the priority order, so that a range in key order yields the highest first.
@@ -95,11 +117,13 @@ func decTime(s string) (int64, error) {
 const idLen = 24
 
 func validID(id string) bool {
-	if len(id) != idLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
+	return len(id) == idLen && isHex(id)
+}
+
+// isHex reports whether s is lower-case hex digits only.
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
 		}

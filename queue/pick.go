@@ -69,7 +69,7 @@ func (ix *index) chooseLocked(now time.Time, batch int) ([]entry, time.Time) {
 		taken: func(id string) bool {
 			_, claimed := ix.claimed[id]
 			_, skipped := ix.skip[id]
-			return claimed || skipped || ix.reserved[id]
+			return claimed || skipped || ix.reserved[id] || ix.groups.waiting(id)
 		},
 		since: ix.since,
 		step:  ix.handoffStepLocked(),
@@ -82,8 +82,9 @@ type pickView struct {
 	workers []string // the workers seen claiming recently, self included
 	ready   []entry  // in claim order (cmpReady)
 	delayed []entry  // by ready time (cmpDelayed)
-	// taken reports a task claimed, reserved by a local Dequeue, or hidden
-	// until the view catches up with a claim's outcome.
+	// taken reports a task claimed, reserved by a local Dequeue, hidden
+	// until the view catches up with a claim's outcome, or waiting for an
+	// earlier task of its group.
 	taken func(id string) bool
 	since map[string]time.Time // id → when the view saw it become claimable
 	step  time.Duration        // a handoff step (handoffStepLocked)

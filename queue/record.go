@@ -27,6 +27,8 @@ type taskMeta struct {
 	// Trace is the producer's W3C trace context (traceparent, tracestate)
 	// when Enqueue's context carried a span.
 	Trace map[string]string `json:"tc,omitempty"`
+	// Group is the task's group (WithGroup), if any.
+	Group string `json:"g,omitempty"`
 }
 
 func encodeTask(m taskMeta, payload []byte) []byte {
@@ -55,6 +57,9 @@ func decodeTask(b []byte) (taskMeta, []byte, error) {
 	}
 	if m.Timeout < 0 {
 		return m, nil, fmt.Errorf("%w: task record timeout %d", ErrCorrupt, m.Timeout)
+	}
+	if len(m.Group) > MaxGroupLen || !utf8.ValidString(m.Group) {
+		return m, nil, fmt.Errorf("%w: task record group of %d bytes", ErrCorrupt, len(m.Group))
 	}
 	if len(m.Trace) == 0 {
 		m.Trace = nil // "tc":{} and no trace context are the same record

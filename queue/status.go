@@ -41,6 +41,7 @@ type Status struct {
 	HasCheckpoint bool
 	LastError     string // how the last unsuccessful attempt ended
 	UpdatedAt     time.Time
+	Group         string // WithGroup's name, while the task record exists (not after Ack or Cancel)
 }
 
 // Status returns the task's status, or ErrNotFound. One linearizable read
@@ -89,6 +90,11 @@ func (q *Queue) status(ctx context.Context, id string) (Status, int64, error) {
 			return Status{}, 0, fmt.Errorf("queue: status of %s: %w", id, err)
 		}
 		st.fill(rec)
+		if tok {
+			if m, _, err := decodeTask(tv); err == nil {
+				st.Group = m.Group
+			}
+		}
 		if e, perr := parseIndexKey(q.keys.prefix+rec.Pos, strings.TrimPrefix(rec.Pos, "i/")); perr == nil {
 			st.ReadyAt = time.Unix(0, e.at)
 			if !e.ready && time.Now().After(st.ReadyAt) {

@@ -41,6 +41,7 @@ type Task struct {
 	Priority    int       // as enqueued
 	EnqueuedAt  time.Time // producer's clock
 	Redelivered bool      // a previous attempt's claim was lost (not nacked)
+	Group       string    // the task's group (WithGroup), "" if none
 
 	q           *Queue
 	ix          *index
@@ -407,7 +408,7 @@ func (t *Task) ack(ctx context.Context, c Completion) error {
 			State: StateDone, Attempt: t.Attempt, At: time.Now().UnixNano(), Prio: int32(t.Priority),
 			Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker, Fraction: t.fraction, Message: t.message,
 		})), clientv3.WithLease(lease)))
-		out = append(out, t.dedupRelease()...)
+		out = append(out, t.leaveOps()...)
 		if result != nil {
 			out = append(out, clientv3.OpPut(t.q.keys.result(t.ID), string(result), clientv3.WithLease(lease)))
 		}
@@ -485,7 +486,7 @@ func (t *Task) deadOps(reason string) []clientv3.Op {
 		clientv3.OpPut(t.q.keys.status(t.ID), string(encodeStatus(statusRecord{State: StateDead, Attempt: t.Attempt, Err: reason, At: now,
 			Prio: int32(t.Priority), Dedup: t.dedup, Token: t.Token(), Worker: t.q.worker}))),
 	)
-	return append(out, t.dedupRelease()...)
+	return append(out, t.leaveOps()...)
 }
 
 // endOps deletes the claim and the index key.

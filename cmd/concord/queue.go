@@ -113,6 +113,9 @@ func queueStatus(ctx context.Context, s *session, args []string) error {
 		{"priority", strconv.Itoa(st.Priority)},
 		{"attempt", strconv.Itoa(st.Attempt)},
 	}
+	if st.Group != "" {
+		pairs = append(pairs, [2]string{"group", printable(st.Group, 200)})
+	}
 	if st.Worker != "" {
 		pairs = append(pairs, [2]string{"worker", st.Worker})
 	}
@@ -146,7 +149,7 @@ func statusJSON(q *queue.Queue, st queue.Status) map[string]any {
 		"queue": q.Name(), "id": st.ID, "state": string(st.State), "priority": st.Priority,
 		"attempt": st.Attempt, "worker": st.Worker, "token": st.Token, "ready_at": st.ReadyAt,
 		"progress": st.Fraction, "message": st.Message, "has_checkpoint": st.HasCheckpoint,
-		"last_error": st.LastError, "updated_at": st.UpdatedAt,
+		"last_error": st.LastError, "updated_at": st.UpdatedAt, "group": st.Group,
 	}
 }
 

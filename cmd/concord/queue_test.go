@@ -36,7 +36,7 @@ func queueFixture(t *testing.T, name string) (running *queue.Task, deadIDs []str
 		require.NoError(t, task.Fail(ctx, "cannot parse "+string(task.Payload)))
 		deadIDs = append(deadIDs, task.ID)
 	}
-	_, err = q.Enqueue(ctx, []byte("long job"), queue.WithPriority(5))
+	_, err = q.Enqueue(ctx, []byte("long job"), queue.WithPriority(5), queue.WithGroup("reports"))
 	require.NoError(t, err)
 	running, err = q.Dequeue(ctx, k)
 	require.NoError(t, err)
@@ -86,6 +86,7 @@ func TestQueueInspect(t *testing.T) {
 	t.Log("\n" + r.stdout)
 	assert.Regexp(t, `(?m)^state: +running$`, r.stdout)
 	assert.Regexp(t, `(?m)^worker: +worker-7$`, r.stdout)
+	assert.Regexp(t, `(?m)^group: +reports$`, r.stdout)
 	assert.Regexp(t, `(?m)^token: +`+itoa(running.Token())+`$`, r.stdout)
 	assert.Regexp(t, `(?m)^progress: +\[########\.{12}\]  40%  step 4 of 10$`, r.stdout)
 
