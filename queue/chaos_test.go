@@ -33,12 +33,36 @@ type chaosLog struct {
 	redelivered int            // deliveries flagged Redelivered: the previous claim was lost
 	released    int            // deliveries after a batch gave an unused claim back
 	ackedN      atomic.Int64
+	tokens      map[string][]int64 // the claims handed to workers, per task
+	group       map[string]string  // each delivered task's group
+	timedOut    int                // attempts a worker saw end by their timeout
+	canceledRun int                // attempts a worker saw end by a cancel
+	cancel      chan<- string      // tasks to cancel once running
 }
 
-func (l *chaosLog) deliver(t *queue.Task) {
+// The chaos workload's tasks, by their number i: some in groups, some
+// stalling their first attempt past their timeout, some canceled while
+// queued or while running.
+func chaosGroup(i int) string {
+	if i%4 != 1 {
+		return ""
+	}
+	return "g" + strconv.Itoa(i%7)
+}
+func chaosStalls(i int) bool        { return i%200 == 7 }
+func chaosCancelQueued(i int) bool  { return i%80 == 43 }
+func chaosCancelRunning(i int) bool { return i%80 == 3 }
+
+// chaosTimeout is the stalling tasks' timeout.
+const chaosTimeout = time.Second
+
+// deliver records a delivery and reports whether it is the task's first.
+func (l *chaosLog) deliver(t *queue.Task) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.deliveries[t.ID] = append(l.deliveries[t.ID], t.Attempt)
+	l.tokens[t.ID] = append(l.tokens[t.ID], t.Token())
+	l.group[t.ID] = t.Group
 	switch {
 	case t.Redelivered:
 		l.redelivered++
@@ -46,6 +70,20 @@ func (l *chaosLog) deliver(t *queue.Task) {
 		// A batch claimed it before and gave it back unused (a release, not
 		// a loss): the attempt counts, the flag does not.
 		l.released++
+	}
+	return len(l.deliveries[t.ID]) == 1
+}
+
+// ended records why a task's attempt ended before its worker finished it.
+func (l *chaosLog) ended(t *queue.Task) {
+	cause := context.Cause(t.Context())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case errors.Is(cause, queue.ErrTimeout):
+		l.timedOut++
+	case errors.Is(cause, queue.ErrCanceled):
+		l.canceledRun++
 	}
 }
 
@@ -126,7 +164,20 @@ func (w *chaosWorker) generation(ctx context.Context, t *testing.T) {
 			continue
 		}
 		g.task.Store(task)
-		w.log.deliver(task)
+		first := w.log.deliver(task)
+		i, _ := strconv.Atoi(string(task.Payload))
+		if first && chaosCancelRunning(i) {
+			w.log.cancel <- task.ID
+		}
+		if first && chaosStalls(i) {
+			// Stuck: only the timeout gets the task to another worker.
+			select {
+			case <-task.Context().Done():
+			case <-time.After(chaosTimeout + 10*time.Second):
+				t.Errorf("task %s: its context did not end at its timeout", task.ID)
+			case <-gctx.Done():
+			}
+		}
 		w.process(gctx, g, task)
 		g.task.Store(nil)
 	}
@@ -149,6 +200,7 @@ func (w *chaosWorker) process(gctx context.Context, g *chaosGen, task *queue.Tas
 		if err == nil {
 			if !resp.Succeeded {
 				w.log.loss(task.ID)
+				w.log.ended(task)
 				return
 			}
 			break
@@ -169,6 +221,7 @@ func (w *chaosWorker) process(gctx context.Context, g *chaosGen, task *queue.Tas
 			return
 		case errors.Is(err, queue.ErrLost):
 			w.log.loss(task.ID)
+			w.log.ended(task)
 			return
 		}
 	}
@@ -189,9 +242,14 @@ func (w *chaosWorker) kill() {
 
 // TestAtLeastOnceUnderChaos pushes tasks through four workers while workers
 // crash, are cut off until their lease is lost, have their lease revoked,
-// and a member restarts. Every task must be acknowledged exactly once (the
-// ledger is written by the fenced Ack transaction itself), none lost, and
-// every redelivery must follow a lost claim.
+// and a member restarts. A quarter of the tasks are in seven groups; one in
+// 200 stalls its first attempt past its timeout; one in 40 is canceled,
+// half while queued, half once running. Every task must be acknowledged
+// exactly once (the ledger is written by the fenced Ack transaction
+// itself) or canceled, never both, none lost; every redelivery must follow
+// a lost claim; no group's task may be claimed before the one before it
+// was acknowledged (the checker TestGroupCheckerCatchesDisorder shows
+// failing with groups ignored).
 func TestAtLeastOnceUnderChaos(t *testing.T) {
 	n := *chaosTasks
 	c := testcluster.New(t)
@@ -199,13 +257,58 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	name := "/qt/chaos"
 	admin := c.Admin()
 
-	producer := queue.New(c.Client(), name, queue.WithMaxAttempts(1000))
+	producer := queue.New(c.Client(), name, queue.WithMaxAttempts(1000), queue.WithRetention(5*time.Minute))
 	items := make([]queue.Item, n)
 	for i := range items {
 		items[i] = queue.Item{Payload: []byte(strconv.Itoa(i))}
+		if g := chaosGroup(i); g != "" {
+			items[i].Options = append(items[i].Options, queue.WithGroup(g))
+		}
+		if chaosStalls(i) {
+			items[i].Options = append(items[i].Options, queue.WithTimeout(chaosTimeout))
+		}
 	}
 
-	log := &chaosLog{acked: map[string]int{}, deliveries: map[string][]int{}, lost: map[string]int{}}
+	// The canceler: tasks to cancel come from the producer (queued) and
+	// from the workers (running); a cancel that races the Ack may find the
+	// task finished, and either outcome is fine as long as it is the only
+	// one.
+	toCancel := make(chan string, n)
+	var cancelMu sync.Mutex
+	canceled := map[string]bool{} // Cancel returned nil
+	var canceledN atomic.Int64
+	cancelDone := make(chan struct{})
+	cctx, stopCanceler := context.WithCancel(ctx)
+	go func() {
+		defer close(cancelDone)
+		for {
+			var id string
+			select {
+			case id = <-toCancel:
+			case <-cctx.Done():
+				return
+			}
+			for cctx.Err() == nil {
+				err := producer.Cancel(cctx, id)
+				if err == nil {
+					cancelMu.Lock()
+					canceled[id] = true
+					cancelMu.Unlock()
+					canceledN.Add(1)
+				}
+				if err == nil || errors.Is(err, queue.ErrFinished) || errors.Is(err, queue.ErrNotFound) {
+					break
+				}
+			}
+		}
+	}()
+	defer func() {
+		stopCanceler()
+		<-cancelDone
+	}()
+
+	log := &chaosLog{acked: map[string]int{}, deliveries: map[string][]int{}, lost: map[string]int{},
+		tokens: map[string][]int64{}, group: map[string]string{}, cancel: toCancel}
 	wctx, stopWorkers := context.WithCancel(ctx)
 	workers := make([]*chaosWorker, 4)
 	var wg sync.WaitGroup
@@ -236,6 +339,11 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 			for {
 				got, err := producer.EnqueueBatch(ctx, batch)
 				if err == nil {
+					for j, id := range got {
+						if chaosCancelQueued(i + j) {
+							toCancel <- id
+						}
+					}
 					ids = append(ids, got...)
 					break
 				}
@@ -275,11 +383,13 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	}()
 
 	start := time.Now()
+	// finished counts the tasks acknowledged or canceled.
+	finished := func() int64 { return ledgerN.Load() + canceledN.Load() }
 	waitAcked := func(target int64) bool {
 		tk := time.NewTicker(5 * time.Millisecond)
 		defer tk.Stop()
 		deadline := time.After(60 * time.Second)
-		for ledgerN.Load() < target {
+		for finished() < target {
 			select {
 			case <-ctx.Done():
 				return false
@@ -294,8 +404,8 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	faults := map[string]int{}
 	step := int64(max(n/25, 20))
 	restarted := false
-	for i := 0; ledgerN.Load() < int64(n)*8/10; i++ {
-		if !waitAcked(ledgerN.Load() + step) {
+	for i := 0; finished() < int64(n)*8/10; i++ {
+		if !waitAcked(finished() + step) {
 			break
 		}
 		w := workers[i%len(workers)]
@@ -366,7 +476,7 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 				t.Logf("worker %d: lease %x killed %v", i, g.k.Current().ID(), g.killed.Load())
 			}
 		}
-		t.Fatalf("only %d of %d tasks acknowledged", ledgerN.Load(), n)
+		t.Fatalf("only %d of %d tasks acknowledged, %d canceled", ledgerN.Load(), n, canceledN.Load())
 	}
 	// Tasks enqueued twice (a batch retried after an unknown outcome) are
 	// beyond n: wait for the queue to drain too.
@@ -393,22 +503,44 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 	stopWorkers()
 	wg.Wait()
 
-	// The ledger: exactly one entry per task, written by the fenced Ack.
+	// The ledger: exactly one entry per task, written by the fenced Ack,
+	// or none for a canceled task: never both.
 	resp, err := admin.Get(ctx, name+"/ledger/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	require.NoError(t, err)
 	ledger := map[string]int{}
+	ackRev := map[string]int64{}
 	for _, kv := range resp.Kvs {
 		id, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), name+"/ledger/"), "/")
 		ledger[id]++
+		ackRev[id] = kv.CreateRevision
+	}
+	stopCanceler()
+	<-cancelDone
+	// A Cancel whose first answer was lost reports ErrFinished when it
+	// tries again: the status says what happened.
+	isCanceled := func(id string) bool {
+		if canceled[id] {
+			return true
+		}
+		if ledger[id] > 0 {
+			return false
+		}
+		st, err := producer.Status(ctx, id)
+		return err == nil && st.State == queue.StateCanceled
 	}
 	require.Len(t, ids, n)
-	missing, dup, unconfirmed := 0, 0, 0
+	missing, dup, unconfirmed, canceledTotal := 0, 0, 0, 0
 	for _, id := range ids {
-		switch ledger[id] {
-		case 0:
+		c := isCanceled(id)
+		switch {
+		case c && ledger[id] > 0:
+			t.Errorf("task %s: canceled, and acknowledged %d times", id, ledger[id])
+		case c:
+			canceledTotal++
+			continue
+		case ledger[id] == 0:
 			missing++
-		case 1:
-		default:
+		case ledger[id] > 1:
 			dup++
 		}
 		if log.acked[id] > 1 {
@@ -418,13 +550,22 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 			unconfirmed++ // its worker crashed before the answer came
 		}
 	}
-	assert.Zero(t, missing, "tasks never acknowledged")
+	assert.Zero(t, missing, "tasks neither acknowledged nor canceled")
 	assert.Zero(t, dup, "tasks acknowledged more than once")
 	for id, k := range ledger {
 		assert.Equal(t, 1, k, "task %s acknowledged %d times", id, k)
 	}
-	assert.GreaterOrEqual(t, len(ledger), n)
+	assert.GreaterOrEqual(t, len(ledger)+canceledTotal, n)
 	assert.LessOrEqual(t, int64(len(ledger)), int64(n)+unknown.Load(), "tasks acknowledged that no batch enqueued")
+	if n >= 100 {
+		assert.Positive(t, canceledTotal, "no cancel took effect: the test proves nothing of cancels")
+		assert.Positive(t, log.timedOut, "no timeout passed: the test proves nothing of timeouts")
+	}
+
+	// Groups: each group's tasks one at a time, in enqueue order.
+	for _, v := range groupDisorder(ackRev, log.tokens, log.group) {
+		t.Error(v)
+	}
 
 	// Fencing: once a newer claim exists, no older claim wrote work.
 	resp, err = admin.Get(ctx, name+"/work/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -459,14 +600,15 @@ func TestAtLeastOnceUnderChaos(t *testing.T) {
 		}
 	}
 	assert.Positive(t, log.redelivered, "the faults caused no redelivery: the test proves nothing")
-	t.Logf("%d tasks; faults %v; %d redeliveries, %d claims seen lost by workers, %d deliveries after a claim its worker never saw; %d after an unused batch claim was given back; %d acks committed whose worker crashed before the answer",
-		n, faults, log.redelivered, lostTotal, unseen, log.released, unconfirmed)
+	t.Logf("%d tasks; faults %v; %d redeliveries, %d claims seen lost by workers, %d deliveries after a claim its worker never saw; %d after an unused batch claim was given back; %d acks committed whose worker crashed before the answer; %d canceled (%d seen by their worker while running); %d attempts timed out",
+		n, faults, log.redelivered, lostTotal, unseen, log.released, unconfirmed, canceledTotal, log.canceledRun, log.timedOut)
 
 	// Nothing left but the ledgers.
 	resp, err = admin.Get(ctx, name+"/.queue/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	require.NoError(t, err)
 	for _, kv := range resp.Kvs {
-		if !strings.HasPrefix(string(kv.Key), name+"/.queue/f/") {
+		// Finished records and cancel markers, on their retention leases.
+		if !strings.HasPrefix(string(kv.Key), name+"/.queue/f/") && !strings.HasPrefix(string(kv.Key), name+"/.queue/i/k/") {
 			t.Errorf("left behind: %s", kv.Key)
 		}
 	}
