@@ -189,11 +189,13 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 		clientv3.OpPut(sk, string(encodeStatus(st))),
 		clientv3.OpPut(pos, ""),
 	}
+	bounded := false
 	if tkvs := resp.Responses[2].GetResponseRange().GetKvs(); len(tkvs) > 0 {
 		meta, _, err := decodeTask(tkvs[0].Value)
 		if err != nil {
 			return fmt.Errorf("queue: requeue %s: %w", id, err)
 		}
+		bounded = meta.Bounded
 		if meta.Group != "" {
 			// Back in its group, after every task enqueued before now.
 			ops = append(ops, clientv3.OpPut(q.keys.member(groupHash(meta.Group), id), ""))
@@ -207,12 +209,20 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(dk), "=", 0)},
 			[]clientv3.Op{clientv3.OpPut(dk, id)}, nil))
 	}
-	tr, err := q.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(xk), "=", xkvs[0].ModRevision)).Then(ops...).Commit()
+	same := clientv3.Compare(clientv3.ModRevision(xk), "=", xkvs[0].ModRevision)
+	changed := fmt.Errorf("%w: %s changed while being requeued", ErrNotDead, id)
+	if bounded {
+		// Back under the bound it was admitted under: it counts in again.
+		err := q.admit(ctx, admission{k: 1, cmps: []clientv3.Cmp{same}, ops: ops, unchecked: q.o.maxSize == 0,
+			failed: func([]*clientv3.GetResponse) (bool, error) { return true, changed }})
+		return prefixed("requeue", err)
+	}
+	tr, err := q.cli.Txn(ctx).If(same).Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("queue: requeue: %w", err)
 	}
 	if !tr.Succeeded {
-		return fmt.Errorf("%w: %s changed while being requeued", ErrNotDead, id)
+		return changed
 	}
 	return nil
 }

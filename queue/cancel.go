@@ -146,6 +146,7 @@ func (q *Queue) cancelOnce(ctx context.Context, id string) (bool, error) {
 	if meta.Group != "" {
 		ops = append(ops, clientv3.OpDelete(k.member(groupHash(meta.Group), id)))
 	}
+	ops = append(ops, k.departOps(meta.Bounded)...)
 	if meta.Dedup != "" {
 		dk := k.dedup(meta.Dedup)
 		ops = append(ops, clientv3.OpTxn(

@@ -264,6 +264,7 @@ func (q *Queue) claimed(ctx context.Context, ix *index, lease *leasekeeper.Lease
 		entry:       e,
 		Group:       meta.Group,
 		dedup:       meta.Dedup,
+		bounded:     meta.Bounded,
 		maxAttempts: meta.MaxAtt,
 		checkpoint:  checkpoint,
 		hasStatus:   statusKV != nil,

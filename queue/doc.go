@@ -81,6 +81,26 @@
 // deletes the marker. Neither costs anything per task: the compare rides in
 // the claim transaction.
 //
+// Bounds. A Queue WithMaxSize(n) admits a task only while fewer than n
+// are unfinished (queued, delayed or running; dead letters are out):
+// Enqueue, EnqueueBatch and Requeue beyond it write nothing and return
+// ErrFull, or wait for room (WithWaitIfFull). Two keys count: m/in holds
+// how many tasks were admitted, and each task's last transaction (Ack,
+// dead-lettering, Cancel) puts m/out once, so its Version counts those that
+// left. An admission compares m/in's revision with the one its count was
+// read at, so the bound is exact under any number of producers: a producer
+// whose reading is stale is refused by etcd and tries again with the
+// reading the refusal carries; departures read late can only make it
+// refuse a task that would have fitted, and it reads again before it
+// says ErrFull. The bound is the admitting Queue's option: producers
+// without it admit unbounded tasks, which never count (a Requeue through
+// such a Queue counts a bounded task in again without checking). The
+// price is that admissions are serialized on one key: concurrent
+// producers of one bounded queue retry each other's conflicts, about one
+// round trip per admission ahead of theirs; batches admit many tasks in one.
+// EnqueueTx is refused on a bounded Queue: a caller's transaction cannot
+// carry the count's compare and retry.
+//
 // Groups. Tasks enqueued WithGroup(name) are handed out one at a time per
 // group, in the order their enqueues committed in etcd (tasks of one
 // transaction, such as an EnqueueBatch, in item order), each only once the
@@ -184,6 +204,8 @@
 //	P i/k/<id>                cancel marker: the canceled claim's token (0 if
 //	                          none), on the retention lease
 //	P i/p                     pause marker (JSON: since when), while paused
+//	P m/in                    bounded queue: tasks admitted, decimal
+//	P m/out                   bounded queue: its Version counts tasks that left
 //	P i/g/<group>/<id>        group member, empty value, while the task is
 //	                          unfinished; <group> is 16 hex digits of the
 //	                          SHA-256 of the group's name
@@ -235,6 +257,10 @@
 //     process); then one guarded transaction.
 //   - Cancel: one read transaction and one write transaction.
 //   - Pause, Resume: one write each; nothing per task.
+//   - A bounded queue: no request of its own once a producer has read the
+//     counters (one read transaction); one more put and one read in each
+//     admission, one more put in each task's last transaction. A refused
+//     enqueue reads the counters afresh first (one read).
 //   - A group: one more put in the enqueue's transaction and one more
 //     delete in the acknowledgement's (or the dead-lettering's or the
 //     cancel's); no request of its own. Its consumers' views hold about 60

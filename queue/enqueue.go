@@ -22,6 +22,7 @@ type enqueueOptions struct {
 	dedup     string
 	timeout   time.Duration
 	group     string
+	wait      bool
 	errs      []error
 }
 
@@ -90,6 +91,13 @@ func WithDedupID(s string) EnqueueOption {
 	}
 }
 
+// WithWaitIfFull makes an enqueue into a bounded queue (WithMaxSize) that
+// finds it full wait under its context until a task leaves, rather than
+// return ErrFull. An EnqueueBatch waits if any of its items says so.
+func WithWaitIfFull() EnqueueOption {
+	return func(o *enqueueOptions) { o.wait = true }
+}
+
 // MaxGroupLen is the longest group name accepted, in bytes.
 const MaxGroupLen = 512
 
@@ -124,6 +132,7 @@ type prepared struct {
 	dedup string
 	ops   []clientv3.Op
 	bytes int
+	wait  bool // WithWaitIfFull
 }
 
 // latestReady is the latest ready time a task can have: records and index
@@ -159,7 +168,7 @@ func (q *Queue) prepare(ctx context.Context, payload []byte, opts []EnqueueOptio
 		return prepared{}, fmt.Errorf("ready time %s is past %s, the latest a task's record can hold",
 			readyAt.UTC().Format(time.RFC3339), latestReady.Format(time.RFC3339))
 	}
-	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout), Trace: traceOf(ctx), Group: eo.group}
+	meta := taskMeta{Prio: eo.prio, Enq: ns, Dedup: eo.dedup, MaxAtt: q.o.maxAttempts, Timeout: int64(eo.timeout), Trace: traceOf(ctx), Group: eo.group, Bounded: q.o.maxSize > 0}
 	if readyAt.After(now) {
 		meta.Ready = readyAt.UnixNano()
 	}
@@ -173,6 +182,7 @@ func (q *Queue) prepare(ctx context.Context, payload []byte, opts []EnqueueOptio
 			clientv3.OpPut(pos, ""),
 		},
 		bytes: len(tv) + 3*len(pos),
+		wait:  eo.wait,
 	}
 	if eo.group != "" {
 		// The member key's create revision is the task's place in its
@@ -205,6 +215,9 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 
 // enqueue writes the prepared task p; what names the call in errors.
 func (q *Queue) enqueue(ctx context.Context, p prepared, what string) (string, error) {
+	if q.o.maxSize > 0 {
+		return q.enqueueBounded(ctx, p, what)
+	}
 	if p.dedup == "" {
 		if _, err := q.cli.Txn(ctx).Then(p.ops...).Commit(); err != nil {
 			return "", fmt.Errorf("queue: %s: %w", what, err)
@@ -267,6 +280,9 @@ func (q *Queue) EnqueueTx(ctx context.Context, payload []byte, opts ...EnqueueOp
 	if q.err != nil {
 		return TxEnqueue{}, q.err
 	}
+	if q.o.maxSize > 0 {
+		return TxEnqueue{}, errors.New("queue: enqueue: EnqueueTx on a bounded Queue (WithMaxSize): a transaction of the caller's cannot take a place under the bound")
+	}
 	p, err := q.prepare(ctx, payload, opts)
 	if err != nil {
 		return TxEnqueue{}, fmt.Errorf("queue: enqueue: %w", err)
@@ -300,6 +316,10 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 	}
 	ids := make([]string, len(items))
 	budget := q.o.maxRequestBytes - requestOverhead
+	maxOps := q.o.maxTxnOps
+	if q.o.maxSize > 0 {
+		maxOps -= 2 // the admission counter's put and the departures' read
+	}
 	var ops []clientv3.Op
 	var batch []int
 	size := 0
@@ -307,8 +327,18 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 		if len(batch) == 0 {
 			return nil
 		}
-		if _, err := q.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("queue: enqueue batch: %w", err)
+		var err error
+		if q.o.maxSize > 0 {
+			wait := false
+			for _, i := range batch {
+				wait = wait || ps[i].wait
+			}
+			err = q.admit(ctx, admission{k: len(batch), ops: ops, wait: wait})
+		} else {
+			_, err = q.cli.Txn(ctx).Then(ops...).Commit()
+		}
+		if err != nil {
+			return prefixed("enqueue batch", err)
 		}
 		for _, i := range batch {
 			ids[i] = ps[i].id
@@ -330,7 +360,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []Item) ([]string, error
 			ids[i] = id
 			continue
 		}
-		if len(batch) > 0 && (len(ops)+len(p.ops) > q.o.maxTxnOps || size+p.bytes > budget) {
+		if len(batch) > 0 && (len(ops)+len(p.ops) > maxOps || size+p.bytes > budget || len(batch) == q.o.maxSize) {
 			if err := flush(); err != nil {
 				return ids, err
 			}
@@ -351,4 +381,34 @@ func (q *Queue) enqueuedPos(id string, m taskMeta) string {
 		return q.keys.delayed(m.Ready, m.Prio, id)
 	}
 	return q.keys.ready(m.Prio, m.Enq, id)
+}
+
+// enqueueBounded writes the prepared task p under the queue's bound.
+func (q *Queue) enqueueBounded(ctx context.Context, p prepared, what string) (string, error) {
+	a := admission{k: 1, ops: p.ops, wait: p.wait}
+	holder := ""
+	if p.dedup != "" {
+		dk := q.keys.dedup(p.dedup)
+		a.cmps = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(dk), "=", 0)}
+		a.ops = append(a.ops[:len(a.ops):len(a.ops)], clientv3.OpPut(dk, p.id))
+		a.onFail = []clientv3.Op{clientv3.OpGet(dk)}
+		a.failed = func(rs []*clientv3.GetResponse) (bool, error) {
+			if len(rs) == 0 || len(rs[0].Kvs) == 0 {
+				return false, nil // freed meanwhile: try again
+			}
+			first := string(rs[0].Kvs[0].Value)
+			if !validID(first) {
+				return true, fmt.Errorf("%w: dedup key %q holds %q", ErrCorrupt, dk, first)
+			}
+			holder = first
+			return true, nil
+		}
+	}
+	if err := q.admit(ctx, a); err != nil {
+		return "", prefixed(what, err)
+	}
+	if holder != "" {
+		return holder, nil
+	}
+	return p.id, nil
 }

@@ -32,6 +32,11 @@ var (
 	// the errors of later calls on the task, when the task was canceled
 	// (Cancel) while it ran. Such an error also errors.Is ErrLost.
 	ErrCanceled = errors.New("queue: task canceled")
+	// ErrFull is returned by Enqueue, EnqueueBatch and Requeue when the
+	// queue holds as many unfinished tasks as its bound (WithMaxSize)
+	// allows, and by an enqueue that waited for room (WithWaitIfFull)
+	// until its context ended.
+	ErrFull = errors.New("queue: full")
 )
 
 // ErrCorrupt reports a value under the queue's keys that this package did

@@ -97,7 +97,7 @@ var ignoreGroups atomic.Bool
 // for good (acknowledged, dead-lettered): its dedup ID is freed and its
 // group moves on.
 func (t *Task) leaveOps() []clientv3.Op {
-	out := t.dedupRelease()
+	out := append(t.dedupRelease(), t.q.keys.departOps(t.bounded)...)
 	if t.Group != "" {
 		out = append(out, clientv3.OpDelete(t.q.keys.member(groupHash(t.Group), t.ID)))
 	}

@@ -19,6 +19,8 @@ import (
 //	P i/k/<id>                cancel marker: the canceled claim's token, retention lease
 //	P i/p                     pause marker: present while the queue is paused
 //	P i/g/<group>/<id>        group member (WithGroup): present while the task is unfinished
+//	P m/in                    bounded queue (WithMaxSize): how many tasks were admitted
+//	P m/out                   bounded queue: its Version counts the tasks that left
 //	P t/<id>                  task record: metadata and payload
 //	P s/<id>                  status record: state, position key, last error
 //	P f/<id>                  finished record, bound to a retention lease
@@ -63,6 +65,8 @@ func (l layout) canceledPrefix() string    { return l.prefix + "i/k/" }
 func (l layout) paused() string            { return l.prefix + "i/p" }
 func (l layout) result(id string) string   { return l.prefix + "r/" + id }
 func (l layout) groupPrefix() string       { return l.prefix + "i/g/" }
+func (l layout) admitted() string          { return l.prefix + "m/in" }
+func (l layout) departed() string          { return l.prefix + "m/out" }
 
 // member is the group member key of task id in the group whose hash is g
 // (groupHash).

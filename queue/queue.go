@@ -54,6 +54,7 @@ type Queue struct {
 	// timeouts joins the timeouts being carried out (Task.timedOut): Close
 	// waits for them, and none starts once the Queue is closed.
 	timeouts sync.WaitGroup
+	bound    bound // the last reading of a bounded queue's counters
 }
 
 type options struct {
@@ -65,6 +66,7 @@ type options struct {
 	maxRequestBytes int
 	worker          string
 	taskTimeout     time.Duration
+	maxSize         int
 	tp              trace.TracerProvider
 	mp              metric.MeterProvider
 	errs            []error
@@ -82,6 +84,21 @@ func WithMaxAttempts(n int) Option {
 			o.errs = append(o.errs, fmt.Errorf("max attempts %d: must be at least 1", n))
 		}
 		o.maxAttempts = n
+	}
+}
+
+// WithMaxSize bounds the queue to n unfinished tasks (queued, delayed or
+// running): an Enqueue, EnqueueBatch or Requeue through this Queue that
+// would go over it writes nothing and returns ErrFull, or, enqueued
+// WithWaitIfFull, waits for room. The bound is exact under any number of
+// producers, as long as every producer of the queue uses it (see Bounds in
+// the package doc). EnqueueTx is refused on a bounded Queue.
+func WithMaxSize(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			o.errs = append(o.errs, fmt.Errorf("max size %d: must be at least 1", n))
+		}
+		o.maxSize = n
 	}
 }
 

@@ -29,6 +29,9 @@ type taskMeta struct {
 	Trace map[string]string `json:"tc,omitempty"`
 	// Group is the task's group (WithGroup), if any.
 	Group string `json:"g,omitempty"`
+	// Bounded: the task was admitted under a bound (WithMaxSize) and
+	// counts out when it leaves.
+	Bounded bool `json:"b,omitempty"`
 }
 
 func encodeTask(m taskMeta, payload []byte) []byte {

@@ -49,6 +49,7 @@ type Task struct {
 	buffered    time.Time // when a batch put it in the Queue's buffer
 	handedOut   time.Time // when Dequeue returned it, for the hold metric
 	dedup       string
+	bounded     bool // admitted under a bound: counts out when it leaves
 	maxAttempts int
 	checkpoint  []byte
 	ttl         time.Duration // the claim's lease TTL: bound of a finishing call
