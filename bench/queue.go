@@ -30,6 +30,9 @@ func init() {
 			"queue.scaling_4_over_1",
 			"queue.4x4.conflict_pct",
 			"queue.idle_latency_p99",
+			"queue.1x1.cpu_busy_pct",
+			"queue.4x4.cpu_busy_pct",
+			"queue.4x4.client_cpu_pct",
 		},
 		Run: runQueue,
 	})
@@ -65,12 +68,14 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 	items := env.Scale(2000, 300)
 	samples := env.Scale(200, 40)
 
-	var c1, n1, c4, n4, scale, conf, nconf, lat, nlat []float64
+	var c1, n1, c4, n4, scale, conf, nconf, lat, nlat, busy1, busy4, client4 []float64
 	err = Rounds(ctx, env, "queue", func(ctx context.Context, r Round) error {
 		base := "bench/queue/r" + r.ID()
 		defer func() { _, _ = admin.Delete(context.WithoutCancel(ctx), base, clientv3.WithPrefix()) }()
 
+		before := readCPU()
 		cr1, _, err := concordThroughput(ctx, base+"/c1", producers[:1], consumers[:1], items)
+		b1 := busyPct(before, readCPU())
 		if err != nil {
 			return fmt.Errorf("concord 1x1: %w", err)
 		}
@@ -78,7 +83,13 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 		if err != nil {
 			return fmt.Errorf("naive 1x1: %w", err)
 		}
+		before, self, start := readCPU(), selfCPU(), time.Now()
 		cr4, cpct, err := concordThroughput(ctx, base+"/c4", producers, consumers, items)
+		b4 := busyPct(before, readCPU())
+		own := clientPct(self, selfCPU(), time.Since(start))
+		if env.Cluster == nil || env.Cluster.Binary() == "" {
+			own = -1 // the members run in this process too
+		}
 		if err != nil {
 			return fmt.Errorf("concord 4x4: %w", err)
 		}
@@ -98,6 +109,7 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 		scale = append(scale, cr4/cr1)
 		conf, nconf = append(conf, cpct), append(nconf, npct)
 		lat, nlat = append(lat, cp99), append(nlat, np99)
+		busy1, busy4, client4 = append(busy1, b1), append(busy4, b4), append(client4, own)
 		return nil
 	})
 	if err != nil {
@@ -110,6 +122,14 @@ func runQueue(ctx context.Context, env *Env) ([]Result, error) {
 		Single("queue.scaling_4_over_1", "x", Median(scale), false),
 		Pair("queue.4x4.conflict_pct", "pct", Median(conf), Median(nconf), naive, true),
 		Pair("queue.idle_latency_p99", "ms", Median(lat), Median(nlat), naive, true),
+		// How busy the whole machine (cluster and clients) was while
+		// concord's queue ran: near 100, throughput is bounded by this
+		// machine's CPU rather than by round trips. -1 where unknown.
+		Single("queue.1x1.cpu_busy_pct", "pct", Median(busy1), true),
+		Single("queue.4x4.cpu_busy_pct", "pct", Median(busy4), true),
+		// Of that, the share the clients (this process) used, with the
+		// members in processes of their own (-etcd); -1 otherwise.
+		Single("queue.4x4.client_cpu_pct", "pct", Median(client4), true),
 	}, nil
 }
 
