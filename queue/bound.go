@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/concordkit/concord/internal/retry"
 )
 
 // A bounded queue (WithMaxSize) counts its unfinished tasks with two keys:
@@ -128,6 +130,7 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 		return fmt.Errorf("%w: %d tasks at once, over the queue's bound of %d", ErrFull, a.k, q.o.maxSize)
 	}
 	c, ok := q.bound.load()
+	var bo *retry.Backoff // between watches that etcd ended
 	for {
 		if !ok {
 			var resp *clientv3.TxnResponse
@@ -152,7 +155,10 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 			if !a.wait {
 				return fmt.Errorf("%w: %d of %d tasks unfinished", ErrFull, c.size(), q.o.maxSize)
 			}
-			if err := q.waitDeparture(ctx, c.rev); err != nil {
+			if bo == nil {
+				bo = retry.WatchPolicy.New()
+			}
+			if err := q.waitDeparture(ctx, c.rev, bo); err != nil {
 				return err
 			}
 			ok = false
@@ -211,15 +217,28 @@ func reads(resp *clientv3.TxnResponse, from int) []*clientv3.GetResponse {
 
 // waitDeparture waits until a task leaves the queue after revision rev (a
 // put of m/out), or ctx ends. A watch that etcd ends (compaction, a lost
-// leader) also returns: the caller reads the counters again either way.
-func (q *Queue) waitDeparture(ctx context.Context, rev int64) error {
+// leader) also returns, after a backoff: the caller reads the counters
+// again either way. A watch etcd refuses for lack of permission is an
+// error.
+func (q *Queue) waitDeparture(ctx context.Context, rev int64, bo *retry.Backoff) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	var err error
 	select {
-	case <-q.cli.Watch(wctx, q.keys.departed(), clientv3.WithRev(rev+1)):
+	case resp := <-q.cli.Watch(wctx, q.keys.departed(), clientv3.WithRev(rev+1)):
+		if err = resp.Err(); err == nil && len(resp.Events) > 0 {
+			bo.Reset()
+			return nil
+		}
 	case <-ctx.Done():
 	}
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: no room before the wait ended: %w", ErrFull, context.Cause(ctx))
+	case retry.PermissionDenied(err):
+		return fmt.Errorf("%w: waiting for room: watch %q: %w", ErrFull, q.keys.departed(), err)
+	}
+	if bo.Wait(ctx) != nil {
 		return fmt.Errorf("%w: no room before the wait ended: %w", ErrFull, context.Cause(ctx))
 	}
 	return nil
