@@ -121,12 +121,13 @@
 //
 // Transactional enqueue. EnqueueTx returns a task's enqueue as comparisons
 // and operations for the caller's own transaction (cron uses it to enqueue
-// a scheduled time in the transaction that claims it; a cron job passes its
-// Ops to Run.Commit), so the task lands if and only if the caller's writes
-// do. Task.AckWith takes them as follow-ups: a pipeline step acks its task
-// and enqueues the next step's in one transaction. A dedup ID keeps
-// working: one held by an unfinished task fails the whole transaction
-// (AckWith: ErrDedupHeld, the task still held).
+// a scheduled time in the transaction that claims it), so the task lands
+// if and only if the caller's writes do. Task.AckWith takes them as
+// follow-ups: a pipeline step acks its task and enqueues the next step's in
+// one transaction. A dedup ID keeps working: one held by an unfinished task
+// fails the whole transaction (AckWith: ErrDedupHeld, the task still held).
+// A cron job, whose Run.Commit takes operations only, passes TxEnqueue.Op:
+// one nested transaction that enqueues nothing when the dedup ID is held.
 //
 // Results. AckResult (or AckWith) stores up to MaxResultBytes with the
 // acknowledgement, on the finished record's retention lease; Result reads

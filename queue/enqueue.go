@@ -262,6 +262,17 @@ type TxEnqueue struct {
 	Ops  []clientv3.Op // what enqueues it: the task record and its index key
 }
 
+// Op returns the enqueue as one operation, for a transaction whose
+// comparisons the caller does not write (cron's Run.Commit takes
+// operations only): a nested transaction that makes the comparisons
+// itself. With a dedup ID held by an unfinished task, it enqueues nothing
+// while the enclosing transaction goes on; the task with e.ID then does not
+// exist (Status reports ErrNotFound), and the holder is the one that runs.
+// Without a dedup ID it is the operations alone.
+func (e TxEnqueue) Op() clientv3.Op {
+	return clientv3.OpTxn(e.Cmps, e.Ops, nil)
+}
+
 // EnqueueTx prepares the enqueue of a task for the caller's own etcd
 // transaction, so that the task lands atomically with the caller's writes
 // (a result and the follow-up task it calls for; a scheduled time's claim):
