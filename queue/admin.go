@@ -214,7 +214,13 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if bounded {
 		// Back under the bound it was admitted under: it counts in again.
 		err := q.admit(ctx, admission{k: 1, cmps: []clientv3.Cmp{same}, ops: ops, unchecked: q.o.maxSize == 0,
-			failed: func([]*clientv3.GetResponse) (bool, error) { return true, changed }})
+			onFail: []clientv3.Op{clientv3.OpGet(xk, clientv3.WithKeysOnly())},
+			failed: func(rs []*clientv3.GetResponse) (bool, error) {
+				if len(rs) == 0 || len(rs[0].Kvs) == 0 || rs[0].Kvs[0].ModRevision != xkvs[0].ModRevision {
+					return true, changed
+				}
+				return false, nil
+			}})
 		return prefixed("requeue", err)
 	}
 	tr, err := q.cli.Txn(ctx).If(same).Then(ops...).Commit()

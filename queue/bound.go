@@ -131,12 +131,21 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 	}
 	c, ok := q.bound.load()
 	var bo *retry.Backoff // between watches that etcd ended
+	// A call that waits for room and whose ctx ends on its way reports
+	// that it found no room, whichever request the end interrupted.
+	waited := false
+	ended := func(err error) error {
+		if waited && ctx.Err() != nil {
+			return fmt.Errorf("%w: no room before the wait ended: %w", ErrFull, err)
+		}
+		return err
+	}
 	for {
 		if !ok {
 			var resp *clientv3.TxnResponse
 			var err error
 			if c, resp, err = q.readCounters(ctx, a.onFail...); err != nil {
-				return err
+				return ended(err)
 			}
 			if full(c) && a.failed != nil && len(a.onFail) > 0 {
 				// Full: a dedup ID held by an unfinished task still
@@ -158,6 +167,7 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 			if bo == nil {
 				bo = retry.WatchPolicy.New()
 			}
+			waited = true
 			if err := q.waitDeparture(ctx, c.rev, bo); err != nil {
 				return err
 			}
@@ -173,7 +183,7 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 		resp, err := q.cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
 		if err != nil {
 			q.bound.forget() // the count may have moved: read it next time
-			return err
+			return ended(err)
 		}
 		if resp.Succeeded {
 			out := (*clientv3.GetResponse)(resp.Responses[len(then)-1].GetResponseRange())
@@ -188,8 +198,11 @@ func (q *Queue) admit(ctx context.Context, a admission) error {
 			return err
 		}
 		q.bound.store(c)
-		if a.failed != nil && c.inRev == tried {
-			// The count did not move: one of a's own comparisons failed.
+		if a.failed != nil && (len(a.onFail) > 0 || c.inRev == tried) {
+			// One of a's own comparisons may have failed: its reads say
+			// (a dedup ID held answers with its task, also when the
+			// count moved too and the queue is now full); without reads,
+			// a count that did not move says so.
 			if done, err := a.failed(reads(resp, 2)); done {
 				return err
 			}

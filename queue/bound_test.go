@@ -77,8 +77,9 @@ func TestMaxSize(t *testing.T) {
 	_, err = other.Enqueue(ctx, []byte("7"))
 	require.ErrorIs(t, err, queue.ErrFull)
 
-	// A batch larger than the room is refused whole, one larger than the
-	// bound at once.
+	// A batch is admitted a transaction at a time, each of at most the
+	// bound: the first fills the queue, the rest is refused, and the IDs
+	// of what committed come back with ErrFull.
 	for {
 		task, err := q.TryDequeue(ctx, k)
 		if errors.Is(err, queue.ErrEmpty) {
@@ -140,7 +141,7 @@ func TestMaxSizeWait(t *testing.T) {
 
 // Under producers that race each other and workers that drain, the queue
 // never holds more unfinished tasks than its bound, by etcd's own history
-// of the task records; and every enqueue that was not refused landed.
+// of the task records.
 func TestMaxSizeExactUnderRace(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	name := qname(t)

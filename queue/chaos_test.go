@@ -49,9 +49,12 @@ func chaosGroup(i int) string {
 	}
 	return "g" + strconv.Itoa(i%7)
 }
-func chaosStalls(i int) bool        { return i%200 == 7 }
+
+// Stalls and running cancels fall in groups (i%4 == 1), queued cancels
+// outside them.
+func chaosStalls(i int) bool        { return i%200 == 9 }
 func chaosCancelQueued(i int) bool  { return i%80 == 43 }
-func chaosCancelRunning(i int) bool { return i%80 == 3 }
+func chaosCancelRunning(i int) bool { return i%80 == 5 }
 
 // chaosTimeout is the stalling tasks' timeout.
 const chaosTimeout = time.Second

@@ -83,8 +83,10 @@
 //
 // Bounds. A Queue WithMaxSize(n) admits a task only while fewer than n
 // are unfinished (queued, delayed or running; dead letters are out):
-// Enqueue, EnqueueBatch and Requeue beyond it write nothing and return
-// ErrFull, or wait for room (WithWaitIfFull). Two keys count: m/in holds
+// Enqueue and Requeue beyond it write nothing and return ErrFull, or wait
+// for room (WithWaitIfFull); EnqueueBatch admits a transaction at a time,
+// each of at most n tasks, and returns with ErrFull the IDs of those that
+// committed. Two keys count: m/in holds
 // how many tasks were admitted, and each task's last transaction (Ack,
 // dead-lettering, Cancel) puts m/out once, so its Version counts those that
 // left. An admission compares m/in's revision with the one its count was
@@ -115,9 +117,12 @@
 // group. Each grouped task has a member key under the index, written with
 // the task and deleted with its last write; consumers know each group's
 // order from their watched view and claim only a group's first task, so a
-// group costs no request and no Raft write of its own. A consumer built
-// before groups existed ignores member keys and so hands grouped tasks out
-// out of order: upgrade consumers before producers use groups.
+// group costs no request and no Raft write of its own. After a running
+// task is canceled, the next one may start while the canceled one's code
+// still runs, until its Context's end reaches it. A consumer built before
+// groups (or bounds) existed reads a grouped (or bounded) task's record as
+// corrupt and skips it, and its Requeue does not count a bounded task in:
+// upgrade every process of a queue before its producers use either.
 //
 // Transactional enqueue. EnqueueTx returns a task's enqueue as comparisons
 // and operations for the caller's own transaction (cron uses it to enqueue
@@ -264,7 +269,7 @@
 //     enqueue reads the counters afresh first (one read).
 //   - A group: one more put in the enqueue's transaction and one more
 //     delete in the acknowledgement's (or the dead-lettering's or the
-//     cancel's); no request of its own. Its consumers' views hold about 60
+//     cancel's); no request of its own. Its consumers' views hold about 150
 //     bytes per grouped task; picking a task skips the waiting tasks of
 //     groups ahead of it in the queue.
 //   - So an enqueue → dequeue → ack cycle is 3 Raft writes and 3 round

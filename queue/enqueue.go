@@ -259,7 +259,7 @@ type TxEnqueue struct {
 	// a whole; read the dedup holder with Status if the caller must tell).
 	// Empty otherwise.
 	Cmps []clientv3.Cmp
-	Ops  []clientv3.Op // what enqueues it: the task record and its index key
+	Ops  []clientv3.Op // what enqueues it: the task record, its index key, its group member key, its dedup key
 }
 
 // Op returns the enqueue as one operation, for a transaction whose
@@ -268,7 +268,7 @@ type TxEnqueue struct {
 // itself. With a dedup ID held by an unfinished task, it enqueues nothing
 // while the enclosing transaction goes on; the task with e.ID then does not
 // exist (Status reports ErrNotFound), and the holder is the one that runs.
-// Without a dedup ID it is the operations alone.
+// Without a dedup ID its comparisons are none, and it always applies.
 func (e TxEnqueue) Op() clientv3.Op {
 	return clientv3.OpTxn(e.Cmps, e.Ops, nil)
 }

@@ -351,6 +351,12 @@ func (ix *index) apply(evs []*clientv3.Event, loadRev, headerRev int64) {
 					ix.groups.add(h, id, ev.Kv.CreateRevision)
 				} else {
 					ix.groups.remove(h, id)
+					// The next task of the group becomes claimable now:
+					// its owner's turn starts now, as for a released claim,
+					// so that idle workers do not all race for it.
+					if ms := ix.groups.members[h]; len(ms) > 0 {
+						ix.since[ms[0].id] = time.Now()
+					}
 				}
 			}
 			continue

@@ -88,11 +88,14 @@ func WithMaxAttempts(n int) Option {
 }
 
 // WithMaxSize bounds the queue to n unfinished tasks (queued, delayed or
-// running): an Enqueue, EnqueueBatch or Requeue through this Queue that
-// would go over it writes nothing and returns ErrFull, or, enqueued
-// WithWaitIfFull, waits for room. The bound is exact under any number of
-// producers, as long as every producer of the queue uses it (see Bounds in
-// the package doc). EnqueueTx is refused on a bounded Queue.
+// running): an Enqueue or Requeue through this Queue that would go over it
+// writes nothing and returns ErrFull, or, enqueued WithWaitIfFull, waits
+// for room; an EnqueueBatch admits a transaction of at most n tasks at a
+// time. The bound is exact under any number of producers, as long as every
+// producer of the queue uses it (see Bounds in the package doc): a Queue
+// without it, such as the one `concord queue requeue` uses, counts a
+// requeued bounded task in without checking. EnqueueTx is refused on a
+// bounded Queue.
 func WithMaxSize(n int) Option {
 	return func(o *options) {
 		if n < 1 {
