@@ -147,7 +147,7 @@ func tokenOrder(t testing.TB, db *sql.DB, id string) error {
 	return nil
 }
 
-// Writers with random tokens race on one row through the fence: the
+// Writers with random, rising tokens race on one row through the fence: the
 // history's tokens never go down, and every admitted deposit is in the
 // balance. Without the fence the same race breaks the order.
 func TestColumnOrdersConcurrentWriters(t *testing.T) {
@@ -161,8 +161,12 @@ func TestColumnOrdersConcurrentWriters(t *testing.T) {
 		)
 		for range 4 {
 			wg.Go(func() {
-				for range 40 {
-					err := deposit(ctx, db, fenced, "a", rand.Int64N(100)+1, 1)
+				for i := range 40 {
+					// Tokens rise with each writer's turns, and overlap
+					// between writers: writes keep being admitted (a single
+					// early high token would refuse every later one), and
+					// they race out of order.
+					err := deposit(ctx, db, fenced, "a", int64(i)*4+rand.Int64N(12)+1, 1)
 					if err == nil {
 						mu.Lock()
 						admitted++
