@@ -73,6 +73,19 @@ func WithTimeout(d time.Duration) EnqueueOption {
 	}
 }
 
+// checkLabel reports why s cannot be a caller's label of the kind what
+// (a dedup ID, a group or worker name): 1 to max bytes of UTF-8 without NUL,
+// which etcd keys and the JSON records carry unchanged.
+func checkLabel(what, s string, max int) error {
+	switch {
+	case s == "" || len(s) > max:
+		return fmt.Errorf("%s of %d bytes: must be 1 to %d", what, len(s), max)
+	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
+		return fmt.Errorf("%s %q: must be valid UTF-8 without NUL", what, s)
+	}
+	return nil
+}
+
 // MaxDedupIDLen is the longest dedup ID accepted, in bytes.
 const MaxDedupIDLen = 512
 
@@ -81,11 +94,8 @@ const MaxDedupIDLen = 512
 // task's ID and writes nothing.
 func WithDedupID(s string) EnqueueOption {
 	return func(o *enqueueOptions) {
-		switch {
-		case s == "" || len(s) > MaxDedupIDLen:
-			o.errs = append(o.errs, fmt.Errorf("dedup ID of %d bytes: must be 1 to %d", len(s), MaxDedupIDLen))
-		case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
-			o.errs = append(o.errs, fmt.Errorf("dedup ID %q: must be valid UTF-8 without NUL", s))
+		if err := checkLabel("dedup ID", s, MaxDedupIDLen); err != nil {
+			o.errs = append(o.errs, err)
 		}
 		o.dedup = s
 	}
@@ -110,11 +120,8 @@ const MaxGroupLen = 512
 // See Groups in the package doc.
 func WithGroup(name string) EnqueueOption {
 	return func(o *enqueueOptions) {
-		switch {
-		case name == "" || len(name) > MaxGroupLen:
-			o.errs = append(o.errs, fmt.Errorf("group name of %d bytes: must be 1 to %d", len(name), MaxGroupLen))
-		case !utf8.ValidString(name) || strings.ContainsRune(name, 0):
-			o.errs = append(o.errs, fmt.Errorf("group name %q: must be valid UTF-8 without NUL", name))
+		if err := checkLabel("group name", name, MaxGroupLen); err != nil {
+			o.errs = append(o.errs, err)
 		}
 		o.group = name
 	}

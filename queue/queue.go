@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel"
@@ -169,11 +167,8 @@ func WithMaxRequestBytes(n int) Option {
 // the worker of a running task. Default: random.
 func WithWorkerName(s string) Option {
 	return func(o *options) {
-		switch {
-		case s == "" || len(s) > 256:
-			o.errs = append(o.errs, fmt.Errorf("worker name %q: must be 1 to 256 bytes", s))
-		case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
-			o.errs = append(o.errs, fmt.Errorf("worker name %q: must be valid UTF-8 without NUL", s))
+		if err := checkLabel("worker name", s, 256); err != nil {
+			o.errs = append(o.errs, err)
 		}
 		o.worker = s
 	}
