@@ -96,6 +96,24 @@ func TestMaxSize(t *testing.T) {
 	assert.Equal(t, 0, st.Dead)
 }
 
+// A dedup ID held by an unfinished task answers with that task also when
+// the producer's reading of the count is stale and the queue filled
+// meanwhile: its admission fails on both the count and the dedup ID.
+func TestMaxSizeDedupWhileCountMoved(t *testing.T) {
+	ctx := ctxT(t, 30*time.Second)
+	name := qname(t)
+	cli := cluster.Client()
+	q := newQueue(t, cli, name, queue.WithMaxSize(2))
+	other := newQueue(t, cli, name, queue.WithMaxSize(2))
+	held, err := q.Enqueue(ctx, []byte("1"), queue.WithDedupID("report"))
+	require.NoError(t, err)
+	_, err = other.Enqueue(ctx, []byte("2"))
+	require.NoError(t, err, "fills the queue; q's reading still says one")
+	again, err := q.Enqueue(ctx, []byte("1"), queue.WithDedupID("report"))
+	require.NoError(t, err)
+	assert.Equal(t, held, again)
+}
+
 // An enqueue WithWaitIfFull waits for room: until its context ends, or
 // until a task leaves.
 func TestMaxSizeWait(t *testing.T) {

@@ -196,7 +196,11 @@ func TestGroupWaitsForItsHead(t *testing.T) {
 
 	// The head's worker is cut off: a1 comes again, before a2.
 	require.NoError(t, cluster.RevokeLease(ctx, k1.Current().ID()))
-	<-head.Context().Done()
+	select {
+	case <-head.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the head's context did not end with its lease")
+	}
 	again, err := q.Dequeue(ctx, k2)
 	require.NoError(t, err)
 	assert.Equal(t, a1, again.ID)
